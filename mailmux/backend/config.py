@@ -1,0 +1,265 @@
+"""The backend node's configuration: one frozen dataclass, loaded once from TOML.
+
+Validation happens here, at start, and every error names the offending key so that an
+administrator can fix the file without reading code.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$")
+_WINDOW = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
+
+
+class ConfigError(Exception):
+    """A configuration file is missing, unreadable or has an invalid key."""
+
+
+def parse_address(value: object, key: str) -> tuple[str, int]:
+    """'host:port' → (host, port); port 0 asks the OS for a free one (tests use it)."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{key}: expected 'host:port', got {value!r}")
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+        raise ConfigError(f"{key}: expected 'host:port' with a port 0-65535, got {value!r}")
+    return host, int(port)
+
+
+def parse_duration(value: object, key: str) -> float:
+    """Seconds from a number or a string like '30m', '5s', '250ms'."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value.strip())):
+        unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+        seconds = float(m.group(1)) * unit
+    else:
+        raise ConfigError(f"{key}: expected a duration like '30m' or 5.0, got {value!r}")
+    if seconds <= 0:
+        raise ConfigError(f"{key}: must be positive, got {value!r}")
+    return seconds
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+@dataclass(frozen=True)
+class CopiesConfig:
+    high: int | None = None  # None = all live replicas
+    normal: int = 2
+    bulk: int = 1
+
+
+@dataclass(frozen=True)
+class ReplicationConfig:
+    listen: tuple[str, int] | None = None
+    peers: tuple[tuple[str, str, int], ...] = ()  # (node id, host, port)
+    mode: str = "immediate"
+    batch_window: tuple[int, int] | None = None  # minutes after midnight (start, end)
+    batch_backlog: int = 10_000
+    copies: CopiesConfig = field(default_factory=CopiesConfig)
+    copy_timeout: float = 5.0
+    degrade: bool = False  # accept with fewer copies than asked when peers are down
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    node_id: str
+    data_dir: Path
+    domains: tuple[str, ...]
+    pool_secret: bytes
+    listen_imap: tuple[str, int]
+    listen_smtp: tuple[str, int]
+    listen_control: tuple[str, int]
+    listen_lmtp: tuple[str, int] | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_message_size: int = 50 * 1024 * 1024
+    max_line_length: int = 64 * 1024
+    idle_timeout: float = 30 * 60.0
+    login_timeout: float = 60.0
+    max_unauthenticated: int = 100
+    max_failed_logins: int = 5
+    failed_login_delay: float = 1.0
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "mailmux.sqlite3"
+
+    def serves_domain(self, address: str) -> bool:
+        _, _, domain = address.rpartition("@")
+        return domain.lower() in self.domains
+
+
+def load(path: str | Path) -> BackendConfig:
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return from_dict(raw, base=path.parent)
+
+
+_KNOWN = {
+    "node_id", "data_dir", "domains", "pool_secret", "pool_secret_file", "listen_imap",
+    "listen_smtp", "listen_lmtp", "listen_control", "tls_cert", "tls_key", "max_message_size",
+    "max_line_length", "idle_timeout", "login_timeout", "max_unauthenticated",
+    "max_failed_logins", "failed_login_delay", "replication",
+}
+_KNOWN_REPLICATION = {
+    "listen", "peers", "mode", "batch_window", "batch_backlog", "copies", "copy_timeout",
+    "degrade",
+}
+
+
+def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
+    for key in raw:
+        if key not in _KNOWN:
+            raise ConfigError(f"{key}: unknown key")
+    node_id = _required_str(raw, "node_id")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", node_id):
+        raise ConfigError(f"node_id: use letters, digits, '.', '_' or '-', got {node_id!r}")
+    domains = raw.get("domains")
+    if not isinstance(domains, list) or not domains or not all(
+        isinstance(d, str) and "." in d for d in domains
+    ):
+        raise ConfigError("domains: expected a non-empty list of domain names")
+    tls_cert = _optional_path(raw, "tls_cert", base)
+    tls_key = _optional_path(raw, "tls_key", base)
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("tls_key: tls_cert and tls_key must be given together")
+    config = BackendConfig(
+        node_id=node_id,
+        data_dir=base / _required_str(raw, "data_dir"),
+        domains=tuple(d.lower() for d in domains),
+        pool_secret=_pool_secret(raw, base),
+        listen_imap=parse_address(raw.get("listen_imap"), "listen_imap"),
+        listen_smtp=parse_address(raw.get("listen_smtp"), "listen_smtp"),
+        listen_control=parse_address(raw.get("listen_control"), "listen_control"),
+        listen_lmtp=(
+            parse_address(raw["listen_lmtp"], "listen_lmtp") if "listen_lmtp" in raw else None
+        ),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        max_message_size=_positive_int(raw, "max_message_size", 50 * 1024 * 1024),
+        max_line_length=_positive_int(raw, "max_line_length", 64 * 1024),
+        idle_timeout=parse_duration(raw.get("idle_timeout", 1800), "idle_timeout"),
+        login_timeout=parse_duration(raw.get("login_timeout", 60), "login_timeout"),
+        max_unauthenticated=_positive_int(raw, "max_unauthenticated", 100),
+        max_failed_logins=_positive_int(raw, "max_failed_logins", 5),
+        failed_login_delay=parse_duration(
+            raw.get("failed_login_delay", 1.0), "failed_login_delay"
+        ),
+        replication=_replication(raw.get("replication", {})),
+    )
+    for key in ("listen_imap", "listen_smtp", "listen_control"):
+        host, _ = getattr(config, key)
+        if not is_loopback(host) and not config.tls_enabled:
+            raise ConfigError(f"{key}: listening on {host} (off loopback) requires tls_cert/tls_key")
+    return config
+
+
+def _required_str(raw: dict[str, Any], key: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: required, expected a non-empty string")
+    return value
+
+
+def _optional_path(raw: dict[str, Any], key: str, base: Path) -> Path | None:
+    if key not in raw:
+        return None
+    return base / _required_str(raw, key)
+
+
+def _positive_int(raw: dict[str, Any], key: str, default: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _pool_secret(raw: dict[str, Any], base: Path) -> bytes:
+    if "pool_secret_file" in raw:
+        path = base / _required_str(raw, "pool_secret_file")
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"pool_secret_file: cannot read {path}: {exc.strerror}") from exc
+    else:
+        secret = _required_str(raw, "pool_secret").encode()
+    if len(secret) < 8:
+        raise ConfigError("pool_secret: must be at least 8 characters")
+    return secret
+
+
+def _replication(raw: object) -> ReplicationConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("replication: expected a table")
+    for key in raw:
+        if key not in _KNOWN_REPLICATION:
+            raise ConfigError(f"replication.{key}: unknown key")
+    listen = (
+        parse_address(raw["listen"], "replication.listen") if "listen" in raw else None
+    )
+    peers = []
+    for item in raw.get("peers", []):
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"replication.peers: expected 'id=host:port', got {item!r}")
+        peer_id, _, address = item.partition("=")
+        peers.append((peer_id, *parse_address(address, "replication.peers")))
+    mode = raw.get("mode", "immediate")
+    if mode not in ("immediate", "batch"):
+        raise ConfigError(f"replication.mode: expected 'immediate' or 'batch', got {mode!r}")
+    window = None
+    if "batch_window" in raw:
+        m = _WINDOW.match(str(raw["batch_window"]))
+        if not m:
+            raise ConfigError("replication.batch_window: expected 'HH:MM-HH:MM'")
+        h1, m1, h2, m2 = (int(g) for g in m.groups())
+        if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
+            raise ConfigError("replication.batch_window: hours 00-23, minutes 00-59")
+        window = (h1 * 60 + m1, h2 * 60 + m2)
+    return ReplicationConfig(
+        listen=listen,
+        peers=tuple(peers),
+        mode=mode,
+        batch_window=window,
+        batch_backlog=_positive_int(raw, "batch_backlog", 10_000),
+        copies=_copies(raw.get("copies", {})),
+        copy_timeout=parse_duration(raw.get("copy_timeout", 5.0), "replication.copy_timeout"),
+        degrade=bool(raw.get("degrade", False)),
+    )
+
+
+def _copies(raw: object) -> CopiesConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("replication.copies: expected a table")
+    values: dict[str, int | None] = {}
+    for level, default in (("high", None), ("normal", 2), ("bulk", 1)):
+        value = raw.get(level, "all" if default is None else default)
+        if value == "all":
+            values[level] = None
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            values[level] = value
+        else:
+            raise ConfigError(f"replication.copies.{level}: expected 'all' or an integer >= 1")
+    return CopiesConfig(
+        high=values["high"], normal=values["normal"] or 2, bulk=values["bulk"] or 1
+    )

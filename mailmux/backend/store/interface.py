@@ -1,0 +1,159 @@
+"""The typed interface every mail store implements (the SQLite one is `sqlite.py`).
+
+Mailboxes are addressed by `(owner, name)`; boards are mailboxes whose owner is
+`BOARD_OWNER` and whose IMAP name is `Boards/<board>`, readable by every user, with
+per-user \\Seen. Messages carry a pool-wide GUID; appending a GUID a mailbox already holds is
+a no-op that returns the existing UID (this is how replayed submissions stay single).
+
+Every mutation commits (fsync'd) before its coroutine returns, writes one or more change-log
+records in the same transaction, and then wakes `ChangeFeed` listeners of the mailbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+BOARD_OWNER = "@boards"
+BOARD_PREFIX = "Boards/"
+DEFAULT_SPECIAL_USE = {
+    "Sent": "\\Sent",
+    "Drafts": "\\Drafts",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+    "Archive": "\\Archive",
+}
+
+
+@dataclass(frozen=True)
+class MailboxInfo:
+    id: int
+    owner: str
+    name: str  # IMAP name ("INBOX", "Sent", "Boards/news" for boards)
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    special_use: str | None
+    subscribed: bool
+    messages: int
+    unseen: int  # for the asking user (boards: per-user \Seen)
+    size: int  # total octets
+
+    @property
+    def is_board(self) -> bool:
+        return self.owner == BOARD_OWNER
+
+
+@dataclass(frozen=True)
+class MessageMeta:
+    uid: int
+    guid: str
+    flags: frozenset[str]  # as the asking user sees them (boards: per-user \Seen)
+    modseq: int
+    size: int
+    internaldate: datetime  # timezone-aware
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    mailbox_id: int
+    uidvalidity: int
+    uid: int
+    guid: str
+    duplicate: bool  # the GUID was already there; nothing new was stored
+
+
+@dataclass(frozen=True)
+class FlagChange:
+    uid: int
+    flags: frozenset[str]
+    modseq: int
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    changed: tuple[FlagChange, ...]
+    failed_unchanged_since: tuple[int, ...]  # UIDs refused by UNCHANGEDSINCE (CONDSTORE)
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    uidvalidity: int
+    pairs: tuple[tuple[int, int], ...]  # (source uid, destination uid)
+
+
+@dataclass(frozen=True)
+class ChangeRecord:
+    """One change-log entry (the replication issue ships these)."""
+
+    origin: str
+    seq: int
+    hlc: int
+    kind: str  # user.add, user.passwd, user.del, mailbox.create, mailbox.rename,
+    # mailbox.delete, mailbox.subscribe, message.add, message.flags, message.expunge, board.add
+    payload: dict[str, object]
+
+
+class MailStore(Protocol):
+    # users ------------------------------------------------------------------------
+    async def add_user(self, user: str, password: str) -> None: ...
+    async def set_password(self, user: str, password: str) -> None: ...
+    async def delete_user(self, user: str) -> None: ...
+    async def list_users(self) -> list[str]: ...
+    async def has_user(self, user: str) -> bool: ...
+    async def authenticate(self, user: str, password: str) -> bool: ...
+
+    # boards -----------------------------------------------------------------------
+    async def add_board(self, name: str) -> None: ...
+    async def list_boards(self) -> list[str]: ...
+    async def has_board(self, name: str) -> bool: ...
+
+    # mailboxes (boards appear to every user as "Boards/<name>") ---------------------
+    async def list_mailboxes(self, user: str) -> list[MailboxInfo]: ...
+    async def get_mailbox(self, user: str, name: str) -> MailboxInfo: ...
+    async def create_mailbox(self, user: str, name: str, special_use: str | None = None) -> None: ...
+    async def delete_mailbox(self, user: str, name: str) -> None: ...
+    async def rename_mailbox(self, user: str, old: str, new: str) -> None: ...
+    async def set_subscribed(self, user: str, name: str, subscribed: bool) -> None: ...
+
+    # messages ---------------------------------------------------------------------
+    async def append(
+        self,
+        user: str,
+        mailbox: str,
+        body: bytes,
+        flags: Sequence[str] = (),
+        internaldate: datetime | None = None,
+        guid: str | None = None,
+    ) -> AppendResult: ...
+    async def deliver(
+        self, recipients: Sequence[str], body: bytes, guid: str
+    ) -> list[AppendResult]: ...
+    async def messages(self, user: str, mailbox_id: int) -> list[MessageMeta]: ...
+    async def body(self, mailbox_id: int, uid: int) -> bytes: ...
+    async def store_flags(
+        self,
+        user: str,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: str,
+        flags: Sequence[str],
+        unchanged_since: int | None = None,
+    ) -> StoreResult: ...
+    async def expunge(self, user: str, mailbox_id: int, uids: Sequence[int]) -> list[int]: ...
+    async def copy(
+        self, user: str, mailbox_id: int, uids: Sequence[int], dest: str
+    ) -> CopyResult: ...
+    async def move(
+        self, user: str, mailbox_id: int, uids: Sequence[int], dest: str
+    ) -> CopyResult: ...
+
+    # change log -------------------------------------------------------------------
+    async def changes_since(self, origin: str, seq: int, limit: int = 1000) -> list[ChangeRecord]: ...
+
+    # change feed: a queue that receives the mailbox id after every committed change
+    def listen(self, mailbox_id: int) -> asyncio.Queue[int]: ...
+    def unlisten(self, mailbox_id: int, queue: asyncio.Queue[int]) -> None: ...

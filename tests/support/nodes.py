@@ -1,0 +1,141 @@
+"""Start real `mailmux-backend` processes for tests.
+
+Each node runs in its own process group (start_new_session) so the fixture can kill it and
+anything it spawned with one signal, whatever happens in the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+SECRET = "test-pool-secret-0123456789"
+DOMAIN = "example.test"
+READY_TIMEOUT = 30.0
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+@dataclass
+class NodeProcess:
+    node_id: str
+    config_path: Path
+    data_dir: Path
+    proc: subprocess.Popen[str] | None = None
+    ready: dict[str, object] = field(default_factory=dict)
+    stderr_path: Path | None = None
+
+    @property
+    def imap(self) -> tuple[str, int]:
+        return split_address(str(self.ready["imap"]))
+
+    @property
+    def smtp(self) -> tuple[str, int]:
+        return split_address(str(self.ready["smtp"]))
+
+    @property
+    def control(self) -> tuple[str, int]:
+        return split_address(str(self.ready["control"]))
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def cli(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mailmux.backend", *args, "--config", str(self.config_path)],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def add_user(self, user: str, password: str) -> None:
+        result = self.cli("user", "add", user, stdin=password + "\n")
+        assert result.returncode == 0, result.stderr
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.stderr_path = self.data_dir.parent / f"{self.node_id}.stderr.log"
+        stderr: IO[str] = self.stderr_path.open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailmux.backend", "run", "--config", str(self.config_path)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
+        stderr.close()
+        self.ready = self._read_ready_line()
+
+    def _read_ready_line(self) -> dict[str, object]:
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + READY_TIMEOUT
+        # readline blocks, but the node either prints its line or exits (EOF) well before
+        # READY_TIMEOUT; pytest-timeout guards the pathological case.
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"node {self.node_id} exited early:\n{self.log()}")
+            line = line.strip()
+            if line.startswith("{"):
+                ready: dict[str, object] = json.loads(line)
+                return ready
+        raise RuntimeError(f"node {self.node_id} not ready in {READY_TIMEOUT}s")
+
+    def log(self) -> str:
+        return self.stderr_path.read_text() if self.stderr_path and self.stderr_path.exists() else ""
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group and reap it."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, wait for a clean exit; returns the exit code."""
+        assert self.proc is not None
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.kill()
+
+
+def write_config(
+    root: Path, node_id: str, extra: str = "", replication: str = ""
+) -> NodeProcess:
+    data_dir = root / node_id
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = root / f"{node_id}.toml"
+    config.write_text(
+        f'node_id = "{node_id}"\n'
+        f'data_dir = "{data_dir}"\n'
+        f'domains = ["{DOMAIN}"]\n'
+        f'pool_secret = "{SECRET}"\n'
+        'listen_imap = "127.0.0.1:0"\n'
+        'listen_smtp = "127.0.0.1:0"\n'
+        'listen_control = "127.0.0.1:0"\n'
+        f"{extra}\n{replication}\n"
+    )
+    return NodeProcess(node_id=node_id, config_path=config, data_dir=data_dir)
