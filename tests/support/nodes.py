@@ -6,6 +6,7 @@ anything it spawned with one signal, whatever happens in the test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -66,7 +67,7 @@ class NodeProcess:
         result = self.cli("user", "add", user, stdin=password + "\n")
         assert result.returncode == 0, result.stderr
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.stderr_path = self.data_dir.parent / f"{self.node_id}.stderr.log"
         stderr: IO[str] = self.stderr_path.open("a")
@@ -76,6 +77,7 @@ class NodeProcess:
             stderr=stderr,
             text=True,
             start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
         stderr.close()
         self.ready = self._read_ready_line()
@@ -96,7 +98,8 @@ class NodeProcess:
         raise RuntimeError(f"node {self.node_id} not ready in {READY_TIMEOUT}s")
 
     def log(self) -> str:
-        return self.stderr_path.read_text() if self.stderr_path and self.stderr_path.exists() else ""
+        path = self.stderr_path
+        return path.read_text() if path is not None and path.exists() else ""
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None
@@ -106,10 +109,8 @@ class NodeProcess:
         """SIGKILL the whole process group and reap it."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(timeout=10)
 
     def stop(self, timeout: float = 15.0) -> int:
