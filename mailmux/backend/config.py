@@ -7,48 +7,24 @@ administrator can fix the file without reading code.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$")
+from mailmux.configfile import (
+    ConfigError,
+    parse_address,
+    parse_duration,
+    pool_secret,
+    read_toml,
+    reject_unknown,
+    require_tls_off_loopback,
+    tls_paths,
+)
+
+__all__ = ["BackendConfig", "ConfigError", "CopiesConfig", "ReplicationConfig", "from_dict", "load"]
+
 _WINDOW = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
-
-
-class ConfigError(Exception):
-    """A configuration file is missing, unreadable or has an invalid key."""
-
-
-def parse_address(value: object, key: str) -> tuple[str, int]:
-    """'host:port' → (host, port); port 0 asks the OS for a free one (tests use it)."""
-    if not isinstance(value, str) or ":" not in value:
-        raise ConfigError(f"{key}: expected 'host:port', got {value!r}")
-    host, _, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
-        raise ConfigError(f"{key}: expected 'host:port' with a port 0-65535, got {value!r}")
-    return host, int(port)
-
-
-def parse_duration(value: object, key: str) -> float:
-    """Seconds from a number or a string like '30m', '5s', '250ms'."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a duration, got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value.strip())):
-        unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
-        seconds = float(m.group(1)) * unit
-    else:
-        raise ConfigError(f"{key}: expected a duration like '30m' or 5.0, got {value!r}")
-    if seconds <= 0:
-        raise ConfigError(f"{key}: must be positive, got {value!r}")
-    return seconds
-
-
-def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 @dataclass(frozen=True)
@@ -106,14 +82,7 @@ class BackendConfig:
 
 def load(path: str | Path) -> BackendConfig:
     path = Path(path)
-    try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return from_dict(raw, base=path.parent)
+    return from_dict(read_toml(path), base=path.parent)
 
 
 _KNOWN = {
@@ -129,9 +98,7 @@ _KNOWN_REPLICATION = {
 
 
 def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
-    for key in raw:
-        if key not in _KNOWN:
-            raise ConfigError(f"{key}: unknown key")
+    reject_unknown(raw, _KNOWN)
     node_id = _required_str(raw, "node_id")
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", node_id):
         raise ConfigError(f"node_id: use letters, digits, '.', '_' or '-', got {node_id!r}")
@@ -140,15 +107,12 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
         isinstance(d, str) and "." in d for d in domains
     ):
         raise ConfigError("domains: expected a non-empty list of domain names")
-    tls_cert = _optional_path(raw, "tls_cert", base)
-    tls_key = _optional_path(raw, "tls_key", base)
-    if (tls_cert is None) != (tls_key is None):
-        raise ConfigError("tls_key: tls_cert and tls_key must be given together")
+    tls_cert, tls_key = tls_paths(raw, base)
     config = BackendConfig(
         node_id=node_id,
         data_dir=base / _required_str(raw, "data_dir"),
         domains=tuple(d.lower() for d in domains),
-        pool_secret=_pool_secret(raw, base),
+        pool_secret=pool_secret(raw, base),
         listen_imap=parse_address(raw.get("listen_imap"), "listen_imap"),
         listen_smtp=parse_address(raw.get("listen_smtp"), "listen_smtp"),
         listen_control=parse_address(raw.get("listen_control"), "listen_control"),
@@ -168,10 +132,8 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
         ),
         replication=_replication(raw.get("replication", {})),
     )
-    for key in ("listen_imap", "listen_smtp", "listen_control"):
-        host, _ = getattr(config, key)
-        if not is_loopback(host) and not config.tls_enabled:
-            raise ConfigError(f"{key}: listening on {host} (off loopback) requires tls_cert/tls_key")
+    listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_smtp", "listen_control")}
+    require_tls_off_loopback(listeners, config.tls_enabled)
     return config
 
 
@@ -182,12 +144,6 @@ def _required_str(raw: dict[str, Any], key: str) -> str:
     return value
 
 
-def _optional_path(raw: dict[str, Any], key: str, base: Path) -> Path | None:
-    if key not in raw:
-        return None
-    return base / _required_str(raw, key)
-
-
 def _positive_int(raw: dict[str, Any], key: str, default: int) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -195,26 +151,10 @@ def _positive_int(raw: dict[str, Any], key: str, default: int) -> int:
     return value
 
 
-def _pool_secret(raw: dict[str, Any], base: Path) -> bytes:
-    if "pool_secret_file" in raw:
-        path = base / _required_str(raw, "pool_secret_file")
-        try:
-            secret = path.read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(f"pool_secret_file: cannot read {path}: {exc.strerror}") from exc
-    else:
-        secret = _required_str(raw, "pool_secret").encode()
-    if len(secret) < 8:
-        raise ConfigError("pool_secret: must be at least 8 characters")
-    return secret
-
-
 def _replication(raw: object) -> ReplicationConfig:
     if not isinstance(raw, dict):
         raise ConfigError("replication: expected a table")
-    for key in raw:
-        if key not in _KNOWN_REPLICATION:
-            raise ConfigError(f"replication.{key}: unknown key")
+    reject_unknown(raw, _KNOWN_REPLICATION, "replication.")
     listen = (
         parse_address(raw["listen"], "replication.listen") if "listen" in raw else None
     )

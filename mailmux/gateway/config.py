@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailmux.backend.config import ConfigError, is_loopback, parse_address, parse_duration
+from mailmux.configfile import (
+    ConfigError,
+    parse_address,
+    parse_duration,
+    pool_secret,
+    read_toml,
+    reject_unknown,
+    require_tls_off_loopback,
+    tls_paths,
+)
 
 SELECTIONS = ("least-load", "first-responder", "p2c")
 
 _KNOWN = {
     "pool_secret", "pool_secret_file", "listen_imap", "listen_submission", "selection",
     "discovery_timeout", "request_timeout", "pool", "srv_domain", "broadcast", "tls_cert",
-    "tls_key", "domains",
+    "tls_key",
 }
 
 
@@ -35,20 +43,11 @@ class GatewayConfig:
 
 def load(path: str | Path) -> GatewayConfig:
     path = Path(path)
-    try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return from_dict(raw, base=path.parent)
+    return from_dict(read_toml(path), base=path.parent)
 
 
 def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
-    for key in raw:
-        if key not in _KNOWN:
-            raise ConfigError(f"{key}: unknown key")
+    reject_unknown(raw, _KNOWN)
     selection = raw.get("selection", "least-load")
     if selection not in SELECTIONS:
         raise ConfigError(f"selection: expected one of {', '.join(SELECTIONS)}, got {selection!r}")
@@ -60,12 +59,9 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
         raise ConfigError("srv_domain: expected a domain name")
     if not pool and srv_domain is None and "broadcast" not in raw:
         raise ConfigError("pool: give control addresses, srv_domain or broadcast")
-    tls_cert = base / raw["tls_cert"] if "tls_cert" in raw else None
-    tls_key = base / raw["tls_key"] if "tls_key" in raw else None
-    if (tls_cert is None) != (tls_key is None):
-        raise ConfigError("tls_key: tls_cert and tls_key must be given together")
+    tls_cert, tls_key = tls_paths(raw, base)
     config = GatewayConfig(
-        pool_secret=_secret(raw, base),
+        pool_secret=pool_secret(raw, base),
         listen_imap=parse_address(raw.get("listen_imap", "127.0.0.1:1143"), "listen_imap"),
         listen_submission=parse_address(
             raw.get("listen_submission", "127.0.0.1:1587"), "listen_submission"
@@ -79,25 +75,6 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
-    for key in ("listen_imap", "listen_submission"):
-        host, _ = getattr(config, key)
-        if not is_loopback(host) and config.tls_cert is None:
-            raise ConfigError(f"{key}: listening on {host} (off loopback) requires tls_cert/tls_key")
+    listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_submission")}
+    require_tls_off_loopback(listeners, config.tls_cert is not None)
     return config
-
-
-def _secret(raw: dict[str, Any], base: Path) -> bytes:
-    if "pool_secret_file" in raw:
-        path = base / str(raw["pool_secret_file"])
-        try:
-            secret = path.read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(f"pool_secret_file: cannot read {path}: {exc.strerror}") from exc
-    else:
-        value = raw.get("pool_secret")
-        if not isinstance(value, str):
-            raise ConfigError("pool_secret: required, expected a string")
-        secret = value.encode()
-    if len(secret) < 8:
-        raise ConfigError("pool_secret: must be at least 8 characters")
-    return secret
