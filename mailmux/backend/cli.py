@@ -1,0 +1,205 @@
+"""`mailmux-backend`: run a node, and manage its users and boards.
+
+The user and board commands open the node's SQLite store directly; that is safe while the node
+runs (WAL mode, one writer at a time). Passwords are read from stdin (one line) or, on a
+terminal, prompted for without echo; they are never printed or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import logging
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+import click
+
+from mailmux.backend.config import BackendConfig, ConfigError, load
+from mailmux.backend.errors import BackendError
+from mailmux.backend.store.interface import MailStore
+
+log = logging.getLogger("mailmux.backend")
+
+T = TypeVar("T")
+
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+# What a start or a store command can meet that is the environment's fault, not a bug: a port in
+# use, a data_dir we may not write, a database we cannot open. Reported in one line.
+ENVIRONMENT_ERRORS = (OSError, sqlite3.Error)
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the node's TOML config file",
+)
+
+
+@click.group()
+def main() -> None:
+    """mailmux backend node."""
+
+
+# run --------------------------------------------------------------------------------------
+
+
+@main.command()
+@config_option
+def run(config_path: Path) -> None:
+    """Run the node until SIGTERM or SIGINT; prints one JSON line when ready."""
+    config = _load_config(config_path)
+    _setup_logging(config.node_id)
+    try:
+        asyncio.run(_serve(config))
+    except (*ENVIRONMENT_ERRORS, BackendError) as exc:
+        log.error("cannot run node %s: %s", config.node_id, exc)
+        _fail(f"error: {exc}")
+
+
+async def _serve(config: BackendConfig) -> None:
+    from mailmux.backend.node import Node
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Node(config) as node:
+        click.echo(json.dumps(node.ready))
+        sys.stdout.flush()
+        await stop.wait()
+
+
+def _setup_logging(node_id: str) -> None:
+    level = os.environ.get("MAILMUX_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level if level in logging.getLevelNamesMapping() else logging.INFO,
+        format=f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s",
+    )
+    # aiosmtpd logs every command at INFO and message lines at DEBUG: keep mail content out of
+    # the log whatever MAILMUX_LOG_LEVEL says; our handler logs each transaction itself.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+# users ------------------------------------------------------------------------------------
+
+
+@main.group()
+def user() -> None:
+    """Manage users (ids are e-mail addresses in the node's domains)."""
+
+
+@user.command("add")
+@click.argument("name")
+@config_option
+def user_add(name: str, config_path: Path) -> None:
+    """Add user NAME; the password is read from stdin (one line)."""
+    password = _read_password()
+    _with_store(config_path, lambda store: store.add_user(name, password))
+    click.echo(f"added user {name}")
+
+
+@user.command("passwd")
+@click.argument("name")
+@config_option
+def user_passwd(name: str, config_path: Path) -> None:
+    """Set the password of user NAME, read from stdin (one line)."""
+    password = _read_password()
+    _with_store(config_path, lambda store: store.set_password(name, password))
+    click.echo(f"password of {name} changed")
+
+
+@user.command("del")
+@click.argument("name")
+@config_option
+def user_del(name: str, config_path: Path) -> None:
+    """Delete user NAME and their mailboxes."""
+    _with_store(config_path, lambda store: store.delete_user(name))
+    click.echo(f"deleted user {name}")
+
+
+@user.command("list")
+@config_option
+def user_list(config_path: Path) -> None:
+    """List users, one a line."""
+    for name in _with_store(config_path, lambda store: store.list_users()):
+        click.echo(name)
+
+
+# boards -----------------------------------------------------------------------------------
+
+
+@main.group()
+def board() -> None:
+    """Manage boards (shared folders; post to board+NAME@DOMAIN)."""
+
+
+@board.command("add")
+@click.argument("name")
+@config_option
+def board_add(name: str, config_path: Path) -> None:
+    """Add board NAME."""
+    _with_store(config_path, lambda store: store.add_board(name))
+    click.echo(f"added board {name}")
+
+
+@board.command("list")
+@config_option
+def board_list(config_path: Path) -> None:
+    """List boards, one a line."""
+    for name in _with_store(config_path, lambda store: store.list_boards()):
+        click.echo(name)
+
+
+# helpers ----------------------------------------------------------------------------------
+
+
+def _load_config(path: Path) -> BackendConfig:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        click.echo(f"config error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(EXIT_FAILURE)
+
+
+def _read_password() -> str:
+    stdin = click.get_text_stream("stdin")
+    # From a pipe only the line ending is removed: spaces may be part of a password.
+    password = (
+        getpass.getpass("Password: ") if stdin.isatty() else stdin.readline().rstrip("\r\n")
+    )
+    if not password:
+        _fail("error: empty password refused")
+    return password
+
+
+def _with_store(config_path: Path, action: Callable[[MailStore], Awaitable[T]]) -> T:
+    config = _load_config(config_path)
+    try:
+        return asyncio.run(_store_action(config, action))
+    except BackendError as exc:
+        _fail(f"error: {exc.message}")
+    except ENVIRONMENT_ERRORS as exc:
+        _fail(f"error: {exc}")
+
+
+async def _store_action(config: BackendConfig, action: Callable[[MailStore], Awaitable[T]]) -> T:
+    from mailmux.backend.store.sqlite import SqliteStore
+
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    async with SqliteStore.open(config.db_path, config.node_id, config.domains) as store:
+        return await action(store)

@@ -1,0 +1,124 @@
+"""One backend node: the store, the load meter and the three network components, wired together.
+
+`async with Node(config) as node:` opens everything in dependency order and closes it in reverse
+(each listener stops accepting, lets its sessions finish briefly, then cancels them; the store
+closes last so that nothing in flight loses its database). The control endpoint starts last:
+once it answers "who serves USER?" the IMAP and SMTP ports it reports are already listening.
+
+Components are imported when the node starts, so that `mailmux-backend user ...` does not load
+the servers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from mailmux.backend.config import BackendConfig
+from mailmux.backend.load import LoadMeter
+from mailmux.backend.store.interface import MailStore
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+READY_FILE = "ready.json"
+
+
+def format_address(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Node:
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.meter = LoadMeter()
+        self.ready: dict[str, Any] = {}
+        self._stack = contextlib.AsyncExitStack()
+        self._store: MailStore | None = None
+
+    @property
+    def store(self) -> MailStore:
+        assert self._store is not None, "the node is not running"
+        return self._store
+
+    @property
+    def ready_path(self) -> Path:
+        return self.config.data_dir / READY_FILE
+
+    async def __aenter__(self) -> Node:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        log.info("node %s stopping", self.config.node_id)
+        await self._stack.aclose()
+        log.info("node %s stopped", self.config.node_id)
+
+    async def _start(self) -> None:
+        from mailmux.backend.control.server import ControlServer
+        from mailmux.backend.imap.server import ImapServer
+        from mailmux.backend.smtp.server import SmtpIntake
+        from mailmux.backend.store.sqlite import SqliteStore
+
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._store = await self._stack.enter_async_context(
+            SqliteStore.open(config.db_path, config.node_id, config.domains)
+        )
+        await self.meter.start()
+        self._stack.push_async_callback(self.meter.close)
+
+        imap = ImapServer(config, self.store, self.meter)
+        imap_address = (await imap.start())[0]
+        self._stack.push_async_callback(imap.close)
+
+        intake = SmtpIntake(config, self.store, self.meter)
+        self._stack.push_async_callback(intake.close)
+        smtp_address, *lmtp = await intake.start()
+
+        control = ControlServer(config, self.store, self.meter)
+        control.endpoints = {
+            "imap": format_address(imap_address),
+            "smtp": format_address(smtp_address),
+        }
+        control_address = (await control.start())[0]
+        self._stack.push_async_callback(control.close)
+
+        self.ready = {
+            "node": config.node_id,
+            "pid": os.getpid(),
+            "imap": format_address(imap_address),
+            "smtp": format_address(smtp_address),
+            "lmtp": format_address(lmtp[0]) if lmtp else None,
+            "control": format_address(control_address),
+        }
+        self._write_ready()
+        log.info("node %s ready: %s", config.node_id, self.ready)
+
+    def _write_ready(self) -> None:
+        # Written whole then renamed, so a reader never sees half a file; removed on a clean stop
+        # so that a leftover file means the node died.
+        path = self.ready_path
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(self.ready) + "\n")
+        os.replace(partial, path)
+        self._stack.callback(self._remove_ready)
+
+    def _remove_ready(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.ready_path.unlink()

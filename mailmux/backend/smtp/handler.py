@@ -1,0 +1,237 @@
+"""aiosmtpd hooks for mail intake: who may receive, and durable delivery into the store.
+
+aiosmtpd calls `handle_<VERB>(server, session, envelope, ...)` and sends the string returned.
+The hooks never block: every store call is awaited. DATA is answered 250 only after
+`store.deliver` returned, i.e. after the message was committed (fsync'd).
+
+Recipients are local users or boards (`board+NAME@DOMAIN`) in this node's domains; anything else
+is refused at RCPT. Local parts are matched as given first, then lower-cased, so
+`Alice@EXAMPLE.test` reaches `alice@example.test` whichever way the store spells user ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import UTC, datetime
+
+from aiosmtpd.smtp import Envelope, Session
+
+from mailmux.backend.config import BackendConfig
+from mailmux.backend.errors import BackendError
+from mailmux.backend.load import LoadMeter
+from mailmux.backend.smtp import replies
+from mailmux.backend.smtp.headers import Trace, message_guid, received_header, with_protocol
+from mailmux.backend.smtp.protocol import IntakeSMTP
+from mailmux.backend.store.interface import MailStore
+
+log = logging.getLogger(__name__)
+
+BOARD_ADDRESS_PREFIX = "board+"
+MAX_RECIPIENTS = 1000  # RFC 5321 4.5.3.1.8 asks for at least 100
+
+
+class RecipientRejected(Exception):
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+class IntakeHandler:
+    def __init__(self, config: BackendConfig, store: MailStore, meter: LoadMeter) -> None:
+        self.config = config
+        self.store = store
+        self.meter = meter
+        self.closing = False  # set by SmtpIntake.close: no new transactions
+        self._in_flight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    # hooks ------------------------------------------------------------------------------
+
+    async def handle_EHLO(
+        self,
+        server: IntakeSMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        # With this hook present aiosmtpd leaves recording the name to us.
+        session.host_name = hostname
+        # Drop aiosmtpd's "250 HELP" and its (empty: no mechanisms) AUTH line.
+        kept = [line for line in responses[:-1] if not line.startswith("250-AUTH")]
+        return [*kept, "250-ENHANCEDSTATUSCODES", "250 PIPELINING"]
+
+    async def handle_MAIL(
+        self,
+        server: IntakeSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        if self.closing:
+            return replies.SHUTTING_DOWN
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return replies.SENDER_OK
+
+    async def handle_RCPT(
+        self,
+        server: IntakeSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return replies.TOO_MANY_RECIPIENTS
+        try:
+            recipient = await self.resolve(address)
+        except RecipientRejected as exc:
+            log.info("%s: refused recipient %r: %s", _peer(session), address, exc.reply)
+            return exc.reply
+        except Exception:
+            log.exception("%s: store failed looking up recipient %r", _peer(session), address)
+            return replies.TEMPORARY_FAILURE
+        # The same mailbox named twice (or in two spellings) gets one copy: SMTP drops the
+        # repeat here; LMTP owes a reply per accepted RCPT, and the store's GUID check keeps
+        # the second delivery a no-op.
+        if server.reply_per_recipient or recipient not in envelope.rcpt_tos:
+            envelope.rcpt_tos.append(recipient)
+            envelope.rcpt_options.extend(rcpt_options)
+        return replies.RECIPIENT_OK
+
+    async def handle_DATA(self, server: IntakeSMTP, session: Session, envelope: Envelope) -> str:
+        body = envelope.original_content or b""
+        recipients = list(envelope.rcpt_tos)
+        guid = message_guid(body)
+        message = received_header(self._trace(server, session, envelope, guid)) + body
+        with self._delivery():
+            if not server.reply_per_recipient:
+                return await self._deliver_all(recipients, message, guid, session)
+            lines = await asyncio.gather(
+                *(self._deliver_one(r, message, guid, session) for r in recipients)
+            )
+        # RFC 2033: one reply per recipient in RCPT order; aiosmtpd sends the one we return.
+        for line in lines[:-1]:
+            await server.push(line)
+        return lines[-1]
+
+    # recipients -------------------------------------------------------------------------
+
+    async def resolve(self, address: str) -> str:
+        """The store's spelling of a local recipient, or RecipientRejected with the reply."""
+        local, at, domain = address.rpartition("@")
+        if not at or not local or not domain:
+            raise RecipientRejected(replies.BAD_ADDRESS)
+        domain = domain.lower()
+        if domain not in self.config.domains:
+            raise RecipientRejected(replies.RELAY_DENIED)
+        if local.lower().startswith(BOARD_ADDRESS_PREFIX):
+            name = local[len(BOARD_ADDRESS_PREFIX) :]
+            board = await _first_known(self.store.has_board, (name, name.lower()))
+            if board is not None:
+                return f"{BOARD_ADDRESS_PREFIX}{board}@{domain}"
+        else:
+            user = await _first_known(
+                self.store.has_user, (f"{local}@{domain}", f"{local.lower()}@{domain}")
+            )
+            if user is not None:
+                return user
+        raise RecipientRejected(replies.no_such_user(address))
+
+    # delivery ---------------------------------------------------------------------------
+
+    async def _deliver_all(
+        self, recipients: Sequence[str], message: bytes, guid: str, session: Session
+    ) -> str:
+        failure = await self._store(recipients, message, guid, session)
+        return failure or replies.queued(guid)
+
+    async def _deliver_one(
+        self, recipient: str, message: bytes, guid: str, session: Session
+    ) -> str:
+        failure = await self._store([recipient], message, guid, session)
+        return failure or replies.delivered_to(recipient, guid)
+
+    async def _store(
+        self, recipients: Sequence[str], message: bytes, guid: str, session: Session
+    ) -> str | None:
+        """None once the message is durable for every recipient, else the failure reply."""
+        peer = _peer(session)
+        try:
+            with self.meter.transaction():
+                results = await self.store.deliver(recipients, message, guid)
+        except BackendError as exc:
+            log.warning("%s: delivery of %s to %s failed: %s", peer, guid, recipients, exc)
+            return exc.smtp_reply
+        except Exception:
+            log.exception("%s: store failed delivering %s to %s", peer, guid, recipients)
+            return replies.TEMPORARY_FAILURE
+        replayed = bool(results) and all(r.duplicate for r in results)
+        log.info(
+            "%s: delivered %s to %s%s",
+            peer, guid, ", ".join(recipients), " (replay, already stored)" if replayed else "",
+        )
+        return None
+
+    def _trace(
+        self, server: IntakeSMTP, session: Session, envelope: Envelope, guid: str
+    ) -> Trace:
+        peer = session.peer
+        return Trace(
+            helo=session.host_name,
+            peer_ip=str(peer[0]) if isinstance(peer, tuple) and peer else None,
+            by=self.config.node_id,
+            protocol=with_protocol(
+                lmtp=server.reply_per_recipient,
+                extended=session.extended_smtp,
+                tls=session.ssl is not None,
+                utf8=envelope.smtp_utf8,
+            ),
+            guid=guid,
+            recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None,
+            when=datetime.now(UTC).astimezone(),
+        )
+
+    # shutdown ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _delivery(self) -> Iterator[None]:
+        """Counts deliveries in progress so that shutdown can wait for their answers."""
+        self._in_flight += 1
+        self._drained.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._drained.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for deliveries in progress; False if some were still running at the timeout."""
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+async def _first_known(
+    exists: Callable[[str], Awaitable[bool]], candidates: Sequence[str]
+) -> str | None:
+    for candidate in dict.fromkeys(candidates):
+        if await exists(candidate):
+            return candidate
+    return None
+
+
+def _peer(session: Session) -> str:
+    peer = session.peer
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
