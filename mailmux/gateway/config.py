@@ -22,7 +22,7 @@ SELECTIONS = ("least-load", "first-responder", "p2c")
 _KNOWN = {
     "pool_secret", "pool_secret_file", "listen_imap", "listen_submission", "selection",
     "discovery_timeout", "request_timeout", "pool", "srv_domain", "broadcast", "tls_cert",
-    "tls_key",
+    "tls_key", "dns_server", "domains", "max_line_length", "max_message_size",
 }
 
 
@@ -39,6 +39,10 @@ class GatewayConfig:
     broadcast: tuple[str, int] | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    dns_server: tuple[str, int] | None = None  # SRV lookups go here instead of resolv.conf
+    domains: tuple[str, ...] = ()  # pool domains; empty: the domain of the logged-in user
+    max_line_length: int = 64 * 1024
+    max_message_size: int = 50 * 1024 * 1024
 
 
 def load(path: str | Path) -> GatewayConfig:
@@ -60,6 +64,9 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
     if not pool and srv_domain is None and "broadcast" not in raw:
         raise ConfigError("pool: give control addresses, srv_domain or broadcast")
     tls_cert, tls_key = tls_paths(raw, base)
+    domains = raw.get("domains", [])
+    if not isinstance(domains, list) or not all(isinstance(d, str) and d for d in domains):
+        raise ConfigError("domains: expected a list of domain names")
     config = GatewayConfig(
         pool_secret=pool_secret(raw, base),
         listen_imap=parse_address(raw.get("listen_imap", "127.0.0.1:1143"), "listen_imap"),
@@ -74,7 +81,20 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
         broadcast=parse_address(raw["broadcast"], "broadcast") if "broadcast" in raw else None,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        dns_server=(
+            parse_address(raw["dns_server"], "dns_server") if "dns_server" in raw else None
+        ),
+        domains=tuple(d.lower() for d in domains),
+        max_line_length=_positive_int(raw, "max_line_length", 64 * 1024),
+        max_message_size=_positive_int(raw, "max_message_size", 50 * 1024 * 1024),
     )
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_submission")}
     require_tls_off_loopback(listeners, config.tls_cert is not None)
     return config
+
+
+def _positive_int(raw: dict[str, Any], key: str, default: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
+    return value

@@ -1,0 +1,125 @@
+"""Logging in to a backend node, trying candidates in order (patent S17-S23, §0031).
+
+`connect` walks the ordered candidates: a connection failure or timeout marks the node failed
+(twice → quarantined by the pool) and moves on to the next; a refusal of the credentials is final
+and answered as such at once, so a wrong password costs one backend login, never one per node
+(no brute-force amplification). When nobody is left the caller answers "unavailable" and the log
+says why.
+
+The login exchange is plain line-based IMAP: the greeting and the tagged LOGIN answer are single
+lines. Credentials go as LITERAL+ literals, so any byte a password may hold survives, and the
+backend never has to send a continuation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
+from mailmux.gateway.pool import Pool
+from mailmux.gateway.selection import Candidate, order
+
+log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 2  # a node that fails in both rounds has failed twice and is quarantined
+LOGIN_TAG = b"gw1"
+_CAPABILITY = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
+READ_LIMIT = 1024 * 1024
+
+
+@dataclass
+class BackendSession:
+    candidate: Candidate
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    capabilities: frozenset[str] = field(default_factory=frozenset)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+def login_command(tag: bytes, user: str, password: str) -> bytes:
+    u, p = user.encode(), password.encode()
+    return b"%s LOGIN {%d+}\r\n%s {%d+}\r\n%s\r\n" % (tag, len(u), u, len(p), p)
+
+
+def _capabilities(line: bytes) -> frozenset[str]:
+    match = _CAPABILITY.search(line)
+    return frozenset(match.group(1).decode("ascii", "replace").upper().split()) if match else (
+        frozenset()
+    )
+
+
+async def login(candidate: Candidate, user: str, password: str, timeout: float) -> BackendSession:
+    """One backend, one attempt. Raises AuthenticationFailed or BackendLost."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                *candidate.imap, limit=READ_LIMIT
+            )
+            session = BackendSession(candidate, reader, writer)
+            try:
+                greeting = await reader.readline()
+                if not greeting.startswith(b"* OK"):
+                    raise BackendLost(f"greeting {greeting[:80]!r}")
+                writer.write(login_command(LOGIN_TAG, user, password))
+                await writer.drain()
+                capabilities = _capabilities(greeting)
+                while True:
+                    line = await reader.readline()
+                    if not line:
+                        raise BackendLost("connection closed during LOGIN")
+                    if line.startswith(LOGIN_TAG + b" "):
+                        break
+                    if line.upper().startswith(b"* CAPABILITY "):
+                        capabilities = frozenset(line[13:].decode().upper().split())
+            except BaseException:
+                await session.close()
+                raise
+    except TimeoutError as exc:
+        raise BackendLost(f"no answer within {timeout:.1f}s") from exc
+    except OSError as exc:
+        raise BackendLost(str(exc) or type(exc).__name__) from exc
+    status = line[len(LOGIN_TAG) + 1 :].split(b" ", 1)[0].upper()
+    if status != b"OK":
+        await session.close()
+        if status == b"NO" and b"[UNAVAILABLE]" not in line.upper():
+            raise AuthenticationFailed(f"{candidate.node_id} refused the credentials")
+        raise BackendLost(f"LOGIN answered {line[:80]!r}")
+    session.capabilities = _capabilities(line) or capabilities
+    return session
+
+
+async def connect(
+    pool: Pool, user: str, password: str, *, policy: str, timeout: float,
+    exclude: Sequence[str] = (),
+) -> BackendSession:
+    """Discover, order, and log in to the first candidate that works."""
+    candidates = [c for c in await pool.discover(user, policy) if c.node_id not in exclude]
+    if not candidates:
+        log.warning("login of %s: no live pool member serves this user", user)
+        raise NoBackend(f"no live pool member serves {user}")
+    reasons: list[str] = []
+    for _ in range(MAX_ROUNDS):
+        for candidate in order(candidates, policy):
+            if pool.health.is_quarantined(candidate.node_id):
+                continue
+            try:
+                session = await login(candidate, user, password, timeout)
+            except BackendLost as exc:
+                reasons.append(f"{candidate.node_id}: {exc}")
+                log.warning("login of %s on %s failed: %s", user, candidate.node_id, exc)
+                pool.failed(candidate.node_id, str(exc))
+                continue
+            pool.succeeded(candidate.node_id)
+            log.info("login of %s on %s (load %.1f)", user, candidate.node_id, candidate.load)
+            return session
+    log.warning("login of %s: every candidate failed (%s)", user, "; ".join(reasons))
+    raise NoBackend("; ".join(reasons))

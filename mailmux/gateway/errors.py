@@ -1,0 +1,28 @@
+"""The gateway's exceptions. Each knows how it is answered to an IMAP or SMTP client."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    imap_code = "SERVERBUG"
+    smtp_reply = "451 4.3.0 Temporary gateway failure, try again later"
+
+
+class NoBackend(GatewayError):
+    """No pool member that serves the user could be reached."""
+
+    imap_code = "UNAVAILABLE"
+    smtp_reply = "451 4.3.0 No mail server is available right now, try again later"
+
+
+class AuthenticationFailed(GatewayError):
+    """The backend refused the credentials: final, never retried on another node."""
+
+    imap_code = "AUTHENTICATIONFAILED"
+    smtp_reply = "535 5.7.8 Authentication credentials invalid"
+
+
+class BackendLost(GatewayError):
+    """The backend connection failed or timed out; the caller may fail over."""
+
+    imap_code = "UNAVAILABLE"

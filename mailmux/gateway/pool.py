@@ -1,0 +1,254 @@
+"""Pool membership and discovery: "who serves USER?" asked of every member at once (S5-S11).
+
+Members come from three places, merged: the config's `pool` list of control addresses, DNS SRV
+records `_mailmux._udp.<srv_domain>` (looked up with dnspython, cached for the record's TTL), and
+an optional UDP broadcast on the LAN. Every answer is HMAC-checked by the control client; forged,
+stale or replayed answers are dropped there and logged.
+
+Nodes that failed twice are left out until the background re-probe finds them healthy again
+(`health.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.rdatatype
+import dns.resolver
+
+from mailmux.backend.control.client import query
+from mailmux.gateway.config import GatewayConfig
+from mailmux.gateway.health import HealthBook
+from mailmux.gateway.selection import Address, Candidate
+from mailmux.protocol.control.codec import NONCE_SIZE, ControlError, ReplayCache, decode, encode
+from mailmux.protocol.control.messages import HealthRequest, WhoReply, WhoRequest
+
+log = logging.getLogger(__name__)
+
+SRV_PREFIX = "_mailmux._udp."
+MIN_SRV_TTL = 5.0
+
+
+def parse_endpoint(text: str) -> Address:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One member's answer to a discovery question, kept for `discover` and `status`."""
+
+    control: Address
+    reply: WhoReply
+    latency: float
+
+    def candidate(self) -> Candidate:
+        return Candidate(
+            node_id=self.reply.node_id,
+            control=self.control,
+            imap=parse_endpoint(self.reply.imap),
+            smtp=parse_endpoint(self.reply.smtp),
+            load=self.reply.load,
+            latency=self.latency,
+        )
+
+
+class Pool:
+    def __init__(self, config: GatewayConfig, health: HealthBook | None = None) -> None:
+        self.config = config
+        self.health = health or HealthBook()
+        self._srv_members: list[Address] = []
+        self._srv_expires = 0.0
+        self._control_of: dict[str, Address] = {}
+        self._prober: asyncio.Task[None] | None = None
+
+    # membership -------------------------------------------------------------------------
+
+    async def members(self) -> list[Address]:
+        found = list(self.config.pool)
+        if self.config.srv_domain is not None:
+            found += [m for m in await self._srv() if m not in found]
+        return found
+
+    async def _srv(self) -> list[Address]:
+        if time.monotonic() < self._srv_expires:
+            return self._srv_members
+        domain = SRV_PREFIX + str(self.config.srv_domain)
+        resolver = self._resolver()
+        try:
+            answer = await resolver.resolve(domain, "SRV", lifetime=self.config.discovery_timeout)
+        except dns.exception.DNSException as exc:
+            log.warning("discovery: SRV lookup of %s failed: %s", domain, exc)
+            return self._srv_members  # keep the last good list rather than losing the pool
+        members: list[Address] = []
+        for record in sorted(answer, key=lambda r: (r.priority, -r.weight)):
+            target = record.target.to_text(omit_final_dot=True)
+            for host in await self._addresses(resolver, target):
+                members.append((host, int(record.port)))
+        ttl = answer.rrset.ttl if answer.rrset is not None else 0
+        self._srv_members = members
+        self._srv_expires = time.monotonic() + max(float(ttl), MIN_SRV_TTL)
+        log.info("discovery: SRV %s gives %d member(s)", domain, len(members))
+        return members
+
+    def _resolver(self) -> dns.asyncresolver.Resolver:
+        if self.config.dns_server is None:
+            return dns.asyncresolver.Resolver()
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        host, port = self.config.dns_server
+        resolver.nameservers = [host]
+        resolver.port = port
+        return resolver
+
+    async def _addresses(self, resolver: dns.asyncresolver.Resolver, target: str) -> list[str]:
+        try:
+            answer = await resolver.resolve(target, "A", lifetime=self.config.discovery_timeout)
+        except dns.exception.DNSException as exc:
+            log.warning("discovery: cannot resolve SRV target %s: %s", target, exc)
+            return []
+        return [r.to_text() for r in answer]
+
+    # discovery --------------------------------------------------------------------------
+
+    async def ask(self, user: str, *, stop_at_first_yes: bool = False) -> list[Answer]:
+        """Every signed answer to WHO USER within the discovery deadline, fastest first."""
+        timeout = self.config.discovery_timeout
+        started = time.monotonic()
+        asks = [self._ask_one(member, user, timeout) for member in await self.members()]
+        if self.config.broadcast is not None:
+            asks.append(self._broadcast(user, timeout))
+        tasks = [asyncio.ensure_future(a) for a in asks]
+        answers: list[Answer] = []
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                latency = time.monotonic() - started
+                for control, reply in await next_done:
+                    answers.append(Answer(control, reply, latency))
+                    self._control_of[reply.node_id] = control
+                if stop_at_first_yes and any(a.reply.serves for a in answers):
+                    break
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return _unique(answers)
+
+    async def _ask_one(
+        self, member: Address, user: str, timeout: float
+    ) -> list[tuple[Address, WhoReply]]:
+        try:
+            reply = await query(member, WhoRequest(user), self.config.pool_secret, timeout=timeout)
+        except (TimeoutError, OSError, ControlError) as exc:
+            log.debug("discovery: no answer from %s:%d: %r", *member, exc)
+            return []
+        return [(member, reply)]
+
+    async def discover(self, user: str, policy: str) -> list[Candidate]:
+        """Members that serve USER and are not quarantined, as selection candidates."""
+        answers = await self.ask(user, stop_at_first_yes=policy == "first-responder")
+        candidates = []
+        for answer in answers:
+            if not answer.reply.serves:
+                continue
+            if self.health.is_quarantined(answer.reply.node_id):
+                log.info("discovery: %s serves %s but is quarantined", answer.reply.node_id, user)
+                continue
+            candidates.append(answer.candidate())
+        log.info(
+            "discovery: %s served by %s",
+            user, ", ".join(f"{c.node_id}(load {c.load:.1f})" for c in candidates) or "nobody",
+        )
+        return candidates
+
+    async def _broadcast(self, user: str, timeout: float) -> list[tuple[Address, WhoReply]]:
+        """Send one signed WHO to the broadcast address; gather every valid answer in time."""
+        assert self.config.broadcast is not None
+        loop = asyncio.get_running_loop()
+        secret = self.config.pool_secret
+        request_id = os.urandom(NONCE_SIZE)
+        replies: list[tuple[Address, WhoReply]] = []
+        cache = ReplayCache(max_entries=256)
+
+        class Collector(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Address) -> None:
+                try:
+                    reply, envelope = decode(data, secret, now=time.time(), replay_cache=cache)
+                except ControlError as exc:
+                    log.warning("discovery: ignoring broadcast answer from %s: %s", addr[0], exc)
+                    return
+                if envelope.request_id == request_id and isinstance(reply, WhoReply):
+                    replies.append(((addr[0], addr[1]), reply))
+
+        transport, _ = await loop.create_datagram_endpoint(
+            Collector, local_addr=("0.0.0.0", 0), allow_broadcast=True
+        )
+        try:
+            data = encode(WhoRequest(user), secret, now=time.time(), nonce=request_id)
+            transport.sendto(data, self.config.broadcast)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.sleep(timeout)  # a broadcast has no "last answer": wait it out
+        finally:
+            transport.close()
+        return replies
+
+    # health -----------------------------------------------------------------------------
+
+    def failed(self, node_id: str, error: str) -> None:
+        self.health.failed(node_id, error)
+        if self.health.is_quarantined(node_id):
+            log.warning("pool: %s failed twice (%s); left out until it answers again",
+                        node_id, error)
+            self._ensure_prober()
+
+    def succeeded(self, node_id: str) -> None:
+        self.health.succeeded(node_id)
+
+    def _ensure_prober(self) -> None:
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    async def _probe_loop(self) -> None:
+        while True:
+            for node_id in self.health.due_for_probe():
+                await self._probe(node_id)
+            if not any(self.health.is_quarantined(n) for n in list(self._control_of)):
+                return
+            await asyncio.sleep(0.5)  # a timer, not synchronisation: re-probe cadence
+
+    async def _probe(self, node_id: str) -> None:
+        control = self._control_of.get(node_id)
+        if control is None:
+            self.health.succeeded(node_id)
+            return
+        try:
+            await query(control, HealthRequest(), self.config.pool_secret,
+                        timeout=self.config.discovery_timeout)
+        except (TimeoutError, OSError, ControlError) as exc:
+            self.health.probe_failed(node_id, repr(exc))
+            return
+        log.info("pool: %s answers again; back in the candidate list", node_id)
+        self.health.succeeded(node_id)
+
+    async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+
+
+def _unique(answers: list[Answer]) -> list[Answer]:
+    """One answer per node id (the same node may be listed twice, e.g. config and SRV)."""
+    seen: set[str] = set()
+    unique = []
+    for answer in answers:
+        if answer.reply.node_id not in seen:
+            seen.add(answer.reply.node_id)
+            unique.append(answer)
+    return unique

@@ -1,0 +1,253 @@
+"""The client-facing SMTP submission server (aiosmtpd) and its delivery to the pool.
+
+What the client sees: AUTH PLAIN or LOGIN is required before MAIL FROM; the credentials are
+checked by logging in to a backend that serves the user (the same path as IMAP, so the same
+failover and the same "wrong password is final" rule). The envelope sender must be the
+authenticated user. Recipients must be in the pool's domains (relaying comes later: 550 5.7.1)
+and must be served by some pool member (550 5.1.1), which the gateway asks at RCPT time.
+
+After DATA the gateway holds the whole message, stamps its GUID (`message_id.py`) and hands it
+to the least-loaded live node serving the recipients. A node that fails mid-transfer or answers
+4xx is marked failed and the next candidate gets the same bytes; backends deduplicate on the
+GUID, so a replay is stored once. 250 goes to the client only after a backend said 250. Nobody
+left: 451 4.3.0, so the client keeps the message and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import contextlib
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import AnyStr
+
+import aiosmtplib
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+
+from mailmux.backend.smtp.replies import with_enhanced_code
+from mailmux.gateway.config import GatewayConfig
+from mailmux.gateway.connector import connect
+from mailmux.gateway.errors import AuthenticationFailed, NoBackend
+from mailmux.gateway.message_id import stamp
+from mailmux.gateway.pool import Pool
+from mailmux.gateway.selection import Candidate, order
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+SESSION_TIMEOUT = 300.0
+UNAVAILABLE = "451 4.3.0 No mail server is available right now, try again later"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(user={self.user!r})"
+
+
+class SubmissionHandler:
+    def __init__(self, config: GatewayConfig, pool: Pool) -> None:
+        self.config = config
+        self.pool = pool
+        self.delivered = 0
+
+    # AUTH (handler hooks override aiosmtpd's built-in mechanisms) -------------------------
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        blob = await _initial_or_challenge(server, args, "")
+        if blob is None:
+            return AuthResult(success=False, handled=False, message="501 5.5.2 Bad AUTH data")
+        parts = blob.split(b"\0")
+        if len(parts) != 3:
+            return AuthResult(success=False, handled=False, message="501 5.5.2 Bad AUTH data")
+        return await self._verify(parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        user = await _initial_or_challenge(server, args, "VXNlcm5hbWU6")  # "Username:"
+        if user is None:
+            return AuthResult(success=False, handled=False, message="501 5.5.2 Bad AUTH data")
+        password = await server.challenge_auth("Password:")
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=False, message="501 5.5.2 Bad AUTH data")
+        return await self._verify(user, password)
+
+    async def _verify(self, raw_user: bytes, raw_password: bytes) -> AuthResult:
+        try:
+            user, password = raw_user.decode(), raw_password.decode()
+        except UnicodeDecodeError:
+            return AuthResult(success=False, handled=False, message="501 5.5.2 Bad AUTH data")
+        try:
+            session = await connect(
+                self.pool, user, password,
+                policy=self.config.selection, timeout=self.config.request_timeout,
+            )
+        except AuthenticationFailed:
+            log.info("submission: authentication of %s failed", user)
+            return AuthResult(success=False, handled=False,
+                              message="535 5.7.8 Authentication credentials invalid")
+        except NoBackend as exc:
+            log.warning("submission: cannot check %s's credentials: %s", user, exc)
+            return AuthResult(success=False, handled=False, message=UNAVAILABLE)
+        await session.close()
+        return AuthResult(success=True, auth_data=Credentials(user.lower()))
+
+    # envelope -------------------------------------------------------------------------
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        options: list[str],
+    ) -> str:
+        user = _user(session)
+        if address.lower() != user:
+            return f"553 5.7.1 Sender <{address}> is not the authenticated user <{user}>"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        options: list[str],
+    ) -> str:
+        domain = address.rpartition("@")[2].lower()
+        domains = self.config.domains or (_user(session).rpartition("@")[2],)
+        if domain not in domains:
+            return (f"550 5.7.1 <{address}>: relaying outside the pool's domains "
+                    f"({', '.join(domains)}) is not supported")
+        answers = await self.pool.ask(address)
+        if not answers:
+            return UNAVAILABLE
+        if not any(a.reply.serves for a in answers):
+            return f"550 5.1.1 <{address}>: no such user here"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        user = _user(session)
+        content = envelope.original_content or b""
+        guid, message = stamp(user, content)
+        try:
+            node = await self._deliver(envelope, message, guid)
+        except NoBackend as exc:
+            log.warning("submission: %s from %s not delivered: %s", guid, user, exc)
+            return UNAVAILABLE
+        self.delivered += 1
+        log.info("submission: %s from %s to %s accepted by %s",
+                 guid, user, ", ".join(envelope.rcpt_tos), node)
+        return f"250 2.0.0 Ok: queued as {guid}"
+
+    async def _deliver(self, envelope: Envelope, message: bytes, guid: str) -> str:
+        candidates = await self._candidates(envelope.rcpt_tos)
+        reasons = []
+        for candidate in candidates:
+            try:
+                await aiosmtplib.send(
+                    message,
+                    sender=envelope.mail_from,
+                    recipients=envelope.rcpt_tos,
+                    hostname=candidate.smtp[0],
+                    port=candidate.smtp[1],
+                    timeout=self.config.request_timeout,
+                    start_tls=False,
+                    use_tls=False,
+                )
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                raise NoBackend(f"{candidate.node_id} refused recipients: {exc}") from exc
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                reasons.append(f"{candidate.node_id}: {exc}")
+                log.warning("submission: %s to %s failed: %s", guid, candidate.node_id, exc)
+                self.pool.failed(candidate.node_id, str(exc))
+                continue
+            self.pool.succeeded(candidate.node_id)
+            return candidate.node_id
+        raise NoBackend("; ".join(reasons) or "no live node serves every recipient")
+
+    async def _candidates(self, recipients: list[str]) -> list[Candidate]:
+        """Live nodes that serve every recipient, in selection order."""
+        per_recipient = await asyncio.gather(
+            *(self.pool.discover(r, self.config.selection) for r in recipients)
+        )
+        common: dict[str, Candidate] = {c.node_id: c for c in per_recipient[0]}
+        for found in per_recipient[1:]:
+            ids = {c.node_id for c in found}
+            common = {k: v for k, v in common.items() if k in ids}
+        return order(list(common.values()), self.config.selection)
+
+
+async def _initial_or_challenge(server: SMTP, args: list[str], prompt: str) -> bytes | None:
+    if len(args) >= 3:
+        if args[2] == "=":
+            return b""
+        try:
+            return base64.b64decode(args[2], validate=True)
+        except binascii.Error:
+            return None
+    answer = await server.challenge_auth(prompt, encode_to_b64=False)
+    return None if answer is MISSING or not isinstance(answer, bytes) else answer
+
+
+def _user(session: Session) -> str:
+    data = session.auth_data
+    assert isinstance(data, Credentials), "aiosmtpd checks AUTH before MAIL/RCPT/DATA"
+    return data.user
+
+
+class SubmissionSMTP(SMTP):
+    def __init__(self, handler: SubmissionHandler, *, config: GatewayConfig,
+                 tls_context: ssl.SSLContext | None, loop: asyncio.AbstractEventLoop) -> None:
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+        self.line_length_limit = max(config.max_line_length, SMTP.line_length_limit)
+        super().__init__(
+            handler,
+            data_size_limit=config.max_message_size,
+            enable_SMTPUTF8=True,
+            hostname="mailmux-gateway",
+            ident="mailmux submission",
+            tls_context=tls_context,
+            require_starttls=False,
+            auth_required=True,
+            # Loopback is the only plain-text listener the config allows (require_tls_off_loopback).
+            auth_require_tls=tls_context is not None,
+            timeout=SESSION_TIMEOUT,
+            loop=loop,
+        )
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str) and not status.startswith(("220", "250-", "250 ")):
+            status = with_enhanced_code(status)
+        await super().push(status)
+
+
+class SubmissionServer:
+    def __init__(self, config: GatewayConfig, pool: Pool,
+                 tls_context: ssl.SSLContext | None = None) -> None:
+        self.config = config
+        self.handler = SubmissionHandler(config, pool)
+        self._tls = tls_context
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> Address:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: SubmissionSMTP(self.handler, config=self.config, tls_context=self._tls,
+                                   loop=loop),
+            *self.config.listen_submission,
+        )
+        bound: Address = self._server.sockets[0].getsockname()[:2]
+        log.info("submission listening on %s:%d", *bound)
+        return bound
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 5.0)
+            self._server = None
+
+
