@@ -322,7 +322,7 @@ class ClientSession:
                 waiting: set[asyncio.Future[object]] = {reader}  # type: ignore[arg-type]
                 if relay.continued and not relay.done_sent:
                     client = client or asyncio.ensure_future(self.next_client_event())
-                    waiting.add(client)  # type: ignore[arg-type]
+                    waiting.add(client)
                 done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if client is not None and client in done:
                     event = client.result()
@@ -476,14 +476,14 @@ class ImapProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._sessions.add(task)  # type: ignore[arg-type]
+        self._sessions.add(task)
         session = ClientSession(self, reader, writer)
         try:
             await session.run()
         except Exception:
             log.exception("imap %s: session failed", session.peer)
         finally:
-            self._sessions.discard(task)  # type: ignore[arg-type]
+            self._sessions.discard(task)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()

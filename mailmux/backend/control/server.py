@@ -175,7 +175,10 @@ class ControlServer:
             )
         if isinstance(request, LoadRequest):
             snapshot = self.meter.snapshot()
-            return LoadReply(node_id=node_id, load=snapshot["score"], details=snapshot)
+            users = float(len(await self.store.list_users()))
+            return LoadReply(
+                node_id=node_id, load=snapshot["score"], details={**snapshot, "users": users}
+            )
         assert isinstance(request, HealthRequest)
         return HealthReply(
             node_id=node_id,

@@ -1,0 +1,3 @@
+from mailmux.gateway.cli import main
+
+main()

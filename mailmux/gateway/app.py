@@ -1,0 +1,62 @@
+"""One gateway process: the pool, the client-facing IMAP relay and SMTP submission, wired."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from types import TracebackType
+
+from mailmux.gateway.config import GatewayConfig
+from mailmux.gateway.imap_proxy import ImapProxy
+from mailmux.gateway.pool import Pool
+from mailmux.gateway.submission import SubmissionServer
+
+log = logging.getLogger(__name__)
+
+
+def tls_context(config: GatewayConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+def format_address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.pool = Pool(config)
+        self.ready: dict[str, str] = {}
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Gateway:
+        try:
+            context = tls_context(self.config)
+            self._stack.push_async_callback(self.pool.close)
+            imap = ImapProxy(self.config, self.pool, context)
+            imap_address = await imap.start()
+            self._stack.push_async_callback(imap.close)
+            submission = SubmissionServer(self.config, self.pool, context)
+            submission_address = await submission.start()
+            self._stack.push_async_callback(submission.close)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self.ready = {
+            "imap": format_address(imap_address),
+            "submission": format_address(submission_address),
+        }
+        log.info("gateway ready: %s", self.ready)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
