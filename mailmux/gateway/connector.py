@@ -59,6 +59,7 @@ def _capabilities(line: bytes) -> frozenset[str]:
 
 async def login(candidate: Candidate, user: str, password: str, timeout: float) -> BackendSession:
     """One backend, one attempt. Raises AuthenticationFailed or BackendLost."""
+    log.debug("login: trying %s on %s", user, candidate.node_id)
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(

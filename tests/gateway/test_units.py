@@ -31,7 +31,8 @@ def test_literal_content_is_never_rewritten() -> None:
 def test_login_literals_and_binary_literals() -> None:
     raw = b"a LOGIN {3}\r\nbob {2+}\r\npw\r\n"
     assert non_synchronising(raw) == b"a LOGIN {3+}\r\nbob {2+}\r\npw\r\n"
-    assert non_synchronising(b"a APPEND X ~{2}\r\n\x00\x01\r\n") == b"a APPEND X ~{2+}\r\n\x00\x01\r\n"
+    binary = b"a APPEND X ~{2}\r\n\x00\x01\r\n"
+    assert non_synchronising(binary) == b"a APPEND X ~{2+}\r\n\x00\x01\r\n"
 
 
 @given(st.lists(st.binary(max_size=40), max_size=4))

@@ -107,11 +107,17 @@ class NodeProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole process group and reap it."""
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, wait for a clean exit; returns the exit code."""
