@@ -1,0 +1,658 @@
+"""Parsing one framed IMAP command (RFC 3501 grammar + the extensions we serve) into a `Command`.
+
+`parse_command(raw)` takes exactly what `CommandFramer` produced (first line, literals, CRLF) and
+returns a `commands.Command`, or raises `ParseError` carrying the tag whenever one could be read.
+No other exception escapes, whatever the input (a fuzz test checks this).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import date, datetime, timedelta, timezone
+
+from mailmux.protocol.imap.commands import (
+    Append,
+    Args,
+    Authenticate,
+    Command,
+    CopyMove,
+    Enable,
+    Expunge,
+    Fetch,
+    FetchAttr,
+    Id,
+    ListArgs,
+    Login,
+    MailboxArg,
+    NoArgs,
+    Rename,
+    Search,
+    SearchKey,
+    Section,
+    SeqRange,
+    SequenceSet,
+    StatusArgs,
+    Store,
+)
+from mailmux.protocol.imap.errors import ParseError
+from mailmux.protocol.imap.mutf7 import decode_mailbox
+
+_ATOM_SPECIALS = frozenset(b'(){ %*"\\]') | frozenset(range(0x20)) | {0x7F}
+_TAG_SPECIALS = _ATOM_SPECIALS | {ord("+")}
+_MONTHS = {m: i + 1 for i, m in enumerate(
+    ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"])}
+_DATE = re.compile(rb"(\d{1,2})-([A-Za-z]{3})-(\d{4})")
+_DATETIME = re.compile(
+    rb" ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)"
+)
+_SYSTEM_FLAGS = {f.upper(): f for f in
+                 ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", "\\Recent")}
+_NO_ARGS = {"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT", "IDLE",
+            "NAMESPACE"}
+_STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
+                 "SIZE"}
+_FETCH_SIMPLE = {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE",
+                 "RFC822", "RFC822.HEADER", "RFC822.TEXT", "MODSEQ"}
+_MACROS = {
+    "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
+    "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
+    "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
+}
+_SEARCH_FLAG_KEYS = {"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW", "OLD", "RECENT",
+                     "SEEN", "UNANSWERED", "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN"}
+_SEARCH_STRING_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
+_SEARCH_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+MAX_DEPTH = 50
+
+
+class _Fail(Exception):
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class _Reader:
+    """A cursor over one command's bytes."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.pos = 0
+        self.depth = 0
+
+    # primitives -------------------------------------------------------------------------
+
+    def peek(self, n: int = 1) -> bytes:
+        return self.raw[self.pos : self.pos + n]
+
+    def at_end(self) -> bool:
+        return self.raw[self.pos :] in (b"\r\n", b"\n", b"")
+
+    def end(self) -> None:
+        if not self.at_end():
+            raise _Fail(f"unexpected {self.raw[self.pos:self.pos + 20]!r} at end of command")
+
+    def take(self, token: bytes) -> bool:
+        if self.raw[self.pos : self.pos + len(token)].upper() == token.upper():
+            self.pos += len(token)
+            return True
+        return False
+
+    def expect(self, token: bytes, what: str | None = None) -> None:
+        if not self.take(token):
+            found = self.raw[self.pos : self.pos + 20]
+            raise _Fail(f"expected {what or token.decode()!s}, found {found!r}")
+
+    def sp(self) -> None:
+        self.expect(b" ", "a space")
+
+    def atom_bytes(self, extra_ok: bytes = b"") -> bytes:
+        start = self.pos
+        raw = self.raw
+        while self.pos < len(raw):
+            c = raw[self.pos]
+            if (c in _ATOM_SPECIALS and c not in extra_ok) or c >= 0x80:
+                break
+            self.pos += 1
+        if self.pos == start:
+            raise _Fail(f"expected an atom, found {raw[start:start + 20]!r}")
+        return raw[start : self.pos]
+
+    def fetch_word(self) -> str:
+        """A FETCH item name: it stops at "[" (atoms may contain it) and "<"."""
+        start = self.pos
+        raw = self.raw
+        while self.pos < len(raw) and (chr(raw[self.pos]).isalnum() or raw[self.pos] == 0x2E):
+            self.pos += 1
+        if self.pos == start:
+            raise _Fail(f"expected a FETCH item, found {raw[start:start + 20]!r}")
+        return raw[start : self.pos].decode("ascii").upper()
+
+    def atom(self) -> str:
+        return self.atom_bytes().decode("ascii")
+
+    def number(self) -> int:
+        start = self.pos
+        while self.pos < len(self.raw) and 0x30 <= self.raw[self.pos] <= 0x39:
+            self.pos += 1
+        if self.pos == start or self.pos - start > 20:
+            raise _Fail(f"expected a number, found {self.raw[start:start + 20]!r}")
+        return int(self.raw[start : self.pos])
+
+    def nz_number(self) -> int:
+        n = self.number()
+        if n == 0 or n > 0xFFFFFFFF:
+            raise _Fail(f"number {n} out of range")
+        return n
+
+    def quoted(self) -> bytes:
+        self.expect(b'"')
+        out = bytearray()
+        raw = self.raw
+        while True:
+            if self.pos >= len(raw):
+                raise _Fail("unterminated quoted string")
+            c = raw[self.pos]
+            if c == 0x22:
+                self.pos += 1
+                return bytes(out)
+            if c == 0x5C:
+                nxt = raw[self.pos + 1 : self.pos + 2]
+                if nxt not in (b'"', b"\\"):
+                    raise _Fail("bad escape in quoted string")
+                out += nxt
+                self.pos += 2
+                continue
+            if c in (0x0A, 0x0D):
+                raise _Fail("line break in quoted string")
+            out.append(c)
+            self.pos += 1
+
+    def literal(self) -> tuple[bytes, bool]:
+        binary = self.take(b"~")
+        self.expect(b"{")
+        size = self.number()
+        self.take(b"+")
+        self.expect(b"}")
+        if not (self.take(b"\r\n") or self.take(b"\n")):
+            raise _Fail("literal announcement must end the line")
+        data = self.raw[self.pos : self.pos + size]
+        if len(data) != size:
+            raise _Fail("literal shorter than announced")
+        self.pos += size
+        if not binary and b"\x00" in data:
+            raise _Fail("NUL in a non-binary literal", "CLIENTBUG")
+        return data, binary
+
+    def string(self) -> bytes:
+        c = self.peek()
+        if c == b'"':
+            return self.quoted()
+        if c in (b"{", b"~"):
+            return self.literal()[0]
+        raise _Fail(f"expected a string, found {self.raw[self.pos:self.pos + 20]!r}")
+
+    def astring(self) -> bytes:
+        c = self.peek()
+        if c in (b'"', b"{", b"~"):
+            return self.string()
+        return self.atom_bytes(extra_ok=b"]")
+
+    def nstring(self) -> bytes | None:
+        if self.peek(3).upper() == b"NIL" and self.raw[self.pos + 3 : self.pos + 4] in (
+            b" ", b")", b"\r", b"\n", b""
+        ):
+            self.pos += 3
+            return None
+        return self.string()
+
+    def text(self, raw: bytes, charset: str = "UTF-8") -> str:
+        try:
+            return raw.decode("utf-8" if charset in ("UTF-8", "US-ASCII") else charset)
+        except (UnicodeDecodeError, LookupError) as exc:
+            raise _Fail("string is not valid UTF-8", "CLIENTBUG") from exc
+
+    def mailbox(self) -> str:
+        raw = self.astring()
+        try:
+            name = decode_mailbox(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise _Fail(f"bad mailbox name: {exc}", "CLIENTBUG") from exc
+        return "INBOX" if name.upper() == "INBOX" else name
+
+    def list_mailbox(self) -> str:
+        quoted_or_literal = self.peek() in (b'"', b"{", b"~")
+        raw = self.string() if quoted_or_literal else self.atom_bytes(extra_ok=b"%*]")
+        try:
+            return decode_mailbox(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise _Fail(f"bad mailbox pattern: {exc}", "CLIENTBUG") from exc
+
+    def paren_atoms(self) -> tuple[str, ...]:
+        self.expect(b"(")
+        items: list[str] = []
+        while not self.take(b")"):
+            if items:
+                self.sp()
+            items.append(self.atom().upper())
+        return tuple(items)
+
+    # compound values --------------------------------------------------------------------
+
+    def flag(self) -> str:
+        if self.take(b"\\"):
+            if self.take(b"*"):
+                return "\\*"
+            name = "\\" + self.atom()
+            return _SYSTEM_FLAGS.get(name.upper(), name)
+        return self.atom()
+
+    def flag_list(self) -> tuple[str, ...]:
+        self.expect(b"(")
+        flags: list[str] = []
+        while not self.take(b")"):
+            if flags:
+                self.sp()
+            flags.append(self.flag())
+        return tuple(flags)
+
+    def seq_number(self) -> int | None:
+        if self.take(b"*"):
+            return None
+        return self.nz_number()
+
+    def sequence_set(self) -> SequenceSet:
+        ranges: list[SeqRange] = []
+        while True:
+            low = self.seq_number()
+            high = self.seq_number() if self.take(b":") else low
+            ranges.append(SeqRange(low, high))
+            if not self.take(b","):
+                return SequenceSet(tuple(ranges))
+
+    def search_date(self) -> date:
+        quoted = self.take(b'"')
+        match = _DATE.match(self.raw, self.pos)
+        if match is None:
+            raise _Fail("expected a date like 1-Feb-1994")
+        self.pos = match.end()
+        if quoted:
+            self.expect(b'"')
+        day, month, year = match.groups()
+        try:
+            return date(int(year), _MONTHS[month.decode().upper()], int(day))
+        except (KeyError, ValueError) as exc:
+            raise _Fail(f"invalid date {match.group(0)!r}") from exc
+
+    def date_time(self) -> datetime:
+        self.expect(b'"')
+        match = _DATETIME.match(self.raw, self.pos)
+        if match is None:
+            raise _Fail('expected a date-time like "17-Jul-1996 02:44:25 -0700"')
+        self.pos = match.end()
+        self.expect(b'"')
+        day, month, year, hh, mm, ss, sign, zh, zm = match.groups()
+        try:
+            offset = timedelta(hours=int(zh), minutes=int(zm)) * (-1 if sign == b"-" else 1)
+            return datetime(int(year), _MONTHS[month.decode().upper()], int(day), int(hh),
+                            int(mm), int(ss), tzinfo=timezone(offset))
+        except (KeyError, ValueError) as exc:
+            raise _Fail(f"invalid date-time {match.group(0)!r}") from exc
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def _fetch_att(r: _Reader) -> FetchAttr:
+    word = r.fetch_word()
+    if word in ("BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK", "BINARY.SIZE") and r.peek() == b"[":
+        section = _section(r)
+        partial = None
+        if r.take(b"<"):
+            offset = r.number()
+            r.expect(b".")
+            count = r.nz_number()
+            r.expect(b">")
+            partial = (offset, count)
+        if word.startswith("BINARY"):
+            if section.text is not None:
+                raise _Fail("BINARY takes part numbers only")
+            name = "BINARY.SIZE" if word == "BINARY.SIZE" else "BINARY"
+            return FetchAttr(name, section, word == "BINARY.PEEK", partial)
+        return FetchAttr("BODY[]", section, word == "BODY.PEEK", partial)
+    if word == "BODY":
+        return FetchAttr("BODY")
+    if word in _FETCH_SIMPLE:
+        return FetchAttr(word)
+    raise _Fail(f"unknown FETCH item {word}")
+
+
+def _section(r: _Reader) -> Section:
+    r.expect(b"[")
+    parts: list[int] = []
+    text: str | None = None
+    fields: tuple[str, ...] = ()
+    while not r.take(b"]"):
+        if parts or text:
+            r.expect(b".")
+        if r.peek().isdigit():
+            parts.append(r.nz_number())
+            continue
+        word = r.atom_bytes().decode("ascii").upper()
+        if word not in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"):
+            raise _Fail(f"unknown section {word}")
+        if word == "MIME" and not parts:
+            raise _Fail("MIME needs a part number")
+        text = word
+        if word.startswith("HEADER.FIELDS"):
+            r.sp()
+            r.expect(b"(")
+            names: list[str] = []
+            while not r.take(b")"):
+                if names:
+                    r.sp()
+                names.append(r.astring().decode("ascii", "replace").upper())
+            if not names:
+                raise _Fail("HEADER.FIELDS needs field names")
+            fields = tuple(names)
+        r.expect(b"]")
+        break
+    return Section(tuple(parts), text, fields)
+
+
+def _fetch(r: _Reader) -> Fetch:
+    r.sp()
+    seq = r.sequence_set()
+    r.sp()
+    attrs: list[FetchAttr] = []
+    if r.take(b"("):
+        while not r.take(b")"):
+            if attrs:
+                r.sp()
+            attrs.append(_fetch_att(r))
+        if not attrs:
+            raise _Fail("empty FETCH item list")
+    else:
+        word = r.peek(4).upper()
+        macro = next((m for m in _MACROS if word.startswith(m.encode())
+                      and r.raw[r.pos + len(m): r.pos + len(m) + 1] in (b" ", b"\r", b"\n")),
+                     None)
+        if macro:
+            r.pos += len(macro)
+            attrs = [FetchAttr(a) for a in _MACROS[macro]]
+        else:
+            attrs.append(_fetch_att(r))
+    changed_since = None
+    if r.take(b" ("):
+        r.expect(b"CHANGEDSINCE ")
+        changed_since = r.number()
+        r.expect(b")")
+    return Fetch(seq, tuple(attrs), changed_since)
+
+
+def _store(r: _Reader) -> Store:
+    r.sp()
+    seq = r.sequence_set()
+    r.sp()
+    unchanged = None
+    if r.take(b"("):
+        r.expect(b"UNCHANGEDSINCE ")
+        unchanged = r.number()
+        r.expect(b")")
+        r.sp()
+    mode = "add" if r.take(b"+") else "remove" if r.take(b"-") else "replace"
+    r.expect(b"FLAGS")
+    silent = r.take(b".SILENT")
+    r.sp()
+    if r.peek() == b"(":
+        flags = r.flag_list()
+    else:
+        items = [r.flag()]
+        while r.take(b" "):
+            items.append(r.flag())
+        flags = tuple(items)
+    return Store(seq, mode, silent, flags, unchanged)
+
+
+def _search_key(r: _Reader, charset: str) -> SearchKey:
+    r.depth += 1
+    if r.depth > MAX_DEPTH:
+        raise _Fail("search program nested too deeply")
+    try:
+        if r.take(b"("):
+            children = [_search_key(r, charset)]
+            while r.take(b" "):
+                children.append(_search_key(r, charset))
+            r.expect(b")")
+            return SearchKey("AND", (), tuple(children))
+        c = r.peek()
+        if c == b"*" or c.isdigit():
+            return SearchKey("SEQSET", (r.sequence_set(),))
+        word = r.atom().upper()
+        if word in _SEARCH_FLAG_KEYS:
+            return SearchKey(word)
+        r.sp()
+        if word in ("KEYWORD", "UNKEYWORD"):
+            return SearchKey(word, (r.flag(),))
+        if word in _SEARCH_STRING_KEYS:
+            return SearchKey(word, (r.text(r.astring(), charset),))
+        if word == "HEADER":
+            field = r.astring().decode("ascii", "replace")
+            r.sp()
+            return SearchKey(word, (field, r.text(r.astring(), charset)))
+        if word in _SEARCH_DATE_KEYS:
+            return SearchKey(word, (r.search_date(),))
+        if word in ("LARGER", "SMALLER", "MODSEQ"):
+            if word == "MODSEQ" and r.peek() == b'"':
+                r.quoted()  # entry name and type (RFC 7162) carry no meaning for us
+                r.sp()
+                r.atom()
+                r.sp()
+            return SearchKey(word, (r.number(),))
+        if word == "UID":
+            return SearchKey(word, (r.sequence_set(),))
+        if word == "NOT":
+            return SearchKey(word, (), (_search_key(r, charset),))
+        if word == "OR":
+            left = _search_key(r, charset)
+            r.sp()
+            return SearchKey(word, (), (left, _search_key(r, charset)))
+        raise _Fail(f"unknown search key {word}")
+    finally:
+        r.depth -= 1
+
+
+def _search(r: _Reader) -> Search:
+    r.sp()
+    return_options: tuple[str, ...] | None = None
+    if r.take(b"RETURN "):
+        return_options = r.paren_atoms()
+        r.sp()
+    charset = None
+    if r.take(b"CHARSET "):
+        charset = r.astring().decode("ascii", "replace").upper()
+        if charset not in ("UTF-8", "US-ASCII"):
+            raise _Fail(f"charset {charset} not supported", "BADCHARSET (UTF-8 US-ASCII)")
+        r.sp()
+    keys = [_search_key(r, charset or "UTF-8")]
+    while r.take(b" "):
+        keys.append(_search_key(r, charset or "UTF-8"))
+    return Search(SearchKey("AND", (), tuple(keys)), charset, return_options)
+
+
+def _list(r: _Reader) -> ListArgs:
+    r.sp()
+    select: tuple[str, ...] = ()
+    if r.peek() == b"(":
+        select = r.paren_atoms()
+        r.sp()
+    reference = r.list_mailbox() if r.peek() not in (b'"',) else r.text(r.string())
+    r.sp()
+    if r.take(b"("):
+        patterns = [r.list_mailbox()]
+        while r.take(b" "):
+            patterns.append(r.list_mailbox())
+        r.expect(b")")
+    else:
+        patterns = [r.list_mailbox()]
+    returns: tuple[str, ...] = ()
+    if r.take(b" RETURN "):
+        returns = r.paren_atoms()
+    return ListArgs(reference, tuple(patterns), select, returns)
+
+
+def _append(r: _Reader) -> Append:
+    r.sp()
+    mailbox = r.mailbox()
+    r.sp()
+    flags: tuple[str, ...] = ()
+    when = None
+    if r.peek() == b"(":
+        flags = r.flag_list()
+        r.sp()
+    if r.peek() == b'"':
+        when = r.date_time()
+        r.sp()
+    data, binary = r.literal()
+    return Append(mailbox, flags, when, data, binary)
+
+
+def _id(r: _Reader) -> Id:
+    r.sp()
+    if r.take(b"NIL"):
+        return Id(None)
+    r.expect(b"(")
+    params: list[tuple[str, str | None]] = []
+    while not r.take(b")"):
+        if params:
+            r.sp()
+        key = r.text(r.string())
+        r.sp()
+        value = r.nstring()
+        params.append((key, None if value is None else r.text(value)))
+        if len(params) > 30:
+            raise _Fail("too many ID parameters")
+    return Id(tuple(params))
+
+
+def _authenticate(r: _Reader) -> Authenticate:
+    r.sp()
+    mechanism = r.atom().upper()
+    initial = None
+    if r.take(b" "):
+        token = r.atom_bytes(extra_ok=b"")
+        if token == b"=":
+            initial = b""
+        else:
+            try:
+                initial = base64.b64decode(token, validate=True)
+            except binascii.Error as exc:
+                raise _Fail("invalid base64 initial response") from exc
+    return Authenticate(mechanism, initial)
+
+
+def _mailbox_arg(r: _Reader, name: str) -> MailboxArg:
+    r.sp()
+    mailbox = r.mailbox()
+    if name in ("SELECT", "EXAMINE") and r.take(b" "):
+        params = r.paren_atoms()
+        if set(params) - {"CONDSTORE"}:
+            raise _Fail(f"unknown SELECT parameter {params}")
+        return MailboxArg(mailbox, condstore=True)
+    if name == "CREATE" and r.take(b" "):
+        r.expect(b"(USE ")
+        uses = r.flag_list()
+        r.expect(b")")
+        return MailboxArg(mailbox, special_use=uses)
+    return MailboxArg(mailbox)
+
+
+def _args(r: _Reader, name: str, uid: bool) -> Args:
+    if name in _NO_ARGS:
+        return NoArgs()
+    if name == "EXPUNGE":
+        if uid:
+            r.sp()
+            return Expunge(r.sequence_set())
+        return Expunge()
+    if name == "LOGIN":
+        r.sp()
+        user = r.text(r.astring())
+        r.sp()
+        return Login(user, r.text(r.astring()))
+    if name == "AUTHENTICATE":
+        return _authenticate(r)
+    if name in ("SELECT", "EXAMINE", "CREATE", "DELETE", "SUBSCRIBE", "UNSUBSCRIBE"):
+        return _mailbox_arg(r, name)
+    if name == "RENAME":
+        r.sp()
+        old = r.mailbox()
+        r.sp()
+        return Rename(old, r.mailbox())
+    if name in ("LIST", "LSUB"):
+        return _list(r)
+    if name == "STATUS":
+        r.sp()
+        mailbox = r.mailbox()
+        r.sp()
+        items = r.paren_atoms()
+        unknown = set(items) - _STATUS_ITEMS
+        if unknown or not items:
+            raise _Fail(f"unknown STATUS item {', '.join(sorted(unknown)) or '(none)'}")
+        return StatusArgs(mailbox, items)
+    if name == "APPEND":
+        return _append(r)
+    if name == "SEARCH":
+        return _search(r)
+    if name == "FETCH":
+        return _fetch(r)
+    if name == "STORE":
+        return _store(r)
+    if name in ("COPY", "MOVE"):
+        r.sp()
+        seq = r.sequence_set()
+        r.sp()
+        return CopyMove(seq, r.mailbox())
+    if name == "ID":
+        return _id(r)
+    if name == "ENABLE":
+        caps: list[str] = []
+        while r.take(b" "):
+            caps.append(r.atom().upper())
+        if not caps:
+            raise _Fail("ENABLE needs a capability")
+        return Enable(tuple(caps))
+    raise _Fail(f"unknown command {name}")
+
+
+_UID_COMMANDS = {"COPY", "MOVE", "FETCH", "SEARCH", "STORE", "EXPUNGE"}
+
+
+def parse_command(raw: bytes) -> Command:
+    r = _Reader(raw)
+    tag: str | None = None
+    try:
+        start = r.pos
+        while r.pos < len(raw) and raw[r.pos] not in _TAG_SPECIALS and raw[r.pos] < 0x80:
+            r.pos += 1
+        if r.pos == start or r.peek() != b" ":
+            raise _Fail("expected a tag and a command")
+        tag = raw[start : r.pos].decode("ascii")
+        r.sp()
+        name = r.atom().upper()
+        uid = False
+        if name == "UID":
+            r.sp()
+            name = r.atom().upper()
+            uid = True
+            if name not in _UID_COMMANDS:
+                raise _Fail(f"UID {name} is not a command")
+        args = _args(r, name, uid)
+        r.end()
+        return Command(tag=tag, name=name, args=args, uid=uid, raw=raw)
+    except _Fail as exc:
+        raise ParseError(tag, exc.message, exc.code) from None
+    except (ValueError, OverflowError, RecursionError) as exc:
+        raise ParseError(tag, f"malformed command: {exc}") from None
