@@ -1,0 +1,730 @@
+"""The node's mail store on SQLite: users, mailboxes, messages, boards and the change log.
+
+Why SQLite with bodies inside: one database file per node in WAL mode with synchronous=FULL. A
+message's body and its metadata are written in one transaction and made durable by one fsync, so
+a crash can never leave half a message, a body without a row or a row without a body, and
+replication ships rows. All writes go through one writer thread with group commit (`writer.py`);
+reads run in worker threads on their own read-only connections, so the event loop never waits
+for the disk.
+
+Every mutation appends change-log records (origin node, sequence, hybrid-logical-clock time) in the
+same transaction, and after the commit wakes the change-feed queues of the mailboxes it touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mailmux.backend.errors import (
+    CannotDo,
+    MailboxExists,
+    MailboxNotFound,
+    NotPermitted,
+    UserExists,
+    UserNotFound,
+)
+from mailmux.backend.store import names
+from mailmux.backend.store.hlc import HybridClock
+from mailmux.backend.store.interface import (
+    BOARD_OWNER,
+    BOARD_PREFIX,
+    DEFAULT_SPECIAL_USE,
+    AppendResult,
+    ChangeRecord,
+    CopyResult,
+    FlagChange,
+    MailboxInfo,
+    MessageMeta,
+    StoreResult,
+)
+from mailmux.backend.store.passwords import hash_password, verify_password
+from mailmux.backend.store.schema import prepare
+from mailmux.backend.store.writer import Tx, Writer
+
+T = TypeVar("T")
+SEEN = "\\Seen"
+RECENT = "\\Recent"
+BOARD_ADDRESS_PREFIX = "board+"
+_MAILBOX_COLUMNS = "id, owner, name, uidvalidity, uidnext, highestmodseq, special_use"
+
+
+def _flags_text(flags: frozenset[str] | set[str]) -> str:
+    return " ".join(sorted(f for f in flags if f != RECENT))
+
+
+def _flags_set(text: str) -> frozenset[str]:
+    return frozenset(text.split()) if text else frozenset()
+
+
+def _body_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+class SqliteStore:
+    def __init__(self, db_path: Path, node_id: str, domains: tuple[str, ...]) -> None:
+        self.db_path = db_path
+        self.node_id = node_id
+        self.domains = tuple(d.lower() for d in domains)
+        self.clock = HybridClock()
+        self._listeners: dict[int, set[asyncio.Queue[int]]] = {}
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._writer: Writer | None = None
+
+    # lifecycle ----------------------------------------------------------------------------
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls, db_path: Path, node_id: str, domains: tuple[str, ...]
+    ) -> AsyncIterator[SqliteStore]:
+        store = cls(Path(db_path), node_id, domains)
+        await store._start()
+        try:
+            yield store
+        finally:
+            await store._close()
+
+    async def _start(self) -> None:
+        conn = await asyncio.to_thread(self._connect_writer)
+        self._writer = Writer(conn, asyncio.get_running_loop(), self._notify)
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+        prepare(conn)  # executescript commits on its own; the DDL is idempotent
+        row = conn.execute("SELECT max(hlc) FROM changelog").fetchone()
+        self.clock = HybridClock(last=int(row[0] or 0))
+        return conn
+
+    async def _close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    @property
+    def commits(self) -> int:
+        return self._writer.commits if self._writer else 0
+
+    # plumbing -------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                f"file:{self.db_path}?mode=ro", uri=True, isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA busy_timeout=10000")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            conn = self._reader()
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        return await asyncio.to_thread(run)
+
+    async def _write(self, fn: Callable[[Tx], T]) -> T:
+        assert self._writer is not None, "the store is closed"
+        return await self._writer.run(fn)
+
+    def _log(self, tx: Tx, kind: str, payload: dict[str, Any]) -> None:
+        conn = tx.conn
+        row = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        seq = int(row[0]) + 1 if row else 1
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
+        conn.execute(
+            "INSERT INTO changelog VALUES (?, ?, ?, ?, ?)",
+            (self.node_id, seq, self.clock.now(), kind, json.dumps(payload, sort_keys=True)),
+        )
+
+    def _notify(self, mailbox_ids: set[int]) -> None:
+        for mailbox_id in mailbox_ids:
+            for q in self._listeners.get(mailbox_id, ()):
+                q.put_nowait(mailbox_id)
+
+    def listen(self, mailbox_id: int) -> asyncio.Queue[int]:
+        q: asyncio.Queue[int] = asyncio.Queue()
+        self._listeners.setdefault(mailbox_id, set()).add(q)
+        return q
+
+    def unlisten(self, mailbox_id: int, queue: asyncio.Queue[int]) -> None:
+        listeners = self._listeners.get(mailbox_id)
+        if listeners is not None:
+            listeners.discard(queue)
+            if not listeners:
+                del self._listeners[mailbox_id]
+
+    # users ------------------------------------------------------------------------------------
+
+    async def add_user(self, user: str, password: str) -> None:
+        user = names.user_id(user, self.domains)
+        hashed = await hash_password(password)
+
+        def job(tx: Tx) -> None:
+            try:
+                tx.conn.execute("INSERT INTO users VALUES (?, ?, ?)", (user, hashed, time.time()))
+            except sqlite3.IntegrityError:
+                raise UserExists(f"user {user} already exists") from None
+            self._log(tx, "user.add", {"user": user, "hash": hashed})
+            self._create(tx, user, "INBOX", None)
+            for name, use in DEFAULT_SPECIAL_USE.items():
+                self._create(tx, user, name, use)
+
+        await self._write(job)
+
+    async def set_password(self, user: str, password: str) -> None:
+        user = user.lower()
+        hashed = await hash_password(password)
+
+        def job(tx: Tx) -> None:
+            cur = tx.conn.execute("UPDATE users SET password_hash = ? WHERE name = ?",
+                                  (hashed, user))
+            if cur.rowcount == 0:
+                raise UserNotFound(f"no user {user}")
+            self._log(tx, "user.passwd", {"user": user, "hash": hashed})
+
+        await self._write(job)
+
+    async def delete_user(self, user: str) -> None:
+        user = user.lower()
+
+        def job(tx: Tx) -> None:
+            if tx.conn.execute("DELETE FROM users WHERE name = ?", (user,)).rowcount == 0:
+                raise UserNotFound(f"no user {user}")
+            for (mailbox_id,) in tx.conn.execute(
+                "SELECT id FROM mailboxes WHERE owner = ?", (user,)
+            ).fetchall():
+                tx.touched.add(mailbox_id)
+            tx.conn.execute("DELETE FROM mailboxes WHERE owner = ?", (user,))
+            tx.conn.execute("DELETE FROM subscriptions WHERE user = ?", (user,))
+            tx.conn.execute("DELETE FROM board_seen WHERE user = ?", (user,))
+            self._collect_bodies(tx)
+            self._log(tx, "user.del", {"user": user})
+
+        await self._write(job)
+
+    async def list_users(self) -> list[str]:
+        return await self._read(
+            lambda c: [r[0] for r in c.execute("SELECT name FROM users ORDER BY name")]
+        )
+
+    async def has_user(self, user: str) -> bool:
+        return await self._read(
+            lambda c: c.execute("SELECT 1 FROM users WHERE name = ?", (user.lower(),)).fetchone()
+            is not None
+        )
+
+    async def authenticate(self, user: str, password: str) -> bool:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT password_hash FROM users WHERE name = ?", (user.lower(),)
+            ).fetchone()
+        )
+        return await verify_password(row[0] if row else None, password)
+
+    # boards -----------------------------------------------------------------------------------
+
+    async def add_board(self, name: str) -> None:
+        board = names.board_name(name)
+
+        def job(tx: Tx) -> None:
+            self._create(tx, BOARD_OWNER, BOARD_PREFIX + board, None)
+
+        await self._write(job)
+
+    async def list_boards(self) -> list[str]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT name FROM mailboxes WHERE owner = ? ORDER BY name", (BOARD_OWNER,)
+            ).fetchall()
+        )
+        return [r[0][len(BOARD_PREFIX):] for r in rows]
+
+    async def has_board(self, name: str) -> bool:
+        return await self._read(
+            lambda c: c.execute(
+                "SELECT 1 FROM mailboxes WHERE owner = ? AND name = ?",
+                (BOARD_OWNER, BOARD_PREFIX + name.lower()),
+            ).fetchone() is not None
+        )
+
+    # mailboxes ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _owner(user: str, name: str) -> str:
+        return BOARD_OWNER if names.is_board(name) else user.lower()
+
+    def _next_uidvalidity(self, tx: Tx) -> int:
+        row = tx.conn.execute("SELECT value FROM meta WHERE key = 'uidvalidity'").fetchone()
+        value = max(int(time.time()), int(row[0]) + 1 if row else 0)
+        tx.conn.execute("INSERT OR REPLACE INTO meta VALUES ('uidvalidity', ?)", (str(value),))
+        return value
+
+    def _create(self, tx: Tx, owner: str, name: str, special_use: str | None) -> int:
+        uidvalidity = self._next_uidvalidity(tx)
+        try:
+            cur = tx.conn.execute(
+                "INSERT INTO mailboxes (owner, name, uidvalidity, special_use) VALUES (?,?,?,?)",
+                (owner, name, uidvalidity, special_use),
+            )
+        except sqlite3.IntegrityError:
+            raise MailboxExists(f"mailbox {name} already exists") from None
+        if owner != BOARD_OWNER:
+            tx.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)", (owner, name))
+        self._log(tx, "board.add" if owner == BOARD_OWNER else "mailbox.create", {
+            "owner": owner, "name": name, "uidvalidity": uidvalidity, "special_use": special_use,
+        })
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def _mailbox_row(self, conn: sqlite3.Connection, user: str, name: str) -> tuple[Any, ...]:
+        name = names.mailbox_name(name) if not names.is_board(name) else name
+        row = conn.execute(
+            f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE owner = ? AND name = ?",
+            (self._owner(user, name), name),
+        ).fetchone()
+        if row is None:
+            raise MailboxNotFound(f"no mailbox {name}")
+        return tuple(row)
+
+    def _info(self, conn: sqlite3.Connection, user: str, row: tuple[Any, ...]) -> MailboxInfo:
+        mailbox_id, owner, name = row[0], row[1], row[2]
+        count, size = conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE mailbox_id = ?",
+            (mailbox_id,),
+        ).fetchone()
+        if owner == BOARD_OWNER:
+            seen = conn.execute(
+                "SELECT count(*) FROM board_seen b JOIN messages m ON m.mailbox_id = b.mailbox_id"
+                " AND m.uid = b.uid WHERE b.user = ? AND b.mailbox_id = ?",
+                (user.lower(), mailbox_id),
+            ).fetchone()[0]
+        else:
+            seen = conn.execute(
+                "SELECT count(*) FROM messages WHERE mailbox_id = ? AND "
+                "(' ' || flags || ' ') LIKE '% \\Seen %'",
+                (mailbox_id,),
+            ).fetchone()[0]
+        subscribed = conn.execute(
+            "SELECT 1 FROM subscriptions WHERE user = ? AND name = ?", (user.lower(), name)
+        ).fetchone() is not None
+        return MailboxInfo(
+            id=mailbox_id, owner=owner, name=name, uidvalidity=row[3], uidnext=row[4],
+            highestmodseq=row[5], special_use=row[6], subscribed=subscribed, messages=count,
+            unseen=count - seen, size=size,
+        )
+
+    async def list_mailboxes(self, user: str) -> list[MailboxInfo]:
+        def read(conn: sqlite3.Connection) -> list[MailboxInfo]:
+            rows = conn.execute(
+                f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE owner IN (?, ?) ORDER BY name",
+                (user.lower(), BOARD_OWNER),
+            ).fetchall()
+            return [self._info(conn, user, tuple(r)) for r in rows]
+
+        return await self._read(read)
+
+    async def get_mailbox(self, user: str, name: str) -> MailboxInfo:
+        return await self._read(lambda c: self._info(c, user, self._mailbox_row(c, user, name)))
+
+    async def create_mailbox(
+        self, user: str, name: str, special_use: str | None = None
+    ) -> None:
+        if names.is_board(name):
+            raise NotPermitted("boards are created by the administrator")
+        name = names.mailbox_name(name)
+        if name == "INBOX":
+            raise MailboxExists("INBOX always exists")
+
+        def job(tx: Tx) -> None:
+            self._create(tx, user.lower(), name, special_use)
+
+        await self._write(job)
+
+    async def delete_mailbox(self, user: str, name: str) -> None:
+        if names.is_board(name):
+            raise NotPermitted("boards cannot be deleted by users")
+        name = names.mailbox_name(name)
+        if name == "INBOX":
+            raise CannotDo("INBOX cannot be deleted")
+
+        def job(tx: Tx) -> None:
+            row = self._mailbox_row(tx.conn, user, name)
+            tx.conn.execute("DELETE FROM mailboxes WHERE id = ?", (row[0],))
+            tx.conn.execute("DELETE FROM subscriptions WHERE user = ? AND name = ?",
+                            (user.lower(), name))
+            tx.touched.add(row[0])
+            self._collect_bodies(tx)
+            self._log(tx, "mailbox.delete", {"owner": user.lower(), "name": name,
+                                             "uidvalidity": row[3]})
+
+        await self._write(job)
+
+    async def rename_mailbox(self, user: str, old: str, new: str) -> None:
+        if names.is_board(old) or names.is_board(new):
+            raise NotPermitted("boards cannot be renamed by users")
+        old, new = names.mailbox_name(old), names.mailbox_name(new)
+        owner = user.lower()
+
+        def job(tx: Tx) -> None:
+            row = self._mailbox_row(tx.conn, owner, old)
+            if tx.conn.execute("SELECT 1 FROM mailboxes WHERE owner = ? AND name = ?",
+                               (owner, new)).fetchone():
+                raise MailboxExists(f"mailbox {new} already exists")
+            if new == old or new.startswith(old + "/"):
+                raise CannotDo("cannot rename a mailbox into itself")
+            if old == "INBOX":
+                self._rename_inbox(tx, owner, row, new)
+                return
+            children = tx.conn.execute(
+                "SELECT id, name FROM mailboxes WHERE owner = ? AND (name = ? OR name LIKE ?)",
+                (owner, old, old.replace("%", r"\%") + "/%"),
+            ).fetchall()
+            for mailbox_id, name in children:
+                renamed = new + name[len(old):]
+                tx.conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (renamed, mailbox_id))
+                tx.conn.execute("UPDATE subscriptions SET name = ? WHERE user = ? AND name = ?",
+                                (renamed, owner, name))
+                tx.touched.add(mailbox_id)
+            self._log(tx, "mailbox.rename", {"owner": owner, "old": old, "new": new})
+
+        await self._write(job)
+
+    def _rename_inbox(self, tx: Tx, owner: str, inbox: tuple[Any, ...], new: str) -> None:
+        """RFC 3501: RENAME INBOX moves its messages to the new mailbox and leaves it empty."""
+        dest = self._create(tx, owner, new, None)
+        uids = [r[0] for r in tx.conn.execute(
+            "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (inbox[0],))]
+        self._copy_rows(tx, owner, inbox[0], uids, dest, move=True)
+
+    async def set_subscribed(self, user: str, name: str, subscribed: bool) -> None:
+        name = name if names.is_board(name) else names.mailbox_name(name)
+
+        def job(tx: Tx) -> None:
+            if subscribed:
+                tx.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)",
+                                (user.lower(), name))
+            else:
+                tx.conn.execute("DELETE FROM subscriptions WHERE user = ? AND name = ?",
+                                (user.lower(), name))
+            self._log(tx, "mailbox.subscribe",
+                      {"user": user.lower(), "name": name, "subscribed": subscribed})
+
+        await self._write(job)
+
+    # messages -----------------------------------------------------------------------------------
+
+    def _add_message(
+        self, tx: Tx, mailbox: tuple[Any, ...], body: bytes | None, body_hash: str,
+        flags: frozenset[str], internaldate: datetime, guid: str, user: str | None,
+    ) -> AppendResult:
+        mailbox_id, owner = mailbox[0], mailbox[1]
+        conn = tx.conn
+        existing = conn.execute(
+            "SELECT uid FROM messages WHERE mailbox_id = ? AND guid = ?", (mailbox_id, guid)
+        ).fetchone()
+        if existing is not None:
+            return AppendResult(mailbox_id, mailbox[3], existing[0], guid, duplicate=True)
+        uid, modseq = conn.execute(
+            "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 "
+            "WHERE id = ? RETURNING uidnext - 1, highestmodseq", (mailbox_id,)
+        ).fetchone()
+        if body is not None:
+            conn.execute("INSERT OR IGNORE INTO bodies VALUES (?, ?)", (body_hash, body))
+        size = conn.execute("SELECT length(data) FROM bodies WHERE hash = ?",
+                            (body_hash,)).fetchone()[0]
+        shared = flags - {SEEN} if owner == BOARD_OWNER else flags
+        conn.execute(
+            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (mailbox_id, uid, guid, body_hash, internaldate.isoformat(), size,
+             _flags_text(set(shared)), modseq),
+        )
+        if owner == BOARD_OWNER and SEEN in flags and user is not None:
+            conn.execute("INSERT OR IGNORE INTO board_seen VALUES (?, ?, ?)",
+                         (user.lower(), mailbox_id, uid))
+        tx.touched.add(mailbox_id)
+        self._log(tx, "message.add", {
+            "owner": owner, "mailbox": mailbox[2], "uidvalidity": mailbox[3], "uid": uid,
+            "guid": guid, "flags": sorted(shared), "internaldate": internaldate.isoformat(),
+            "body": body_hash, "size": size,
+        })
+        return AppendResult(mailbox_id, mailbox[3], uid, guid, duplicate=False)
+
+    async def append(
+        self, user: str, mailbox: str, body: bytes, flags: Sequence[str] = (),
+        internaldate: datetime | None = None, guid: str | None = None,
+    ) -> AppendResult:
+        when = internaldate or datetime.now(UTC)
+        body_hash = _body_hash(body)
+        message_guid = guid or uuid.uuid4().hex
+
+        def job(tx: Tx) -> AppendResult:
+            row = self._mailbox_row(tx.conn, user, mailbox)
+            return self._add_message(tx, row, body, body_hash, frozenset(flags), when,
+                                     message_guid, user)
+
+        return await self._write(job)
+
+    def _recipient_mailbox(self, conn: sqlite3.Connection, recipient: str) -> tuple[Any, ...]:
+        address = recipient.lower()
+        local, _, domain = address.rpartition("@")
+        if local.startswith(BOARD_ADDRESS_PREFIX) and domain in self.domains:
+            name = BOARD_PREFIX + local[len(BOARD_ADDRESS_PREFIX):]
+            row = conn.execute(
+                f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE owner = ? AND name = ?",
+                (BOARD_OWNER, name),
+            ).fetchone()
+        else:
+            row = conn.execute(
+                f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE owner = ? AND name = 'INBOX'",
+                (address,),
+            ).fetchone()
+        if row is None:
+            raise UserNotFound(f"no such user {recipient}")
+        return tuple(row)
+
+    async def deliver(
+        self, recipients: Sequence[str], body: bytes, guid: str
+    ) -> list[AppendResult]:
+        now = datetime.now(UTC)
+        body_hash = _body_hash(body)
+
+        def job(tx: Tx) -> list[AppendResult]:
+            rows = [self._recipient_mailbox(tx.conn, r) for r in recipients]
+            return [self._add_message(tx, row, body, body_hash, frozenset(), now, guid, None)
+                    for row in rows]
+
+        return await self._write(job)
+
+    async def messages(self, user: str, mailbox_id: int) -> list[MessageMeta]:
+        def read(conn: sqlite3.Connection) -> list[MessageMeta]:
+            board = conn.execute("SELECT owner FROM mailboxes WHERE id = ?",
+                                 (mailbox_id,)).fetchone()
+            if board is None:
+                raise MailboxNotFound("the mailbox no longer exists")
+            seen: set[int] = set()
+            if board[0] == BOARD_OWNER:
+                seen = {r[0] for r in conn.execute(
+                    "SELECT uid FROM board_seen WHERE user = ? AND mailbox_id = ?",
+                    (user.lower(), mailbox_id))}
+            out = []
+            for uid, guid, flags, modseq, size, internaldate in conn.execute(
+                "SELECT uid, guid, flags, modseq, size, internaldate FROM messages "
+                "WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,)
+            ):
+                flag_set = _flags_set(flags)
+                if uid in seen:
+                    flag_set |= {SEEN}
+                out.append(MessageMeta(uid, guid, flag_set, modseq, size,
+                                       datetime.fromisoformat(internaldate)))
+            return out
+
+        return await self._read(read)
+
+    async def body(self, mailbox_id: int, uid: int) -> bytes:
+        def read(conn: sqlite3.Connection) -> bytes:
+            row = conn.execute(
+                "SELECT b.data FROM messages m JOIN bodies b ON b.hash = m.body_hash "
+                "WHERE m.mailbox_id = ? AND m.uid = ?", (mailbox_id, uid)
+            ).fetchone()
+            if row is None:
+                raise MailboxNotFound(f"message {uid} no longer exists", code="EXPUNGEISSUED")
+            return bytes(row[0])
+
+        return await self._read(read)
+
+    async def store_flags(
+        self, user: str, mailbox_id: int, uids: Sequence[int], mode: str, flags: Sequence[str],
+        unchanged_since: int | None = None,
+    ) -> StoreResult:
+        wanted = frozenset(flags) - {RECENT}
+        if mode not in ("replace", "add", "remove"):
+            raise ValueError(f"unknown STORE mode {mode!r}")
+
+        def job(tx: Tx) -> StoreResult:
+            conn = tx.conn
+            board = conn.execute("SELECT owner FROM mailboxes WHERE id = ?",
+                                 (mailbox_id,)).fetchone()
+            if board is None:
+                raise MailboxNotFound("the mailbox no longer exists")
+            is_board = board[0] == BOARD_OWNER
+            changed: list[FlagChange] = []
+            failed: list[int] = []
+            modseq: int | None = None
+            for uid in uids:
+                row = conn.execute(
+                    "SELECT flags, modseq, guid FROM messages WHERE mailbox_id = ? AND uid = ?",
+                    (mailbox_id, uid),
+                ).fetchone()
+                if row is None:
+                    continue
+                if unchanged_since is not None and row[1] > unchanged_since:
+                    failed.append(uid)
+                    continue
+                old = _flags_set(row[0])
+                if is_board and conn.execute(
+                    "SELECT 1 FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
+                    (user.lower(), mailbox_id, uid),
+                ).fetchone():
+                    old |= {SEEN}
+                new = (wanted if mode == "replace" else old | wanted if mode == "add"
+                       else old - wanted)
+                if new == old:
+                    continue
+                if modseq is None:
+                    modseq = conn.execute(
+                        "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? "
+                        "RETURNING highestmodseq", (mailbox_id,)).fetchone()[0]
+                shared = new - {SEEN} if is_board else new
+                conn.execute(
+                    "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+                    (_flags_text(set(shared)), modseq, mailbox_id, uid),
+                )
+                if is_board:
+                    if SEEN in new:
+                        conn.execute("INSERT OR IGNORE INTO board_seen VALUES (?, ?, ?)",
+                                     (user.lower(), mailbox_id, uid))
+                    else:
+                        conn.execute(
+                            "DELETE FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
+                            (user.lower(), mailbox_id, uid))
+                assert modseq is not None
+                changed.append(FlagChange(uid, frozenset(new), modseq))
+                self._log(tx, "message.flags", {
+                    "mailbox_id": mailbox_id, "uid": uid, "guid": row[2],
+                    "added": sorted(new - old), "removed": sorted(old - new),
+                    "user": user.lower() if is_board else None,
+                })
+            if changed:
+                tx.touched.add(mailbox_id)
+            return StoreResult(tuple(changed), tuple(failed))
+
+        return await self._write(job)
+
+    async def expunge(self, user: str, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        def job(tx: Tx) -> list[int]:
+            conn = tx.conn
+            row = conn.execute("SELECT owner FROM mailboxes WHERE id = ?",
+                               (mailbox_id,)).fetchone()
+            if row is None:
+                raise MailboxNotFound("the mailbox no longer exists")
+            if row[0] == BOARD_OWNER:
+                raise NotPermitted("board posts cannot be deleted by users")
+            return self._delete_rows(tx, mailbox_id, uids)
+
+        return await self._write(job)
+
+    def _delete_rows(self, tx: Tx, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        removed = []
+        for uid in sorted(set(uids)):
+            row = tx.conn.execute(
+                "DELETE FROM messages WHERE mailbox_id = ? AND uid = ? RETURNING guid",
+                (mailbox_id, uid),
+            ).fetchone()
+            if row is not None:
+                removed.append(uid)
+                self._log(tx, "message.expunge",
+                          {"mailbox_id": mailbox_id, "uid": uid, "guid": row[0]})
+        if removed:
+            tx.conn.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?",
+                            (mailbox_id,))
+            tx.touched.add(mailbox_id)
+            self._collect_bodies(tx)
+        return removed
+
+    def _collect_bodies(self, tx: Tx) -> None:
+        tx.conn.execute(
+            "DELETE FROM bodies WHERE NOT EXISTS "
+            "(SELECT 1 FROM messages m WHERE m.body_hash = bodies.hash)"
+        )
+
+    def _copy_rows(self, tx: Tx, user: str, source: int, uids: Sequence[int], dest: int,
+                   move: bool) -> CopyResult:
+        conn = tx.conn
+        dest_row = tuple(conn.execute(f"SELECT {_MAILBOX_COLUMNS} FROM mailboxes WHERE id = ?",
+                                      (dest,)).fetchone())
+        source_owner = conn.execute("SELECT owner FROM mailboxes WHERE id = ?",
+                                    (source,)).fetchone()[0]
+        if move and source_owner == BOARD_OWNER:
+            raise NotPermitted("board posts cannot be moved out of the board")
+        pairs = []
+        for uid in sorted(set(uids)):
+            row = conn.execute(
+                "SELECT guid, body_hash, flags, internaldate FROM messages "
+                "WHERE mailbox_id = ? AND uid = ?", (source, uid)).fetchone()
+            if row is None:
+                continue
+            flags = _flags_set(row[2])
+            if source_owner == BOARD_OWNER and conn.execute(
+                "SELECT 1 FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
+                (user.lower(), source, uid),
+            ).fetchone():
+                flags |= {SEEN}
+            result = self._add_message(tx, dest_row, None, row[1], flags,
+                                       datetime.fromisoformat(row[3]), row[0], user)
+            pairs.append((uid, result.uid))
+        if move:
+            self._delete_rows(tx, source, [p[0] for p in pairs])
+        return CopyResult(dest_row[3], tuple(pairs))
+
+    async def copy(
+        self, user: str, mailbox_id: int, uids: Sequence[int], dest: str
+    ) -> CopyResult:
+        def job(tx: Tx) -> CopyResult:
+            dest_row = self._mailbox_row(tx.conn, user, dest)
+            return self._copy_rows(tx, user, mailbox_id, uids, dest_row[0], move=False)
+
+        return await self._write(job)
+
+    async def move(
+        self, user: str, mailbox_id: int, uids: Sequence[int], dest: str
+    ) -> CopyResult:
+        def job(tx: Tx) -> CopyResult:
+            dest_row = self._mailbox_row(tx.conn, user, dest)
+            if dest_row[0] == mailbox_id:
+                raise CannotDo("cannot move messages into the mailbox they are in")
+            return self._copy_rows(tx, user, mailbox_id, uids, dest_row[0], move=True)
+
+        return await self._write(job)
+
+    # change log -----------------------------------------------------------------------------------
+
+    async def changes_since(
+        self, origin: str, seq: int, limit: int = 1000
+    ) -> list[ChangeRecord]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT origin, seq, hlc, kind, payload FROM changelog "
+                "WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?", (origin, seq, limit)
+            ).fetchall()
+        )
+        return [ChangeRecord(o, s, h, k, json.loads(p)) for o, s, h, k, p in rows]
