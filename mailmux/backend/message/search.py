@@ -1,0 +1,133 @@
+"""Evaluating a SEARCH program against one message (RFC 3501 6.4.4).
+
+Flag, size, UID and date keys only look at the metadata; the message is parsed (through the
+context's loader) only when a header or body key needs it, and at most once per message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+
+from mailmux.backend.message.headers import decode_header_text, decoded_text, text_parts
+from mailmux.backend.message.parsed import Part
+from mailmux.backend.store.interface import MessageMeta
+from mailmux.protocol.imap.commands import SearchKey, SequenceSet
+
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True), "DELETED": ("\\Deleted", True),
+    "DRAFT": ("\\Draft", True), "FLAGGED": ("\\Flagged", True), "SEEN": ("\\Seen", True),
+    "UNANSWERED": ("\\Answered", False), "UNDELETED": ("\\Deleted", False),
+    "UNDRAFT": ("\\Draft", False), "UNFLAGGED": ("\\Flagged", False),
+    "UNSEEN": ("\\Seen", False),
+}
+_ADDRESS_KEYS = {"BCC", "CC", "FROM", "TO", "SUBJECT"}
+
+
+@dataclass
+class SearchContext:
+    seq: int
+    meta: MessageMeta
+    load: Callable[[], Part]
+    recent: bool = False
+    largest_seq: int = 0
+    largest_uid: int = 0
+    _message: Part | None = field(default=None, repr=False)
+
+    @property
+    def message(self) -> Part:
+        if self._message is None:
+            self._message = self.load()
+        return self._message
+
+
+def _header_contains(msg: Part, name: str, needle: str) -> bool:
+    folded = needle.casefold()
+    return any(
+        key == name.lower() and (not needle or folded in decode_header_text(value).casefold())
+        for key, value in msg.fields
+    )
+
+
+def _body_contains(msg: Part, needle: str) -> bool:
+    folded = needle.casefold()
+    return any(folded in decoded_text(p).casefold() for p in text_parts(msg))
+
+
+def _sent_date(msg: Part) -> date | None:
+    value = msg.text("date")
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).date()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _compare(kind: str, when: date | None, target: date) -> bool:
+    if when is None:
+        return False
+    if kind.endswith("BEFORE"):
+        return when < target
+    if kind.endswith("SINCE"):
+        return when >= target
+    return when == target
+
+
+def matches(key: SearchKey, ctx: SearchContext) -> bool:
+    name = key.name
+    flags = ctx.meta.flags
+    if name == "AND":
+        return all(matches(child, ctx) for child in key.children)
+    if name == "OR":
+        return matches(key.children[0], ctx) or matches(key.children[1], ctx)
+    if name == "NOT":
+        return not matches(key.children[0], ctx)
+    if name == "ALL":
+        return True
+    if name in _FLAG_KEYS:
+        flag, wanted = _FLAG_KEYS[name]
+        return (flag in flags) == wanted
+    if name == "KEYWORD":
+        return str(key.args[0]) in flags
+    if name == "UNKEYWORD":
+        return str(key.args[0]) not in flags
+    if name == "RECENT":
+        return ctx.recent
+    if name == "NEW":
+        return ctx.recent and "\\Seen" not in flags
+    if name == "OLD":
+        return not ctx.recent
+    if name == "LARGER":
+        return ctx.meta.size > int(str(key.args[0]))
+    if name == "SMALLER":
+        return ctx.meta.size < int(str(key.args[0]))
+    if name == "MODSEQ":
+        return ctx.meta.modseq >= int(str(key.args[0]))
+    if name in ("SEQSET", "UID"):
+        seqset = key.args[0]
+        assert isinstance(seqset, SequenceSet)
+        if name == "SEQSET":
+            return seqset.contains(ctx.seq, ctx.largest_seq)
+        return seqset.contains(ctx.meta.uid, ctx.largest_uid)
+    if name in ("BEFORE", "ON", "SINCE"):
+        target = key.args[0]
+        assert isinstance(target, date)
+        return _compare(name, ctx.meta.internaldate.date(), target)
+    if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        target = key.args[0]
+        assert isinstance(target, date)
+        return _compare(name, _sent_date(ctx.message), target)
+    if name in _ADDRESS_KEYS:
+        return _header_contains(ctx.message, name, str(key.args[0]))
+    if name == "HEADER":
+        return _header_contains(ctx.message, str(key.args[0]), str(key.args[1]))
+    if name == "BODY":
+        return _body_contains(ctx.message, str(key.args[0]))
+    if name == "TEXT":
+        needle = str(key.args[0])
+        return (needle.casefold() in decode_header_text(ctx.message.header).casefold()
+                or _body_contains(ctx.message, needle))
+    raise ValueError(f"unknown search key {name}")
