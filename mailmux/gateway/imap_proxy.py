@@ -322,7 +322,7 @@ class ClientSession:
                 waiting: set[asyncio.Future[object]] = {reader}  # type: ignore[arg-type]
                 if relay.continued and not relay.done_sent:
                     client = client or asyncio.ensure_future(self.next_client_event())
-                    waiting.add(client)
+                    waiting.add(client)  # type: ignore[arg-type]
                 done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if client is not None and client in done:
                     event = client.result()

@@ -1,0 +1,88 @@
+"""The node's IMAP listener: accepts connections, enforces connection limits, runs sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+
+from mailmux.backend.config import BackendConfig
+from mailmux.backend.imap.session import Closed, Session
+from mailmux.backend.load import LoadMeter
+from mailmux.backend.store.interface import MailStore
+from mailmux.protocol.imap.response import untagged_status
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+CLOSE_GRACE = 2.0
+
+
+class ImapServer:
+    def __init__(self, config: BackendConfig, store: MailStore, meter: LoadMeter) -> None:
+        self.config = config
+        self.store = store
+        self.meter = meter
+        self.tls_context = _tls_context(config)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unauthenticated: set[Session] = set()
+
+    async def start(self) -> list[Address]:
+        self._server = await asyncio.start_server(self._serve, *self.config.listen_imap,
+                                                  limit=self.config.max_line_length + 1024)
+        bound: Address = self._server.sockets[0].getsockname()[:2]
+        log.info("imap listening on %s:%d", *bound)
+        return [bound]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=CLOSE_GRACE)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def authenticated(self, session: Session) -> None:
+        self._unauthenticated.discard(session)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        session = Session(self, reader, writer)
+        self.meter.session_opened()
+        try:
+            if len(self._unauthenticated) >= self.config.max_unauthenticated:
+                log.warning("imap %s: refused, %d connections not yet logged in",
+                            session.peer, len(self._unauthenticated))
+                writer.write(untagged_status("BYE", "too many connections", "UNAVAILABLE"))
+                await writer.drain()
+                return
+            self._unauthenticated.add(session)
+            log.debug("imap %s: connected", session.peer)
+            await session.run()
+        except Closed as exc:
+            log.debug("imap %s (%s): closed: %s", session.peer, session.user, exc)
+        except (ConnectionError, ssl.SSLError) as exc:
+            log.debug("imap %s (%s): connection lost: %r", session.peer, session.user, exc)
+        finally:
+            self._unauthenticated.discard(session)
+            session._unselect()
+            self.meter.session_closed()
+            self._tasks.discard(task)
+            log.info("imap %s: session of %s ended", session.peer, session.user or "(nobody)")
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+
+
+def _tls_context(config: BackendConfig) -> ssl.SSLContext | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context

@@ -1,0 +1,85 @@
+"""The selected mailbox as one session sees it: sequence numbers, reported flags, pending news.
+
+The store is the truth; the view is what this client has been told. `refresh` compares the two
+and returns the untagged responses that bring the client up to date — EXPUNGE (only where the
+command allows it), EXISTS, and FETCH FLAGS for changes made by other sessions — so that two
+sessions on one mailbox see each other's work at the points IMAP permits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mailmux.backend.store.interface import MessageMeta
+from mailmux.protocol.imap.commands import SequenceSet
+from mailmux.protocol.imap.response import Atom, format_flags, untagged
+
+
+@dataclass
+class View:
+    mailbox_id: int
+    name: str
+    readonly: bool
+    uidvalidity: int
+    uids: list[int] = field(default_factory=list)
+    meta: dict[int, MessageMeta] = field(default_factory=dict)
+    condstore: bool = False
+
+    def load(self, metas: list[MessageMeta]) -> None:
+        self.uids = [m.uid for m in metas]
+        self.meta = {m.uid: m for m in metas}
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def seq_of(self, uid: int) -> int:
+        # uids are ascending: a binary search would do, but views are small next to I/O costs
+        return self.uids.index(uid) + 1
+
+    def resolve(self, sequence: SequenceSet, uid: bool) -> list[int]:
+        """UIDs named by a sequence set, ascending; numbers beyond the view are ignored."""
+        if not self.uids:
+            return []
+        if uid:
+            largest = self.uids[-1]
+            return [u for u in self.uids if sequence.contains(u, largest)]
+        count = len(self.uids)
+        seqs: set[int] = set()
+        for r in sequence.ranges:
+            lo, hi = r.bounds(count)
+            seqs.update(range(max(lo, 1), min(hi, count) + 1))
+        return [self.uids[s - 1] for s in sorted(seqs)]
+
+    def flags_response(self, meta: MessageMeta, with_uid: bool) -> bytes:
+        items: list[object] = [Atom("FLAGS"), format_flags(meta.flags)]
+        if with_uid:
+            items += [Atom("UID"), meta.uid]
+        if self.condstore:
+            items += [Atom("MODSEQ"), [meta.modseq]]
+        return untagged(self.seq_of(meta.uid), Atom("FETCH"), items)
+
+    def refresh(self, metas: list[MessageMeta], allow_expunge: bool) -> list[bytes]:
+        fresh = {m.uid: m for m in metas}
+        out: list[bytes] = []
+        if allow_expunge:
+            for uid in [u for u in self.uids if u not in fresh]:
+                out.append(untagged(self.seq_of(uid), Atom("EXPUNGE")))
+                self.uids.remove(uid)
+                del self.meta[uid]
+        known = set(self.uids)
+        added = [m for m in metas if m.uid not in known and m.uid > (self.uids[-1] if self.uids
+                                                                   else 0)]
+        for uid in self.uids:
+            new = fresh.get(uid)
+            old = self.meta[uid]
+            if new is not None and (new.flags != old.flags or new.modseq != old.modseq):
+                self.meta[uid] = new
+                if new.flags != old.flags:
+                    out.append(self.flags_response(new, with_uid=True))
+        if added:
+            for m in added:
+                self.uids.append(m.uid)
+                self.meta[m.uid] = m
+            out.append(untagged(len(self.uids), Atom("EXISTS")))
+        return out
