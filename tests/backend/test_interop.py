@@ -151,7 +151,7 @@ def test_swaks_delivers(node: NodeProcess, tmp_path: Path) -> None:
     with imaplib.IMAP4(*node.imap) as imap:
         imap.login("bob@example.test", "bob-pw")
         imap.select("INBOX", readonly=True)
-        typ, data = imap.search("CHARSET", "UTF-8", "SUBJECT", "swaks check")
+        typ, data = imap.search("UTF-8", "SUBJECT", "\"swaks check\"")
         assert typ == "OK" and data[0].split() == [b"1"]
         typ, data = imap.fetch("1", "(BODY.PEEK[TEXT])")
         assert b"hello from swaks" in data[0][1]

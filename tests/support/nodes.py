@@ -69,6 +69,8 @@ class NodeProcess:
 
     def start(self, env: dict[str, str] | None = None) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()  # the previous run's pipe
         self.stderr_path = self.data_dir.parent / f"{self.node_id}.stderr.log"
         stderr: IO[str] = self.stderr_path.open("a")
         self.proc = subprocess.Popen(
