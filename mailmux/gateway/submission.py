@@ -181,11 +181,12 @@ class SubmissionHandler:
 
 
 async def _initial_or_challenge(server: SMTP, args: list[str], prompt: str) -> bytes | None:
-    if len(args) >= 3:
-        if args[2] == "=":
+    # aiosmtpd passes the AUTH arguments: [mechanism] or [mechanism, initial-response].
+    if len(args) >= 2:
+        if args[1] == "=":
             return b""
         try:
-            return base64.b64decode(args[2], validate=True)
+            return base64.b64decode(args[1], validate=True)
         except binascii.Error:
             return None
     answer = await server.challenge_auth(prompt, encode_to_b64=False)

@@ -41,6 +41,7 @@ def test_send_with_smtplib_and_read_back_through_the_gateway(
         smtp.login(*BOB)
         refused = smtp.sendmail(BOB[0], [ALICE[0]], _message("hello through the gateway"))
         assert refused == {}
+        smtp.mail(BOB[0])
         code, reply = smtp.rcpt("someone@elsewhere.example")
         assert code == 550 and b"5.7.1" in reply
     assert _count(gw.imap, "hello through the gateway") == 1
@@ -51,6 +52,7 @@ def test_auth_is_required_and_wrong_password_refused(
 ) -> None:
     gw = gateway_factory(pool3[:1])
     with smtplib.SMTP(*gw.submission, timeout=30) as smtp:
+        smtp.ehlo()
         code, reply = smtp.mail(BOB[0])
         assert code == 530
         with pytest.raises(smtplib.SMTPAuthenticationError) as info:
