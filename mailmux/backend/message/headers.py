@@ -32,12 +32,15 @@ def decoded_content(part: Part) -> bytes:
 
 
 def decoded_text(part: Part) -> str:
-    charset = part.params.get("charset", "us-ascii")
     data = decoded_content(part)
-    try:
-        return data.decode(charset, "replace")
-    except LookupError:
-        return data.decode("utf-8", "replace")
+    # The declared charset first; mail that lies about it (8-bit text labelled us-ascii, or
+    # no label at all) is usually UTF-8, and latin-1 decodes anything.
+    for charset in (part.params.get("charset", "us-ascii"), "utf-8", "latin-1"):
+        try:
+            return data.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("latin-1")  # pragma: no cover - latin-1 never fails
 
 
 def text_parts(part: Part) -> list[Part]:
