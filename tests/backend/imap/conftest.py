@@ -56,6 +56,6 @@ def raw_session(node: NodeProcess, *commands: bytes, user: tuple[str, str] | Non
                 if not response:
                     return b"".join(out)
                 out.append(response)
-                if response.startswith(tag + b" ") or response.startswith(b"* BYE"):
+                if response.startswith((tag + b" ", b"* BYE", b"* BAD")):
                     break
         return b"".join(out)
