@@ -42,6 +42,7 @@ from mailmux.protocol.imap.framing import (
     NeedData,
 )
 from mailmux.protocol.imap.parser import parse_command
+from mailmux.tcp import quickack
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class MailboxView:
     exists: int = 0
 
     def observe(self, response: Response) -> None:
+        if not response.raw.startswith(b"* "):
+            return
         if (n := response.exists) is not None:
             self.exists = n
         elif response.expunge is not None:
@@ -134,6 +137,7 @@ class ClientSession:
                 if not data:
                     raise ClientGone()
                 self.framer.receive_data(data)
+                quickack(self.writer)
                 continue
             if isinstance(event, LiteralContinue):
                 await self.send(b"+ Ready for literal data\r\n")
@@ -180,6 +184,11 @@ class ClientSession:
 
     async def command(self, raw: bytes) -> bool:
         """Handle one client command; False when the session is over."""
+        if self.backend is not None:
+            # Relayed commands need only their tag and name; the backend parses the rest.
+            tag, name = _tag_and_name(raw)
+            if tag is not None and name not in LOCAL_BEFORE_LOGIN:
+                return await self.relay(tag, raw, name)
         try:
             command = parse_command(raw)
         except ParseError as exc:
@@ -315,6 +324,14 @@ class ClientSession:
         assert backend is not None
         backend.writer.write(relay.raw)
         await backend.writer.drain()
+        # Fast path: nothing to read from the client until the backend asks for a continuation.
+        while not relay.continued:
+            if await self.forward(relay, await self.read_backend(backend)):
+                return
+        if relay.done_sent:
+            while not await self.forward(relay, await self.read_backend(backend)):
+                pass
+            return
         reader = asyncio.ensure_future(self.read_backend(backend))
         client: asyncio.Future[CommandBytes | FramingError] | None = None
         try:
@@ -456,6 +473,17 @@ class ClientSession:
         if fresh.exists > view.exists:
             await self.send(b"* %d EXISTS\r\n" % fresh.exists)  # new mail: allowed any time
             view.exists = fresh.exists
+
+
+def _tag_and_name(raw: bytes) -> tuple[bytes | None, str]:
+    """(tag, upper-case command name; "FETCH" for "UID FETCH") from a command's first line."""
+    first = raw[: raw.find(b"\n") + 1 or len(raw)].split(None, 3)
+    if len(first) < 2:
+        return None, ""
+    name = first[1].upper()
+    if name == b"UID" and len(first) > 2:
+        name = first[2].upper()
+    return first[0], name.decode("ascii", "replace")
 
 
 class ImapProxy:

@@ -65,6 +65,7 @@ from mailmux.protocol.imap.response import (
     untagged,
     untagged_status,
 )
+from mailmux.tcp import quickack
 
 if TYPE_CHECKING:
     from mailmux.backend.imap.server import ImapServer
@@ -132,6 +133,7 @@ class Session:
                 if not data:
                     raise Closed("client closed the connection")
                 self.framer.receive_data(data)
+                quickack(self.writer)
                 continue
             if isinstance(event, LiteralContinue):
                 await self.send([continuation("Ready for literal data")])
