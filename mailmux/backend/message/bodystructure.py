@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mailmux.backend.message.envelope import envelope
 from mailmux.backend.message.parsed import Part, parse_params
+from mailmux.protocol.imap.response import Adjacent
 
 
 def _params(params: dict[str, str]) -> list[str] | None:
@@ -32,7 +33,7 @@ def bodystructure(part: Part, extensible: bool) -> list[object]:
         children: list[object] = [bodystructure(c, extensible) for c in part.children]
         if not children:  # a multipart without parts: describe it as an empty text part
             children = [["TEXT", "PLAIN", ["CHARSET", "US-ASCII"], None, None, "7BIT", 0, 0]]
-        result = [*children, part.subtype.upper()]
+        result: list[object] = [Adjacent(children), part.subtype.upper()]
         if extensible:
             params = {k: v for k, v in part.params.items()}
             result += [_params(params), *_extension(part)]

@@ -23,6 +23,11 @@ class Literal(bytes):
     """Always sent as a {n} literal."""
 
 
+class Adjacent(list[object]):
+    """Values written one after another with no separator: the "1*body" of a multipart
+    BODYSTRUCTURE is `(...)(...)`, not `(...) (...)` (RFC 3501 body-type-mpart)."""
+
+
 Value = object
 
 
@@ -51,6 +56,8 @@ def encode_value(value: Value) -> bytes:
         if _quotable(data):
             return quote(data)
         return b"{%d}\r\n" % len(data) + data
+    if isinstance(value, Adjacent):
+        return b"".join(encode_value(v) for v in value)
     if isinstance(value, list | tuple):
         return b"(" + b" ".join(encode_value(v) for v in value) + b")"
     raise TypeError(f"cannot encode {type(value).__name__} as IMAP")
