@@ -15,9 +15,10 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -158,6 +159,49 @@ def board_list(config_path: Path) -> None:
     """List boards, one a line."""
     for name in _with_store(config_path, lambda store: store.list_boards()):
         click.echo(name)
+
+
+# replication --------------------------------------------------------------------------------
+
+
+@main.group()
+def replication() -> None:
+    """Inspect replication between this node and its peers."""
+
+
+@replication.command("status")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="one JSON object instead of a table")
+def replication_status(config_path: Path, as_json: bool) -> None:
+    """Per-peer backlog (changes not yet acknowledged) and lag (time since the last ack)."""
+    config = _load_config(config_path)
+    rows = _with_store(config_path, lambda store: _replication_rows(store, config))
+    if as_json:
+        click.echo(json.dumps({"node": config.node_id, "peers": rows}))
+        return
+    click.echo(f"{'peer':<10} {'acked':>8} {'local':>8} {'backlog':>8} {'lag(s)':>8}")
+    for row in rows:
+        lag = "-" if row["lag_seconds"] is None else f"{row['lag_seconds']:.1f}"
+        click.echo(f"{row['peer']:<10} {row['acked']:>8} {row['local']:>8} "
+                   f"{row['backlog']:>8} {lag:>8}")
+
+
+async def _replication_rows(store: MailStore, config: BackendConfig) -> list[dict[str, Any]]:
+    from mailmux.backend.store.sqlite import SqliteStore
+
+    assert isinstance(store, SqliteStore)
+    acks = await store.meta("ack:")
+    local = await store.local_seq()
+    rows = []
+    for peer, _, _ in config.replication.peers:
+        raw = acks.get(f"ack:{peer}")
+        info = json.loads(raw) if raw else {}
+        acked = int(info.get("acked", 0)) if info.get("origin") == store.origin else 0
+        at = info.get("at")
+        rows.append({"peer": peer, "acked": acked, "local": local,
+                     "backlog": max(0, local - acked),
+                     "lag_seconds": None if at is None else round(time.time() - float(at), 1)})
+    return rows
 
 
 # helpers ----------------------------------------------------------------------------------

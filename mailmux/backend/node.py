@@ -17,11 +17,14 @@ import logging
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.load import LoadMeter
 from mailmux.backend.store.interface import MailStore
+
+if TYPE_CHECKING:
+    from mailmux.replication.peers import Replicator
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class Node:
         self.ready: dict[str, Any] = {}
         self._stack = contextlib.AsyncExitStack()
         self._store: MailStore | None = None
+        self.replicator: Replicator | None = None
 
     @property
     def store(self) -> MailStore:
@@ -77,11 +81,20 @@ class Node:
 
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self._store = await self._stack.enter_async_context(
+        store = await self._stack.enter_async_context(
             SqliteStore.open(config.db_path, config.node_id, config.domains)
         )
+        self._store = store
         await self.meter.start()
         self._stack.push_async_callback(self.meter.close)
+
+        replication_address = None
+        if config.replication.listen is not None:
+            from mailmux.replication.peers import Replicator
+
+            self.replicator = Replicator(config, store, self.meter)
+            replication_address = (await self.replicator.start())[0]
+            self._stack.push_async_callback(self.replicator.close)
 
         imap = ImapServer(config, self.store, self.meter)
         imap_address = (await imap.start())[0]
@@ -106,6 +119,7 @@ class Node:
             "smtp": format_address(smtp_address),
             "lmtp": format_address(lmtp[0]) if lmtp else None,
             "control": format_address(control_address),
+            "replication": format_address(replication_address) if replication_address else None,
         }
         self._write_ready()
         log.info("node %s ready: %s", config.node_id, self.ready)

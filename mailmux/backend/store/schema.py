@@ -56,6 +56,21 @@ CREATE TABLE IF NOT EXISTS board_seen (
     uid INTEGER NOT NULL,
     PRIMARY KEY (user, mailbox_id, uid)
 );
+CREATE TABLE IF NOT EXISTS flag_stamps (
+    mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    guid TEXT NOT NULL,
+    flag TEXT NOT NULL,
+    hlc INTEGER NOT NULL,
+    origin TEXT NOT NULL,
+    present INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, guid, flag)
+);
+CREATE TABLE IF NOT EXISTS tombstones (
+    owner TEXT NOT NULL,
+    mailbox TEXT NOT NULL,
+    guid TEXT NOT NULL,
+    PRIMARY KEY (owner, mailbox, guid)
+);
 CREATE TABLE IF NOT EXISTS changelog (
     origin TEXT NOT NULL,
     seq INTEGER NOT NULL,

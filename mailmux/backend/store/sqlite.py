@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +31,7 @@ from mailmux.backend.errors import (
     MailboxExists,
     MailboxNotFound,
     NotPermitted,
+    Unavailable,
     UserExists,
     UserNotFound,
 )
@@ -82,6 +83,11 @@ class SqliteStore:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._writer: Writer | None = None
+        self.origin = node_id
+        # Replication installs these: called after every commit, and before acknowledging an
+        # append/delivery (raising Unavailable when the required copies cannot be made).
+        self.commit_hooks: list[Callable[[], None]] = []
+        self.copies_hook: Callable[[bytes, int], Awaitable[None]] | None = None
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -109,6 +115,14 @@ class SqliteStore:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=10000")
         prepare(conn)  # executescript commits on its own; the DDL is idempotent
+        row = conn.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()
+        if row is None:
+            # A wiped node comes back as a new origin: peers still hold its old history
+            # under the old name and ship it back, while its new changes never collide.
+            conn.execute("INSERT INTO meta VALUES ('origin', ?)",
+                         (f"{self.node_id}-{uuid.uuid4().hex[:8]}",))
+            row = conn.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()
+        self.origin = str(row[0])
         row = conn.execute("SELECT max(hlc) FROM changelog").fetchone()
         self.clock = HybridClock(last=int(row[0] or 0))
         return conn
@@ -163,10 +177,13 @@ class SqliteStore:
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
         conn.execute(
             "INSERT INTO changelog VALUES (?, ?, ?, ?, ?)",
-            (self.node_id, seq, self.clock.now(), kind, json.dumps(payload, sort_keys=True)),
+            (self.origin, seq, self.clock.now(), kind, json.dumps(payload, sort_keys=True)),
         )
+        tx.logged = seq
 
     def _notify(self, mailbox_ids: set[int]) -> None:
+        for hook in self.commit_hooks:
+            hook()
         for mailbox_id in mailbox_ids:
             for q in self._listeners.get(mailbox_id, ()):
                 q.put_nowait(mailbox_id)
@@ -475,7 +492,7 @@ class SqliteStore:
         self._log(tx, "message.add", {
             "owner": owner, "mailbox": mailbox[2], "uidvalidity": mailbox[3], "uid": uid,
             "guid": guid, "flags": sorted(shared), "internaldate": internaldate.isoformat(),
-            "body": body_hash, "size": size,
+            "body": body_hash, "size": size, "uidnext": uid + 1,
         })
         return AppendResult(mailbox_id, mailbox[3], uid, guid, duplicate=False)
 
@@ -487,12 +504,15 @@ class SqliteStore:
         body_hash = _body_hash(body)
         message_guid = guid or uuid.uuid4().hex
 
-        def job(tx: Tx) -> AppendResult:
+        def job(tx: Tx) -> tuple[AppendResult, int]:
             row = self._mailbox_row(tx.conn, user, mailbox)
-            return self._add_message(tx, row, body, body_hash, frozenset(flags), when,
-                                     message_guid, user)
+            result = self._add_message(tx, row, body, body_hash, frozenset(flags), when,
+                                       message_guid, user)
+            return result, tx.logged
 
-        return await self._write(job)
+        result, seq = await self._write(job)
+        await self._copies(body, seq, [result], user)
+        return result
 
     def _recipient_mailbox(self, conn: sqlite3.Connection, recipient: str) -> tuple[Any, ...]:
         address = recipient.lower()
@@ -518,12 +538,32 @@ class SqliteStore:
         now = datetime.now(UTC)
         body_hash = _body_hash(body)
 
-        def job(tx: Tx) -> list[AppendResult]:
+        def job(tx: Tx) -> tuple[list[AppendResult], int]:
             rows = [self._recipient_mailbox(tx.conn, r) for r in recipients]
-            return [self._add_message(tx, row, body, body_hash, frozenset(), now, guid, None)
-                    for row in rows]
+            results = [self._add_message(tx, row, body, body_hash, frozenset(), now, guid, None)
+                       for row in rows]
+            return results, tx.logged
 
-        return await self._write(job)
+        results, seq = await self._write(job)
+        await self._copies(body, seq, results, None)
+        return results
+
+    async def _copies(self, body: bytes, seq: int, results: list[AppendResult],
+                      user: str | None) -> None:
+        """Wait until the message is durable on as many nodes as its importance requires;
+        if that cannot happen, take it back out and refuse (the sender keeps it)."""
+        added = [r for r in results if not r.duplicate]
+        if self.copies_hook is None or not added:
+            return
+        try:
+            await self.copies_hook(body, seq)
+        except Unavailable:
+            def undo(tx: Tx) -> None:
+                for r in added:
+                    self._delete_rows(tx, r.mailbox_id, [r.uid])
+
+            await self._write(undo)
+            raise
 
     async def messages(self, user: str, mailbox_id: int) -> list[MessageMeta]:
         def read(conn: sqlite3.Connection) -> list[MessageMeta]:
@@ -619,11 +659,13 @@ class SqliteStore:
                             (user.lower(), mailbox_id, uid))
                 assert modseq is not None
                 changed.append(FlagChange(uid, frozenset(new), modseq))
+                owner_name = self._mailbox_key(conn, mailbox_id)
                 self._log(tx, "message.flags", {
-                    "mailbox_id": mailbox_id, "uid": uid, "guid": row[2],
-                    "added": sorted(new - old), "removed": sorted(old - new),
+                    "owner": owner_name[0], "mailbox": owner_name[1], "uid": uid,
+                    "guid": row[2], "added": sorted(new - old), "removed": sorted(old - new),
                     "user": user.lower() if is_board else None,
                 })
+                self._stamp_flags(tx, mailbox_id, row[2], new - old, old - new)
             if changed:
                 tx.touched.add(mailbox_id)
             return StoreResult(tuple(changed), tuple(failed))
@@ -652,14 +694,33 @@ class SqliteStore:
             ).fetchone()
             if row is not None:
                 removed.append(uid)
+                owner, name = self._mailbox_key(tx.conn, mailbox_id)
+                tx.conn.execute("INSERT OR IGNORE INTO tombstones VALUES (?, ?, ?)",
+                                (owner, name, row[0]))
                 self._log(tx, "message.expunge",
-                          {"mailbox_id": mailbox_id, "uid": uid, "guid": row[0]})
+                          {"owner": owner, "mailbox": name, "uid": uid, "guid": row[0]})
         if removed:
             tx.conn.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?",
                             (mailbox_id,))
             tx.touched.add(mailbox_id)
             self._collect_bodies(tx)
         return removed
+
+    @staticmethod
+    def _mailbox_key(conn: sqlite3.Connection, mailbox_id: int) -> tuple[str, str]:
+        row = conn.execute("SELECT owner, name FROM mailboxes WHERE id = ?",
+                           (mailbox_id,)).fetchone()
+        return (str(row[0]), str(row[1])) if row else ("", "")
+
+    def _stamp_flags(self, tx: Tx, mailbox_id: int, guid: str, added: frozenset[str],
+                     removed: frozenset[str]) -> None:
+        """Per-flag last-writer stamps, so that replicas merge concurrent changes per flag."""
+        hlc = self.clock.now()
+        for flag, present in [(f, 1) for f in added] + [(f, 0) for f in removed]:
+            tx.conn.execute(
+                "INSERT OR REPLACE INTO flag_stamps VALUES (?, ?, ?, ?, ?, ?)",
+                (mailbox_id, guid, flag, hlc, self.origin, present),
+            )
 
     def _collect_bodies(self, tx: Tx) -> None:
         tx.conn.execute(
@@ -728,3 +789,69 @@ class SqliteStore:
             ).fetchall()
         )
         return [ChangeRecord(o, s, h, k, json.loads(p)) for o, s, h, k, p in rows]
+
+    # replication ----------------------------------------------------------------------------
+
+    async def positions(self) -> dict[str, int]:
+        """The highest sequence held for every origin (this node's own included)."""
+        rows = await self._read(
+            lambda c: c.execute("SELECT origin, max(seq) FROM changelog GROUP BY origin").fetchall()
+        )
+        return {str(origin): int(seq) for origin, seq in rows}
+
+    async def changes_after(
+        self, known: dict[str, int], limit: int = 1000
+    ) -> list[ChangeRecord]:
+        """Records of any origin beyond what a peer says it holds, oldest first per origin."""
+        def read(conn: sqlite3.Connection) -> list[ChangeRecord]:
+            out: list[ChangeRecord] = []
+            origins = [r[0] for r in conn.execute("SELECT DISTINCT origin FROM changelog")]
+            for origin in origins:
+                rows = conn.execute(
+                    "SELECT origin, seq, hlc, kind, payload FROM changelog "
+                    "WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (origin, known.get(origin, 0), limit - len(out)),
+                ).fetchall()
+                out += [ChangeRecord(o, s, h, k, json.loads(p)) for o, s, h, k, p in rows]
+                if len(out) >= limit:
+                    break
+            return out
+
+        return await self._read(read)
+
+    async def bodies_for(self, hashes: Sequence[str]) -> dict[str, bytes]:
+        def read(conn: sqlite3.Connection) -> dict[str, bytes]:
+            found = {}
+            for h in set(hashes):
+                row = conn.execute("SELECT data FROM bodies WHERE hash = ?", (h,)).fetchone()
+                if row is not None:
+                    found[h] = bytes(row[0])
+            return found
+
+        return await self._read(read)
+
+    async def apply_remote(
+        self, records: Sequence[ChangeRecord], bodies: dict[str, bytes]
+    ) -> int:
+        from mailmux.backend.store.apply import apply_records
+
+        return await self._write(lambda tx: apply_records(self, tx, list(records), bodies))
+
+    async def local_seq(self) -> int:
+        row = await self._read(
+            lambda c: c.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    async def set_meta(self, key: str, value: str) -> None:
+        def job(tx: Tx) -> None:
+            tx.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+        await self._write(job)
+
+    async def meta(self, prefix: str) -> dict[str, str]:
+        rows = await self._read(
+            lambda c: c.execute("SELECT key, value FROM meta WHERE key LIKE ?",
+                                (prefix + "%",)).fetchall()
+        )
+        return {str(k): str(v) for k, v in rows}

@@ -31,6 +31,8 @@ class Tx:
 
     conn: sqlite3.Connection
     touched: set[int] = field(default_factory=set)
+    logged: int = 0  # the last local change-log sequence this job wrote
+    bodies: dict[str, bytes] = field(default_factory=dict)  # bodies shipped with remote changes
 
 
 @dataclass
@@ -123,5 +125,4 @@ class Writer:
                 job.future.set_exception(error)
             else:
                 job.future.set_result(value)
-        if touched:
-            self._notify(touched)
+        self._notify(touched)

@@ -151,11 +151,11 @@ async def test_expunge_copy_move(store: SqliteStore) -> None:
 
 
 async def test_change_log_is_written_with_each_mutation(store: SqliteStore) -> None:
-    before = await store.changes_since("n1", 0, 10_000)
+    before = await store.changes_since(store.origin, 0, 10_000)
     await store.append(ALICE, "INBOX", b"x")
     with pytest.raises(MailboxExists):
         await store.create_mailbox(ALICE, "Sent")  # fails: no record may remain
-    after = await store.changes_since("n1", before[-1].seq)
+    after = await store.changes_since(store.origin, before[-1].seq)
     assert [c.kind for c in after] == ["message.add"]
     assert after[0].payload["uid"] == 1 and after[0].hlc > before[-1].hlc
     seqs = [c.seq for c in before + after]

@@ -1,0 +1,281 @@
+"""Applying change records that arrived from peers (the receiving half of replication).
+
+Records keep their origin and sequence: each is stored in the local change log as it came, so
+(a) a record is applied at most once, whatever the number of deliveries, and (b) this node can
+pass other origins' history on to a peer that lacks it (a wiped node catches up from anyone).
+
+Rules (DESIGN.md, Replication): a message keeps the UID its origin gave it when that UID is free
+here; if the UID already names a different message (both sides accepted mail during a
+partition), both messages get fresh UIDs above both sides' UIDNEXT, the smaller GUID first, as
+dsync does, and the renumbering is logged as local changes so every replica converges. Flags
+merge per flag by the latest (HLC, origin) stamp. An expunge leaves a tombstone and wins over
+any flag change or late copy of the message.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+from mailmux.backend.store.interface import BOARD_OWNER, ChangeRecord
+from mailmux.backend.store.writer import Tx
+
+if TYPE_CHECKING:
+    from mailmux.backend.store.sqlite import SqliteStore
+
+SEEN = "\\Seen"
+
+
+def apply_records(store: SqliteStore, tx: Tx, records: list[ChangeRecord],
+                  bodies: dict[str, bytes]) -> int:
+    applied = 0
+    conn = tx.conn
+    tx.bodies = bodies
+    for record in records:
+        if conn.execute("SELECT 1 FROM changelog WHERE origin = ? AND seq = ?",
+                        (record.origin, record.seq)).fetchone():
+            continue
+        conn.execute(
+            "INSERT INTO changelog VALUES (?, ?, ?, ?, ?)",
+            (record.origin, record.seq, record.hlc, record.kind,
+             json.dumps(record.payload, sort_keys=True)),
+        )
+        store.clock.update(record.hlc)
+        handler = _HANDLERS.get(record.kind)
+        if handler is not None:
+            handler(store, tx, record)
+        applied += 1
+    return applied
+
+
+def _p(record: ChangeRecord, key: str) -> Any:
+    return record.payload.get(key)
+
+
+def _mailbox(conn: sqlite3.Connection, owner: str, name: str) -> tuple[Any, ...] | None:
+    row = conn.execute(
+        "SELECT id, owner, name, uidvalidity, uidnext, highestmodseq, special_use "
+        "FROM mailboxes WHERE owner = ? AND name = ?", (owner, name)).fetchone()
+    return tuple(row) if row else None
+
+
+# --- users and mailboxes ------------------------------------------------------------------
+
+
+def _user_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    tx.conn.execute("INSERT OR IGNORE INTO users VALUES (?, ?, ?)",
+                    (_p(record, "user"), _p(record, "hash"), record.hlc >> 16))
+
+
+def _user_passwd(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    tx.conn.execute("UPDATE users SET password_hash = ? WHERE name = ?",
+                    (_p(record, "hash"), _p(record, "user")))
+
+
+def _user_del(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    user = _p(record, "user")
+    for (mailbox_id,) in tx.conn.execute("SELECT id FROM mailboxes WHERE owner = ?",
+                                         (user,)).fetchall():
+        tx.touched.add(mailbox_id)
+    for table, column in (("users", "name"), ("mailboxes", "owner"), ("subscriptions", "user"),
+                          ("board_seen", "user")):
+        tx.conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (user,))
+
+
+def _mailbox_create(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    owner, name = _p(record, "owner"), _p(record, "name")
+    if _mailbox(tx.conn, owner, name) is not None:
+        return
+    tx.conn.execute(
+        "INSERT INTO mailboxes (owner, name, uidvalidity, special_use) VALUES (?, ?, ?, ?)",
+        (owner, name, _p(record, "uidvalidity"), _p(record, "special_use")),
+    )
+    if owner != BOARD_OWNER:
+        tx.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)", (owner, name))
+
+
+def _mailbox_delete(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    row = _mailbox(tx.conn, _p(record, "owner"), _p(record, "name"))
+    if row is not None and row[3] == _p(record, "uidvalidity"):
+        tx.conn.execute("DELETE FROM mailboxes WHERE id = ?", (row[0],))
+        tx.touched.add(row[0])
+
+
+def _mailbox_rename(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    owner, old, new = _p(record, "owner"), _p(record, "old"), _p(record, "new")
+    if old == "INBOX":
+        return  # RENAME INBOX is logged as a create plus message moves
+    for mailbox_id, name in tx.conn.execute(
+        "SELECT id, name FROM mailboxes WHERE owner = ? AND (name = ? OR name LIKE ?)",
+        (owner, old, old + "/%"),
+    ).fetchall():
+        tx.conn.execute("UPDATE OR IGNORE mailboxes SET name = ? WHERE id = ?",
+                        (new + name[len(old):], mailbox_id))
+
+
+def _subscribe(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    if _p(record, "subscribed"):
+        tx.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)",
+                        (_p(record, "user"), _p(record, "name")))
+    else:
+        tx.conn.execute("DELETE FROM subscriptions WHERE user = ? AND name = ?",
+                        (_p(record, "user"), _p(record, "name")))
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+def _message_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    conn = tx.conn
+    owner, name, guid = _p(record, "owner"), _p(record, "mailbox"), _p(record, "guid")
+    mailbox = _mailbox(conn, owner, name)
+    if mailbox is None or mailbox[3] != _p(record, "uidvalidity"):
+        return  # the mailbox is gone, or is another incarnation: nothing to add to
+    if conn.execute("SELECT 1 FROM tombstones WHERE owner = ? AND mailbox = ? AND guid = ?",
+                    (owner, name, guid)).fetchone():
+        return
+    if conn.execute("SELECT 1 FROM messages WHERE mailbox_id = ? AND guid = ?",
+                    (mailbox[0], guid)).fetchone():
+        return
+    body_hash = _p(record, "body")
+    if body_hash not in bodies_present(conn, [body_hash]):
+        body = tx.bodies.get(body_hash)
+        if body is None:
+            return  # expunged at the origin before it shipped: a later expunge follows
+        conn.execute("INSERT OR IGNORE INTO bodies VALUES (?, ?)", (body_hash, body))
+    uid = int(_p(record, "uid"))
+    taken = conn.execute("SELECT guid FROM messages WHERE mailbox_id = ? AND uid = ?",
+                         (mailbox[0], uid)).fetchone()
+    if taken is not None:
+        _resolve_uid_conflict(store, tx, mailbox, uid, str(taken[0]), record)
+        return
+    _insert(conn, tx, mailbox[0], uid, guid, body_hash, _p(record, "internaldate"),
+            _p(record, "size"), _p(record, "flags"))
+
+
+def bodies_present(conn: sqlite3.Connection, hashes: list[str]) -> set[str]:
+    return {h for h in hashes
+            if conn.execute("SELECT 1 FROM bodies WHERE hash = ?", (h,)).fetchone()}
+
+
+def _insert(conn: sqlite3.Connection, tx: Tx, mailbox_id: int, uid: int, guid: str,
+            body_hash: str, internaldate: str, size: int, flags: list[str]) -> None:
+    modseq = conn.execute(
+        "UPDATE mailboxes SET uidnext = max(uidnext, ?), highestmodseq = highestmodseq + 1 "
+        "WHERE id = ? RETURNING highestmodseq", (uid + 1, mailbox_id)).fetchone()[0]
+    conn.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 (mailbox_id, uid, guid, body_hash, internaldate, size,
+                  " ".join(sorted(flags)), modseq))
+    tx.touched.add(mailbox_id)
+
+
+def _resolve_uid_conflict(store: SqliteStore, tx: Tx, mailbox: tuple[Any, ...], uid: int,
+                          local_guid: str, record: ChangeRecord) -> None:
+    """Both messages get fresh UIDs above both UIDNEXTs, smaller GUID first (as dsync)."""
+    conn = tx.conn
+    mailbox_id = mailbox[0]
+    local = conn.execute(
+        "SELECT body_hash, internaldate, size, flags FROM messages "
+        "WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid)).fetchone()
+    remote_guid = str(_p(record, "guid"))
+    base = max(int(mailbox[4]), uid + 1, int(_p(record, "uidnext") or 0))
+    incoming = {
+        local_guid: (local[0], local[1], local[2], local[3].split()),
+        remote_guid: (_p(record, "body"), _p(record, "internaldate"), _p(record, "size"),
+                      _p(record, "flags")),
+    }
+    conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", (mailbox_id, uid))
+    owner, name = str(mailbox[1]), str(mailbox[2])
+    store._log(tx, "message.expunge", {"owner": owner, "mailbox": name, "uid": uid,
+                                       "guid": local_guid, "renumbered": True})
+    for offset, guid in enumerate(sorted(incoming)):
+        body_hash, internaldate, size, flags = incoming[guid]
+        new_uid = base + offset
+        _insert(conn, tx, mailbox_id, new_uid, guid, body_hash, internaldate, size, flags)
+        store._log(tx, "message.add", {
+            "owner": owner, "mailbox": name, "uidvalidity": mailbox[3], "uid": new_uid,
+            "uidnext": base + len(incoming), "guid": guid, "flags": sorted(flags),
+            "internaldate": internaldate, "body": body_hash, "size": size,
+        })
+
+
+def _message_flags(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    conn = tx.conn
+    mailbox = _mailbox(conn, _p(record, "owner"), _p(record, "mailbox"))
+    if mailbox is None:
+        return
+    guid = _p(record, "guid")
+    row = conn.execute("SELECT uid, flags FROM messages WHERE mailbox_id = ? AND guid = ?",
+                       (mailbox[0], guid)).fetchone()
+    if row is None:
+        return  # expunged: the expunge wins
+    uid, flags = row[0], set(row[1].split())
+    user = _p(record, "user")
+    changes = [(f, 1) for f in _p(record, "added") or []] + [
+        (f, 0) for f in _p(record, "removed") or []]
+    changed = False
+    for flag, present in changes:
+        if user is not None and flag == SEEN:  # a board reader's own \Seen
+            if present:
+                conn.execute("INSERT OR IGNORE INTO board_seen VALUES (?, ?, ?)",
+                             (user, mailbox[0], uid))
+            else:
+                conn.execute("DELETE FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
+                             (user, mailbox[0], uid))
+            changed = True
+            continue
+        stamp = conn.execute(
+            "SELECT hlc, origin, present FROM flag_stamps WHERE mailbox_id = ? AND guid = ? "
+            "AND flag = ?", (mailbox[0], guid, flag)).fetchone()
+        if stamp is not None and tuple(stamp) >= (record.hlc, record.origin, present):
+            continue
+        conn.execute("INSERT OR REPLACE INTO flag_stamps VALUES (?, ?, ?, ?, ?, ?)",
+                     (mailbox[0], guid, flag, record.hlc, record.origin, present))
+        if present:
+            flags.add(flag)
+        else:
+            flags.discard(flag)
+        changed = True
+    if changed:
+        modseq = conn.execute(
+            "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? "
+            "RETURNING highestmodseq", (mailbox[0],)).fetchone()[0]
+        conn.execute("UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+                     (" ".join(sorted(flags)), modseq, mailbox[0], uid))
+        tx.touched.add(mailbox[0])
+
+
+def _message_expunge(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    conn = tx.conn
+    owner, name, guid = _p(record, "owner"), _p(record, "mailbox"), _p(record, "guid")
+    mailbox = _mailbox(conn, owner, name)
+    if mailbox is None:
+        return
+    if _p(record, "renumbered"):
+        # Only that UID goes: the message itself lives on under its new UID.
+        conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND uid = ? AND guid = ?",
+                     (mailbox[0], _p(record, "uid"), guid))
+    else:
+        conn.execute("INSERT OR IGNORE INTO tombstones VALUES (?, ?, ?)", (owner, name, guid))
+        conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND guid = ?",
+                     (mailbox[0], guid))
+    conn.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?",
+                 (mailbox[0],))
+    tx.touched.add(mailbox[0])
+
+
+_HANDLERS = {
+    "user.add": _user_add,
+    "user.passwd": _user_passwd,
+    "user.del": _user_del,
+    "mailbox.create": _mailbox_create,
+    "board.add": _mailbox_create,
+    "mailbox.delete": _mailbox_delete,
+    "mailbox.rename": _mailbox_rename,
+    "mailbox.subscribe": _subscribe,
+    "message.add": _message_add,
+    "message.flags": _message_flags,
+    "message.expunge": _message_expunge,
+}
+

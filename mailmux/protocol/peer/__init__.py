@@ -1,0 +1,1 @@
+"""The replication peer protocol between backend nodes (sans-IO)."""

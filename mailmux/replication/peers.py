@@ -1,0 +1,372 @@
+"""Replication between backend nodes: the asyncio shell around the peer protocol and the store.
+
+Every node listens on `replication.listen` and dials every configured peer. A dialled link
+ships: it asks the peer which position it holds per origin, sends the change records beyond
+(with the bodies they need) in batches, and the peer applies each batch in one transaction and
+answers with its new positions — that answer is the acknowledgement. The same exchange is the
+anti-entropy pass: a node that was down, or whose disk was wiped, reports old (or no) positions
+and receives everything it lacks, from any peer, since every node keeps every origin's history.
+
+`immediate` mode ships as soon as a change commits; `batch` mode waits for the daily window or a
+backlog threshold. Either way a delivery that needs W copies (importance, `copies.py`) is shipped
+at once and acknowledged to its sender only after W-1 peers have acknowledged it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from mailmux.backend.config import BackendConfig
+from mailmux.backend.errors import Unavailable
+from mailmux.backend.load import LoadMeter
+from mailmux.backend.store.interface import ChangeRecord
+from mailmux.backend.store.sqlite import SqliteStore
+from mailmux.protocol.control.errors import ControlDecodeError
+from mailmux.protocol.peer.session import (
+    MAX_FRAME,
+    FrameDecoder,
+    PeerAuthError,
+    Sealer,
+    check_hello,
+    check_welcome,
+    hello,
+    plain,
+    welcome,
+)
+from mailmux.replication.importance import copies_required
+from mailmux.replication.window import BatchWindow, local_now
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+BATCH_RECORDS = 500
+BATCH_BODY_BYTES = 8 * 1024 * 1024
+IDLE_RECHECK = 1.0
+MAX_BACKOFF = 5.0
+READ_SIZE = 256 * 1024
+
+
+class LinkClosed(Exception):
+    pass
+
+
+class Channel:
+    """One authenticated peer connection: sealed JSON messages in both directions."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder(MAX_FRAME)
+        self.sealer: Sealer | None = None
+
+    async def _frame(self) -> bytes:
+        while True:
+            try:
+                data = self.decoder.next_frame()
+            except ControlDecodeError as exc:
+                raise LinkClosed(str(exc)) from exc
+            if data is not None:
+                return data
+            chunk = await self.reader.read(READ_SIZE)
+            if not chunk:
+                raise LinkClosed("peer closed the connection")
+            self.decoder.receive_data(chunk)
+
+    async def receive_plain(self) -> dict[str, Any]:
+        try:
+            message = json.loads(await self._frame())
+        except ValueError as exc:
+            raise PeerAuthError(f"handshake is not JSON: {exc}") from exc
+        if not isinstance(message, dict):
+            raise PeerAuthError("handshake is not an object")
+        return message
+
+    async def receive(self) -> dict[str, Any]:
+        assert self.sealer is not None
+        return self.sealer.open(await self._frame())
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.sealer is not None
+        self.writer.write(self.sealer.seal(message))
+        await self.writer.drain()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+def _records_json(records: list[ChangeRecord]) -> list[list[Any]]:
+    return [[r.origin, r.seq, r.hlc, r.kind, r.payload] for r in records]
+
+
+def _records_from(raw: list[list[Any]]) -> list[ChangeRecord]:
+    return [ChangeRecord(str(o), int(s), int(h), str(k), dict(p)) for o, s, h, k, p in raw]
+
+
+@dataclass
+class PeerState:
+    node_id: str
+    address: Address
+    connected: bool = False
+    acked: dict[str, int] = field(default_factory=dict)  # their positions, per origin
+    last_ack: float | None = None  # monotonic time of the last acknowledgement
+    shipped: int = 0
+    last_error: str = ""
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    rounds: int = 0  # shipping decisions taken (tests watch it instead of sleeping)
+
+
+class Replicator:
+    def __init__(self, config: BackendConfig, store: SqliteStore, meter: LoadMeter,
+                 clock: Callable[[], datetime] = local_now) -> None:
+        self.config = config
+        self.rconfig = config.replication
+        self.store = store
+        self.meter = meter
+        self.clock = clock
+        self.peers = {node: PeerState(node, (host, port))
+                      for node, host, port in self.rconfig.peers}
+        self.window = (BatchWindow(*self.rconfig.batch_window, self.rconfig.batch_backlog)
+                       if self.rconfig.batch_window else None)
+        self._urgent = 0  # deliveries waiting for copies: ship even outside the batch window
+        self._acks = asyncio.Condition()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._local_seq = 0
+
+    # lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> list[Address]:
+        assert self.rconfig.listen is not None
+        self._local_seq = await self.store.local_seq()
+        self._server = await asyncio.start_server(self._accept, *self.rconfig.listen)
+        bound: Address = self._server.sockets[0].getsockname()[:2]
+        self.store.commit_hooks.append(self._committed)
+        self.store.copies_hook = self.ensure_copies
+        self.meter.replication_backlog = self.backlog
+        for peer in self.peers.values():
+            self._spawn(self._ship_forever(peer))
+        log.info("replication listening on %s:%d, %d peer(s), mode %s", *bound,
+                 len(self.peers), self.rconfig.mode)
+        return [bound]
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        self.store.copies_hook = None
+        if self._committed in self.store.commit_hooks:
+            self.store.commit_hooks.remove(self._committed)
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _committed(self) -> None:
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for peer in self.peers.values():
+            peer.wake.set()
+
+    # copies by importance ------------------------------------------------------------------
+
+    def live_peers(self) -> int:
+        return sum(1 for p in self.peers.values() if p.connected)
+
+    async def ensure_copies(self, body: bytes, seq: int) -> None:
+        wanted = copies_required(body, self.rconfig.copies, 1 + self.live_peers())
+        needed = min(wanted, 1 + len(self.peers)) - 1
+        if needed <= 0:
+            return
+        origin = self.store.origin
+        self._urgent += 1
+        self._local_seq = max(self._local_seq, seq)
+        self._wake_all()
+        try:
+            async with asyncio.timeout(self.rconfig.copy_timeout), self._acks:
+                await self._acks.wait_for(lambda: sum(
+                    1 for p in self.peers.values() if p.acked.get(origin, 0) >= seq) >= needed)
+        except TimeoutError:
+            have = sum(1 for p in self.peers.values() if p.acked.get(origin, 0) >= seq)
+            if self.rconfig.degrade:
+                log.warning("replication: only %d of %d extra copies of change %d; degrading "
+                            "as configured", have, needed, seq)
+                return
+            log.warning("replication: only %d of %d extra copies of change %d within %.1fs; "
+                        "refusing", have, needed, seq, self.rconfig.copy_timeout)
+            raise Unavailable("not enough mail servers reachable to store the message safely; "
+                              "try again later") from None
+        finally:
+            self._urgent -= 1
+
+    # status ---------------------------------------------------------------------------------
+
+    def backlog(self) -> int:
+        origin = self.store.origin
+        return sum(max(0, self._local_seq - p.acked.get(origin, 0)) for p in self.peers.values())
+
+    def status(self) -> dict[str, Any]:
+        origin = self.store.origin
+        now = time.monotonic()
+        return {
+            "node": self.config.node_id, "origin": origin, "mode": self.rconfig.mode,
+            "local_seq": self._local_seq,
+            "peers": {
+                p.node_id: {
+                    "address": f"{p.address[0]}:{p.address[1]}", "connected": p.connected,
+                    "acked": p.acked.get(origin, 0),
+                    "backlog": max(0, self._local_seq - p.acked.get(origin, 0)),
+                    "lag_seconds": None if p.last_ack is None else round(now - p.last_ack, 3),
+                    "shipped": p.shipped, "last_error": p.last_error,
+                }
+                for p in self.peers.values()
+            },
+        }
+
+    async def _record_ack(self, peer: PeerState, positions: dict[str, int]) -> None:
+        self._local_seq = await self.store.local_seq()
+        async with self._acks:
+            peer.acked = positions
+            peer.last_ack = time.monotonic()
+            self._acks.notify_all()
+        await self.store.set_meta(f"ack:{peer.node_id}", json.dumps(
+            {"acked": positions.get(self.store.origin, 0), "at": time.time(),
+             "local": self._local_seq, "origin": self.store.origin}))
+
+    # shipping (dialer side) ------------------------------------------------------------------
+
+    async def _ship_forever(self, peer: PeerState) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                channel = await self._dial(peer)
+            except (OSError, TimeoutError, PeerAuthError, LinkClosed) as exc:
+                peer.last_error = str(exc) or type(exc).__name__
+                await asyncio.sleep(backoff)  # reconnect backoff, not synchronisation
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            backoff = 0.2
+            peer.connected = True
+            log.info("replication: linked to %s at %s:%d", peer.node_id, *peer.address)
+            try:
+                await self._ship(peer, channel)
+            except (OSError, PeerAuthError, LinkClosed, ValueError, KeyError) as exc:
+                peer.last_error = str(exc) or type(exc).__name__
+                log.warning("replication: link to %s lost: %s", peer.node_id, peer.last_error)
+            finally:
+                peer.connected = False
+                async with self._acks:
+                    self._acks.notify_all()
+                await channel.close()
+
+    async def _dial(self, peer: PeerState) -> Channel:
+        async with asyncio.timeout(self.rconfig.copy_timeout):
+            reader, writer = await asyncio.open_connection(*peer.address)
+            channel = Channel(reader, writer)
+            try:
+                nonce = os.urandom(16)
+                secret = self.config.pool_secret
+                writer.write(plain(hello(secret, self.config.node_id, nonce, time.time())))
+                node, their_nonce = check_welcome(secret, await channel.receive_plain(), nonce)
+                if node != peer.node_id:
+                    raise PeerAuthError(f"{peer.address} says it is {node}, not {peer.node_id}")
+                channel.sealer = Sealer.for_session(secret, nonce, their_nonce, dialer=True)
+            except BaseException:
+                await channel.close()
+                raise
+        return channel
+
+    def _may_ship(self, pending: bool) -> bool:
+        if self._urgent or self.rconfig.mode != "batch" or self.window is None:
+            return True
+        return pending and self.window.may_ship(self.clock(), self.backlog())
+
+    async def _ship(self, peer: PeerState, channel: Channel) -> None:
+        await channel.send({"t": "positions"})
+        reply = await channel.receive()
+        await self._record_ack(peer, {k: int(v) for k, v in reply["positions"].items()})
+        while True:
+            peer.wake.clear()
+            records = await self.store.changes_after(peer.acked, BATCH_RECORDS)
+            peer.rounds += 1
+            if records and self._may_ship(True):
+                await self._send_batch(peer, channel, records)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE_RECHECK):
+                    await peer.wake.wait()
+
+    async def _send_batch(self, peer: PeerState, channel: Channel,
+                          records: list[ChangeRecord]) -> None:
+        bodies: dict[str, bytes] = {}
+        size = 0
+        for index, record in enumerate(records):
+            if record.kind != "message.add":
+                continue
+            found = await self.store.bodies_for([str(record.payload["body"])])
+            size += sum(len(b) for b in found.values())
+            bodies.update(found)
+            if size > BATCH_BODY_BYTES and index + 1 < len(records):
+                records = records[: index + 1]  # keep batches (and memory) bounded
+                break
+        await channel.send({
+            "t": "batch", "records": _records_json(records),
+            "bodies": {h: base64.b64encode(b).decode() for h, b in bodies.items()},
+        })
+        reply = await channel.receive()
+        if reply.get("t") != "ack":
+            raise LinkClosed(f"expected ack, got {reply.get('t')!r}")
+        peer.shipped += len(records)
+        await self._record_ack(peer, {k: int(v) for k, v in reply["positions"].items()})
+        log.debug("replication: %d change(s) to %s acknowledged", len(records), peer.node_id)
+
+    # receiving (listener side) ----------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        channel = Channel(reader, writer)
+        peer = writer.get_extra_info("peername")
+        try:
+            secret = self.config.pool_secret
+            async with asyncio.timeout(self.rconfig.copy_timeout):
+                node, their_nonce = check_hello(secret, await channel.receive_plain(),
+                                                time.time())
+            nonce = os.urandom(16)
+            writer.write(plain(welcome(secret, self.config.node_id, their_nonce, nonce)))
+            channel.sealer = Sealer.for_session(secret, their_nonce, nonce, dialer=False)
+            await self._serve(node, channel)
+        except PeerAuthError as exc:
+            log.warning("replication: refused connection from %s: %s", peer, exc)
+        except (OSError, LinkClosed, TimeoutError, ValueError, KeyError) as exc:
+            log.info("replication: connection from %s ended: %s", peer, exc)
+        finally:
+            await channel.close()
+
+    async def _serve(self, node: str, channel: Channel) -> None:
+        while True:
+            message = await channel.receive()
+            kind = message.get("t")
+            if kind == "batch":
+                records = _records_from(message["records"])
+                bodies = {h: base64.b64decode(b) for h, b in message["bodies"].items()}
+                applied = await self.store.apply_remote(records, bodies)
+                if applied:
+                    log.info("replication: applied %d change(s) from %s", applied, node)
+            elif kind != "positions":
+                raise LinkClosed(f"unexpected message {kind!r}")
+            await channel.send({"t": "ack", "positions": await self.store.positions()})
