@@ -308,9 +308,16 @@ class Replicator:
             if records and self._may_ship(True):
                 await self._send_batch(peer, channel, records)
                 continue
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(IDLE_RECHECK):
                     await peer.wake.wait()
+            except TimeoutError:
+                # Quiet for a while: ask again where the peer stands. This notices a dead
+                # link (no TCP traffic would) and a peer that lost its data (positions drop),
+                # which then gets everything again: the periodic anti-entropy pass.
+                await channel.send({"t": "positions"})
+                reply = await channel.receive()
+                await self._record_ack(peer, {k: int(v) for k, v in reply["positions"].items()})
 
     async def _send_batch(self, peer: PeerState, channel: Channel,
                           records: list[ChangeRecord]) -> None:
@@ -350,6 +357,8 @@ class Replicator:
             writer.write(plain(welcome(secret, self.config.node_id, their_nonce, nonce)))
             channel.sealer = Sealer.for_session(secret, their_nonce, nonce, dialer=False)
             await self._serve(node, channel)
+        except asyncio.CancelledError:
+            return  # shutting down: the connection task ends here, quietly
         except PeerAuthError as exc:
             log.warning("replication: refused connection from %s: %s", peer, exc)
         except (OSError, LinkClosed, TimeoutError, ValueError, KeyError) as exc:
