@@ -1,9 +1,10 @@
 """`mailmux-gateway demo`: a whole pool on this machine, for a first look or a Thunderbird test.
 
 Starts N backend nodes as child processes (each in its own process group, so each can be killed
-by PID to watch failover), creates alice@example.test and bob@example.test on every node with
-fresh random passwords, then runs a gateway in this process and prints one JSON line saying where
-everything is. Ctrl-C (or SIGTERM) stops the gateway and then every node.
+by PID to watch failover) that replicate to each other, creates alice@example.test and
+bob@example.test with fresh random passwords (on the first node: replication copies them), then
+runs a gateway in this process and prints one JSON line saying where everything is. Ctrl-C (or
+SIGTERM) stops the gateway and then every node.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -45,12 +47,19 @@ def _port(base: int | None, offset: int) -> int:
     return 0 if base is None else base + offset
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def write_node_config(data_dir: Path, index: int, secret: str, port_base: int | None,
-                      node_ids: list[str]) -> DemoNode:
+                      replication_ports: list[int]) -> DemoNode:
     node_id = NODE_IDS[index]
     offset = 10 + 10 * index
-    peers = [f'"{p}=127.0.0.1:{_port(port_base, 13 + 10 * i) or 1}"'
-             for i, p in enumerate(node_ids) if p != node_id]
+    peers = [f'"{NODE_IDS[i]}=127.0.0.1:{port}"'
+             for i, port in enumerate(replication_ports) if i != index]
     text = "\n".join([
         f'node_id = "{node_id}"',
         f'data_dir = "{node_id}"',
@@ -60,12 +69,8 @@ def write_node_config(data_dir: Path, index: int, secret: str, port_base: int | 
         f'listen_smtp = "127.0.0.1:{_port(port_base, offset + 1)}"',
         f'listen_control = "127.0.0.1:{_port(port_base, offset + 2)}"',
         "[replication]",
-        f'listen = "127.0.0.1:{_port(port_base, offset + 3)}"',
+        f'listen = "127.0.0.1:{replication_ports[index]}"',
         f"peers = [{', '.join(peers)}]",
-        "[replication.copies]",
-        "high = 1",
-        "normal = 1",
-        "bulk = 1",
         "",
     ])
     path = data_dir / f"{node_id}.toml"
@@ -122,8 +127,10 @@ async def run_demo(count: int, data_dir: Path, port_base: int | None) -> None:
         raise ValueError(f"--nodes must be 1-{len(NODE_IDS)}")
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_hex(16)
-    node_ids = list(NODE_IDS[:count])
-    nodes = [write_node_config(data_dir, i, secret, port_base, node_ids) for i in range(count)]
+    # Peers must know each other's replication port before any of them starts.
+    replication_ports = [_port(port_base, 13 + 10 * i) or _free_port() for i in range(count)]
+    nodes = [write_node_config(data_dir, i, secret, port_base, replication_ports)
+             for i in range(count)]
     users = [(f"{name}@{DOMAIN}", secrets.token_urlsafe(9)) for name in USERS]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -131,10 +138,9 @@ async def run_demo(count: int, data_dir: Path, port_base: int | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     logs = [(data_dir / f"{n.node_id}.log").open("ab") for n in nodes]
     try:
-        await asyncio.gather(*(
-            asyncio.to_thread(add_user, node, user, password)
-            for node in nodes for user, password in users
-        ))
+        # Users are created on the first node; replication brings them to the others.
+        for user, password in users:
+            await asyncio.to_thread(add_user, nodes[0], user, password)
         await asyncio.gather(*(start_node(n, f) for n, f in zip(nodes, logs, strict=True)))
         config = gateway_config.from_dict({
             "pool_secret": secret,

@@ -163,7 +163,7 @@ def test_normal_delivery_refused_when_alone_and_nothing_lost(
 
 def test_wiped_node_catches_up(make_pool: Callable[..., Pool]) -> None:
     pool = make_pool("abc")
-    a, b, c = pool.nodes.values()
+    a, _, c = pool.nodes.values()
     for i in range(15):
         assert deliver(a, f"m{i}")[0] == 250
     expected = inbox(a)
