@@ -54,6 +54,7 @@ BATCH_BODY_BYTES = 8 * 1024 * 1024
 IDLE_RECHECK = 1.0
 MAX_BACKOFF = 5.0
 READ_SIZE = 256 * 1024
+ACK_PERSIST_INTERVAL = 1.0
 
 
 class LinkClosed(Exception):
@@ -124,6 +125,7 @@ class PeerState:
     shipped: int = 0
     last_error: str = ""
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    persisted: float = float("-inf")  # when the acknowledged position was last saved
     rounds: int = 0  # shipping decisions taken (tests watch it instead of sleeping)
 
 
@@ -240,14 +242,17 @@ class Replicator:
         }
 
     async def _record_ack(self, peer: PeerState, positions: dict[str, int]) -> None:
-        self._local_seq = await self.store.local_seq()
         async with self._acks:
             peer.acked = positions
             peer.last_ack = time.monotonic()
             self._acks.notify_all()
-        await self.store.set_meta(f"ack:{peer.node_id}", json.dumps(
-            {"acked": positions.get(self.store.origin, 0), "at": time.time(),
-             "local": self._local_seq, "origin": self.store.origin}))
+        # For `mailmux-backend replication status`; at most once a second per peer, so that
+        # acknowledgements do not cost an fsync each.
+        if time.monotonic() - peer.persisted >= ACK_PERSIST_INTERVAL:
+            peer.persisted = time.monotonic()
+            await self.store.set_meta(f"ack:{peer.node_id}", json.dumps(
+                {"acked": positions.get(self.store.origin, 0), "at": time.time(),
+                 "local": self._local_seq, "origin": self.store.origin}))
 
     # shipping (dialer side) ------------------------------------------------------------------
 
@@ -305,6 +310,8 @@ class Replicator:
             peer.wake.clear()
             records = await self.store.changes_after(peer.acked, BATCH_RECORDS)
             peer.rounds += 1
+            own = [r.seq for r in records if r.origin == self.store.origin]
+            self._local_seq = max([self._local_seq, *own])
             if records and self._may_ship(True):
                 await self._send_batch(peer, channel, records)
                 continue
