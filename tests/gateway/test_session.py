@@ -68,3 +68,34 @@ def test_session_moves_to_another_node_when_its_backend_dies(
     assert gw.log().count("login of bob@example.test on ") == first + 1
     assert "failing over" in gw.log()
     client.logout()
+
+
+def test_selected_session_fails_over_to_a_replica_without_the_client_noticing(
+    node_factory: Callable[..., NodeProcess], gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    from tests.replication.test_pool import wait_for
+    from tests.support.ports import free_port
+
+    ports = {"a": free_port(), "b": free_port()}
+    nodes = []
+    for me, other in (("a", "b"), ("b", "a")):
+        nodes.append(node_factory(me, replication=(
+            f'[replication]\nlisten = "127.0.0.1:{ports[me]}"\n'
+            f'peers = ["{other}=127.0.0.1:{ports[other]}"]\n')))
+    nodes[0].add_user(*ALICE)
+    for n in nodes:
+        n.start()
+    gw = gateway_factory(nodes)
+    client = IMAPClient(gw.imap[0], port=gw.imap[1], ssl=False, timeout=30)
+    client.login(*ALICE)
+    client.append("INBOX", MESSAGE)  # W=2: on both nodes once OK
+    client.append("INBOX", MESSAGE.replace(b"via gateway", b"second"))
+    assert client.select_folder("INBOX")[b"EXISTS"] == 2
+    serving = gw.log().rsplit("login of alice@example.test on ", 1)[1][0]
+    {"a": nodes[0], "b": nodes[1]}[serving].kill()
+    fetched = client.fetch(client.search(["ALL"]), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+    subjects = sorted(v[b"BODY[HEADER.FIELDS (SUBJECT)]"] for v in fetched.values())
+    assert subjects == [b"Subject: second\r\n\r\n", b"Subject: via gateway\r\n\r\n"]
+    wait_for(lambda: "now on " in gw.log(), "the failover log line")
+    client.add_flags(list(fetched), [b"\\Flagged"])
+    client.logout()
