@@ -56,6 +56,7 @@ class BackendConfig:
     listen_smtp: tuple[str, int]
     listen_control: tuple[str, int]
     listen_lmtp: tuple[str, int] | None = None
+    listen_imaps: tuple[str, int] | None = None  # implicit TLS (RFC 8314); needs tls_cert
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_message_size: int = 50 * 1024 * 1024
@@ -87,8 +88,8 @@ def load(path: str | Path) -> BackendConfig:
 
 _KNOWN = {
     "node_id", "data_dir", "domains", "pool_secret", "pool_secret_file", "listen_imap",
-    "listen_smtp", "listen_lmtp", "listen_control", "tls_cert", "tls_key", "max_message_size",
-    "max_line_length", "idle_timeout", "login_timeout", "max_unauthenticated",
+    "listen_smtp", "listen_lmtp", "listen_imaps", "listen_control", "tls_cert", "tls_key",
+    "max_message_size", "max_line_length", "idle_timeout", "login_timeout", "max_unauthenticated",
     "max_failed_logins", "failed_login_delay", "replication",
 }
 _KNOWN_REPLICATION = {
@@ -119,6 +120,9 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
         listen_lmtp=(
             parse_address(raw["listen_lmtp"], "listen_lmtp") if "listen_lmtp" in raw else None
         ),
+        listen_imaps=(
+            parse_address(raw["listen_imaps"], "listen_imaps") if "listen_imaps" in raw else None
+        ),
         tls_cert=tls_cert,
         tls_key=tls_key,
         max_message_size=_positive_int(raw, "max_message_size", 50 * 1024 * 1024),
@@ -134,6 +138,8 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
     )
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_smtp", "listen_control")}
     require_tls_off_loopback(listeners, config.tls_enabled)
+    if config.listen_imaps is not None and not config.tls_enabled:
+        raise ConfigError("listen_imaps: implicit TLS needs tls_cert and tls_key")
     return config
 
 

@@ -97,7 +97,7 @@ class Node:
             self._stack.push_async_callback(self.replicator.close)
 
         imap = ImapServer(config, self.store, self.meter)
-        imap_address = (await imap.start())[0]
+        imap_address, *imaps = await imap.start()
         self._stack.push_async_callback(imap.close)
 
         intake = SmtpIntake(config, self.store, self.meter)
@@ -120,6 +120,7 @@ class Node:
             "lmtp": format_address(lmtp[0]) if lmtp else None,
             "control": format_address(control_address),
             "replication": format_address(replication_address) if replication_address else None,
+            "imaps": format_address(imaps[0]) if imaps else None,
         }
         self._write_ready()
         log.info("node %s ready: %s", config.node_id, self.ready)

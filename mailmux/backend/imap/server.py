@@ -26,6 +26,7 @@ class ImapServer:
         self.meter = meter
         self.tls_context = _tls_context(config)
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._unauthenticated: set[Session] = set()
 
@@ -34,12 +35,20 @@ class ImapServer:
                                                   limit=self.config.max_line_length + 1024)
         bound: Address = self._server.sockets[0].getsockname()[:2]
         log.info("imap listening on %s:%d", *bound)
+        if self.config.listen_imaps is not None and self.tls_context is not None:
+            self._tls_server = await asyncio.start_server(
+                self._serve_tls, *self.config.listen_imaps, ssl=self.tls_context,
+                limit=self.config.max_line_length + 1024)
+            imaps: Address = self._tls_server.sockets[0].getsockname()[:2]
+            log.info("imaps (implicit TLS) listening on %s:%d", *imaps)
+            return [bound, imaps]
         return [bound]
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
+        self._server = self._tls_server = None
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=CLOSE_GRACE)
             for task in pending:
@@ -49,11 +58,17 @@ class ImapServer:
     def authenticated(self, session: Session) -> None:
         self._unauthenticated.discard(session)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_tls(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        await self._serve(reader, writer, tls=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     tls: bool = False) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
         session = Session(self, reader, writer)
+        session.tls = tls
         self.meter.session_opened()
         try:
             if len(self._unauthenticated) >= self.config.max_unauthenticated:

@@ -94,7 +94,8 @@ def test_starttls_only_with_a_certificate(
          "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True, timeout=60,
     )
-    n = node_factory("tls", extra=f'tls_cert = "{cert}"\ntls_key = "{key}"')
+    n = node_factory("tls", extra=(
+        f'tls_cert = "{cert}"\ntls_key = "{key}"\nlisten_imaps = "127.0.0.1:0"'))
     n.add_user(*ALICE)
     n.start()
     context = ssl.create_default_context(cafile=str(cert))
@@ -104,3 +105,8 @@ def test_starttls_only_with_a_certificate(
         assert "STARTTLS" not in imap.capabilities
         imap.login(*ALICE)
         assert imap.select("INBOX")[0] == "OK"
+    host, _, port = str(n.ready["imaps"]).rpartition(":")
+    with imaplib.IMAP4_SSL(host, int(port), ssl_context=context) as imaps:
+        assert "STARTTLS" not in imaps.capabilities  # already encrypted
+        imaps.login(*ALICE)
+        assert imaps.select("INBOX")[0] == "OK"
