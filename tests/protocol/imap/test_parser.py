@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailmux.protocol.imap.commands import (
     Append,
@@ -29,7 +31,9 @@ from mailmux.protocol.imap.commands import (
     Store,
 )
 from mailmux.protocol.imap.errors import ParseError
+from mailmux.protocol.imap.mutf7 import encode_mailbox
 from mailmux.protocol.imap.parser import parse_command
+from mailmux.protocol.imap.response import encode_value, format_sequence_set
 
 
 def args(raw: bytes) -> object:
@@ -166,3 +170,34 @@ def test_raw_bytes_are_kept_and_errors_carry_the_tag() -> None:
     with pytest.raises(ParseError) as info:
         parse_command(b"\r\n")
     assert info.value.tag is None
+
+
+_numbers = st.lists(st.integers(1, 5000), min_size=1, max_size=30)
+_flags = st.lists(st.sampled_from(["\\Seen", "\\Flagged", "\\Deleted", "$Work", "Junk"]),
+                  unique=True, max_size=4)
+
+
+@given(_numbers, _flags, st.sampled_from(["add", "remove", "replace"]), st.booleans(),
+       st.one_of(st.none(), st.integers(0, 2**40)))
+def test_store_round_trip(numbers: list[int], flags: list[str], mode: str, silent: bool,
+                          unchanged: int | None) -> None:
+    """Commands encoded by the serializer's helpers parse back to the same values."""
+    sign = {"add": "+", "remove": "-", "replace": ""}[mode]
+    modifier = f" (UNCHANGEDSINCE {unchanged})" if unchanged is not None else ""
+    raw = (f"t STORE {format_sequence_set(numbers)}{modifier} {sign}FLAGS"
+           f"{'.SILENT' if silent else ''} ({' '.join(flags)})\r\n").encode()
+    store = parse_command(raw).args
+    assert isinstance(store, Store)
+    assert (store.mode, store.silent, store.flags, store.unchanged_since) == (
+        mode, silent, tuple(flags), unchanged)
+    assert [n for n in range(1, 5001) if store.sequence.contains(n, 5000)] == sorted(set(numbers))
+
+
+@given(st.binary(max_size=300), _flags, st.text(min_size=1, max_size=20).filter(
+    lambda s: s.upper() != "INBOX"))
+def test_append_round_trip(message: bytes, flags: list[str], mailbox: str) -> None:
+    data = message.replace(b"\x00", b"")
+    raw = (b"t APPEND " + encode_value(encode_mailbox(mailbox)) + b" ("
+           + " ".join(flags).encode() + b") {%d+}\r\n" % len(data) + data + b"\r\n")
+    append = parse_command(raw).args
+    assert append == Append(mailbox, tuple(flags), None, data)
