@@ -132,9 +132,11 @@ def _message_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
     mailbox = _mailbox(conn, owner, name)
     if mailbox is None or mailbox[3] != _p(record, "uidvalidity"):
         return  # the mailbox is gone, or is another incarnation: nothing to add to
-    if conn.execute("SELECT 1 FROM tombstones WHERE owner = ? AND mailbox = ? AND guid = ?",
-                    (owner, name, guid)).fetchone():
-        return
+    tombstone = conn.execute(
+        "SELECT hlc FROM tombstones WHERE owner = ? AND mailbox = ? AND guid = ?",
+        (owner, name, guid)).fetchone()
+    if tombstone is not None and tombstone[0] > record.hlc:
+        return  # expunged after this copy was made: the expunge wins
     if conn.execute("SELECT 1 FROM messages WHERE mailbox_id = ? AND guid = ?",
                     (mailbox[0], guid)).fetchone():
         return
@@ -257,7 +259,9 @@ def _message_expunge(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
         conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND uid = ? AND guid = ?",
                      (mailbox[0], _p(record, "uid"), guid))
     else:
-        conn.execute("INSERT OR IGNORE INTO tombstones VALUES (?, ?, ?)", (owner, name, guid))
+        conn.execute(
+            "INSERT INTO tombstones VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET hlc = "
+            "max(hlc, excluded.hlc)", (owner, name, guid, record.hlc))
         conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND guid = ?",
                      (mailbox[0], guid))
     conn.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?",

@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS tombstones (
     owner TEXT NOT NULL,
     mailbox TEXT NOT NULL,
     guid TEXT NOT NULL,
+    hlc INTEGER NOT NULL,
     PRIMARY KEY (owner, mailbox, guid)
 );
 CREATE TABLE IF NOT EXISTS changelog (

@@ -502,7 +502,11 @@ class SqliteStore:
     ) -> AppendResult:
         when = internaldate or datetime.now(UTC)
         body_hash = _body_hash(body)
-        message_guid = guid or uuid.uuid4().hex
+        # Without a GUID from outside, the same bytes appended to the same mailbox by the same
+        # user name the same message: an APPEND the gateway replays after a failover is then
+        # stored once, on every replica (DESIGN.md, "no duplicate on replay").
+        message_guid = guid or hashlib.sha256(
+            f"{user.lower()}\0{mailbox}\0".encode() + body).hexdigest()[:32]
 
         def job(tx: Tx) -> tuple[AppendResult, int]:
             row = self._mailbox_row(tx.conn, user, mailbox)
@@ -695,8 +699,8 @@ class SqliteStore:
             if row is not None:
                 removed.append(uid)
                 owner, name = self._mailbox_key(tx.conn, mailbox_id)
-                tx.conn.execute("INSERT OR IGNORE INTO tombstones VALUES (?, ?, ?)",
-                                (owner, name, row[0]))
+                tx.conn.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?, ?)",
+                                (owner, name, row[0], self.clock.now()))
                 self._log(tx, "message.expunge",
                           {"owner": owner, "mailbox": name, "uid": uid, "guid": row[0]})
         if removed:

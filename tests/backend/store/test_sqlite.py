@@ -208,3 +208,12 @@ def test_hybrid_clock_is_monotonic_and_follows_peers() -> None:
     assert clock.now() > first
     remote = (5_000 << 16) + 7
     assert clock.update(remote) > remote and clock.now() > remote
+
+
+async def test_identical_append_is_one_message(store: SqliteStore) -> None:
+    """A replayed APPEND (same user, mailbox and bytes) is stored once, elsewhere it is not."""
+    first = await store.append(ALICE, "Drafts", b"Subject: draft\r\n\r\nx\r\n")
+    replay = await store.append(ALICE, "Drafts", b"Subject: draft\r\n\r\nx\r\n")
+    assert replay.duplicate and replay.uid == first.uid
+    other = await store.append(ALICE, "Archive", b"Subject: draft\r\n\r\nx\r\n")
+    assert not other.duplicate
