@@ -17,7 +17,6 @@ def _config(**raw: object) -> gateway_config.GatewayConfig:
 async def test_failed_twice_leaves_the_list_until_a_probe_succeeds(
     pool3: list[NodeProcess],
 ) -> None:
-    a = pool3[0]
     pool = Pool(_config(pool=[f"{n.control[0]}:{n.control[1]}" for n in pool3]))
     try:
         assert len(await pool.discover("alice@example.test", "least-load")) == 3
