@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import ssl
 from types import TracebackType
 
 from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.imap_proxy import ImapProxy
 from mailmux.gateway.pool import Pool
 from mailmux.gateway.submission import SubmissionServer
+from mailmux.tls import server_context
 
 log = logging.getLogger(__name__)
 
-
-def tls_context(config: GatewayConfig) -> ssl.SSLContext | None:
-    if config.tls_cert is None or config.tls_key is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.tls_cert, config.tls_key)
-    return context
 
 
 def format_address(address: tuple[str, int]) -> str:
@@ -37,7 +30,7 @@ class Gateway:
 
     async def __aenter__(self) -> Gateway:
         try:
-            context = tls_context(self.config)
+            context = server_context(self.config.tls_cert, self.config.tls_key)
             self._stack.push_async_callback(self.pool.close)
             imap = ImapProxy(self.config, self.pool, context)
             imap_address = await imap.start()

@@ -12,6 +12,7 @@ from mailmux.backend.imap.session import Closed, Session
 from mailmux.backend.load import LoadMeter
 from mailmux.backend.store.interface import MailStore
 from mailmux.protocol.imap.response import untagged_status
+from mailmux.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class ImapServer:
         self.config = config
         self.store = store
         self.meter = meter
-        self.tls_context = _tls_context(config)
+        self.tls_context = server_context(config.tls_cert, config.tls_key)
         self._server: asyncio.Server | None = None
         self._tls_server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -93,11 +94,3 @@ class ImapServer:
             writer.close()
             with contextlib.suppress(OSError, ssl.SSLError):
                 await writer.wait_closed()
-
-
-def _tls_context(config: BackendConfig) -> ssl.SSLContext | None:
-    if config.tls_cert is None or config.tls_key is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.tls_cert, config.tls_key)
-    return context

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.load import LoadMeter
@@ -18,6 +17,7 @@ from mailmux.backend.smtp.handler import IntakeHandler
 from mailmux.backend.smtp.lmtp import IntakeLMTP
 from mailmux.backend.smtp.protocol import IntakeSMTP
 from mailmux.backend.store.interface import MailStore
+from mailmux.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class SmtpIntake:
         self.handler = IntakeHandler(config, store, meter)
         self.smtp_address: Address | None = None
         self.lmtp_address: Address | None = None
-        self._tls = tls_context(config)
+        self._tls = server_context(config.tls_cert, config.tls_key)
         self._servers: list[asyncio.Server] = []
         self._sessions: set[IntakeSMTP] = set()
         self._no_sessions = asyncio.Event()
@@ -90,12 +90,3 @@ class SmtpIntake:
         if not self._sessions:
             self._no_sessions.set()
         self.meter.session_closed()
-
-
-def tls_context(config: BackendConfig) -> ssl.SSLContext | None:
-    """The STARTTLS context, or None: STARTTLS is offered only when a certificate is set."""
-    if config.tls_cert is None or config.tls_key is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.tls_cert, config.tls_key)
-    return context
