@@ -328,16 +328,16 @@ class Replicator:
 
     async def _send_batch(self, peer: PeerState, channel: Channel,
                           records: list[ChangeRecord]) -> None:
-        bodies: dict[str, bytes] = {}
+        hashes = [str(r.payload["body"]) for r in records if r.kind == "message.add"]
+        bodies = await self.store.bodies_for(hashes)  # one read for the whole batch
         size = 0
         for index, record in enumerate(records):
-            if record.kind != "message.add":
-                continue
-            found = await self.store.bodies_for([str(record.payload["body"])])
-            size += sum(len(b) for b in found.values())
-            bodies.update(found)
+            if record.kind == "message.add":
+                size += len(bodies.get(str(record.payload["body"]), b""))
             if size > BATCH_BODY_BYTES and index + 1 < len(records):
                 records = records[: index + 1]  # keep batches (and memory) bounded
+                keep = {str(r.payload["body"]) for r in records if r.kind == "message.add"}
+                bodies = {h: b for h, b in bodies.items() if h in keep}
                 break
         await channel.send({
             "t": "batch", "records": _records_json(records),
