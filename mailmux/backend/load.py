@@ -45,6 +45,8 @@ class LoadMeter:
         self.loop_lag_ms = 0.0
         self.lag_samples = 0
         self.replication_backlog: Callable[[], int] = _no_backlog
+        # Per-peer figures for LOAD answers, e.g. {"peer.b.backlog": 3, "peer.b.lag_s": 0.2}.
+        self.replication_details: Callable[[], dict[str, float]] = dict
         self._sampler: asyncio.Task[None] | None = None
 
     # counters ---------------------------------------------------------------------------
@@ -81,6 +83,7 @@ class LoadMeter:
             "loop_lag_ms": self.loop_lag_ms,
             "replication_backlog": float(self._backlog()),
             "score": self.score(),
+            **self.replication_details(),
         }
 
     def _backlog(self) -> int:

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from mailmux.protocol.peer.session import (
 )
 from mailmux.replication.importance import copies_required
 from mailmux.replication.window import BatchWindow, local_now
+from mailmux.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -146,17 +148,28 @@ class Replicator:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._local_seq = 0
+        # TLS on peer links whenever the node has a certificate (DESIGN: off loopback, always).
+        # Peers authenticate each other with the pool secret; TLS adds confidentiality, and the
+        # dialer checks the peer's certificate against the node's own (a pool-wide certificate
+        # or CA bundle).
+        self._server_tls = server_context(config.tls_cert, config.tls_key)
+        self._client_tls: ssl.SSLContext | None = None
+        if config.tls_cert is not None:
+            self._client_tls = ssl.create_default_context(cafile=str(config.tls_cert))
+            self._client_tls.check_hostname = False
 
     # lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> list[Address]:
         assert self.rconfig.listen is not None
         self._local_seq = await self.store.local_seq()
-        self._server = await asyncio.start_server(self._accept, *self.rconfig.listen)
+        self._server = await asyncio.start_server(self._accept, *self.rconfig.listen,
+                                                  ssl=self._server_tls)
         bound: Address = self._server.sockets[0].getsockname()[:2]
         self.store.commit_hooks.append(self._committed)
         self.store.copies_hook = self.ensure_copies
         self.meter.replication_backlog = self.backlog
+        self.meter.replication_details = self.details
         for peer in self.peers.values():
             self._spawn(self._ship_forever(peer))
         log.info("replication listening on %s:%d, %d peer(s), mode %s", *bound,
@@ -223,6 +236,20 @@ class Replicator:
         origin = self.store.origin
         return sum(max(0, self._local_seq - p.acked.get(origin, 0)) for p in self.peers.values())
 
+    def details(self) -> dict[str, float]:
+        """Per-peer backlog and lag for the node's LOAD answer."""
+        origin = self.store.origin
+        now = time.monotonic()
+        out: dict[str, float] = {}
+        for p in self.peers.values():
+            backlog = max(0, self._local_seq - p.acked.get(origin, 0))
+            out[f"peer.{p.node_id}.backlog"] = float(backlog)
+            out[f"peer.{p.node_id}.connected"] = 1.0 if p.connected else 0.0
+            # Lag: how long the oldest unacknowledged change has waited (0 when caught up).
+            out[f"peer.{p.node_id}.lag_s"] = (
+                0.0 if backlog == 0 or p.last_ack is None else round(now - p.last_ack, 3))
+        return out
+
     def status(self) -> dict[str, Any]:
         origin = self.store.origin
         now = time.monotonic()
@@ -282,7 +309,7 @@ class Replicator:
 
     async def _dial(self, peer: PeerState) -> Channel:
         async with asyncio.timeout(self.rconfig.copy_timeout):
-            reader, writer = await asyncio.open_connection(*peer.address)
+            reader, writer = await asyncio.open_connection(*peer.address, ssl=self._client_tls)
             channel = Channel(reader, writer)
             try:
                 nonce = os.urandom(16)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -38,9 +40,22 @@ class Pair:
         self.now = datetime(2026, 11, 24, 12, 0)
 
 
+def _certificate(directory: Path) -> dict[str, str]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=mailmux-pool",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return {"tls_cert": str(cert), "tls_key": str(key)}
+
+
 @pytest.fixture
 async def pair(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Pair]:
     mode = getattr(request, "param", "immediate")
+    tls = _certificate(tmp_path) if mode == "tls" else {}
+    mode = "immediate" if mode == "tls" else mode
     ports = {"a": free_port(), "b": free_port()}
     result = Pair()
     opened = []
@@ -48,7 +63,7 @@ async def pair(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[
         config = backend_config.from_dict({
             "node_id": node, "data_dir": str(tmp_path / node), "domains": ["example.test"],
             "pool_secret": SECRET, "listen_imap": "127.0.0.1:0", "listen_smtp": "127.0.0.1:0",
-            "listen_control": "127.0.0.1:0",
+            "listen_control": "127.0.0.1:0", **tls,
             "replication": {"listen": f"127.0.0.1:{ports[node]}",
                             "peers": [f"{other}=127.0.0.1:{ports[other]}"], "mode": mode,
                             "batch_window": "02:00-05:00", "batch_backlog": 1000,
@@ -124,3 +139,30 @@ async def test_batch_mode_ships_only_inside_the_window(pair: Pair) -> None:
     assert not await b.has_user(ALICE) and link.shipped == 0
     pair.now = datetime(2026, 11, 25, 2, 30)
     await until(lambda: b.has_user(ALICE))
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+@pytest.mark.parametrize("pair", ["tls"], indirect=True)
+async def test_links_use_tls_when_the_node_has_a_certificate(pair: Pair) -> None:
+    a, b = pair.stores["a"], pair.stores["b"]
+    await a.add_user(ALICE, "pw")
+    await until(lambda: b.has_user(ALICE))
+    assert pair.replicators["a"]._client_tls is not None
+    link = pair.replicators["a"].peers["b"]
+    assert link.connected and link.shipped > 0
+
+
+async def test_per_peer_backlog_and_lag_in_the_load_report(pair: Pair) -> None:
+    a = pair.stores["a"]
+    await a.add_user(ALICE, "pw")
+    details = pair.replicators["a"].details()
+
+    link = pair.replicators["a"].peers["b"]
+
+    async def caught_up() -> bool:
+        figures = pair.replicators["a"].details()
+        return link.shipped > 0 and figures["peer.b.backlog"] == 0.0
+
+    await until(caught_up)
+    assert set(details) == {"peer.b.backlog", "peer.b.connected", "peer.b.lag_s"}
+    assert pair.replicators["a"].details()["peer.b.connected"] == 1.0
