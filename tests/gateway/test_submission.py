@@ -120,3 +120,16 @@ def test_no_backend_gives_451(
         pool3[0].kill()
         code, reply = smtp.data(_message("nowhere to go"))
         assert code == 451 and b"4.3.0" in reply
+
+
+def test_auth_login_mechanism(
+    pool3: list[NodeProcess], gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    gw = gateway_factory(pool3[:1])
+    with smtplib.SMTP(*gw.submission, timeout=30) as smtp:
+        smtp.ehlo()
+        smtp.user, smtp.password = BOB
+        code, _ = smtp.auth("LOGIN", smtp.auth_login, initial_response_ok=False)
+        assert code == 235
+        assert smtp.sendmail(BOB[0], [ALICE[0]], _message("via auth login")) == {}
+    assert _count(gw.imap, "via auth login") == 1
