@@ -3,13 +3,15 @@
 The GUID is derived from the authenticated user and the exact message bytes, so the same message
 submitted again (our own retry on another node after a failure, or the client's retry after a
 451) carries the same GUID and every backend keeps one copy. Any `X-Mailmux-GUID` the client put
-in the header is removed first: only the gateway may name a message, otherwise a sender could make
-a mailbox drop a message it has not seen by reusing a GUID.
+in the header is removed first, and the stamp is signed with the pool secret: only the gateway
+may name a message, otherwise a sender could make a mailbox drop a message by reusing a GUID.
 """
 
 from __future__ import annotations
 
 import hashlib
+
+from mailmux.protocol.guid import sign
 
 GUID_HEADER = b"X-Mailmux-GUID"
 
@@ -36,8 +38,8 @@ def strip_guid_header(message: bytes) -> bytes:
     return b"".join(out)
 
 
-def stamp(user: str, message: bytes) -> tuple[str, bytes]:
-    """(guid, message with exactly one X-Mailmux-GUID field at the top)."""
+def stamp(user: str, message: bytes, secret: bytes) -> tuple[str, bytes]:
+    """(guid, message with exactly one X-Mailmux-GUID field at the top, signed for the pool)."""
     clean = strip_guid_header(message)
     guid = hashlib.sha256(user.lower().encode() + b"\0" + clean).hexdigest()[:32]
-    return guid, GUID_HEADER + b": " + guid.encode() + b"\r\n" + clean
+    return guid, GUID_HEADER + b": " + sign(guid, secret).encode() + b"\r\n" + clean

@@ -131,7 +131,7 @@ class SubmissionHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         user = _user(session)
         content = envelope.original_content or b""
-        guid, message = stamp(user, content)
+        guid, message = stamp(user, content, self.config.pool_secret)
         try:
             node = await self._deliver(envelope, message, guid)
         except NoBackend as exc:

@@ -108,7 +108,7 @@ class IntakeHandler:
     async def handle_DATA(self, server: IntakeSMTP, session: Session, envelope: Envelope) -> str:
         body = envelope.original_content or b""
         recipients = list(envelope.rcpt_tos)
-        guid = message_guid(body)
+        guid = message_guid(body, self.config.pool_secret)
         message = received_header(self._trace(server, session, envelope, guid)) + body
         with self._delivery():
             if not server.reply_per_recipient:

@@ -13,6 +13,7 @@ import pytest
 from mailmux.backend.load import LoadMeter
 from mailmux.backend.smtp.server import SmtpIntake
 from mailmux.backend.store.interface import MailStore
+from mailmux.protocol.guid import sign
 from tests.backend.smtp.support import ALICE, BOB, MAX_SIZE, stored, until
 
 MESSAGE = b"From: sender@example.org\r\nSubject: hello\r\n\r\nHello, Alice.\r\n"
@@ -155,7 +156,7 @@ async def test_data_too_big_is_refused(intake: SmtpIntake, store: MailStore) -> 
 async def test_stamped_guid_is_used_and_a_replay_is_stored_once(
     intake: SmtpIntake, store: MailStore
 ) -> None:
-    message = f"X-Mailmux-GUID: {GUID}\r\n".encode() + MESSAGE
+    message = f"X-Mailmux-GUID: {sign(GUID, b'test-pool-secret')}\r\n".encode() + MESSAGE
     replies = []
     for _ in range(2):  # the gateway replaying a transaction after a failover
         client = client_for(intake)
@@ -266,3 +267,15 @@ async def test_content_is_stored_byte_for_byte(
     await sendmail(intake, [ALICE], message)
     [(_, body)] = await stored(store, ALICE)
     assert body.split(b"\r\n", 3)[3] == message  # after the 3-line Received header
+
+
+async def test_a_stamp_not_signed_by_the_pool_is_not_trusted(
+    intake: SmtpIntake, store: MailStore
+) -> None:
+    forged = f"X-Mailmux-GUID: {sign(GUID, b'someone-else')}\r\n".encode() + MESSAGE
+    client = client_for(intake)
+    async with client:
+        reply = (await client.sendmail("sender@example.org", [ALICE], forged))[1]
+    assert queued_guid(reply) != GUID
+    [(guid, _)] = await stored(store, ALICE)
+    assert guid != GUID
