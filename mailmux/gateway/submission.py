@@ -6,11 +6,13 @@ failover and the same "wrong password is final" rule). The envelope sender must 
 authenticated user. Recipients must be in the pool's domains (relaying comes later: 550 5.7.1)
 and must be served by some pool member (550 5.1.1), which the gateway asks at RCPT time.
 
-After DATA the gateway holds the whole message, stamps its GUID (`message_id.py`) and hands it
-to the least-loaded live node serving the recipients. A node that fails mid-transfer or answers
-4xx is marked failed and the next candidate gets the same bytes; backends deduplicate on the
-GUID, so a replay is stored once. 250 goes to the client only after a backend said 250. Nobody
-left: 451 4.3.0, so the client keeps the message and retries.
+After DATA the gateway holds the whole message, gives the transaction a replay id (sent as
+`MAIL FROM:<..> XREPLAY=<id>`) and hands it to the least-loaded live node serving the
+recipients. A node that fails mid-transfer or answers 4xx is marked failed and the next
+candidate gets the same bytes and id; a node that already holds that id's effect (stored there
+or replicated to it) answers 250 without storing again, so a replay is stored once. 250 goes
+to the client only after a backend said 250. Nobody left: 451 4.3.0, so the client keeps the
+message and retries.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import collections
 import contextlib
 import logging
 import ssl
+import uuid
 from dataclasses import dataclass
 from typing import AnyStr
 
@@ -32,7 +35,7 @@ from mailmux.backend.smtp.replies import with_enhanced_code
 from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.connector import connect
 from mailmux.gateway.errors import AuthenticationFailed, NoBackend
-from mailmux.gateway.message_id import stamp
+from mailmux.gateway.message_id import strip_guid_header
 from mailmux.gateway.pool import Pool
 from mailmux.gateway.selection import Candidate, order
 
@@ -131,7 +134,10 @@ class SubmissionHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         user = _user(session)
         content = envelope.original_content or b""
-        guid, message = stamp(user, content, self.config.pool_secret)
+        # One replay id per transaction: a retry on another node after a failure carries it,
+        # and a node that already stored the transaction answers 250 without storing again.
+        guid = uuid.uuid4().hex
+        message = strip_guid_header(content)
         try:
             node = await self._deliver(envelope, message, guid)
         except NoBackend as exc:
@@ -151,6 +157,7 @@ class SubmissionHandler:
                     message,
                     sender=envelope.mail_from,
                     recipients=envelope.rcpt_tos,
+                    mail_options=[f"XREPLAY={guid}"],
                     hostname=candidate.smtp[0],
                     port=candidate.smtp[1],
                     timeout=self.config.request_timeout,

@@ -54,6 +54,7 @@ Address = tuple[str, int]
 BATCH_RECORDS = 500
 BATCH_BODY_BYTES = 8 * 1024 * 1024
 IDLE_RECHECK = 1.0
+RESPONSIVE = 3.0  # a peer not heard from for longer does not count for the precheck
 MAX_BACKOFF = 5.0
 READ_SIZE = 256 * 1024
 ACK_PERSIST_INTERVAL = 1.0
@@ -94,9 +95,16 @@ class Channel:
             raise PeerAuthError("handshake is not an object")
         return message
 
-    async def receive(self) -> dict[str, Any]:
+    async def receive(self, timeout: float | None = None) -> dict[str, Any]:
         assert self.sealer is not None
-        return self.sealer.open(await self._frame())
+        try:
+            async with asyncio.timeout(timeout):
+                frame = await self._frame()
+        except TimeoutError:
+            # A hung peer (SIGSTOP, stuck disk) keeps its TCP link open: without a deadline
+            # the link would wait forever and never notice.
+            raise LinkClosed(f"no answer within {timeout:.1f}s") from None
+        return self.sealer.open(frame)
 
     async def send(self, message: dict[str, Any]) -> None:
         assert self.sealer is not None
@@ -148,6 +156,7 @@ class Replicator:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._local_seq = 0
+        self._answer_timeout = 2 * self.rconfig.copy_timeout
         # TLS on peer links whenever the node has a certificate (DESIGN: off loopback, always).
         # Peers authenticate each other with the pool secret; TLS adds confidentiality, and the
         # dialer checks the peer's certificate against the node's own (a pool-wide certificate
@@ -168,6 +177,7 @@ class Replicator:
         bound: Address = self._server.sockets[0].getsockname()[:2]
         self.store.commit_hooks.append(self._committed)
         self.store.copies_hook = self.ensure_copies
+        self.store.precheck_hook = self.precheck
         self.meter.replication_backlog = self.backlog
         self.meter.replication_details = self.details
         for peer in self.peers.values():
@@ -183,6 +193,7 @@ class Replicator:
 
     async def close(self) -> None:
         self.store.copies_hook = None
+        self.store.precheck_hook = None
         if self._committed in self.store.commit_hooks:
             self.store.commit_hooks.remove(self._committed)
         if self._server is not None:
@@ -204,9 +215,26 @@ class Replicator:
     def live_peers(self) -> int:
         return sum(1 for p in self.peers.values() if p.connected)
 
-    async def ensure_copies(self, body: bytes, seq: int) -> None:
-        wanted = copies_required(body, self.rconfig.copies, 1 + self.live_peers())
-        needed = min(wanted, 1 + len(self.peers)) - 1
+    def _needed(self, body: bytes | None) -> int:
+        """Extra copies (peers) a change needs: by importance for a message, else normal."""
+        wanted = copies_required(body or b"", self.rconfig.copies, 1 + self.live_peers())
+        return min(wanted, 1 + len(self.peers)) - 1
+
+    def responsive_peers(self) -> int:
+        """Peers linked and heard from lately (a hung peer keeps its TCP link)."""
+        now = time.monotonic()
+        limit = max(RESPONSIVE, self.rconfig.copy_timeout)
+        return sum(1 for p in self.peers.values()
+                   if p.connected and p.last_ack is not None and now - p.last_ack <= limit)
+
+    def precheck(self, body: bytes | None) -> None:
+        needed = self._needed(body)
+        if needed > 0 and not self.rconfig.degrade and self.responsive_peers() < needed:
+            raise Unavailable("not enough mail servers reachable to make this change safely; "
+                              "try again later")
+
+    async def ensure_copies(self, body: bytes | None, seq: int) -> None:
+        needed = self._needed(body)
         if needed <= 0:
             return
         origin = self.store.origin
@@ -331,7 +359,7 @@ class Replicator:
 
     async def _ship(self, peer: PeerState, channel: Channel) -> None:
         await channel.send({"t": "positions"})
-        reply = await channel.receive()
+        reply = await channel.receive(self._answer_timeout)
         await self._record_ack(peer, {k: int(v) for k, v in reply["positions"].items()})
         while True:
             peer.wake.clear()
@@ -350,7 +378,7 @@ class Replicator:
                 # link (no TCP traffic would) and a peer that lost its data (positions drop),
                 # which then gets everything again: the periodic anti-entropy pass.
                 await channel.send({"t": "positions"})
-                reply = await channel.receive()
+                reply = await channel.receive(self._answer_timeout)
                 await self._record_ack(peer, {k: int(v) for k, v in reply["positions"].items()})
 
     async def _send_batch(self, peer: PeerState, channel: Channel,
@@ -370,7 +398,7 @@ class Replicator:
             "t": "batch", "records": _records_json(records),
             "bodies": {h: base64.b64encode(b).decode() for h, b in bodies.items()},
         })
-        reply = await channel.receive()
+        reply = await channel.receive(self._answer_timeout)
         if reply.get("t") != "ack":
             raise LinkClosed(f"expected ack, got {reply.get('t')!r}")
         peer.shipped += len(records)

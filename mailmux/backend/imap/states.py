@@ -36,4 +36,5 @@ NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})
 CAPABILITIES = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
     "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH",
+    "XREPLAY",  # gateway-only (mailmux.protocol.imap.replay); the gateway never shows it
 )

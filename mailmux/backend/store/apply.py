@@ -18,6 +18,7 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+from mailmux.backend.store import replay
 from mailmux.backend.store.interface import BOARD_OWNER, ChangeRecord
 from mailmux.backend.store.writer import Tx
 
@@ -269,7 +270,19 @@ def _message_expunge(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
     tx.touched.add(mailbox[0])
 
 
+def _replay(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    answer = _p(record, "answer")
+    replay.insert(tx.conn, (str(_p(record, "scope")), str(_p(record, "id"))),
+                  dict(answer) if isinstance(answer, dict) else {}, record.hlc)
+
+
+def _replay_forget(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    replay.forget(tx.conn, (str(_p(record, "scope")), str(_p(record, "id"))))
+
+
 _HANDLERS = {
+    "replay": _replay,
+    "replay.forget": _replay_forget,
     "user.add": _user_add,
     "user.passwd": _user_passwd,
     "user.del": _user_del,

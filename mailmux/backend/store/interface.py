@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 BOARD_OWNER = "@boards"
 BOARD_PREFIX = "Boards/"
@@ -152,6 +152,9 @@ class MailStore(Protocol):
     async def move(
         self, user: str, mailbox_id: int, uids: Sequence[int], dest: str
     ) -> CopyResult: ...
+
+    # replay ids (store/replay.py): the answer recorded for a gateway replay id, if any
+    async def replay_answer(self, scope: str, replay_id: str) -> dict[str, Any] | None: ...
 
     # change log -------------------------------------------------------------------
     async def changes_since(
