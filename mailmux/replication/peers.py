@@ -178,6 +178,8 @@ class Replicator:
         self.store.commit_hooks.append(self._committed)
         self.store.copies_hook = self.ensure_copies
         self.store.precheck_hook = self.precheck
+        pool = sorted({self.config.node_id, *self.peers})
+        self.store.uid_slot = (pool.index(self.config.node_id), len(pool))
         self.meter.replication_backlog = self.backlog
         self.meter.replication_details = self.details
         for peer in self.peers.values():

@@ -4,12 +4,12 @@ Records keep their origin and sequence: each is stored in the local change log a
 (a) a record is applied at most once, whatever the number of deliveries, and (b) this node can
 pass other origins' history on to a peer that lacks it (a wiped node catches up from anyone).
 
-Rules (DESIGN.md, Replication): a message keeps the UID its origin gave it when that UID is free
-here; if the UID already names a different message (both sides accepted mail during a
-partition), both messages get fresh UIDs above both sides' UIDNEXT, the smaller GUID first, as
-dsync does, and the renumbering is logged as local changes so every replica converges. Flags
-merge per flag by the latest (HLC, origin) stamp. An expunge leaves a tombstone and wins over
-any flag change or late copy of the message.
+Rules (docs/consistency.md): a message keeps the UID its origin gave it. Each node gives out
+only the UIDs in its own residue class (index modulo pool size), so two nodes never give one
+UID to two messages; the dsync-style renumbering below remains only for a pool whose
+membership changed under a message in flight. Flags merge per flag by the latest (HLC, origin)
+stamp. GUIDs name message instances, so an expunge leaves a tombstone that wins, forever, over
+any flag change or late copy of that message.
 """
 
 from __future__ import annotations
@@ -133,11 +133,11 @@ def _message_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
     mailbox = _mailbox(conn, owner, name)
     if mailbox is None or mailbox[3] != _p(record, "uidvalidity"):
         return  # the mailbox is gone, or is another incarnation: nothing to add to
-    tombstone = conn.execute(
-        "SELECT hlc FROM tombstones WHERE owner = ? AND mailbox = ? AND guid = ?",
-        (owner, name, guid)).fetchone()
-    if tombstone is not None and tombstone[0] > record.hlc:
-        return  # expunged after this copy was made: the expunge wins
+    if conn.execute("SELECT 1 FROM tombstones WHERE owner = ? AND mailbox = ? AND guid = ?",
+                    (owner, name, guid)).fetchone():
+        # A GUID names one message instance (never its content), and an expunged message
+        # never comes back: whatever copy of the add arrives later, renumbered or relayed.
+        return
     if conn.execute("SELECT 1 FROM messages WHERE mailbox_id = ? AND guid = ?",
                     (mailbox[0], guid)).fetchone():
         return

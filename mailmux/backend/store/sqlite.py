@@ -99,6 +99,10 @@ class SqliteStore:
         # Refuses (raises Unavailable) before a change when its copies cannot be made anyway,
         # so that a change which cannot be undone is not made at all.
         self.precheck_hook: Callable[[bytes | None], None] | None = None
+        # (this node's index, pool size): the UIDs this node gives out are those equal to its
+        # index modulo the pool size, so two nodes can never give one UID to two messages
+        # (docs/consistency.md). Replication sets it; a lone node uses every UID.
+        self.uid_slot: tuple[int, int] = (0, 1)
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -560,9 +564,11 @@ class SqliteStore:
     ) -> AppendResult:
         mailbox_id, owner = mailbox[0], mailbox[1]
         conn = tx.conn
+        index, size = self.uid_slot
         uid, modseq = conn.execute(
-            "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 "
-            "WHERE id = ? RETURNING uidnext - 1, highestmodseq", (mailbox_id,)
+            "UPDATE mailboxes SET uidnext = uidnext + ((? - uidnext % ?) % ? + ?) % ? + 1, "
+            "highestmodseq = highestmodseq + 1 WHERE id = ? RETURNING uidnext - 1, highestmodseq",
+            (index, size, size, size, size, mailbox_id),
         ).fetchone()
         if body is not None:
             conn.execute("INSERT OR IGNORE INTO bodies VALUES (?, ?)", (body_hash, body))
