@@ -213,8 +213,8 @@ def test_tilde_starts_an_atom_unless_a_literal8_follows() -> None:
 
 
 @pytest.mark.parametrize("raw", [
-    b"a LIST \"\" {x\r\n", b"a SELECT\r\n", b"a FETCH 1 (FLAGS\r\n", b"a STORE 1 +FLAGS (\\\xff)\r\n",
-    b"a FETCH 1:* BODY[X]\r\n",
+    b"a LIST \"\" {x\r\n", b"a SELECT\r\n", b"a FETCH 1 (FLAGS\r\n",
+    b"a STORE 1 +FLAGS (\\\xff)\r\n", b"a FETCH 1:* BODY[X]\r\n",
 ])
 def test_error_texts_hold_no_bytes_repr_or_braces(raw: bytes) -> None:
     with pytest.raises(ParseError) as info:
