@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted
 from mailmux.backend.imap import fetch as fetching
+from mailmux.backend.imap.budget import Budget, run_bounded
 from mailmux.backend.imap.listing import list_responses
 from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING, State
 from mailmux.backend.imap.view import View
@@ -420,13 +421,17 @@ class Session:
     async def do_LIST(self, command: Command) -> Lines:
         assert isinstance(command.args, ListArgs)
         mailboxes = await self.store.list_mailboxes(self.me)
-        lines = list_responses(command.args, mailboxes, lsub=False)
+        args = command.args
+        lines = await run_bounded(lambda b: list_responses(args, mailboxes, False, b),
+                                  self.config.command_cpu_budget)
         return await self.ok(command, "LIST completed", before=lines)
 
     async def do_LSUB(self, command: Command) -> Lines:
         assert isinstance(command.args, ListArgs)
         mailboxes = await self.store.list_mailboxes(self.me)
-        lines = list_responses(command.args, mailboxes, lsub=True)
+        args = command.args
+        lines = await run_bounded(lambda b: list_responses(args, mailboxes, True, b),
+                                  self.config.command_cpu_budget)
         return await self.ok(command, "LSUB completed", before=lines)
 
     async def do_STATUS(self, command: Command) -> Lines:
@@ -542,7 +547,11 @@ class Session:
         largest_uid = view.uids[-1] if view.uids else 0
         hits: list[int] = []
         needs_message = _needs_message(args.key)
+        budget = Budget(self.config.command_cpu_budget)
         for seq, uid in enumerate(view.uids, start=1):
+            budget.check()
+            if seq % 64 == 0:
+                await asyncio.sleep(0)  # let other sessions run between chunks of work
             meta = view.meta[uid]
             parsed: Part | None = None
             if needs_message:
