@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from mailmux.gateway.session.states import (
     TRANSITIONS,
-    InvalidTransition,
     Input,
+    InvalidTransition,
     SessionState,
     step,
 )
