@@ -85,7 +85,7 @@ def _word(token: str) -> str:
 
 class _Parser:
     def __init__(self, text: str, comments: list[str]) -> None:
-        self.tokens = _TOKEN.findall(text)
+        self.tokens: list[str] = _TOKEN.findall(text)
         self.pos = 0
         self.comments = comments
         self.seen: list[str] = []  # comments passed since the current address began
