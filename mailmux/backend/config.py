@@ -66,6 +66,7 @@ class BackendConfig:
     max_unauthenticated: int = 100
     max_failed_logins: int = 5
     failed_login_delay: float = 1.0
+    command_cpu_budget: float = 5.0  # user-controlled work per command (LIST patterns, SEARCH)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
 
     @property
@@ -90,7 +91,7 @@ _KNOWN = {
     "node_id", "data_dir", "domains", "pool_secret", "pool_secret_file", "listen_imap",
     "listen_smtp", "listen_lmtp", "listen_imaps", "listen_control", "tls_cert", "tls_key",
     "max_message_size", "max_line_length", "idle_timeout", "login_timeout", "max_unauthenticated",
-    "max_failed_logins", "failed_login_delay", "replication",
+    "max_failed_logins", "failed_login_delay", "replication", "command_cpu_budget",
 }
 _KNOWN_REPLICATION = {
     "listen", "peers", "mode", "batch_window", "batch_backlog", "copies", "copy_timeout",
@@ -134,6 +135,8 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
         failed_login_delay=parse_duration(
             raw.get("failed_login_delay", 1.0), "failed_login_delay"
         ),
+        command_cpu_budget=parse_duration(raw.get("command_cpu_budget", 5.0),
+                                          "command_cpu_budget"),
         replication=_replication(raw.get("replication", {})),
     )
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_smtp", "listen_control")}

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted
 from mailmux.backend.imap import fetch as fetching
+from mailmux.backend.imap.budget import Budget, run_bounded
 from mailmux.backend.imap.listing import list_responses
 from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING, State
 from mailmux.backend.imap.view import View
@@ -55,6 +56,7 @@ from mailmux.protocol.imap.framing import (
     LiteralContinue,
     NeedData,
 )
+from mailmux.protocol.imap.mutf7 import encode_mailbox
 from mailmux.protocol.imap.parser import parse_command
 from mailmux.protocol.imap.response import (
     Atom,
@@ -159,7 +161,7 @@ class Session:
                 if exc.tag is None:
                     await self.send([untagged_status("BAD", exc.message, code)])
                 else:
-                    await self.send([tagged(exc.tag, "BAD", exc.message, code)])
+                    await self.send([tagged(exc.tag, exc.status, exc.message, code)])
                 continue
             await self.send(await self.dispatch(command))
 
@@ -420,13 +422,17 @@ class Session:
     async def do_LIST(self, command: Command) -> Lines:
         assert isinstance(command.args, ListArgs)
         mailboxes = await self.store.list_mailboxes(self.me)
-        lines = list_responses(command.args, mailboxes, lsub=False)
+        args = command.args
+        lines = await run_bounded(lambda b: list_responses(args, mailboxes, False, b),
+                                  self.config.command_cpu_budget)
         return await self.ok(command, "LIST completed", before=lines)
 
     async def do_LSUB(self, command: Command) -> Lines:
         assert isinstance(command.args, ListArgs)
         mailboxes = await self.store.list_mailboxes(self.me)
-        lines = list_responses(command.args, mailboxes, lsub=True)
+        args = command.args
+        lines = await run_bounded(lambda b: list_responses(args, mailboxes, True, b),
+                                  self.config.command_cpu_budget)
         return await self.ok(command, "LSUB completed", before=lines)
 
     async def do_STATUS(self, command: Command) -> Lines:
@@ -439,7 +445,8 @@ class Session:
         items: list[object] = []
         for item in args.items:
             items += [Atom(item), values[item]]
-        line = untagged(Atom("STATUS"), info.name, items)
+        # the name as the client wrote it: modified UTF-7 (RFC 3501 5.1.3)
+        line = untagged(Atom("STATUS"), encode_mailbox(info.name), items)
         return await self.ok(command, "STATUS completed", before=[line])
 
     async def do_APPEND(self, command: Command) -> Lines:
@@ -542,7 +549,11 @@ class Session:
         largest_uid = view.uids[-1] if view.uids else 0
         hits: list[int] = []
         needs_message = _needs_message(args.key)
+        budget = Budget(self.config.command_cpu_budget)
         for seq, uid in enumerate(view.uids, start=1):
+            budget.check()
+            if seq % 64 == 0:
+                await asyncio.sleep(0)  # let other sessions run between chunks of work
             meta = view.meta[uid]
             parsed: Part | None = None
             if needs_message:
