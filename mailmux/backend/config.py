@@ -21,6 +21,8 @@ from mailmux.configfile import (
     require_tls_off_loopback,
     tls_paths,
 )
+from mailmux.outbound.config import OutboundConfig
+from mailmux.outbound.config import parse as parse_outbound
 
 __all__ = ["BackendConfig", "ConfigError", "CopiesConfig", "ReplicationConfig", "from_dict", "load"]
 
@@ -67,6 +69,7 @@ class BackendConfig:
     max_failed_logins: int = 5
     failed_login_delay: float = 1.0
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
 
     @property
     def tls_enabled(self) -> bool:
@@ -90,7 +93,7 @@ _KNOWN = {
     "node_id", "data_dir", "domains", "pool_secret", "pool_secret_file", "listen_imap",
     "listen_smtp", "listen_lmtp", "listen_imaps", "listen_control", "tls_cert", "tls_key",
     "max_message_size", "max_line_length", "idle_timeout", "login_timeout", "max_unauthenticated",
-    "max_failed_logins", "failed_login_delay", "replication",
+    "max_failed_logins", "failed_login_delay", "replication", "outbound",
 }
 _KNOWN_REPLICATION = {
     "listen", "peers", "mode", "batch_window", "batch_backlog", "copies", "copy_timeout",
@@ -135,6 +138,7 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
             raw.get("failed_login_delay", 1.0), "failed_login_delay"
         ),
         replication=_replication(raw.get("replication", {})),
+        outbound=parse_outbound(raw.get("outbound", {}), base),
     )
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_smtp", "listen_control")}
     require_tls_off_loopback(listeners, config.tls_enabled)
