@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 class PoolGateway:
     """`session.auth_data` of a transaction a pool gateway authenticated."""
 
-    login: str = "gateway"
+    name: str = "gateway"
 
 
 async def authenticate(server: SMTP, args: list[str], secret: bytes) -> AuthResult:
