@@ -56,6 +56,7 @@ from mailmux.protocol.imap.framing import (
     LiteralContinue,
     NeedData,
 )
+from mailmux.protocol.imap.mutf7 import encode_mailbox
 from mailmux.protocol.imap.parser import parse_command
 from mailmux.protocol.imap.response import (
     Atom,
@@ -162,7 +163,7 @@ class Session:
                 if exc.tag is None:
                     await self.send([untagged_status("BAD", exc.message, code)])
                 else:
-                    await self.send([tagged(exc.tag, "BAD", exc.message, code)])
+                    await self.send([tagged(exc.tag, exc.status, exc.message, code)])
                 continue
             await self.send(await self.dispatch(command))
 
@@ -448,7 +449,8 @@ class Session:
         items: list[object] = []
         for item in args.items:
             items += [Atom(item), values[item]]
-        line = untagged(Atom("STATUS"), info.name, items)
+        # the name as the client wrote it: modified UTF-7 (RFC 3501 5.1.3)
+        line = untagged(Atom("STATUS"), encode_mailbox(info.name), items)
         return await self.ok(command, "STATUS completed", before=[line])
 
     async def do_APPEND(self, command: Command) -> Lines:
