@@ -121,7 +121,7 @@ def test_strangers_on_the_intake_port_cannot_relay(
         code, reply = smtp.rcpt(REMOTE)
         assert code == 550 and b"5.7.1" in reply
         # A forged gateway answer is refused, and the session goes on.
-        code, challenge = smtp.docmd("AUTH", "XMAILMUX")
+        code, _ = smtp.docmd("AUTH", "XMAILMUX")
         assert code == 334
         code, _ = smtp.docmd(base64.b64encode(b"0" * 64).decode())
         assert code == 535
