@@ -25,6 +25,7 @@ import click
 from mailmux.backend.config import BackendConfig, ConfigError, load
 from mailmux.backend.errors import BackendError
 from mailmux.backend.store.interface import MailStore
+from mailmux.outbound import cli as outbound_cli
 from mailmux.privatefiles import NotPrivateError, make_private_dir, open_to_others, require_private
 
 log = logging.getLogger("mailmux.backend")
@@ -224,6 +225,12 @@ async def _replication_rows(store: MailStore, config: BackendConfig) -> list[dic
                      "backlog": max(0, local - acked),
                      "lag_seconds": None if at is None else round(time.time() - float(at), 1)})
     return rows
+
+
+# outbound queue and DKIM keys (mailmux/outbound/cli.py) -----------------------------------
+
+main.add_command(outbound_cli.queue)
+main.add_command(outbound_cli.dkim)
 
 
 # helpers ----------------------------------------------------------------------------------

@@ -75,7 +75,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
-UNAUTHENTICATED_MAX_LITERAL = 8 * 1024
+UNAUTHENTICATED_MAX_LITERAL = 4 * 1024
+UNAUTHENTICATED_MAX_COMMAND = 8 * 1024  # every line and literal of one command, before login
 MAX_LOGIN_DELAY = 30.0
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\*")
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -97,7 +98,8 @@ class Session:
         self.writer = writer
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL)
+        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL,
+                                    UNAUTHENTICATED_MAX_COMMAND)
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
         self.view: View | None = None
@@ -257,7 +259,8 @@ class Session:
         await self.writer.start_tls(context)
         self.tls = True
         # RFC 3501 6.2.1: anything the client sent before the handshake is discarded.
-        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL)
+        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL,
+                                    UNAUTHENTICATED_MAX_COMMAND)
         return []
 
     async def do_LOGIN(self, command: Command) -> Lines:
@@ -298,6 +301,7 @@ class Session:
             self.state = State.AUTHENTICATED
             self.server.authenticated(self)
             self.framer.max_literal = self.config.max_message_size
+            self.framer.max_command = self.config.max_command_size
             log.info("imap %s: %s logged in", self.peer, user)
             caps = " ".join(self.capabilities())
             return [tagged(tag, "OK", "logged in", f"CAPABILITY {caps}")]
