@@ -72,6 +72,7 @@ class BackendConfig:
     command_cpu_budget: float = 5.0  # user-controlled work per command (LIST patterns, SEARCH)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    pool_secret_file: Path | None = None  # where pool_secret came from, for its permission check
 
     @property
     def tls_enabled(self) -> bool:
@@ -148,6 +149,9 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
                                           "command_cpu_budget"),
         replication=_replication(raw.get("replication", {})),
         outbound=parse_outbound(raw.get("outbound", {}), base),
+        pool_secret_file=(
+            base / str(raw["pool_secret_file"]) if "pool_secret_file" in raw else None
+        ),
     )
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_smtp", "listen_control")}
     require_tls_off_loopback(listeners, config.tls_enabled)
