@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted
 from mailmux.backend.imap import fetch as fetching
+from mailmux.backend.imap.budget import Budget, run_bounded
 from mailmux.backend.imap.listing import list_responses
 from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING, State
 from mailmux.backend.imap.view import View
@@ -56,6 +57,7 @@ from mailmux.protocol.imap.framing import (
     LiteralContinue,
     NeedData,
 )
+from mailmux.protocol.imap.mutf7 import encode_mailbox
 from mailmux.protocol.imap.parser import parse_command
 from mailmux.protocol.imap.replay import split_replay
 from mailmux.protocol.imap.response import (
@@ -75,7 +77,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
-UNAUTHENTICATED_MAX_LITERAL = 8 * 1024
+UNAUTHENTICATED_MAX_LITERAL = 4 * 1024
+UNAUTHENTICATED_MAX_COMMAND = 8 * 1024  # every line and literal of one command, before login
 MAX_LOGIN_DELAY = 30.0
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\*")
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -97,7 +100,8 @@ class Session:
         self.writer = writer
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL)
+        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL,
+                                    UNAUTHENTICATED_MAX_COMMAND)
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
         self.view: View | None = None
@@ -162,7 +166,7 @@ class Session:
                 if exc.tag is None:
                     await self.send([untagged_status("BAD", exc.message, code)])
                 else:
-                    await self.send([tagged(exc.tag, "BAD", exc.message, code)])
+                    await self.send([tagged(exc.tag, exc.status, exc.message, code)])
                 continue
             await self.send(await self.dispatch(command, replay_id))
 
@@ -304,7 +308,8 @@ class Session:
         await self.writer.start_tls(context)
         self.tls = True
         # RFC 3501 6.2.1: anything the client sent before the handshake is discarded.
-        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL)
+        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL,
+                                    UNAUTHENTICATED_MAX_COMMAND)
         return []
 
     async def do_LOGIN(self, command: Command) -> Lines:
@@ -345,6 +350,7 @@ class Session:
             self.state = State.AUTHENTICATED
             self.server.authenticated(self)
             self.framer.max_literal = self.config.max_message_size
+            self.framer.max_command = self.config.max_command_size
             log.info("imap %s: %s logged in", self.peer, user)
             caps = " ".join(self.capabilities())
             return [tagged(tag, "OK", "logged in", f"CAPABILITY {caps}")]
@@ -469,13 +475,17 @@ class Session:
     async def do_LIST(self, command: Command) -> Lines:
         assert isinstance(command.args, ListArgs)
         mailboxes = await self.store.list_mailboxes(self.me)
-        lines = list_responses(command.args, mailboxes, lsub=False)
+        args = command.args
+        lines = await run_bounded(lambda b: list_responses(args, mailboxes, False, b),
+                                  self.config.command_cpu_budget)
         return await self.ok(command, "LIST completed", before=lines)
 
     async def do_LSUB(self, command: Command) -> Lines:
         assert isinstance(command.args, ListArgs)
         mailboxes = await self.store.list_mailboxes(self.me)
-        lines = list_responses(command.args, mailboxes, lsub=True)
+        args = command.args
+        lines = await run_bounded(lambda b: list_responses(args, mailboxes, True, b),
+                                  self.config.command_cpu_budget)
         return await self.ok(command, "LSUB completed", before=lines)
 
     async def do_STATUS(self, command: Command) -> Lines:
@@ -488,7 +498,8 @@ class Session:
         items: list[object] = []
         for item in args.items:
             items += [Atom(item), values[item]]
-        line = untagged(Atom("STATUS"), info.name, items)
+        # the name as the client wrote it: modified UTF-7 (RFC 3501 5.1.3)
+        line = untagged(Atom("STATUS"), encode_mailbox(info.name), items)
         return await self.ok(command, "STATUS completed", before=[line])
 
     async def do_APPEND(self, command: Command) -> Lines:
@@ -591,7 +602,11 @@ class Session:
         largest_uid = view.uids[-1] if view.uids else 0
         hits: list[int] = []
         needs_message = _needs_message(args.key)
+        budget = Budget(self.config.command_cpu_budget)
         for seq, uid in enumerate(view.uids, start=1):
+            budget.check()
+            if seq % 64 == 0:
+                await asyncio.sleep(0)  # let other sessions run between chunks of work
             meta = view.meta[uid]
             parsed: Part | None = None
             if needs_message:

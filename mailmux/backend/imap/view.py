@@ -8,6 +8,7 @@ sessions on one mailbox see each other's work at the points IMAP permits.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from mailmux.backend.store.interface import MessageMeta
@@ -34,22 +35,32 @@ class View:
         return len(self.uids)
 
     def seq_of(self, uid: int) -> int:
-        # uids are ascending: a binary search would do, but views are small next to I/O costs
-        return self.uids.index(uid) + 1
+        index = bisect.bisect_left(self.uids, uid)  # uids ascend
+        if index == len(self.uids) or self.uids[index] != uid:
+            raise ValueError(f"{uid} is not in the view")
+        return index + 1
 
     def resolve(self, sequence: SequenceSet, uid: bool) -> list[int]:
-        """UIDs named by a sequence set, ascending; numbers beyond the view are ignored."""
+        """UIDs named by a sequence set, ascending; numbers beyond the view are ignored.
+
+        Works range by range (binary search into the sorted UIDs), so a set of thousands of
+        ranges over thousands of messages costs O((ranges + result) log n), not their product."""
         if not self.uids:
             return []
-        if uid:
-            largest = self.uids[-1]
-            return [u for u in self.uids if sequence.contains(u, largest)]
         count = len(self.uids)
-        seqs: set[int] = set()
-        for r in sequence.ranges:
-            lo, hi = r.bounds(count)
-            seqs.update(range(max(lo, 1), min(hi, count) + 1))
-        return [self.uids[s - 1] for s in sorted(seqs)]
+        largest = self.uids[-1] if uid else count
+        out: list[int] = []
+        done = 0  # index into uids below which everything is already in `out`
+        for lo, hi in sorted(r.bounds(largest) for r in sequence.ranges):
+            if uid:
+                start, stop = bisect.bisect_left(self.uids, lo), bisect.bisect_right(self.uids, hi)
+            else:
+                start, stop = max(lo, 1) - 1, min(hi, count)
+            start = max(start, done)
+            if start < stop:
+                out.extend(self.uids[start:stop])
+                done = stop
+        return out
 
     def flags_response(self, meta: MessageMeta, with_uid: bool) -> bytes:
         items: list[object] = [Atom("FLAGS"), format_flags(meta.flags)]

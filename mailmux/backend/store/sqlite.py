@@ -359,7 +359,8 @@ class SqliteStore:
         tx.conn.execute("INSERT OR REPLACE INTO meta VALUES ('uidvalidity', ?)", (str(value),))
         return value
 
-    def _create(self, tx: Tx, owner: str, name: str, special_use: str | None) -> int:
+    def _create(self, tx: Tx, owner: str, name: str, special_use: str | None,
+                subscribe: bool = True) -> int:
         uidvalidity = self._next_uidvalidity(tx)
         try:
             cur = tx.conn.execute(
@@ -368,10 +369,12 @@ class SqliteStore:
             )
         except sqlite3.IntegrityError:
             raise MailboxExists(f"mailbox {name} already exists") from None
-        if owner != BOARD_OWNER:
+        subscribe = subscribe and owner != BOARD_OWNER
+        if subscribe:
             tx.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)", (owner, name))
         self._log(tx, "board.add" if owner == BOARD_OWNER else "mailbox.create", {
             "owner": owner, "name": name, "uidvalidity": uidvalidity, "special_use": special_use,
+            "subscribed": subscribe,
         })
         assert cur.lastrowid is not None
         return cur.lastrowid
@@ -439,7 +442,9 @@ class SqliteStore:
 
         def job(tx: Tx) -> int:
             replay.check(tx, key)
-            mailbox_id = self._create(tx, user.lower(), name, special_use)
+            # RFC 3501 6.3.3: CREATE does not subscribe (only the mailboxes a new user starts
+            # with are subscribed)
+            mailbox_id = self._create(tx, user.lower(), name, special_use, subscribe=False)
             self._remember(tx, key, {})
             return mailbox_id
 
@@ -564,11 +569,11 @@ class SqliteStore:
     ) -> AppendResult:
         mailbox_id, owner = mailbox[0], mailbox[1]
         conn = tx.conn
-        index, size = self.uid_slot
+        slot, pool = self.uid_slot  # the next UID in this node's residue class
         uid, modseq = conn.execute(
             "UPDATE mailboxes SET uidnext = uidnext + ((? - uidnext % ?) % ? + ?) % ? + 1, "
             "highestmodseq = highestmodseq + 1 WHERE id = ? RETURNING uidnext - 1, highestmodseq",
-            (index, size, size, size, size, mailbox_id),
+            (slot, pool, pool, pool, pool, mailbox_id),
         ).fetchone()
         if body is not None:
             conn.execute("INSERT OR IGNORE INTO bodies VALUES (?, ?)", (body_hash, body))
@@ -963,8 +968,6 @@ class SqliteStore:
         def job(tx: Tx) -> CopyResult:
             replay.check(tx, key)
             dest_row = self._mailbox_row(tx.conn, user, dest)
-            if dest_row[0] == mailbox_id:
-                raise CannotDo("cannot move messages into the mailbox they are in")
             result = self._copy_rows(tx, user, mailbox_id, uids, dest_row[0], move=True)
             self._remember(tx, key, _copy_answer(result))
             return result
