@@ -44,6 +44,7 @@ from mailmux.protocol.peer.session import (
     plain,
     welcome,
 )
+from mailmux.replication import antientropy
 from mailmux.replication.importance import copies_required
 from mailmux.replication.window import BatchWindow, local_now
 from mailmux.tls import server_context
@@ -142,6 +143,8 @@ class PeerState:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     persisted: float = float("-inf")  # when the acknowledged position was last saved
     rounds: int = 0  # shipping decisions taken (tests watch it instead of sleeping)
+    digested: float = float("-inf")  # when digests were last compared
+    repaired: int = 0  # mailboxes found different and repaired by digest comparison
 
 
 class Replicator:
@@ -365,10 +368,24 @@ class Replicator:
             return True
         return pending and self.window.may_ship(self.clock(), self.backlog())
 
+    async def _ask(self, channel: Channel, message: dict[str, Any]) -> dict[str, Any]:
+        await channel.send(message)
+        reply = await channel.receive(self._answer_timeout)
+        if reply.get("t") != message.get("t"):
+            raise LinkClosed(f"expected {message.get('t')!r}, got {reply.get('t')!r}")
+        return reply
+
+    async def _reconcile(self, peer: PeerState, channel: Channel) -> None:
+        peer.digested = time.monotonic()
+        repaired = await antientropy.reconcile(
+            self.store, lambda m: self._ask(channel, m), peer.node_id)
+        peer.repaired += repaired
+
     async def _ship(self, peer: PeerState, channel: Channel) -> None:
         await channel.send({"t": "positions"})
         reply = await channel.receive(self._answer_timeout)
         await self._record_ack(peer, {k: int(v) for k, v in reply["positions"].items()})
+        await self._reconcile(peer, channel)
         while True:
             peer.wake.clear()
             records = await self.store.changes_after(peer.acked, BATCH_RECORDS)
@@ -388,6 +405,8 @@ class Replicator:
                 await channel.send({"t": "positions"})
                 reply = await channel.receive(self._answer_timeout)
                 await self._record_ack(peer, {k: int(v) for k, v in reply["positions"].items()})
+                if time.monotonic() - peer.digested >= antientropy.DIGEST_INTERVAL:
+                    await self._reconcile(peer, channel)
 
     async def _send_batch(self, peer: PeerState, channel: Channel,
                           records: list[ChangeRecord]) -> None:
@@ -449,6 +468,10 @@ class Replicator:
         while True:
             message = await channel.receive()
             kind = message.get("t")
+            answer = await antientropy.answer(self.store, message)
+            if answer is not None:
+                await channel.send(answer)
+                continue
             if kind == "batch":
                 records = _records_from(message["records"])
                 bodies = {h: base64.b64decode(b) for h, b in message["bodies"].items()}

@@ -158,7 +158,7 @@ def _message_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
         _resolve_uid_conflict(store, tx, mailbox, uid, str(taken[0]), record)
         return
     _insert(conn, tx, mailbox[0], uid, guid, body_hash, _p(record, "internaldate"),
-            _p(record, "size"), _p(record, "flags"))
+            _p(record, "size"), _p(record, "flags"), record.hlc)
 
 
 def bodies_present(conn: sqlite3.Connection, hashes: list[str]) -> set[str]:
@@ -167,10 +167,12 @@ def bodies_present(conn: sqlite3.Connection, hashes: list[str]) -> set[str]:
 
 
 def _insert(conn: sqlite3.Connection, tx: Tx, mailbox_id: int, uid: int, guid: str,
-            body_hash: str, internaldate: str, size: int, flags: list[str]) -> None:
-    modseq = conn.execute(
-        "UPDATE mailboxes SET uidnext = max(uidnext, ?), highestmodseq = highestmodseq + 1 "
-        "WHERE id = ? RETURNING highestmodseq", (uid + 1, mailbox_id)).fetchone()[0]
+            body_hash: str, internaldate: str, size: int, flags: list[str],
+            modseq: int) -> None:
+    """Add a message with its origin's UID and MODSEQ (the add record's HLC), verbatim."""
+    conn.execute(
+        "UPDATE mailboxes SET uidnext = max(uidnext, ?), highestmodseq = max(highestmodseq, ?) "
+        "WHERE id = ?", (uid + 1, modseq, mailbox_id))
     conn.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                  (mailbox_id, uid, guid, body_hash, internaldate, size,
                   " ".join(sorted(flags)), modseq))
@@ -199,12 +201,14 @@ def _resolve_uid_conflict(store: SqliteStore, tx: Tx, mailbox: tuple[Any, ...], 
     for offset, guid in enumerate(sorted(incoming)):
         body_hash, internaldate, size, flags = incoming[guid]
         new_uid = base + offset
-        _insert(conn, tx, mailbox_id, new_uid, guid, body_hash, internaldate, size, flags)
+        modseq = store.clock.now()
+        _insert(conn, tx, mailbox_id, new_uid, guid, body_hash, internaldate, size, flags,
+                modseq)
         store._log(tx, "message.add", {
             "owner": owner, "mailbox": name, "uidvalidity": mailbox[3], "uid": new_uid,
             "uidnext": base + len(incoming), "guid": guid, "flags": sorted(flags),
             "internaldate": internaldate, "body": body_hash, "size": size,
-        })
+        }, hlc=modseq)
 
 
 def _message_flags(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
@@ -221,7 +225,6 @@ def _message_flags(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
     user = _p(record, "user")
     changes = [(f, 1) for f in _p(record, "added") or []] + [
         (f, 0) for f in _p(record, "removed") or []]
-    changed = False
     for flag, present in changes:
         if user is not None and flag == SEEN:  # a board reader's own \Seen
             if present:
@@ -230,7 +233,6 @@ def _message_flags(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
             else:
                 conn.execute("DELETE FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
                              (user, mailbox[0], uid))
-            changed = True
             continue
         stamp = conn.execute(
             "SELECT hlc, origin, present FROM flag_stamps WHERE mailbox_id = ? AND guid = ? "
@@ -243,14 +245,13 @@ def _message_flags(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
             flags.add(flag)
         else:
             flags.discard(flag)
-        changed = True
-    if changed:
-        modseq = conn.execute(
-            "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? "
-            "RETURNING highestmodseq", (mailbox[0],)).fetchone()[0]
-        conn.execute("UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
-                     (" ".join(sorted(flags)), modseq, mailbox[0], uid))
-        tx.touched.add(mailbox[0])
+    # The message's MODSEQ is the latest change record that touched it, whether or not that
+    # record won the per-flag merge: so it is the same on every replica, whatever the order.
+    conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) WHERE id = ?",
+                 (record.hlc, mailbox[0]))
+    conn.execute("UPDATE messages SET flags = ?, modseq = max(modseq, ?) WHERE mailbox_id = ? "
+                 "AND uid = ?", (" ".join(sorted(flags)), record.hlc, mailbox[0], uid))
+    tx.touched.add(mailbox[0])
 
 
 def _message_expunge(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
@@ -269,8 +270,8 @@ def _message_expunge(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
             "max(hlc, excluded.hlc)", (owner, name, guid, record.hlc))
         conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND guid = ?",
                      (mailbox[0], guid))
-    conn.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?",
-                 (mailbox[0],))
+    conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) WHERE id = ?",
+                 (record.hlc, mailbox[0]))
     tx.touched.add(mailbox[0])
 
 

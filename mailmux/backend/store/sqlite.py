@@ -223,14 +223,17 @@ class SqliteStore:
     async def replay_answer(self, scope: str, replay_id: str) -> dict[str, Any] | None:
         return await self._read(lambda c: replay.lookup(c, (scope.lower(), replay_id)))
 
-    def _log(self, tx: Tx, kind: str, payload: dict[str, Any]) -> None:
+    def _log(self, tx: Tx, kind: str, payload: dict[str, Any], hlc: int | None = None) -> None:
+        """Append a change record; `hlc` is the change's MODSEQ when it has one (a message
+        change's MODSEQ is its record's HLC, so every replica gives it the same one)."""
         conn = tx.conn
         row = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
         seq = int(row[0]) + 1 if row else 1
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
         conn.execute(
             "INSERT INTO changelog VALUES (?, ?, ?, ?, ?)",
-            (self.origin, seq, self.clock.now(), kind, json.dumps(payload, sort_keys=True)),
+            (self.origin, seq, self.clock.now() if hlc is None else hlc, kind,
+             json.dumps(payload, sort_keys=True)),
         )
         tx.logged = seq
 
@@ -570,10 +573,11 @@ class SqliteStore:
         mailbox_id, owner = mailbox[0], mailbox[1]
         conn = tx.conn
         slot, pool = self.uid_slot  # the next UID in this node's residue class
-        uid, modseq = conn.execute(
+        modseq = self.clock.now()
+        (uid,) = conn.execute(
             "UPDATE mailboxes SET uidnext = uidnext + ((? - uidnext % ?) % ? + ?) % ? + 1, "
-            "highestmodseq = highestmodseq + 1 WHERE id = ? RETURNING uidnext - 1, highestmodseq",
-            (slot, pool, pool, pool, pool, mailbox_id),
+            "highestmodseq = max(highestmodseq, ?) WHERE id = ? RETURNING uidnext - 1",
+            (slot, pool, pool, pool, pool, modseq, mailbox_id),
         ).fetchone()
         if body is not None:
             conn.execute("INSERT OR IGNORE INTO bodies VALUES (?, ?)", (body_hash, body))
@@ -593,7 +597,7 @@ class SqliteStore:
             "owner": owner, "mailbox": mailbox[2], "uidvalidity": mailbox[3], "uid": uid,
             "guid": guid, "flags": sorted(shared), "internaldate": internaldate.isoformat(),
             "body": body_hash, "size": size, "uidnext": uid + 1,
-        })
+        }, hlc=modseq)
         return AppendResult(mailbox_id, mailbox[3], uid, guid, duplicate=False)
 
     async def append(
@@ -758,9 +762,9 @@ class SqliteStore:
                 if new == old:
                     continue
                 if modseq is None:
-                    modseq = conn.execute(
-                        "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? "
-                        "RETURNING highestmodseq", (mailbox_id,)).fetchone()[0]
+                    modseq = self.clock.now()
+                    conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) "
+                                 "WHERE id = ?", (modseq, mailbox_id))
                 shared = new - {SEEN} if is_board else new
                 conn.execute(
                     "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
@@ -782,8 +786,8 @@ class SqliteStore:
                     "owner": owner_name[0], "mailbox": owner_name[1], "uid": uid,
                     "guid": row[2], "added": sorted(new - old), "removed": sorted(old - new),
                     "user": user.lower() if is_board else None,
-                })
-                self._stamp_flags(tx, mailbox_id, row[2], new - old, old - new)
+                }, hlc=modseq)
+                self._stamp_flags(tx, mailbox_id, row[2], new - old, old - new, modseq)
             if changed:
                 tx.touched.add(mailbox_id)
             self._remember(tx, key, {"failed": failed})
@@ -824,9 +828,9 @@ class SqliteStore:
         if old is None or row is None or old == flags:
             return
         is_board = self._mailbox_key(conn, mailbox_id)[0] == BOARD_OWNER
-        modseq = conn.execute(
-            "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? "
-            "RETURNING highestmodseq", (mailbox_id,)).fetchone()[0]
+        modseq = self.clock.now()
+        conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) WHERE id = ?",
+                     (modseq, mailbox_id))
         shared = flags - {SEEN} if is_board else flags
         conn.execute("UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
                      (_flags_text(set(shared)), modseq, mailbox_id, uid))
@@ -841,8 +845,8 @@ class SqliteStore:
             "owner": owner, "mailbox": name, "uid": uid, "guid": row[0],
             "added": sorted(flags - old), "removed": sorted(old - flags),
             "user": user.lower() if is_board else None,
-        })
-        self._stamp_flags(tx, mailbox_id, row[0], flags - old, old - flags)
+        }, hlc=modseq)
+        self._stamp_flags(tx, mailbox_id, row[0], flags - old, old - flags, modseq)
         tx.touched.add(mailbox_id)
 
     async def expunge(self, user: str, mailbox_id: int, uids: Sequence[int]) -> list[int]:
@@ -866,6 +870,7 @@ class SqliteStore:
 
     def _delete_rows(self, tx: Tx, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         removed = []
+        modseq = self.clock.now()  # one MODSEQ for the whole expunge
         for uid in sorted(set(uids)):
             row = tx.conn.execute(
                 "DELETE FROM messages WHERE mailbox_id = ? AND uid = ? RETURNING guid",
@@ -875,12 +880,13 @@ class SqliteStore:
                 removed.append(uid)
                 owner, name = self._mailbox_key(tx.conn, mailbox_id)
                 tx.conn.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?, ?)",
-                                (owner, name, row[0], self.clock.now()))
+                                (owner, name, row[0], modseq))
                 self._log(tx, "message.expunge",
-                          {"owner": owner, "mailbox": name, "uid": uid, "guid": row[0]})
+                          {"owner": owner, "mailbox": name, "uid": uid, "guid": row[0]},
+                          hlc=modseq)
         if removed:
-            tx.conn.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?",
-                            (mailbox_id,))
+            tx.conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) "
+                            "WHERE id = ?", (modseq, mailbox_id))
             tx.touched.add(mailbox_id)
             self._collect_bodies(tx)
         return removed
@@ -892,9 +898,9 @@ class SqliteStore:
         return (str(row[0]), str(row[1])) if row else ("", "")
 
     def _stamp_flags(self, tx: Tx, mailbox_id: int, guid: str, added: frozenset[str],
-                     removed: frozenset[str]) -> None:
-        """Per-flag last-writer stamps, so that replicas merge concurrent changes per flag."""
-        hlc = self.clock.now()
+                     removed: frozenset[str], hlc: int) -> None:
+        """Per-flag last-writer stamps, so that replicas merge concurrent changes per flag;
+        the stamp is the change record's HLC (and MODSEQ)."""
         for flag, present in [(f, 1) for f in added] + [(f, 0) for f in removed]:
             tx.conn.execute(
                 "INSERT OR REPLACE INTO flag_stamps VALUES (?, ?, ?, ?, ?, ?)",
