@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -29,6 +31,7 @@ from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING
 from mailmux.backend.imap.view import View
 from mailmux.backend.message.parsed import ParsedMessage, Part
 from mailmux.backend.message.search import SearchContext, matches
+from mailmux.backend.store.interface import MailboxInfo, MessageMeta
 from mailmux.protocol.imap.commands import (
     Append,
     Authenticate,
@@ -103,6 +106,9 @@ class Session:
         self.view: View | None = None
         self.feed: asyncio.Queue[int] | None = None
         self.enabled: set[str] = set()
+        self.known_flags: set[str] = set()  # flags announced by the last untagged FLAGS
+        # a refresh ran while EXPUNGE could not be sent: the next one that can must look again
+        self.expunge_pending = False
         self.failed_logins = 0
         self.tls = False
         self.started = asyncio.get_running_loop().time()
@@ -213,7 +219,7 @@ class Session:
         while not self.feed.empty():
             self.feed.get_nowait()
             drained = True
-        if not drained:
+        if not drained and not (allow_expunge and self.expunge_pending):
             return []
         assert self.user is not None
         try:
@@ -221,7 +227,41 @@ class Session:
         except MailboxNotFound:
             self._unselect()
             return [untagged_status("BYE", "the selected mailbox was deleted")]
-        return self.view.refresh(metas, allow_expunge)
+        return self._refreshed(metas, allow_expunge)
+
+    def _refreshed(self, metas: list[MessageMeta], allow_expunge: bool) -> Lines:
+        """The view brought up to date, with FLAGS for new keywords and \\Recent for new mail."""
+        view = self.selected
+        last = view.uids[-1] if view.uids else 0
+        lines = view.refresh(metas, allow_expunge)
+        self.expunge_pending = not allow_expunge
+        if view.recent:
+            view.recent = {u for u in view.recent if u in view.meta}
+        new = view.uids[bisect.bisect_right(view.uids, last):]
+        if new:
+            claims = self.server.recent
+            key = (view.mailbox_id, view.uidvalidity)
+            view.recent.update(claims.peek(key, new) if view.readonly else claims.claim(key, new))
+            lines.append(untagged(len(view.recent), Atom("RECENT")))
+        return [*self._announce_flags({f for m in metas for f in m.flags}), *lines]
+
+    def _announce_flags(self, used: set[str]) -> Lines:
+        """An untagged FLAGS before the first response that uses a keyword not yet in it."""
+        if used <= self.known_flags:
+            return []
+        self.known_flags |= used
+        return [untagged(Atom("FLAGS"), format_flags(sorted(self.known_flags)))]
+
+    async def _condstore_on(self) -> Lines:
+        """RFC 7162 3.1: the first CONDSTORE-enabling command reports HIGHESTMODSEQ."""
+        view = self.selected
+        first = "CONDSTORE" not in self.enabled or not view.condstore
+        self.enabled.add("CONDSTORE")
+        view.condstore = True
+        if not first:
+            return []
+        info = await self.store.get_mailbox(self.me, view.name)
+        return [untagged_status("OK", "highest", f"HIGHESTMODSEQ {info.highestmodseq}")]
 
     async def ok(self, command: Command, text: str, code: str | None = None,
                  before: Lines | None = None) -> Lines:
@@ -323,10 +363,9 @@ class Session:
         assert isinstance(command.args, Enable)
         newly = [c for c in command.args.capabilities if c == "CONDSTORE"
                  and c not in self.enabled]
+        highest = await self._condstore_on() if newly and self.view is not None else []
         self.enabled.update(newly)
-        if "CONDSTORE" in self.enabled and self.view is not None:
-            self.view.condstore = True
-        return [untagged(Atom("ENABLED"), *[Atom(c) for c in newly]),
+        return [untagged(Atom("ENABLED"), *[Atom(c) for c in newly]), *highest,
                 tagged(command.tag, "OK", "ENABLE completed")]
 
     async def do_NAMESPACE(self, command: Command) -> Lines:
@@ -361,18 +400,23 @@ class Session:
         view = View(info.id, info.name, readonly, info.uidvalidity,
                     condstore="CONDSTORE" in self.enabled)
         view.load(metas)
+        claims = self.server.recent
+        key = (info.id, info.uidvalidity)
+        view.recent = set(claims.peek(key, view.uids) if readonly else claims.claim(key, view.uids))
         self.view, self.feed = view, feed
+        self.expunge_pending = False
         self.state = State.SELECTED
         first_unseen = next((i + 1 for i, m in enumerate(metas) if "\\Seen" not in m.flags),
                             None)
         flags = sorted(set(SYSTEM_FLAGS) | {f for m in metas for f in m.flags})
+        self.known_flags = set(flags)
         lines = [
             *closed,
             untagged(Atom("FLAGS"), format_flags(flags)),
             untagged_status("OK", "flags clients may set", "PERMANENTFLAGS ("
                             + " ".join(PERMANENT_FLAGS if not readonly else ()) + ")"),
             untagged(len(metas), Atom("EXISTS")),
-            untagged(0, Atom("RECENT")),
+            untagged(len(view.recent), Atom("RECENT")),
         ]
         if first_unseen is not None:
             lines.append(untagged_status("OK", "first unseen", f"UNSEEN {first_unseen}"))
@@ -439,7 +483,8 @@ class Session:
         args = command.args
         assert isinstance(args, StatusArgs)
         info = await self.store.get_mailbox(self.me, args.mailbox)
-        values = {"MESSAGES": info.messages, "RECENT": 0, "UIDNEXT": info.uidnext,
+        values = {"MESSAGES": info.messages, "RECENT": await self._recent_count(args, info),
+                  "UIDNEXT": info.uidnext,
                   "UIDVALIDITY": info.uidvalidity, "UNSEEN": info.unseen,
                   "HIGHESTMODSEQ": info.highestmodseq, "SIZE": info.size}
         items: list[object] = []
@@ -448,6 +493,14 @@ class Session:
         # the name as the client wrote it: modified UTF-7 (RFC 3501 5.1.3)
         line = untagged(Atom("STATUS"), encode_mailbox(info.name), items)
         return await self.ok(command, "STATUS completed", before=[line])
+
+    async def _recent_count(self, args: StatusArgs, info: MailboxInfo) -> int:
+        if "RECENT" not in args.items:
+            return 0
+        if self.view is not None and self.view.mailbox_id == info.id:
+            return len(self.view.recent)
+        uids = [m.uid for m in await self.store.messages(self.me, info.id)]
+        return len(self.server.recent.peek((info.id, info.uidvalidity), uids))
 
     async def do_APPEND(self, command: Command) -> Lines:
         args = command.args
@@ -524,14 +577,15 @@ class Session:
         view = self.selected
         if view.readonly:
             return [tagged(command.tag, "NO", "mailbox is read-only", "READ-ONLY")]
-        await self._refresh_now()
+        pending = await self._refresh_now()
         args = command.args
         assert isinstance(args, Expunge)
         candidates = view.uids if args.sequence is None else view.resolve(args.sequence, True)
         deleted = [u for u in candidates if "\\Deleted" in view.meta[u].flags]
         if deleted:
             await self.store.expunge(self.me, view.mailbox_id, deleted)
-        return await self.ok(command, "EXPUNGE completed", before=await self._refresh_now())
+        return await self.ok(command, "EXPUNGE completed",
+                             before=[*pending, *await self._refresh_now()])
 
     async def _refresh_now(self, allow_expunge: bool = True) -> Lines:
         view = self.selected
@@ -539,13 +593,15 @@ class Session:
         if self.feed is not None:
             while not self.feed.empty():
                 self.feed.get_nowait()
-        return view.refresh(metas, allow_expunge)
+        return self._refreshed(metas, allow_expunge)
 
     async def do_SEARCH(self, command: Command) -> Lines:
         args = command.args
         assert isinstance(args, Search)
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
+        if _uses_modseq(args.key):
+            before += await self._condstore_on()
         largest_uid = view.uids[-1] if view.uids else 0
         hits: list[int] = []
         needs_message = _needs_message(args.key)
@@ -562,13 +618,18 @@ class Session:
                         await self.store.body(view.mailbox_id, uid))
                 except MailboxNotFound:
                     continue  # expunged meanwhile
-            ctx = SearchContext(seq, meta, _constant(parsed), largest_seq=len(view.uids),
-                                largest_uid=largest_uid)
+            ctx = SearchContext(seq, meta, _constant(parsed), recent=uid in view.recent,
+                                largest_seq=len(view.uids), largest_uid=largest_uid)
             if matches(args.key, ctx):
                 hits.append(uid if command.uid else seq)
         modseq = None
         if _uses_modseq(args.key) and hits:
-            uids = hits if command.uid else [view.uids[s - 1] for s in hits]
+            # RFC 7162 3.1.5: with only MIN and/or MAX asked, the MODSEQ of those messages
+            reported = hits
+            if args.return_options and set(args.return_options) <= {"MIN", "MAX"}:
+                reported = [min(hits)] * ("MIN" in args.return_options) + \
+                    [max(hits)] * ("MAX" in args.return_options)
+            uids = reported if command.uid else [view.uids[s - 1] for s in reported]
             modseq = max(view.meta[u].modseq for u in uids)
         if args.return_options is not None:
             line = self._esearch(command, args.return_options, hits, modseq)
@@ -604,8 +665,7 @@ class Session:
         attrs = args.attrs
         with_modseq = args.changed_since is not None
         if with_modseq or any(a.name == "MODSEQ" for a in attrs):
-            self.enabled.add("CONDSTORE")
-            view.condstore = True
+            before += await self._condstore_on()
         if args.changed_since is not None:
             uids = [u for u in uids if view.meta[u].modseq > args.changed_since]
         if fetching.sets_seen(attrs) and not view.readonly:
@@ -622,6 +682,8 @@ class Session:
         lines: Lines = list(before)
         for uid in uids:
             meta = view.meta[uid]
+            if uid in view.recent:
+                meta = dataclasses.replace(meta, flags=meta.flags | {"\\Recent"})
             try:
                 items = await fetching.render(
                     attrs, meta, self._body_loader(view.mailbox_id, uid),
@@ -649,11 +711,12 @@ class Session:
         before = await self.updates(allow_expunge=command.uid)
         uids = view.resolve(args.sequence, command.uid)
         if args.unchanged_since is not None:
-            self.enabled.add("CONDSTORE")
-            view.condstore = True
+            before += await self._condstore_on()
+        # \Recent is the server's to set (RFC 3501 2.3.2)
+        flags = [f for f in args.flags if f != "\\Recent"]
         result = await self.store.store_flags(self.me, view.mailbox_id, uids, args.mode,
-                                              list(args.flags), args.unchanged_since)
-        lines: Lines = list(before)
+                                              flags, args.unchanged_since)
+        lines: Lines = [*before, *self._announce_flags(set(flags))]
         changed = {c.uid for c in result.changed}
         for change in result.changed:
             old = view.meta[change.uid]

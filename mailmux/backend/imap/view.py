@@ -25,6 +25,7 @@ class View:
     uids: list[int] = field(default_factory=list)
     meta: dict[int, MessageMeta] = field(default_factory=dict)
     condstore: bool = False
+    recent: set[int] = field(default_factory=set)  # UIDs whose \Recent this session owns
 
     def load(self, metas: list[MessageMeta]) -> None:
         self.uids = [m.uid for m in metas]
@@ -63,7 +64,8 @@ class View:
         return out
 
     def flags_response(self, meta: MessageMeta, with_uid: bool) -> bytes:
-        items: list[object] = [Atom("FLAGS"), format_flags(meta.flags)]
+        flags = meta.flags | {"\\Recent"} if meta.uid in self.recent else meta.flags
+        items: list[object] = [Atom("FLAGS"), format_flags(flags)]
         if with_uid:
             items += [Atom("UID"), meta.uid]
         if self.condstore:
@@ -71,16 +73,11 @@ class View:
         return untagged(self.seq_of(meta.uid), Atom("FETCH"), items)
 
     def refresh(self, metas: list[MessageMeta], allow_expunge: bool) -> list[bytes]:
+        # Order as Dovecot sends it: flag changes first (numbered before any expunge), then
+        # EXPUNGEs from the highest number down (so each names the message's old position),
+        # then EXISTS for new mail.
         fresh = {m.uid: m for m in metas}
         out: list[bytes] = []
-        if allow_expunge:
-            for uid in [u for u in self.uids if u not in fresh]:
-                out.append(untagged(self.seq_of(uid), Atom("EXPUNGE")))
-                self.uids.remove(uid)
-                del self.meta[uid]
-        known = set(self.uids)
-        added = [m for m in metas if m.uid not in known and m.uid > (self.uids[-1] if self.uids
-                                                                   else 0)]
         for uid in self.uids:
             new = fresh.get(uid)
             old = self.meta[uid]
@@ -88,6 +85,14 @@ class View:
                 self.meta[uid] = new
                 if new.flags != old.flags:
                     out.append(self.flags_response(new, with_uid=True))
+        if allow_expunge:
+            for uid in reversed([u for u in self.uids if u not in fresh]):
+                out.append(untagged(self.seq_of(uid), Atom("EXPUNGE")))
+                self.uids.remove(uid)
+                del self.meta[uid]
+        known = set(self.uids)
+        added = [m for m in metas if m.uid not in known and m.uid > (self.uids[-1] if self.uids
+                                                                   else 0)]
         if added:
             for m in added:
                 self.uids.append(m.uid)
