@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +48,9 @@ from mailmux.backend.store.interface import (
     FlagChange,
     MailboxInfo,
     MessageMeta,
+    SelectState,
     StoreResult,
+    ViewChanges,
 )
 from mailmux.backend.store.passwords import hash_password, verify_password
 from mailmux.backend.store.schema import prepare
@@ -70,6 +73,19 @@ def _flags_set(text: str) -> frozenset[str]:
 
 def _body_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
+
+
+_IN_LIMIT = 256  # beyond this many UIDs, one range scan beats a long IN list
+
+
+def _board_seen(owner: str) -> str:
+    """A column saying whether the asking user (the first parameter) has seen a board post;
+    the parameter stays in place for ordinary mailboxes so callers bind the same values."""
+    if owner == BOARD_OWNER:
+        return ("EXISTS (SELECT 1 FROM board_seen b WHERE b.user = ? AND "
+                "b.mailbox_id = m.mailbox_id AND b.uid = m.uid)")
+    return "(? IS NULL)"
+
 
 
 class SqliteStore:
@@ -335,10 +351,10 @@ class SqliteStore:
 
     def _info(self, conn: sqlite3.Connection, user: str, row: tuple[Any, ...]) -> MailboxInfo:
         mailbox_id, owner, name = row[0], row[1], row[2]
-        count, size = conn.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE mailbox_id = ?",
+        count, shared_seen, size = conn.execute(
+            "SELECT messages, seen, size FROM mailbox_counts WHERE mailbox_id = ?",
             (mailbox_id,),
-        ).fetchone()
+        ).fetchone() or (0, 0, 0)
         if owner == BOARD_OWNER:
             seen = conn.execute(
                 "SELECT count(*) FROM board_seen b JOIN messages m ON m.mailbox_id = b.mailbox_id"
@@ -346,11 +362,7 @@ class SqliteStore:
                 (user.lower(), mailbox_id),
             ).fetchone()[0]
         else:
-            seen = conn.execute(
-                "SELECT count(*) FROM messages WHERE mailbox_id = ? AND "
-                "(' ' || flags || ' ') LIKE '% \\Seen %'",
-                (mailbox_id,),
-            ).fetchone()[0]
+            seen = shared_seen
         subscribed = conn.execute(
             "SELECT 1 FROM subscriptions WHERE user = ? AND name = ?", (user.lower(), name)
         ).fetchone() is not None
@@ -605,6 +617,98 @@ class SqliteStore:
             return bytes(row[0])
 
         return await self._read(read)
+
+    # views: what a selected session reads, each in a constant number of statements --------
+
+    async def select_state(self, user: str, name: str) -> SelectState:
+        """Everything SELECT answers, from summaries, plus the mailbox's UIDs in one query."""
+        def read(conn: sqlite3.Connection) -> SelectState:
+            row = self._mailbox_row(conn, user, name)
+            info = self._info(conn, user, row)
+            mailbox_id = info.id
+            if info.is_board:
+                first = conn.execute(
+                    "SELECT min(m.uid) FROM messages m WHERE m.mailbox_id = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM board_seen b WHERE b.user = ? AND b.mailbox_id = ? "
+                    "AND b.uid = m.uid)", (mailbox_id, user.lower(), mailbox_id)).fetchone()[0]
+            else:
+                first = conn.execute(
+                    "SELECT min(uid) FROM messages WHERE mailbox_id = ? AND "
+                    "instr(' ' || flags || ' ', ' \\Seen ') = 0", (mailbox_id,)).fetchone()[0]
+            keywords = tuple(r[0] for r in conn.execute(
+                "SELECT keyword FROM mailbox_keywords WHERE mailbox_id = ?", (mailbox_id,)))
+            text = conn.execute(
+                "SELECT group_concat(uid) FROM (SELECT uid FROM messages WHERE mailbox_id = ? "
+                "ORDER BY uid)", (mailbox_id,)).fetchone()[0]
+            uids = array("q", map(int, text.split(","))) if text else array("q")
+            return SelectState(info, uids, first, keywords)
+
+        return await self._read(read)
+
+    async def changes_since_modseq(self, user: str, mailbox_id: int, modseq: int) -> ViewChanges:
+        """What changed in a mailbox after `modseq`: flag/new rows and expunged UIDs."""
+        def read(conn: sqlite3.Connection) -> ViewChanges:
+            row = conn.execute("SELECT owner, highestmodseq FROM mailboxes WHERE id = ?",
+                               (mailbox_id,)).fetchone()
+            if row is None:
+                raise MailboxNotFound("the mailbox no longer exists")
+            if row[1] <= modseq:
+                return ViewChanges(row[1], (), ())
+            changed = tuple(
+                (uid, _flags_set(flags) | ({SEEN} if seen else frozenset()), m)
+                for uid, flags, m, seen in conn.execute(
+                    f"SELECT m.uid, m.flags, m.modseq, {_board_seen(row[0])} FROM messages m "
+                    "WHERE m.mailbox_id = ? AND m.modseq > ? ORDER BY m.uid",
+                    (user.lower(), mailbox_id, modseq)))
+            gone = tuple(r[0] for r in conn.execute(
+                "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                (mailbox_id, modseq)))
+            return ViewChanges(row[1], changed, gone)
+
+        return await self._read(read)
+
+    async def fetch_rows(self, user: str, mailbox_id: int, uids: Sequence[int],
+                         with_body: bool = False) -> list[tuple[MessageMeta, bytes | None]]:
+        """The rows of ascending `uids` (missing ones left out), read in one query."""
+        if not uids:
+            return []
+
+        def read(conn: sqlite3.Connection) -> list[tuple[MessageMeta, bytes | None]]:
+            owner = conn.execute("SELECT owner FROM mailboxes WHERE id = ?",
+                                 (mailbox_id,)).fetchone()
+            if owner is None:
+                raise MailboxNotFound("the mailbox no longer exists")
+            body = "(SELECT data FROM bodies WHERE hash = m.body_hash)" if with_body else "NULL"
+            columns = (f"SELECT m.uid, m.guid, m.flags, m.modseq, m.size, m.internaldate, "
+                       f"{_board_seen(owner[0])}, {body} FROM messages m ")
+            if len(uids) <= _IN_LIMIT:
+                marks = ",".join("?" * len(uids))
+                cursor = conn.execute(columns + f"WHERE m.mailbox_id = ? AND m.uid IN ({marks}) "
+                                      "ORDER BY m.uid", (user.lower(), mailbox_id, *uids))
+                wanted = None
+            else:
+                # A contiguous stretch of the view: one range scan, filtered here.
+                cursor = conn.execute(columns + "WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? "
+                                      "ORDER BY m.uid", (user.lower(), mailbox_id, uids[0],
+                                                         uids[-1]))
+                wanted = set(uids) if len(uids) < uids[-1] - uids[0] + 1 else None
+            out = []
+            for uid, guid, flags, modseq, size, date, seen, data in cursor:
+                if wanted is not None and uid not in wanted:
+                    continue
+                flag_set = _flags_set(flags) | ({SEEN} if seen else frozenset())
+                meta = MessageMeta(uid, guid, flag_set, modseq, size,
+                                   datetime.fromisoformat(date))
+                out.append((meta, bytes(data) if data is not None else None))
+            return out
+
+        return await self._read(read)
+
+    async def uids_with_flag(self, user: str, mailbox_id: int, flag: str) -> list[int]:
+        """UIDs carrying a shared flag (EXPUNGE and CLOSE look for \\Deleted)."""
+        return await self._read(lambda c: [r[0] for r in c.execute(
+            "SELECT uid FROM messages WHERE mailbox_id = ? AND "
+            "instr(' ' || flags || ' ', ?) > 0 ORDER BY uid", (mailbox_id, f" {flag} "))])
 
     async def store_flags(
         self, user: str, mailbox_id: int, uids: Sequence[int], mode: str, flags: Sequence[str],
