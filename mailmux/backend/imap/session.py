@@ -46,6 +46,8 @@ from mailmux.protocol.imap.commands import (
     Rename,
     Search,
     SearchKey,
+    SeqRange,
+    SequenceSet,
     StatusArgs,
     Store,
 )
@@ -83,6 +85,7 @@ FETCH_CHUNK = 5000  # messages whose metadata one FETCH reads per query
 FETCH_BODY_CHUNK = 64  # messages, and
 BODY_BATCH_BYTES = 4 * 1024 * 1024  # bytes of bodies, read per query
 OUTPUT_CHUNK = 64 * 1024  # bytes of responses written (and drained) at a time
+SEARCH_CHECK_CHUNK = 256  # messages a SEARCH reads and checks at a time
 
 Lines = list[bytes]
 
@@ -554,35 +557,31 @@ class Session:
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
         largest_uid = view.uids[-1] if view.uids else 0
-        hits: list[int] = []
-        needs_message = _needs_message(args.key)
-        modseqs: dict[int, int] = {}
-        rows = await self.store.fetch_rows(self.me, view.mailbox_id, view.uids)
-        for meta, _ in rows:
-            uid = meta.uid
-            seq = view.seq_of(uid)
-            modseqs[uid] = meta.modseq
-            parsed: Part | None = None
-            if needs_message:
-                try:
-                    parsed = ParsedMessage.from_bytes(
-                        await self.store.body(view.mailbox_id, uid))
-                except MailboxNotFound:
-                    continue  # expunged meanwhile
-            ctx = SearchContext(seq, meta, _constant(parsed), largest_seq=len(view.uids),
-                                largest_uid=largest_uid)
-            if matches(args.key, ctx):
-                hits.append(uid if command.uid else seq)
-        modseq = None
-        if _uses_modseq(args.key) and hits:
-            uids = hits if command.uid else [view.uids[s - 1] for s in hits]
-            modseq = max(modseqs[u] for u in uids)
+        key = _seqsets_as_uids(args.key, view)
+        found: dict[int, int] = {}  # uid -> modseq
+        check: list[int] = []
+        for uid, modseq, unsure in await self.store.search(self.me, view.mailbox_id, key,
+                                                           largest_uid):
+            if view.seq_of(uid):  # not yet announced to this client: not searched
+                if unsure:
+                    check.append(uid)
+                else:
+                    found[uid] = modseq
+        for start in range(0, len(check), SEARCH_CHECK_CHUNK):
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               check[start:start + SEARCH_CHECK_CHUNK],
+                                               with_body=True)
+            # Parsing and matching run in a worker thread: never on the event loop.
+            found.update(await asyncio.to_thread(_confirm, key, rows, largest_uid))
+        uids = sorted(found)
+        hits = uids if command.uid else [view.seq_of(u) for u in uids]
+        highest = max(found[u] for u in uids) if _uses_modseq(args.key) and uids else None
         if args.return_options is not None:
-            line = self._esearch(command, args.return_options, hits, modseq)
+            line = self._esearch(command, args.return_options, hits, highest)
         else:
             values: list[object] = [Atom("SEARCH"), *hits]
-            if modseq is not None:
-                values.append([Atom("MODSEQ"), modseq])
+            if highest is not None:
+                values.append([Atom("MODSEQ"), highest])
             line = untagged(*values)
         return [*before, line, tagged(command.tag, "OK", "SEARCH completed")]
 
@@ -763,6 +762,37 @@ class _Output:
         await self.session.send(lines)
 
 
+def _confirm(key: SearchKey, rows: list[tuple[MessageMeta, bytes | None]],
+             largest_uid: int) -> dict[int, int]:
+    """The RFC 3501 matcher on candidates the index could only narrow down."""
+    out = {}
+    for meta, raw in rows:
+        parsed = ParsedMessage.from_bytes(raw or b"")
+        # Sequence-number keys were turned into UID keys: the number is not needed here.
+        if matches(key, SearchContext(0, meta, _constant(parsed), largest_uid=largest_uid)):
+            out[meta.uid] = meta.modseq
+    return out
+
+
+def _seqsets_as_uids(key: SearchKey, view: View) -> SearchKey:
+    """SEQSET keys as the UID ranges they name in this view, so the store can answer them."""
+    if key.name == "SEQSET":
+        seqset = key.args[0]
+        assert isinstance(seqset, SequenceSet)
+        count = len(view.uids)
+        ranges = []
+        for r in seqset.ranges:
+            lo, hi = r.bounds(count)
+            lo, hi = max(lo, 1), min(hi, count)
+            if lo <= hi:
+                ranges.append(SeqRange(view.uids[lo - 1], view.uids[hi - 1]))
+        return SearchKey("UID", (SequenceSet(tuple(ranges)),))
+    if not key.children:
+        return key
+    return dataclasses.replace(key, children=tuple(_seqsets_as_uids(c, view)
+                                                   for c in key.children))
+
+
 def _constant(parsed: Part | None) -> Callable[[], Part]:
     def load() -> Part:
         assert parsed is not None, "a key needing the message was not planned for"
@@ -776,14 +806,6 @@ def _walk(key: SearchKey) -> list[SearchKey]:
     for child in key.children:
         out += _walk(child)
     return out
-
-
-_MESSAGE_KEYS = {"BCC", "CC", "FROM", "TO", "SUBJECT", "HEADER", "BODY", "TEXT", "SENTBEFORE",
-                 "SENTON", "SENTSINCE"}
-
-
-def _needs_message(key: SearchKey) -> bool:
-    return any(k.name in _MESSAGE_KEYS for k in _walk(key))
 
 
 def _uses_modseq(key: SearchKey) -> bool:

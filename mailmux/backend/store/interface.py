@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from mailmux.protocol.imap.commands import SearchKey
+
 BOARD_OWNER = "@boards"
 BOARD_PREFIX = "Boards/"
 DEFAULT_SPECIAL_USE = {
@@ -161,6 +163,9 @@ class MailStore(Protocol):
         self, user: str, mailbox_id: int, uids: Sequence[int], with_body: bool = False
     ) -> list[tuple[MessageMeta, bytes | None]]: ...
     async def uids_with_flag(self, user: str, mailbox_id: int, flag: str) -> list[int]: ...
+    async def search(
+        self, user: str, mailbox_id: int, key: SearchKey, largest_uid: int
+    ) -> list[tuple[int, int, bool]]: ...
     async def store_flags(
         self,
         user: str,

@@ -121,8 +121,13 @@ CREATE TABLE IF NOT EXISTS body_index (
     id INTEGER PRIMARY KEY,
     hash TEXT NOT NULL UNIQUE,
     subject TEXT, from_ TEXT, to_ TEXT, cc TEXT, bcc TEXT, message_id TEXT,
-    sent TEXT
+    sent TEXT,
+    partial INTEGER NOT NULL DEFAULT 0  -- text too long: only part of it is in body_fts
 );
+CREATE TRIGGER IF NOT EXISTS body_index_gone AFTER DELETE ON bodies BEGIN
+    DELETE FROM body_fts WHERE rowid = (SELECT id FROM body_index WHERE hash = old.hash);
+    DELETE FROM body_index WHERE hash = old.hash;
+END;
 CREATE VIRTUAL TABLE IF NOT EXISTS body_fts USING fts5(header, body, tokenize='trigram');
 
 CREATE TRIGGER IF NOT EXISTS mailbox_counts_new AFTER INSERT ON mailboxes BEGIN

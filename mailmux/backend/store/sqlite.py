@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from array import array
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +36,8 @@ from mailmux.backend.errors import (
     UserExists,
     UserNotFound,
 )
+from mailmux.backend.message.parsed import ParsedMessage
+from mailmux.backend.message.search import IndexEntry, index_entry
 from mailmux.backend.store import names
 from mailmux.backend.store.hlc import HybridClock
 from mailmux.backend.store.interface import (
@@ -54,7 +56,9 @@ from mailmux.backend.store.interface import (
 )
 from mailmux.backend.store.passwords import hash_password, verify_password
 from mailmux.backend.store.schema import prepare
+from mailmux.backend.store.search_sql import compile_key
 from mailmux.backend.store.writer import Tx, Writer
+from mailmux.protocol.imap.commands import SearchKey
 
 T = TypeVar("T")
 SEEN = "\\Seen"
@@ -78,6 +82,28 @@ def _body_hash(body: bytes) -> str:
 _IN_LIMIT = 256  # beyond this many UIDs, one range scan beats a long IN list
 
 
+def _index_of(body: bytes) -> IndexEntry:
+    return index_entry(ParsedMessage.from_bytes(body))
+
+
+def _rows_of(conn: sqlite3.Connection, select: str, params: tuple[Any, ...], mailbox_id: int,
+             uids: Sequence[int]) -> Iterator[tuple[Any, ...]]:
+    """Rows (`select` over `messages m`) of ascending `uids`, in one statement: an IN list
+    for a few, one range scan filtered here for many (a FETCH 1:* is one contiguous range)."""
+    if not uids:
+        return
+    if len(uids) <= _IN_LIMIT:
+        yield from conn.execute(
+            f"{select} WHERE m.mailbox_id = ? AND m.uid IN ({','.join('?' * len(uids))}) "
+            "ORDER BY m.uid", (*params, mailbox_id, *uids))
+        return
+    wanted = set(uids) if len(uids) < uids[-1] - uids[0] + 1 else None
+    for row in conn.execute(f"{select} WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? "
+                            "ORDER BY m.uid", (*params, mailbox_id, uids[0], uids[-1])):
+        if wanted is None or row[0] in wanted:
+            yield row
+
+
 def _board_seen(owner: str) -> str:
     """A column saying whether the asking user (the first parameter) has seen a board post;
     the parameter stays in place for ordinary mailboxes so callers bind the same values."""
@@ -99,6 +125,8 @@ class SqliteStore:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._writer: Writer | None = None
+        self._trace: Callable[[str], None] | None = None
+        self._steps: Callable[[], int] | None = None
         self.origin = node_id
         # Replication installs these: called after every commit, and before acknowledging an
         # append/delivery (raising Unavailable when the required copies cannot be made).
@@ -166,10 +194,26 @@ class SqliteStore:
                 check_same_thread=False,
             )
             conn.execute("PRAGMA busy_timeout=10000")
+            self._instrument(conn)
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
         return conn
+
+    def trace(self, callback: Callable[[str], None] | None,
+              steps: Callable[[], int] | None = None) -> None:
+        """Call `callback` with every SQL statement any connection of this store runs, and
+        `steps` every 100 SQLite VM instructions (tests count both: a hot path's statements
+        and work must not grow with the mailbox)."""
+        self._trace, self._steps = callback, steps
+        with self._readers_lock:
+            conns = [*self._readers, *([self._writer.conn] if self._writer else [])]
+        for conn in conns:
+            self._instrument(conn)
+
+    def _instrument(self, conn: sqlite3.Connection) -> None:
+        conn.set_trace_callback(self._trace)
+        conn.set_progress_handler(self._steps, 100)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:
@@ -475,6 +519,7 @@ class SqliteStore:
     def _add_message(
         self, tx: Tx, mailbox: tuple[Any, ...], body: bytes | None, body_hash: str,
         flags: frozenset[str], internaldate: datetime, guid: str, user: str | None,
+        index: IndexEntry | None = None,
     ) -> AppendResult:
         mailbox_id, owner = mailbox[0], mailbox[1]
         conn = tx.conn
@@ -489,6 +534,7 @@ class SqliteStore:
         ).fetchone()
         if body is not None:
             conn.execute("INSERT OR IGNORE INTO bodies VALUES (?, ?)", (body_hash, body))
+            self.index_body(conn, body_hash, body, index)
         size = conn.execute("SELECT length(data) FROM bodies WHERE hash = ?",
                             (body_hash,)).fetchone()[0]
         shared = flags - {SEEN} if owner == BOARD_OWNER else flags
@@ -520,10 +566,12 @@ class SqliteStore:
         message_guid = guid or hashlib.sha256(
             f"{user.lower()}\0{mailbox}\0".encode() + body).hexdigest()[:32]
 
+        index = await asyncio.to_thread(_index_of, body)
+
         def job(tx: Tx) -> tuple[AppendResult, int]:
             row = self._mailbox_row(tx.conn, user, mailbox)
             result = self._add_message(tx, row, body, body_hash, frozenset(flags), when,
-                                       message_guid, user)
+                                       message_guid, user, index)
             return result, tx.logged
 
         result, seq = await self._write(job)
@@ -554,10 +602,12 @@ class SqliteStore:
         now = datetime.now(UTC)
         body_hash = _body_hash(body)
 
+        index = await asyncio.to_thread(_index_of, body)
+
         def job(tx: Tx) -> tuple[list[AppendResult], int]:
             rows = [self._recipient_mailbox(tx.conn, r) for r in recipients]
-            results = [self._add_message(tx, row, body, body_hash, frozenset(), now, guid, None)
-                       for row in rows]
+            results = [self._add_message(tx, row, body, body_hash, frozenset(), now, guid, None,
+                                         index) for row in rows]
             return results, tx.logged
 
         results, seq = await self._write(job)
@@ -615,6 +665,50 @@ class SqliteStore:
             if row is None:
                 raise MailboxNotFound(f"message {uid} no longer exists", code="EXPUNGEISSUED")
             return bytes(row[0])
+
+        return await self._read(read)
+
+    # search -----------------------------------------------------------------------------
+
+    @staticmethod
+    def index_body(conn: sqlite3.Connection, body_hash: str, body: bytes,
+                   index: IndexEntry | None = None) -> None:
+        """Cache a new body's SEARCH fields and text (once per distinct body). Every path
+        that stores a body calls this in the same transaction: local delivery and APPEND
+        (with `index` computed off the writer thread) and the replica apply path."""
+        if conn.execute("SELECT 1 FROM body_index WHERE hash = ?", (body_hash,)).fetchone():
+            return
+        entry = index or _index_of(body)
+        h = entry.headers
+        row_id = conn.execute(
+            "INSERT INTO body_index (hash, subject, from_, to_, cc, bcc, message_id, sent, "
+            "partial) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (body_hash, h["subject"], h["from"], h["to"], h["cc"], h["bcc"], h["message-id"],
+             entry.sent, int(entry.partial))).fetchone()[0]
+        conn.execute("INSERT INTO body_fts (rowid, header, body) VALUES (?, ?, ?)",
+                     (row_id, entry.header_text, entry.body_text))
+
+    async def search(self, user: str, mailbox_id: int, key: SearchKey,
+                     largest_uid: int) -> list[tuple[int, int, bool]]:
+        """(uid, modseq, to confirm) of the messages a SEARCH program may match: exact rows
+        need no further look; the caller runs the matcher on the others (search_sql.py)."""
+        def read(conn: sqlite3.Connection) -> list[tuple[int, int, bool]]:
+            owner = conn.execute("SELECT owner FROM mailboxes WHERE id = ?",
+                                 (mailbox_id,)).fetchone()
+            if owner is None:
+                raise MailboxNotFound("the mailbox no longer exists")
+            cond = compile_key(key, user.lower() if owner[0] == BOARD_OWNER else None,
+                               largest_uid)
+            if not cond.uses_index:
+                return [(uid, modseq, not cond.exact) for uid, modseq in conn.execute(
+                    f"SELECT m.uid, m.modseq FROM messages m WHERE m.mailbox_id = ? AND "
+                    f"{cond.sql} ORDER BY m.uid", (mailbox_id, *cond.params))]
+            # Bodies not (yet) indexed are candidates whatever the program says.
+            return [(uid, modseq, not cond.exact or indexed is None) for uid, modseq, indexed
+                    in conn.execute(
+                        "SELECT m.uid, m.modseq, bi.id FROM messages m LEFT JOIN body_index bi "
+                        f"ON bi.hash = m.body_hash WHERE m.mailbox_id = ? AND (bi.id IS NULL OR "
+                        f"{cond.sql}) ORDER BY m.uid", (mailbox_id, *cond.params))]
 
         return await self._read(read)
 
@@ -680,22 +774,11 @@ class SqliteStore:
                 raise MailboxNotFound("the mailbox no longer exists")
             body = "(SELECT data FROM bodies WHERE hash = m.body_hash)" if with_body else "NULL"
             columns = (f"SELECT m.uid, m.guid, m.flags, m.modseq, m.size, m.internaldate, "
-                       f"{_board_seen(owner[0])}, {body} FROM messages m ")
-            if len(uids) <= _IN_LIMIT:
-                marks = ",".join("?" * len(uids))
-                cursor = conn.execute(columns + f"WHERE m.mailbox_id = ? AND m.uid IN ({marks}) "
-                                      "ORDER BY m.uid", (user.lower(), mailbox_id, *uids))
-                wanted = None
-            else:
-                # A contiguous stretch of the view: one range scan, filtered here.
-                cursor = conn.execute(columns + "WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? "
-                                      "ORDER BY m.uid", (user.lower(), mailbox_id, uids[0],
-                                                         uids[-1]))
-                wanted = set(uids) if len(uids) < uids[-1] - uids[0] + 1 else None
+                       f"{_board_seen(owner[0])}, {body} FROM messages m")
             out = []
-            for uid, guid, flags, modseq, size, date, seen, data in cursor:
-                if wanted is not None and uid not in wanted:
-                    continue
+            for uid, guid, flags, modseq, size, date, seen, data in _rows_of(
+                conn, columns, (user.lower(),), mailbox_id, uids,
+            ):
                 flag_set = _flags_set(flags) | ({SEEN} if seen else frozenset())
                 meta = MessageMeta(uid, guid, flag_set, modseq, size,
                                    datetime.fromisoformat(date))
@@ -728,21 +811,17 @@ class SqliteStore:
             changed: list[FlagChange] = []
             failed: list[int] = []
             modseq: int | None = None
-            for uid in uids:
-                row = conn.execute(
-                    "SELECT flags, modseq, guid FROM messages WHERE mailbox_id = ? AND uid = ?",
-                    (mailbox_id, uid),
-                ).fetchone()
-                if row is None:
-                    continue
+            owner_name = self._mailbox_key(conn, mailbox_id)
+            for uid, flags, row_modseq, guid, seen in list(_rows_of(
+                conn, f"SELECT m.uid, m.flags, m.modseq, m.guid, {_board_seen(board[0])} "
+                "FROM messages m", (user.lower(),), mailbox_id, sorted(set(uids)),
+            )):
+                row = (flags, row_modseq, guid)
                 if unchanged_since is not None and row[1] > unchanged_since:
                     failed.append(uid)
                     continue
                 old = _flags_set(row[0])
-                if is_board and conn.execute(
-                    "SELECT 1 FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
-                    (user.lower(), mailbox_id, uid),
-                ).fetchone():
+                if seen:
                     old |= {SEEN}
                 new = (wanted if mode == "replace" else old | wanted if mode == "add"
                        else old - wanted)
@@ -767,7 +846,6 @@ class SqliteStore:
                             (user.lower(), mailbox_id, uid))
                 assert modseq is not None
                 changed.append(FlagChange(uid, frozenset(new), modseq))
-                owner_name = self._mailbox_key(conn, mailbox_id)
                 self._log(tx, "message.flags", {
                     "owner": owner_name[0], "mailbox": owner_name[1], "uid": uid,
                     "guid": row[2], "added": sorted(new - old), "removed": sorted(old - new),
@@ -795,6 +873,7 @@ class SqliteStore:
 
     def _delete_rows(self, tx: Tx, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         removed = []
+        owner, name = self._mailbox_key(tx.conn, mailbox_id)
         for uid in sorted(set(uids)):
             row = tx.conn.execute(
                 "DELETE FROM messages WHERE mailbox_id = ? AND uid = ? RETURNING guid",
@@ -802,7 +881,6 @@ class SqliteStore:
             ).fetchone()
             if row is not None:
                 removed.append(uid)
-                owner, name = self._mailbox_key(tx.conn, mailbox_id)
                 tx.conn.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?, ?)",
                                 (owner, name, row[0], self.clock.now()))
                 self._log(tx, "message.expunge",
