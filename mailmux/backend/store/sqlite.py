@@ -54,6 +54,7 @@ from mailmux.backend.store.interface import (
     StoreResult,
     ViewChanges,
 )
+from mailmux.backend.store.login_cache import LoginCache
 from mailmux.backend.store.passwords import hash_password, verify_password
 from mailmux.backend.store.schema import prepare
 from mailmux.backend.store.search_sql import compile_key
@@ -79,6 +80,7 @@ def _body_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+DEFAULT_LOGIN_CACHE_TTL = 60.0
 _IN_LIMIT = 256  # beyond this many UIDs, one range scan beats a long IN list
 
 
@@ -126,6 +128,8 @@ class SqliteStore:
         self._readers_lock = threading.Lock()
         self._writer: Writer | None = None
         self._trace: Callable[[str], None] | None = None
+        # Successful logins, for `auth_cache_ttl` (the node sets it from its config).
+        self.logins = LoginCache(DEFAULT_LOGIN_CACHE_TTL)
         self._steps: Callable[[], int] | None = None
         self.origin = node_id
         # Replication installs these: called after every commit, and before acknowledging an
@@ -290,6 +294,7 @@ class SqliteStore:
             self._log(tx, "user.passwd", {"user": user, "hash": hashed})
 
         await self._write(job)
+        self.logins.drop(user)
 
     async def delete_user(self, user: str) -> None:
         user = user.lower()
@@ -308,6 +313,7 @@ class SqliteStore:
             self._log(tx, "user.del", {"user": user})
 
         await self._write(job)
+        self.logins.drop(user)
 
     async def list_users(self) -> list[str]:
         return await self._read(
@@ -321,12 +327,19 @@ class SqliteStore:
         )
 
     async def authenticate(self, user: str, password: str) -> bool:
+        user = user.lower()
         row = await self._read(
             lambda c: c.execute(
-                "SELECT password_hash FROM users WHERE name = ?", (user.lower(),)
+                "SELECT password_hash FROM users WHERE name = ?", (user,)
             ).fetchone()
         )
-        return await verify_password(row[0] if row else None, password)
+        stored = str(row[0]) if row else None
+        if self.logins.hit(user, password, stored):
+            return True
+        ok = await verify_password(stored, password)
+        if ok and stored is not None:
+            self.logins.remember(user, password, stored)
+        return ok
 
     # boards -----------------------------------------------------------------------------------
 
@@ -873,14 +886,16 @@ class SqliteStore:
 
     def _delete_rows(self, tx: Tx, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         removed = []
+        hashes = set()
         owner, name = self._mailbox_key(tx.conn, mailbox_id)
         for uid in sorted(set(uids)):
             row = tx.conn.execute(
-                "DELETE FROM messages WHERE mailbox_id = ? AND uid = ? RETURNING guid",
+                "DELETE FROM messages WHERE mailbox_id = ? AND uid = ? RETURNING guid, body_hash",
                 (mailbox_id, uid),
             ).fetchone()
             if row is not None:
                 removed.append(uid)
+                hashes.add(row[1])
                 tx.conn.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?, ?)",
                                 (owner, name, row[0], self.clock.now()))
                 self._log(tx, "message.expunge",
@@ -889,7 +904,7 @@ class SqliteStore:
             tx.conn.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?",
                             (mailbox_id,))
             tx.touched.add(mailbox_id)
-            self._collect_bodies(tx)
+            self._collect_bodies(tx, hashes)
         return removed
 
     @staticmethod
@@ -908,7 +923,15 @@ class SqliteStore:
                 (mailbox_id, guid, flag, hlc, self.origin, present),
             )
 
-    def _collect_bodies(self, tx: Tx) -> None:
+    def _collect_bodies(self, tx: Tx, hashes: set[str] | None = None) -> None:
+        if hashes is not None:
+            # Only the bodies of the rows just deleted can have lost their last message: a
+            # look-up each, not a scan of every body on the node per EXPUNGE.
+            for body_hash in hashes:
+                tx.conn.execute(
+                    "DELETE FROM bodies WHERE hash = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM messages m WHERE m.body_hash = ?)", (body_hash, body_hash))
+            return
         tx.conn.execute(
             "DELETE FROM bodies WHERE NOT EXISTS "
             "(SELECT 1 FROM messages m WHERE m.body_hash = bodies.hash)"
