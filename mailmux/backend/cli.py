@@ -221,7 +221,8 @@ def _fail(message: str) -> NoReturn:
 
 
 def _read_password() -> str:
-    stdin = click.get_text_stream("stdin")
+    # sys.stdin, not click.get_text_stream (deprecated in click 8.5): CliRunner swaps it too.
+    stdin = sys.stdin
     # From a pipe only the line ending is removed: spaces may be part of a password.
     password = (
         getpass.getpass("Password: ") if stdin.isatty() else stdin.readline().rstrip("\r\n")

@@ -67,6 +67,8 @@ class BackendConfig:
     max_failed_logins: int = 5
     failed_login_delay: float = 1.0
     auth_cache_ttl: float = 60.0  # seconds a verified login is remembered; 0: never
+    max_command_size: int = 50 * 1024 * 1024 + 128 * 1024  # one command's lines and literals
+    command_cpu_budget: float = 5.0  # user-controlled work per command (LIST patterns, SEARCH)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
 
     @property
@@ -92,6 +94,7 @@ _KNOWN = {
     "listen_smtp", "listen_lmtp", "listen_imaps", "listen_control", "tls_cert", "tls_key",
     "max_message_size", "max_line_length", "idle_timeout", "login_timeout", "max_unauthenticated",
     "max_failed_logins", "failed_login_delay", "auth_cache_ttl", "replication",
+    "command_cpu_budget", "max_command_size",
 }
 _KNOWN_REPLICATION = {
     "listen", "peers", "mode", "batch_window", "batch_backlog", "copies", "copy_timeout",
@@ -136,6 +139,12 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
         failed_login_delay=parse_duration(
             raw.get("failed_login_delay", 1.0), "failed_login_delay"
         ),
+        max_command_size=_positive_int(
+            raw, "max_command_size",
+            _positive_int(raw, "max_message_size", 50 * 1024 * 1024)
+            + _positive_int(raw, "max_line_length", 64 * 1024) * 2),
+        command_cpu_budget=parse_duration(raw.get("command_cpu_budget", 5.0),
+                                          "command_cpu_budget"),
         replication=_replication(raw.get("replication", {})),
     )
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_smtp", "listen_control")}

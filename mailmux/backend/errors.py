@@ -87,3 +87,10 @@ class MessageTooLarge(ClientError):
 
     imap_code = "TOOBIG"
     smtp_reply = "552 5.3.4 Message too big for system"
+
+
+class LimitExceeded(ClientError):
+    """The request exceeds a limit of this server"""
+
+    imap_code = "LIMIT"
+    smtp_reply = "552 5.3.4 Message exceeds a limit of this server"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import imaplib
-import shutil
 import smtplib
 import subprocess
 from collections.abc import Callable
@@ -13,6 +12,7 @@ import pytest
 from tests.gateway.conftest import ALICE, BOB
 from tests.support.gateway import GatewayProcess
 from tests.support.nodes import NodeProcess
+from tests.support.tools import skip_unless_tool
 
 
 def _message(subject: str) -> bytes:
@@ -67,7 +67,7 @@ def test_auth_is_required_and_wrong_password_refused(
         assert code == 550 and b"5.1.1" in reply
 
 
-@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks not installed (.ci/run does)")
+@skip_unless_tool("swaks")
 def test_swaks_submits_through_the_gateway(
     pool3: list[NodeProcess], gateway_factory: Callable[..., GatewayProcess],
 ) -> None:

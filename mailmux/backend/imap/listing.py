@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from mailmux.backend.imap.budget import Budget
 from mailmux.backend.store.interface import MailboxInfo
 from mailmux.protocol.imap.commands import ListArgs
 from mailmux.protocol.imap.mutf7 import encode_mailbox
@@ -22,22 +22,68 @@ class Entry:
     subscribed: bool
 
 
-class Matcher:
-    """A LIST pattern (`*` any, `%` any but the delimiter), joined to its reference."""
+WILDCARDS = "*%"
+FOLDED_PREFIX = len("INBOX")
 
-    def __init__(self, reference: str, pattern: str) -> None:
+
+def _tokens(pattern: str) -> str:
+    """The pattern with every run of wildcards collapsed to one (`%*%` is `*`, `%%%` is `%`).
+
+    Collapsing keeps the matcher's state count at most the number of literal characters plus
+    one wildcard between each, whatever the client sends."""
+    out: list[str] = []
+    for ch in pattern:
+        if ch in WILDCARDS and out and out[-1] in WILDCARDS:
+            out[-1] = "*" if "*" in (ch, out[-1]) else "%"
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+class Matcher:
+    """A LIST pattern (`*` any, `%` any but the delimiter), joined to its reference.
+
+    Matching simulates the pattern as a set of positions (a Thompson NFA), so one name costs
+    O(len(name) x len(pattern)) at worst — never the exponential backtracking a regex built
+    from `%` and `*` suffers (`zq%%%%%%%%b` against `zqaaaa…`)."""
+
+    def __init__(self, reference: str, pattern: str, budget: Budget | None = None) -> None:
         full = reference + pattern if not pattern.startswith(DELIMITER) else pattern
-        regex = "".join(
-            ".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch) for ch in full
-        )
-        self._exact = re.compile(f"^{regex}$", re.DOTALL)
-        self._folded = re.compile(f"^{regex}$", re.DOTALL | re.IGNORECASE)
+        self.tokens = _tokens(full)
+        self._budget = budget
+
+    def _closure(self, states: set[int]) -> set[int]:
+        # A wildcard may match nothing: standing before it also means standing after it.
+        tokens = self.tokens
+        out = set(states)
+        for i in sorted(states):
+            while i < len(tokens) and tokens[i] in WILDCARDS:
+                i += 1
+                out.add(i)
+        return out
 
     def match(self, name: str) -> bool:
         # INBOX is case-insensitive (RFC 3501 5.1): "inbox" and "Inbox" name it too.
-        if name.split(DELIMITER, 1)[0] == "INBOX":
-            return bool(self._folded.match(name))
-        return bool(self._exact.match(name))
+        fold = FOLDED_PREFIX if name.split(DELIMITER, 1)[0] == "INBOX" else 0
+        tokens = self.tokens
+        end = len(tokens)
+        states = self._closure({0})
+        for index, ch in enumerate(name):
+            if self._budget is not None:
+                self._budget.tick()
+            nxt: set[int] = set()
+            for i in states:
+                if i == end:
+                    continue
+                token = tokens[i]
+                if token == "*" or (token == "%" and ch != DELIMITER):
+                    nxt.add(i)
+                elif token == ch or (index < fold and token.upper() == ch):
+                    nxt.add(i + 1)
+            if not nxt:
+                return False
+            states = self._closure(nxt)
+        return end in states
 
 
 def entries(mailboxes: Iterable[MailboxInfo]) -> dict[str, Entry]:
@@ -51,14 +97,41 @@ def entries(mailboxes: Iterable[MailboxInfo]) -> dict[str, Entry]:
     return found
 
 
-def list_responses(args: ListArgs, mailboxes: list[MailboxInfo], lsub: bool) -> list[bytes]:
-    command = "LSUB" if lsub else "LIST"
+def lsub_responses(args: ListArgs, mailboxes: list[MailboxInfo],
+                   budget: Budget | None = None) -> list[bytes]:
+    """RFC 3501 6.3.9: subscribed names matching a pattern; when `%` stops above a subscribed
+    name, its unsubscribed parent at the pattern's level is listed as \\Noselect."""
+    subscribed = {m.name for m in mailboxes if m.subscribed}
+    matchers = [(Matcher(args.reference, p, budget), "%" in p) for p in args.patterns]
+    found: dict[str, list[str]] = {}
+    for name in subscribed:
+        if any(m.match(name) for m, _ in matchers):
+            found[name] = []
+            continue
+        parts = name.split(DELIMITER)
+        for i in range(1, len(parts)):
+            parent = DELIMITER.join(parts[:i])
+            if parent not in subscribed and any(m.match(parent) for m, pct in matchers if pct):
+                found.setdefault(parent, ["\\Noselect"])
+    return [untagged(Atom("LSUB"), [Atom(a) for a in found[name]], DELIMITER,
+                     encode_mailbox(name)) for name in sorted(found)]
+
+
+def _with_children(names: list[str]) -> set[str]:
+    return {name.rsplit(DELIMITER, 1)[0] for name in names if DELIMITER in name}
+
+
+def list_responses(args: ListArgs, mailboxes: list[MailboxInfo], lsub: bool,
+                   budget: Budget | None = None) -> list[bytes]:
+    if lsub:
+        return lsub_responses(args, mailboxes, budget)
+    command = "LIST"
     if not lsub and args.patterns == ("",):
         return [untagged(Atom(command), [Atom("\\Noselect")], DELIMITER, "")]
     all_entries = entries(mailboxes)
     names = sorted(all_entries)
-    children = {n for n in names if any(o.startswith(n + DELIMITER) for o in names)}
-    regexes = [Matcher(args.reference, p) for p in args.patterns]
+    children = _with_children(names)
+    regexes = [Matcher(args.reference, p, budget) for p in args.patterns]
     select = set(args.select_options)
     returns = set(args.return_options)
     out = []

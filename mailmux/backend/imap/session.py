@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted
 from mailmux.backend.imap import fetch as fetching
+from mailmux.backend.imap.budget import Budget, run_bounded
 from mailmux.backend.imap.listing import list_responses
 from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING, State
 from mailmux.backend.imap.view import View
@@ -59,6 +60,7 @@ from mailmux.protocol.imap.framing import (
     LiteralContinue,
     NeedData,
 )
+from mailmux.protocol.imap.mutf7 import encode_mailbox
 from mailmux.protocol.imap.parser import parse_command
 from mailmux.protocol.imap.response import (
     Atom,
@@ -77,7 +79,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
-UNAUTHENTICATED_MAX_LITERAL = 8 * 1024
+UNAUTHENTICATED_MAX_LITERAL = 4 * 1024
+UNAUTHENTICATED_MAX_COMMAND = 8 * 1024  # every line and literal of one command, before login
 MAX_LOGIN_DELAY = 30.0
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\*")
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -104,7 +107,8 @@ class Session:
         self.writer = writer
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL)
+        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL,
+                                    UNAUTHENTICATED_MAX_COMMAND)
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
         self.view: View | None = None
@@ -168,7 +172,7 @@ class Session:
                 if exc.tag is None:
                     await self.send([untagged_status("BAD", exc.message, code)])
                 else:
-                    await self.send([tagged(exc.tag, "BAD", exc.message, code)])
+                    await self.send([tagged(exc.tag, exc.status, exc.message, code)])
                 continue
             await self.send(await self.dispatch(command))
 
@@ -265,7 +269,8 @@ class Session:
         await self.writer.start_tls(context)
         self.tls = True
         # RFC 3501 6.2.1: anything the client sent before the handshake is discarded.
-        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL)
+        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL,
+                                    UNAUTHENTICATED_MAX_COMMAND)
         return []
 
     async def do_LOGIN(self, command: Command) -> Lines:
@@ -306,6 +311,7 @@ class Session:
             self.state = State.AUTHENTICATED
             self.server.authenticated(self)
             self.framer.max_literal = self.config.max_message_size
+            self.framer.max_command = self.config.max_command_size
             log.info("imap %s: %s logged in", self.peer, user)
             caps = " ".join(self.capabilities())
             return [tagged(tag, "OK", "logged in", f"CAPABILITY {caps}")]
@@ -430,13 +436,17 @@ class Session:
     async def do_LIST(self, command: Command) -> Lines:
         assert isinstance(command.args, ListArgs)
         mailboxes = await self.store.list_mailboxes(self.me)
-        lines = list_responses(command.args, mailboxes, lsub=False)
+        args = command.args
+        lines = await run_bounded(lambda b: list_responses(args, mailboxes, False, b),
+                                  self.config.command_cpu_budget)
         return await self.ok(command, "LIST completed", before=lines)
 
     async def do_LSUB(self, command: Command) -> Lines:
         assert isinstance(command.args, ListArgs)
         mailboxes = await self.store.list_mailboxes(self.me)
-        lines = list_responses(command.args, mailboxes, lsub=True)
+        args = command.args
+        lines = await run_bounded(lambda b: list_responses(args, mailboxes, True, b),
+                                  self.config.command_cpu_budget)
         return await self.ok(command, "LSUB completed", before=lines)
 
     async def do_STATUS(self, command: Command) -> Lines:
@@ -449,7 +459,8 @@ class Session:
         items: list[object] = []
         for item in args.items:
             items += [Atom(item), values[item]]
-        line = untagged(Atom("STATUS"), info.name, items)
+        # the name as the client wrote it: modified UTF-7 (RFC 3501 5.1.3)
+        line = untagged(Atom("STATUS"), encode_mailbox(info.name), items)
         return await self.ok(command, "STATUS completed", before=[line])
 
     async def do_APPEND(self, command: Command) -> Lines:
@@ -567,12 +578,14 @@ class Session:
                     check.append(uid)
                 else:
                     found[uid] = modseq
+        budget = Budget(self.config.command_cpu_budget)
         for start in range(0, len(check), SEARCH_CHECK_CHUNK):
+            budget.check()
             rows = await self.store.fetch_rows(self.me, view.mailbox_id,
                                                check[start:start + SEARCH_CHECK_CHUNK],
                                                with_body=True)
             # Parsing and matching run in a worker thread: never on the event loop.
-            found.update(await asyncio.to_thread(_confirm, key, rows, largest_uid))
+            found.update(await asyncio.to_thread(_confirm, key, rows, largest_uid, budget))
         uids = sorted(found)
         hits = uids if command.uid else [view.seq_of(u) for u in uids]
         highest = max(found[u] for u in uids) if _uses_modseq(args.key) and uids else None
@@ -763,10 +776,11 @@ class _Output:
 
 
 def _confirm(key: SearchKey, rows: list[tuple[MessageMeta, bytes | None]],
-             largest_uid: int) -> dict[int, int]:
+             largest_uid: int, budget: Budget) -> dict[int, int]:
     """The RFC 3501 matcher on candidates the index could only narrow down."""
     out = {}
     for meta, raw in rows:
+        budget.check()
         parsed = ParsedMessage.from_bytes(raw or b"")
         # Sequence-number keys were turned into UID keys: the number is not needed here.
         if matches(key, SearchContext(0, meta, _constant(parsed), largest_uid=largest_uid)):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
+from mailmux.backend.message.addresses import parse_addresses
 from mailmux.backend.message.headers import decode_header_text, decoded_text, text_parts
 from mailmux.backend.message.parsed import Part
 from mailmux.backend.store.interface import MessageMeta
@@ -29,7 +30,7 @@ _FLAG_KEYS = {
     "UNDRAFT": ("\\Draft", False), "UNFLAGGED": ("\\Flagged", False),
     "UNSEEN": ("\\Seen", False),
 }
-_ADDRESS_KEYS = {"BCC", "CC", "FROM", "TO", "SUBJECT"}
+_ADDRESS_KEYS = {"BCC", "CC", "FROM", "TO"}
 
 
 @dataclass
@@ -57,18 +58,42 @@ def _header_contains(msg: Part, name: str, needle: str) -> bool:
     )
 
 
+def _address_contains(msg: Part, name: str, needle: str) -> bool:
+    """FROM/TO/CC/BCC match the parsed addresses (`Name <user@host>`, group names), so comments
+    and spacing inside the raw field do not hide an address (as Dovecot searches)."""
+    folded = needle.casefold()
+    for key, value in msg.fields:
+        if key != name.lower():
+            continue
+        if not needle:
+            return True
+        if folded in _address_text(value):
+            return True
+    return False
+
+
+def _address_text(value: bytes) -> str:
+    """What FROM/TO/CC/BCC search in one field (and the index caches): casefolded."""
+    text = value.decode("utf-8", "replace")
+    rendered = ", ".join(a.searchable() for a in parse_addresses(text))
+    return decode_header_text(rendered.encode()).casefold()
+
+
 def _body_contains(msg: Part, needle: str) -> bool:
     folded = needle.casefold()
     return any(folded in decoded_text(p).casefold() for p in text_parts(msg))
 
 
 INDEXED_HEADERS = ("subject", "from", "to", "cc", "bcc", "message-id")
+_ADDRESS_HEADERS = ("from", "to", "cc", "bcc")  # "@from" etc.: as FROM/TO/CC/BCC search them
 MAX_INDEXED_TEXT = 1 << 20  # characters of body text in the FTS index; more is marked partial
 
 
 @dataclass(frozen=True)
 class IndexEntry:
-    headers: dict[str, str | None]  # name -> its values decoded, casefolded, joined by "\n"
+    # name -> its values decoded, casefolded, joined by "\n" (HEADER name); "@from" etc.: the
+    # parsed address lists FROM/TO/CC/BCC match
+    headers: dict[str, str | None]
     sent: str | None  # ISO date of the Date: header, as SENTON compares it
     header_text: str
     body_text: str
@@ -80,11 +105,13 @@ def index_entry(msg: Part) -> IndexEntry:
     for key, value in msg.fields:
         if key in INDEXED_HEADERS:
             headers.setdefault(key, []).append(decode_header_text(value).casefold())
+        if key in _ADDRESS_HEADERS:
+            headers.setdefault("@" + key, []).append(_address_text(value))
     body = "\n".join(decoded_text(p).casefold() for p in text_parts(msg))
     sent = _sent_date(msg)
     return IndexEntry(
         headers={name: "\n".join(headers[name]) if name in headers else None
-                 for name in INDEXED_HEADERS},
+                 for name in (*INDEXED_HEADERS, *("@" + h for h in _ADDRESS_HEADERS))},
         sent=sent.isoformat() if sent else None,
         header_text=decode_header_text(msg.header).casefold()[:MAX_INDEXED_TEXT],
         body_text=body[:MAX_INDEXED_TEXT],
@@ -157,6 +184,8 @@ def matches(key: SearchKey, ctx: SearchContext) -> bool:
         assert isinstance(target, date)
         return _compare(name, _sent_date(ctx.message), target)
     if name in _ADDRESS_KEYS:
+        return _address_contains(ctx.message, name, str(key.args[0]))
+    if name == "SUBJECT":
         return _header_contains(ctx.message, name, str(key.args[0]))
     if name == "HEADER":
         return _header_contains(ctx.message, str(key.args[0]), str(key.args[1]))

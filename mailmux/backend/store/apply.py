@@ -91,7 +91,8 @@ def _mailbox_create(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
         "INSERT INTO mailboxes (owner, name, uidvalidity, special_use) VALUES (?, ?, ?, ?)",
         (owner, name, _p(record, "uidvalidity"), _p(record, "special_use")),
     )
-    if owner != BOARD_OWNER:
+    # records written before "subscribed" was logged came from a CREATE that subscribed
+    if owner != BOARD_OWNER and record.payload.get("subscribed", True):
         tx.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)", (owner, name))
 
 

@@ -121,6 +121,7 @@ CREATE TABLE IF NOT EXISTS body_index (
     id INTEGER PRIMARY KEY,
     hash TEXT NOT NULL UNIQUE,
     subject TEXT, from_ TEXT, to_ TEXT, cc TEXT, bcc TEXT, message_id TEXT,
+    from_addr TEXT, to_addr TEXT, cc_addr TEXT, bcc_addr TEXT,  -- as FROM/TO/CC/BCC match
     sent TEXT,
     partial INTEGER NOT NULL DEFAULT 0  -- text too long: only part of it is in body_fts
 );

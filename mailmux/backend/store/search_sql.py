@@ -26,7 +26,8 @@ _FLAG_KEYS = {
     "UNSEEN": ("\\Seen", False),
 }
 _COLUMNS = {"subject": "bi.subject", "from": "bi.from_", "to": "bi.to_", "cc": "bi.cc",
-            "bcc": "bi.bcc", "message-id": "bi.message_id"}
+            "bcc": "bi.bcc", "message-id": "bi.message_id", "@from": "bi.from_addr",
+            "@to": "bi.to_addr", "@cc": "bi.cc_addr", "@bcc": "bi.bcc_addr"}
 _DATE_OPS = {"BEFORE": "<", "ON": "=", "SINCE": ">="}
 MAX_UID_RANGES = 200
 MIN_TRIGRAM = 3
@@ -93,8 +94,10 @@ def _leaf(key: SearchKey, user: str | None, largest_uid: int) -> Condition:
         assert isinstance(args[0], date)
         return Condition(f"coalesce(bi.sent {_DATE_OPS[name[4:]]} ?, 0)",
                          (args[0].isoformat(),), True, True)
-    if name in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
-        return _header(name.lower(), str(args[0]))
+    if name in ("FROM", "TO", "CC", "BCC"):
+        return _header("@" + name.lower(), str(args[0]))
+    if name == "SUBJECT":
+        return _header("subject", str(args[0]))
     if name == "HEADER":
         return _header(str(args[0]).lower(), str(args[1]))
     if name in ("BODY", "TEXT"):
