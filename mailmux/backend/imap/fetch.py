@@ -25,6 +25,30 @@ def needs_body(attrs: tuple[FetchAttr, ...]) -> bool:
     return any(a.name in _NEEDS_BODY for a in attrs)
 
 
+_LIGHT = frozenset({"FLAGS", "UID", "MODSEQ"})
+
+
+def light_template(attrs: tuple[FetchAttr, ...], *, with_uid: bool,
+                   with_modseq: bool) -> tuple[str, tuple[str, ...]] | None:
+    """For FETCHes of nothing but FLAGS, UID and MODSEQ (what clients send for every folder
+    sync, over every message): a %-format for one response line and the row fields it takes,
+    in order, from ("seq", "uid", "flags", "modseq"). The same bytes `render` would make, in
+    a fraction of the time. None for any other FETCH."""
+    names = [a.name for a in attrs]
+    if not set(names) <= _LIGHT:
+        return None
+    parts = {"FLAGS": ("FLAGS (%s)", "flags"), "UID": ("UID %d", "uid"),
+             "MODSEQ": ("MODSEQ (%d)", "modseq")}
+    items = []
+    if with_uid and "UID" not in names:
+        items.append(parts["UID"])
+    if with_modseq and "MODSEQ" not in names:
+        items.append(parts["MODSEQ"])
+    items += [parts[n] for n in names]
+    line = "* %d FETCH (" + " ".join(i[0] for i in items) + ")\r\n"
+    return line, ("seq", *(i[1] for i in items))
+
+
 def sets_seen(attrs: tuple[FetchAttr, ...]) -> bool:
     return any((a.name in ("BODY[]", "BINARY") and not a.peek) or a.name in ("RFC822",
                "RFC822.TEXT") for a in attrs)

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
 import dataclasses
 import logging
+import operator
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -88,7 +90,8 @@ FETCH_CHUNK = 5000  # messages whose metadata one FETCH reads per query
 FETCH_BODY_CHUNK = 64  # messages, and
 BODY_BATCH_BYTES = 4 * 1024 * 1024  # bytes of bodies, read per query
 OUTPUT_CHUNK = 64 * 1024  # bytes of responses written (and drained) at a time
-SEARCH_CHECK_CHUNK = 256  # messages a SEARCH reads and checks at a time
+SEARCH_CHECK_CHUNK = 256
+_ROW_FIELDS = ("seq", "uid", "flags", "modseq")  # messages a SEARCH reads and checks at a time
 
 Lines = list[bytes]
 
@@ -629,6 +632,10 @@ class Session:
         if mark_seen and not any(a.name == "FLAGS" for a in attrs):
             attrs = (*attrs, FetchAttr("FLAGS"))
         with_body = fetching.needs_body(attrs)
+        template = fetching.light_template(attrs, with_uid=command.uid, with_modseq=with_modseq)
+        if template is not None and not mark_seen:
+            await self._fetch_light(template, uids, args.changed_since)
+            return [tagged(command.tag, "OK", "FETCH completed")]
         out = _Output(self)
         for start in range(0, len(uids), FETCH_CHUNK):
             rows = await self.store.fetch_rows(self.me, view.mailbox_id,
@@ -647,6 +654,26 @@ class Session:
                 await out.add(untagged(view.seq_of(meta.uid), Atom("FETCH"), items))
         await out.flush()
         return [tagged(command.tag, "OK", "FETCH completed")]
+
+    async def _fetch_light(self, template: tuple[str, tuple[str, ...]], uids: list[int],
+                           changed_since: int | None) -> None:
+        view = self.selected
+        line, fields = template
+        pick = operator.itemgetter(*(_ROW_FIELDS.index(f) for f in fields))
+        known = view.uids
+        for start in range(0, len(uids), FETCH_CHUNK):
+            rows = await self.store.flag_rows(self.me, view.mailbox_id,
+                                              uids[start:start + FETCH_CHUNK])
+            out = []
+            i = -1
+            for uid, flags, modseq in rows:
+                if changed_since is not None and modseq <= changed_since:
+                    continue
+                i += 1  # a range of the view is mostly contiguous: try the next position first
+                if i >= len(known) or known[i] != uid:
+                    i = bisect.bisect_left(known, uid)
+                out.append(line % pick((i + 1, uid, flags, modseq)))
+            await self.send(["".join(out).encode()])  # a chunk at a time, drained
 
     async def _fetch_bodies(self, with_uid: bool, with_modseq: bool,
                             attrs: tuple[FetchAttr, ...], metas: list[MessageMeta],

@@ -162,6 +162,9 @@ class MailStore(Protocol):
     async def fetch_rows(
         self, user: str, mailbox_id: int, uids: Sequence[int], with_body: bool = False
     ) -> list[tuple[MessageMeta, bytes | None]]: ...
+    async def flag_rows(
+        self, user: str, mailbox_id: int, uids: Sequence[int]
+    ) -> list[tuple[int, str, int]]: ...
     async def uids_with_flag(self, user: str, mailbox_id: int, flag: str) -> list[int]: ...
     async def search(
         self, user: str, mailbox_id: int, key: SearchKey, largest_uid: int
