@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from mailmux.outbound import schema as outbound_schema
+
 VERSION = 2
 
 DDL = """
@@ -193,6 +195,7 @@ class SchemaError(Exception):
 
 def prepare(conn: sqlite3.Connection) -> None:
     conn.executescript(DDL)
+    outbound_schema.prepare(conn)
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if row is not None and int(row[0]) not in (1, VERSION):
         raise SchemaError(f"database schema version {row[0]}, this mailmux expects {VERSION}")
