@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailmux.backend.store.interface import BOARD_OWNER, ChangeRecord
 from mailmux.backend.store.writer import Tx
+from mailmux.outbound import records as outbound_records
 
 if TYPE_CHECKING:
     from mailmux.backend.store.sqlite import SqliteStore
@@ -45,6 +46,8 @@ def apply_records(store: SqliteStore, tx: Tx, records: list[ChangeRecord],
         handler = _HANDLERS.get(record.kind)
         if handler is not None:
             handler(store, tx, record)
+        elif record.kind in outbound_records.KINDS:
+            outbound_records.apply(conn, record.kind, record.payload, record.origin, record.seq)
         applied += 1
     return applied
 
@@ -147,6 +150,7 @@ def _message_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
         if body is None:
             return  # expunged at the origin before it shipped: a later expunge follows
         conn.execute("INSERT OR IGNORE INTO bodies VALUES (?, ?)", (body_hash, body))
+        store.index_body(conn, body_hash, body)
     uid = int(_p(record, "uid"))
     taken = conn.execute("SELECT guid FROM messages WHERE mailbox_id = ? AND uid = ?",
                          (mailbox[0], uid)).fetchone()
