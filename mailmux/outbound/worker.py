@@ -32,6 +32,7 @@ from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import BackendError, UserNotFound
 from mailmux.backend.load import LoadMeter
 from mailmux.backend.store.sqlite import SqliteStore
+from mailmux.metrics import set_outbound_queue_source
 from mailmux.outbound import dsn
 from mailmux.outbound.client import Deliverer, Outcome
 from mailmux.outbound.dkim_sign import Signer
@@ -64,6 +65,7 @@ class OutboundWorker:
         self.counters = {"sent": 0, "failed": 0, "deferred": 0, "takeovers": 0, "dsn": 0}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._unregister_metrics: Callable[[], None] | None = None
 
     # lifecycle ------------------------------------------------------------------------------
 
@@ -71,6 +73,8 @@ class OutboundWorker:
         if self.meter is not None:
             self.meter.outbound_backlog = lambda: self.size
             self.meter.outbound_details = self.details
+        # Read on the metrics thread: plain attributes only.
+        self._unregister_metrics = set_outbound_queue_source(lambda: (self.size, self.oldest_age))
         self._loop_task = asyncio.create_task(self._run(), name="outbound-worker")
 
     async def close(self) -> None:
@@ -80,6 +84,9 @@ class OutboundWorker:
         # Interrupted attempts are not recorded: their leases expire and they run again.
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loop_task = None
+        if self._unregister_metrics is not None:
+            self._unregister_metrics()
+            self._unregister_metrics = None
 
     def details(self) -> dict[str, float]:
         return {"outbound.queued": float(self.size), "outbound.oldest_s": round(self.oldest_age, 1),
