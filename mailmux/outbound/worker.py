@@ -4,9 +4,9 @@ Ownership. Every queued message has one owner (node id) with a lease (`lease_unt
 epoch. The node that queued it owns it first. Before each attempt the owner renews the lease,
 and keeps renewing it every `lease / 3` while the attempt runs; after an attempt the lease is
 extended to `next_attempt + lease`, so an owner holds its deferred messages without writing
-anything. Any other node may take a message over once its lease has expired, with epoch + 1 (a node that
-restarts waits one lease before touching older messages, so that replication tells it first about
-takeovers that happened while it was down);
+anything. Any other node may take a message over once its lease has expired, with epoch + 1 (a
+node that restarts waits one lease before touching older messages, so that replication tells it
+first about takeovers that happened while it was down);
 the other nodes are ranked per message (a hash of message id and node id) and the k-th waits k
 half-leases more, so normally exactly one node takes over, a few seconds after the owner died
 or hung. Should two claim at once, the replicas agree on the larger (epoch, node) and the loser
