@@ -224,3 +224,43 @@ def test_a_hung_owner_is_taken_over_and_does_not_send_when_it_wakes(
     wait_for(lambda: "expired mid-attempt; not sending" in owner.log(),
              "the old owner to give up its stale attempt")
     assert len(sink.messages) == 1 and got.recipients == [REMOTE]
+
+
+@pytest.mark.timeout(180)
+def test_queue_cli_show_retry_and_delete_reach_every_node(
+    make_nodes: Callable[..., list[NodeProcess]],
+    gateway_factory: Callable[..., GatewayProcess], sink: SmtpSink, dns: DnsServer,
+) -> None:
+    nodes = make_nodes("ab", outbound_table(sink, dns, 'retry_intervals = ["1h"]'))
+    gw = gateway_factory(nodes)
+    sink.handler.scripted[REMOTE] = ["451 4.7.1 greylisted"]
+    sink.handler.scripted["gone@remote.test"] = ["451 4.2.1 busy"] * 100
+    submit(gw, [REMOTE], message("retry-me"))
+    submit(gw, ["gone@remote.test"], message("delete-me"))
+
+    def attempted() -> list[Any]:
+        return [m for m in queue_cli(nodes[1], "list") if m["attempts"] == 1]
+
+    wait_for(lambda: len(attempted()) == 2, "both first attempts to be deferred")
+    by_subject = {}
+    for m in attempted():
+        shown = queue_cli(nodes[0], "show", m["id"])
+        [(rcpt, info)] = shown["recipients"].items()
+        assert info["state"] == "pending" and info["text"].startswith("451 4.")
+        by_subject[rcpt] = m["id"]
+    table = nodes[0].cli("queue", "list")
+    assert "2 message(s) queued" in table.stdout and REMOTE in table.stdout
+
+    retried = nodes[1].cli("queue", "retry", by_subject[REMOTE])
+    assert retried.returncode == 0, retried.stderr
+    [got] = sink.wait_for(1)
+    assert got.recipients == [REMOTE]
+
+    deleted = nodes[1].cli("queue", "delete", by_subject["gone@remote.test"])
+    assert deleted.returncode == 0, deleted.stderr
+    for node in nodes:
+        wait_for(lambda node=node: queue_cli(node, "list") == [], f"empty queue on {node.node_id}")
+    shown = queue_cli(nodes[0], "show", by_subject["gone@remote.test"])
+    assert shown["state"] == "done" and shown["done_reason"] == "deleted by operator"
+    assert inbox_subjects(nodes[0]) == []  # deleting is not bouncing
+    assert nodes[0].cli("queue", "retry", "no-such-id").returncode != 0
