@@ -9,7 +9,7 @@ acknowledging peers) and, when they cannot be made, ends the message again and r
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import json
 import sqlite3
 from collections.abc import Sequence
@@ -68,10 +68,11 @@ class OutboundQueue:
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
 
-    async def _change(self, kind: str, payload: dict[str, Any]) -> int:
+    async def _change(self, kind: str, payload: dict[str, Any],
+                      bodies: dict[str, bytes] | None = None) -> int:
         def job(tx: Tx) -> int:
             self.store._log(tx, kind, payload)
-            records.apply(tx.conn, kind, payload, self.store.origin, tx.logged)
+            records.apply(tx.conn, kind, payload, bodies)
             return tx.logged
 
         return await self.store._write(job)
@@ -85,12 +86,13 @@ class OutboundQueue:
         if fresh is None:
             return False
         message_id = fresh
+        body_hash = hashlib.sha256(body).hexdigest()  # the store's body key (content hash)
         seq = await self._change("outbound.enqueue", {
             "id": message_id, "sender": sender, "recipients": list(dict.fromkeys(recipients)),
-            "body": base64.b64encode(body).decode(), "size": len(body), "created": now,
+            "body": body_hash, "size": len(body), "created": now,
             "next_attempt": now, "owner": self.store.node_id, "epoch": 1,
             "lease_until": now + lease,
-        })
+        }, {body_hash: body})
         if self.store.copies_hook is not None:
             try:
                 await self.store.copies_hook(body, seq)
@@ -163,7 +165,8 @@ class OutboundQueue:
 
     async def body(self, message_id: str) -> bytes | None:
         row = await self.store._read(lambda c: c.execute(
-            "SELECT body FROM outbound_queue WHERE id = ?", (message_id,)).fetchone())
+            "SELECT b.data FROM outbound_queue o JOIN bodies b ON b.hash = o.body_hash "
+            "WHERE o.id = ?", (message_id,)).fetchone())
         return None if row is None or row[0] is None else bytes(row[0])
 
     async def queued(self, limit: int = 10_000) -> list[QueuedMessage]:
@@ -177,7 +180,7 @@ class OutboundQueue:
         def read(c: sqlite3.Connection) -> list[Any]:
             return c.execute(
                 f"SELECT {_COLUMNS} FROM outbound_queue WHERE state = 'queued' "
-                "AND body IS NOT NULL AND next_attempt <= ? ORDER BY next_attempt LIMIT ?",
+                "AND body_hash IS NOT NULL AND next_attempt <= ? ORDER BY next_attempt LIMIT ?",
                 (now + horizon, limit)).fetchall()
 
         return [_row(r) for r in await self.store._read(read)]

@@ -92,6 +92,11 @@ async def test_delivers_through_mx_once(store: SqliteStore, sink: SmtpSink,
     message = await worker.queue.get("m1")
     assert message is not None and message.state == "done"
     assert await worker.queue.body("m1") is None
+    # The body went with the message, and the change log never held it.
+    assert await store._read(lambda c: c.execute("SELECT count(*) FROM bodies").fetchone()) == (0,)
+    log = await store._read(lambda c: c.execute("SELECT group_concat(payload) FROM changelog")
+                            .fetchone()[0])
+    assert "Subject" not in log and "body line" not in log
     assert await _pass(worker) == 0
     assert len(sink.messages) == 2
     assert "remote.test. MX" in dns.queries and "mx.remote.test. A" in dns.queries
@@ -234,3 +239,20 @@ async def test_smarthost_starttls_checks_the_certificate_and_authenticates(
     assert await _pass(worker) == 1
     [got] = sink.messages
     assert got.recipients == [REMOTE]
+
+
+async def test_mailbox_cleanup_keeps_queued_bodies(store: SqliteStore, sink: SmtpSink,
+                                                   dns: DnsServer) -> None:
+    clock = Clock()
+    sink.handler.scripted[REMOTE] = ["451 4.3.0 later"]
+    worker = _worker(store, sink, dns, clock)
+    await worker.submit("m1", SENDER, [REMOTE], _message("shared"))
+    assert await _pass(worker) == 1
+    # A mailbox message expunged: the store collects unreferenced bodies, not queued ones.
+    [added] = await store.deliver([SENDER], b"Subject: local\r\n\r\nx\r\n", "g-local")
+    await store.expunge(SENDER, added.mailbox_id, [added.uid])
+    assert await worker.queue.body("m1") is not None
+    clock.now += 300
+    assert await _pass(worker) == 1
+    [got] = sink.messages
+    assert b"Subject: shared" in got.data
