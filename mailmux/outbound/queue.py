@@ -21,6 +21,7 @@ from mailmux.backend.store.sqlite import SqliteStore
 from mailmux.backend.store.writer import Tx
 from mailmux.outbound import records
 
+REFUSED = "refused:"
 _COLUMNS = ("id, sender, recipients, size, created, next_attempt, attempts, owner, epoch, "
             "lease_until, state, warned, last_error, done_reason")
 
@@ -80,8 +81,10 @@ class OutboundQueue:
     async def enqueue(self, message_id: str, sender: str, recipients: Sequence[str],
                       body: bytes, now: float, lease: float) -> bool:
         """Queue a message durably on W nodes; False if that id was already queued (a replay)."""
-        if await self.get(message_id) is not None:
+        fresh = await self._fresh_id(message_id)
+        if fresh is None:
             return False
+        message_id = fresh
         seq = await self._change("outbound.enqueue", {
             "id": message_id, "sender": sender, "recipients": list(dict.fromkeys(recipients)),
             "body": base64.b64encode(body).decode(), "size": len(body), "created": now,
@@ -92,9 +95,25 @@ class OutboundQueue:
             try:
                 await self.store.copies_hook(body, seq)
             except Unavailable:
-                await self.finish(message_id, "refused: not enough copies")
+                await self.finish(message_id, f"{REFUSED} not enough copies")
                 raise
         return True
+
+    async def _fresh_id(self, message_id: str) -> str | None:
+        """The id to queue under, or None for a replay of a queued (or sent) message.
+
+        A submission refused for lack of copies leaves a tombstone under its id; the client's
+        retry of the same bytes has the same GUID and must be queued, not taken for a replay, so
+        it gets the next free `ID.n` (a refusal never erases a later acceptance).
+        """
+        for n in range(1000):
+            candidate = message_id if n == 0 else f"{message_id}.{n}"
+            existing = await self.get(candidate)
+            if existing is None:
+                return candidate
+            if not existing.done_reason.startswith(REFUSED):
+                return None
+        return None
 
     async def claim(self, message_id: str, epoch: int, until: float) -> bool:
         """Take or renew the delivery lease; True if this node holds it afterwards."""

@@ -3,10 +3,12 @@
 The same function runs for a change made here (before it is logged) and for a record that came
 from a peer, so every replica applies identical rules and converges whatever the arrival order:
 
-- `outbound.enqueue` inserts the message unless its id is known (a tombstone included);
+- `outbound.enqueue` inserts the message unless its id is known (a tombstone included), or
+  completes the placeholder a claim or attempt that overtook it left;
 - `outbound.claim` moves the delivery lease if (epoch, owner) is not older than the current one:
   the owner renews with its own epoch, a node taking over uses epoch + 1, and two nodes taking
-  over at once resolve to the same winner everywhere (the larger node id);
+  over at once resolve to the same winner everywhere (the larger node id); lease fields move on
+  finished rows too, so replicas end identical whatever the order;
 - `outbound.attempt` merges per-recipient states (they only move forward), keeps the highest
   attempt count and, if its lease wins, the schedule;
 - `outbound.retry` asks for an attempt now (operator's `queue retry`);
@@ -44,27 +46,59 @@ def _lease_wins(row: tuple[Any, ...] | None, epoch: int, owner: str) -> bool:
 
 
 def _lease(conn: sqlite3.Connection, message_id: str) -> tuple[Any, ...] | None:
-    row = conn.execute("SELECT epoch, owner, state FROM outbound_queue WHERE id = ?",
+    row = conn.execute("SELECT epoch, owner FROM outbound_queue WHERE id = ?",
                        (message_id,)).fetchone()
-    return tuple(row) if row is not None and row[2] == "queued" else None
+    return tuple(row) if row is not None else None
+
+
+def _early(conn: sqlite3.Connection, message_id: str) -> None:
+    """A claim or attempt can arrive before the enqueue it follows (peers ship origins in any
+    order): keep what it says in a placeholder row that the enqueue completes."""
+    conn.execute(
+        "INSERT OR IGNORE INTO outbound_queue (id, sender, recipients, created, next_attempt, "
+        "owner, epoch, lease_until, state) VALUES (?, '', '{}', 0, 0, '', 0, 0, 'early')",
+        (message_id,),
+    )
 
 
 def _enqueue(conn: sqlite3.Connection, p: Payload, origin: str, seq: int) -> None:
     body = base64.b64decode(p["body"]) if p.get("body") is not None else None
     recipients = {r: {"state": "pending", "code": 0, "text": ""} for r in p["recipients"]}
-    conn.execute(
-        "INSERT OR IGNORE INTO outbound_queue (id, sender, recipients, body, size, created, "
-        "next_attempt, owner, epoch, lease_until) VALUES (?,?,?,?,?,?,?,?,?,?)",
-        (p["id"], p["sender"], json.dumps(recipients), body, int(p.get("size", 0)),
-         float(p["created"]), float(p["next_attempt"]), p["owner"], int(p["epoch"]),
-         float(p["lease_until"])),
-    )
+    row = conn.execute("SELECT state, recipients, created FROM outbound_queue WHERE id = ?",
+                       (p["id"],)).fetchone()
+    if row is None:
+        conn.execute(
+            "INSERT INTO outbound_queue (id, sender, recipients, body, size, created, "
+            "next_attempt, owner, epoch, lease_until) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (p["id"], p["sender"], json.dumps(recipients), body, int(p.get("size", 0)),
+             float(p["created"]), float(p["next_attempt"]), p["owner"], int(p["epoch"]),
+             float(p["lease_until"])),
+        )
+    elif row[0] == "early" or (row[0] == "done" and not row[2]):
+        # A placeholder, or a tombstone that overtook its enqueue: fill in the envelope (a
+        # finished message keeps no body).
+        merged = merge_recipients(recipients, json.loads(row[1]))
+        live = row[0] == "early"
+        conn.execute(
+            "UPDATE outbound_queue SET sender = ?, recipients = ?, body = ?, size = ?, "
+            "created = ?, state = ? WHERE id = ?",
+            (p["sender"], json.dumps(merged), body if live else None, int(p.get("size", 0)),
+             float(p["created"]), "queued" if live else "done", p["id"]),
+        )
+        if _lease_wins(_lease(conn, p["id"]), p["epoch"], p["owner"]):
+            conn.execute(
+                "UPDATE outbound_queue SET owner = ?, epoch = ?, lease_until = ?, "
+                "next_attempt = ? WHERE id = ?",
+                (p["owner"], int(p["epoch"]), float(p["lease_until"]),
+                 float(p["next_attempt"]), p["id"]),
+            )
     if seq:
         conn.execute("INSERT OR IGNORE INTO outbound_records VALUES (?, ?, ?)",
                      (p["id"], origin, seq))
 
 
 def _claim(conn: sqlite3.Connection, p: Payload, origin: str, seq: int) -> None:
+    _early(conn, p["id"])
     if _lease_wins(_lease(conn, p["id"]), p["epoch"], p["owner"]):
         conn.execute(
             "UPDATE outbound_queue SET owner = ?, epoch = ?, lease_until = ? WHERE id = ?",
@@ -84,10 +118,9 @@ def merge_recipients(current: dict[str, Any], update: dict[str, Any]) -> dict[st
 
 
 def _attempt(conn: sqlite3.Connection, p: Payload, origin: str, seq: int) -> None:
+    _early(conn, p["id"])
     row = conn.execute("SELECT recipients, attempts, state, warned FROM outbound_queue "
                        "WHERE id = ?", (p["id"],)).fetchone()
-    if row is None or row[2] != "queued":
-        return
     recipients = merge_recipients(json.loads(row[0]), p["recipients"])
     conn.execute(
         "UPDATE outbound_queue SET recipients = ?, attempts = max(attempts, ?), warned = ? "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import imaplib
 import json
+import signal
 import smtplib
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 import dkim
 import pytest
 
-from tests.outbound.conftest import ALICE, outbound_table
+from tests.outbound.conftest import ALICE, outbound_table, wait_until_login
 from tests.support.dns_server import DnsServer
 from tests.support.gateway import GatewayProcess
 from tests.support.nodes import NodeProcess
@@ -147,7 +148,18 @@ def test_w2_with_one_node_up_is_refused_and_nothing_is_queued(
         assert code == 451 and b"4.3.0" in reply
     assert queue_cli(nodes[0], "list") == []
     assert sink.messages == []
-    time.sleep(0)  # nothing to wait for: a refused message has no owner to deliver it later
+    # The client retries the same bytes once a second node is up: same GUID, and the refusal's
+    # tombstone does not swallow it as a "replay".
+    nodes[1].start()
+    wait_until_login(nodes[1])
+    with smtplib.SMTP(*gw.submission, timeout=60) as smtp:
+        smtp.login(*ALICE)
+        smtp.mail(ALICE[0])
+        assert smtp.rcpt(REMOTE)[0] == 250
+        code, reply = smtp.data(message("refused").encode())
+        assert code == 250, reply
+    [got] = sink.wait_for(1)
+    assert b"Subject: refused" in got.data
 
 
 @pytest.mark.timeout(240)
@@ -183,3 +195,32 @@ def test_sigkill_of_the_owner_mid_delivery_another_node_delivers(
     print(f"takeover after SIGKILL: delivered {takeover:.2f}s after the kill by "
           f"{shown['owner']}; duplicates {duplicates}")
     assert [m.recipients for m in received] == [[REMOTE]] and duplicates == 0
+
+
+@pytest.mark.timeout(240)
+def test_a_hung_owner_is_taken_over_and_does_not_send_when_it_wakes(
+    make_nodes: Callable[..., list[NodeProcess]],
+    gateway_factory: Callable[..., GatewayProcess], sink: SmtpSink, dns: DnsServer,
+) -> None:
+    nodes = make_nodes("abc", outbound_table(sink, dns, 'lease = "2s"\npoll_interval = "0.2s"'))
+    gw = gateway_factory(nodes)
+    sink.handler.stall_rcpt = True
+    submit(gw, [REMOTE], message("hang"))
+    wait_for(lambda: sink.handler.stalled > 0, "the owner's RCPT to reach the stalled remote")
+    [queued] = queue_cli(nodes[0], "list")
+    owner = next(n for n in nodes if n.node_id == queued["owner"])
+    owner.signal(signal.SIGSTOP)  # hung: alive, silent, its lease no longer renewed
+    try:
+        sink.handler.stall_rcpt = False  # its RCPT gets 250 now, into a frozen process
+        [got] = sink.wait_for(1, deadline=60)
+        others = [n for n in nodes if n is not owner]
+        wait_for(lambda: queue_cli(others[0], "show", queued["id"])["state"] == "done",
+                 "the new owner to finish")
+    finally:
+        owner.signal(signal.SIGCONT)
+    # Awake again, the old owner finds its lease expired by its own clock and does not send
+    # DATA; once its queue shows the message done, nothing more can come from it.
+    wait_for(lambda: queue_cli(owner, "list") == [], "the old owner to learn of the takeover")
+    wait_for(lambda: "expired mid-attempt; not sending" in owner.log(),
+             "the old owner to give up its stale attempt")
+    assert len(sink.messages) == 1 and got.recipients == [REMOTE]
