@@ -44,6 +44,25 @@ from mailmux.outbound.routes import RouteError, Router, destination
 
 log = logging.getLogger(__name__)
 
+INTERNAL_HEADERS = (b"x-mailmux-guid",)  # the pool's own stamps: not for the outside world
+
+
+def strip_internal_headers(message: bytes) -> bytes:
+    """The message without the pool's internal header fields (continuation lines included)."""
+    head, sep, rest = message.partition(b"\r\n\r\n")
+    if not sep:
+        return message
+    kept: list[bytes] = []
+    dropping = False
+    for line in head.split(b"\r\n"):
+        if dropping and line[:1] in (b" ", b"\t"):
+            continue
+        dropping = line.split(b":", 1)[0].strip().lower() in INTERNAL_HEADERS
+        if not dropping:
+            kept.append(line)
+    return b"\r\n".join(kept) + sep + rest
+
+
 @dataclass
 class _Lease:
     """This node's view of its lease during one attempt."""
@@ -121,7 +140,7 @@ class OutboundWorker:
     async def submit(self, message_id: str, sender: str, recipients: list[str],
                      body: bytes) -> bool:
         """Queue on W nodes (raises Unavailable otherwise); False for a replayed submission."""
-        signed = self.signer.sign(sender, body)
+        signed = self.signer.sign(sender, strip_internal_headers(body))
         self.unconfirmed.add(message_id)
         try:
             queued = await self.queue.enqueue(message_id, sender, recipients, signed,

@@ -89,6 +89,7 @@ def test_submission_to_remote_arrives_once_with_valid_dkim(
     [got] = sink.wait_for(1)
     assert got.recipients == [REMOTE] and got.sender == ALICE[0]
     assert got.data.startswith(b"DKIM-Signature:")
+    assert b"X-Mailmux-GUID" not in got.data  # the pool's internal stamp stays inside
 
     def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
         assert name == b"mm._domainkey.example.test."
