@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dns.asyncresolver
 import dns.exception
@@ -70,6 +70,9 @@ class Pool:
         self._control_of: dict[str, Address] = {}
         # user -> (expiry, answers): a client's several connections share one fan-out.
         self._answers: dict[str, tuple[float, list[Answer]]] = {}
+        # node -> when this gateway placed sessions there: a cached answer's load is stale by
+        # exactly these, and without them p2c and least-load herd onto one node for a whole TTL.
+        self._placed: dict[str, list[float]] = {}
         self._prober: asyncio.Task[None] | None = None
 
     # membership -------------------------------------------------------------------------
@@ -155,7 +158,7 @@ class Pool:
 
     async def discover(self, user: str, policy: str) -> list[Candidate]:
         """Members that serve USER and are not quarantined, as selection candidates."""
-        answers = await self._recent_answers(user, policy)
+        answers, asked_at = await self._recent_answers(user, policy)
         candidates = []
         for answer in answers:
             if not answer.reply.serves:
@@ -163,26 +166,33 @@ class Pool:
             if self.health.is_quarantined(answer.reply.node_id):
                 log.info("discovery: %s serves %s but is quarantined", answer.reply.node_id, user)
                 continue
-            candidates.append(answer.candidate())
+            candidate = answer.candidate()
+            since = self.placed_since(candidate.node_id, asked_at)
+            candidates.append(replace(candidate, load=candidate.load + since))
         log.info(
             "discovery: %s served by %s",
             user, ", ".join(f"{c.node_id}(load {c.load:.1f})" for c in candidates) or "nobody",
         )
         return candidates
 
-    async def _recent_answers(self, user: str, policy: str) -> list[Answer]:
+    async def _recent_answers(self, user: str, policy: str) -> tuple[list[Answer], float]:
+        """The user's discovery answers and when they were asked (possibly from the cache)."""
         ttl = self.config.discovery_cache_ttl
         now = time.monotonic()
         cached = self._answers.get(user)
         if ttl > 0 and cached is not None and cached[0] > now:
-            return cached[1]
+            return cached[1], cached[0] - ttl
         answers = await self.ask(user, stop_at_first_yes=policy == "first-responder")
         if ttl > 0 and any(a.reply.serves for a in answers):
             if len(self._answers) >= MAX_CACHED_USERS:
                 self._answers = {u: c for u, c in self._answers.items() if c[0] > now}
             if len(self._answers) < MAX_CACHED_USERS:
                 self._answers[user] = (now + ttl, answers)
-        return answers
+        return answers, time.monotonic()
+
+    def placed_since(self, node_id: str, since: float) -> int:
+        """Sessions this gateway placed on NODE_ID after SINCE (monotonic time)."""
+        return sum(1 for t in self._placed.get(node_id, ()) if t >= since)
 
     async def _broadcast(self, user: str, timeout: float) -> list[tuple[Address, WhoReply]]:
         """Send one signed WHO to the broadcast address; gather every valid answer in time."""
@@ -226,7 +236,13 @@ class Pool:
             self._ensure_prober()
 
     def succeeded(self, node_id: str) -> None:
+        """A login on NODE_ID worked: the node is healthy and now carries one more session."""
         self.health.succeeded(node_id)
+        ttl = self.config.discovery_cache_ttl
+        if ttl > 0:
+            now = time.monotonic()
+            recent = [t for t in self._placed.get(node_id, ()) if t > now - ttl]
+            self._placed[node_id] = [*recent[-(MAX_CACHED_USERS - 1):], now]
 
     def _ensure_prober(self) -> None:
         if self._prober is None or self._prober.done():
