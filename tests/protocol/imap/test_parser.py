@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -238,4 +238,4 @@ def test_multiappend_parses_every_message() -> None:
     assert isinstance(parsed, Append)
     assert (parsed.flags, parsed.message) == (("\\Seen",), b"m1")
     assert [(m[0], m[2], m[3]) for m in parsed.more] == [((), b"m2", False), ((), b"m3", True)]
-    assert parsed.more[0][1] == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert parsed.more[0][1] == datetime(2026, 1, 1, tzinfo=UTC)
