@@ -92,9 +92,8 @@ async def _mailbox(store: SqliteStore, ask: Ask, text: str, peer: str) -> bool:
     if need:
         raw = (await ask({"t": "bodies", "h": need}))["b"]
         bodies = {h: base64.b64decode(b) for h, b in raw.items()}
-    hlc = store.clock.now()
     merged = await store._write(
-        lambda tx: repair.merge(tx, key, rows, gone, hlc, bodies, their_highest))
+        lambda tx: repair.merge(tx, key, rows, gone, store.clock, bodies, their_highest))
     if merged.changed:
         log.warning("anti-entropy: %s/%s differed from %s; repaired: %d added, %d removed, "
                     "%d flag change(s)", key[0], key[1], peer, merged.added, merged.removed,

@@ -35,6 +35,7 @@ NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})
 
 CAPABILITIES = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
-    "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH",
+    "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH", "BINARY",
+    "MULTIAPPEND", "STATUS=SIZE",
     "XREPLAY",  # gateway-only (mailmux.protocol.imap.replay); the gateway never shows it
 )

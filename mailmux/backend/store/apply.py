@@ -48,7 +48,7 @@ def apply_records(store: SqliteStore, tx: Tx, records: list[ChangeRecord],
         if handler is not None:
             handler(store, tx, record)
         elif record.kind in outbound_records.KINDS:
-            outbound_records.apply(conn, record.kind, record.payload, record.origin, record.seq)
+            outbound_records.apply(conn, record.kind, record.payload, bodies)
         applied += 1
     return applied
 
@@ -151,6 +151,7 @@ def _message_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
         if body is None:
             return  # expunged at the origin before it shipped: a later expunge follows
         conn.execute("INSERT OR IGNORE INTO bodies VALUES (?, ?)", (body_hash, body))
+        store.index_body(conn, body_hash, body)
     uid = int(_p(record, "uid"))
     taken = conn.execute("SELECT guid FROM messages WHERE mailbox_id = ? AND uid = ?",
                          (mailbox[0], uid)).fetchone()
@@ -158,7 +159,18 @@ def _message_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
         _resolve_uid_conflict(store, tx, mailbox, uid, str(taken[0]), record)
         return
     _insert(conn, tx, mailbox[0], uid, guid, body_hash, _p(record, "internaldate"),
-            _p(record, "size"), _p(record, "flags"), record.hlc)
+            _p(record, "size"), _p(record, "flags"), _modseq(store, conn, mailbox[0], record.hlc))
+
+
+def _modseq(store: SqliteStore, conn: sqlite3.Connection, mailbox_id: int, hlc: int) -> int:
+    """The MODSEQ a replicated change gets here: its record's HLC, verbatim, whenever it is
+    above the mailbox's HIGHESTMODSEQ (always so when one node at a time changes a mailbox).
+    A change made concurrently elsewhere can arrive below it; it then gets a fresh local value
+    above, or the sessions open here (which catch up from the MODSEQ they know) would never
+    see it. Anti-entropy later settles both replicas on the larger value."""
+    highest = int(conn.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?",
+                               (mailbox_id,)).fetchone()[0])
+    return hlc if hlc > highest else store.clock.update(highest)
 
 
 def bodies_present(conn: sqlite3.Connection, hashes: list[str]) -> set[str]:
@@ -247,10 +259,11 @@ def _message_flags(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
             flags.discard(flag)
     # The message's MODSEQ is the latest change record that touched it, whether or not that
     # record won the per-flag merge: so it is the same on every replica, whatever the order.
+    modseq = _modseq(store, conn, mailbox[0], record.hlc)
     conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) WHERE id = ?",
-                 (record.hlc, mailbox[0]))
+                 (modseq, mailbox[0]))
     conn.execute("UPDATE messages SET flags = ?, modseq = max(modseq, ?) WHERE mailbox_id = ? "
-                 "AND uid = ?", (" ".join(sorted(flags)), record.hlc, mailbox[0], uid))
+                 "AND uid = ?", (" ".join(sorted(flags)), modseq, mailbox[0], uid))
     tx.touched.add(mailbox[0])
 
 
@@ -270,8 +283,9 @@ def _message_expunge(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
             "max(hlc, excluded.hlc)", (owner, name, guid, record.hlc))
         conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND guid = ?",
                      (mailbox[0], guid))
+    # (The `expunged` trigger stamped it HIGHESTMODSEQ + 1; _modseq is at least that.)
     conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) WHERE id = ?",
-                 (record.hlc, mailbox[0]))
+                 (_modseq(store, conn, mailbox[0], record.hlc), mailbox[0]))
     tx.touched.add(mailbox[0])
 
 

@@ -18,6 +18,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from mailmux.backend.store.hlc import HybridClock
 from mailmux.backend.store.writer import Tx
 
 BUCKET = 512  # UIDs per second-level digest
@@ -146,10 +147,12 @@ class Merged:
         return bool(self.added or self.removed or self.flags or self.highest)
 
 
-def merge(tx: Tx, key: MailboxKey, theirs: list[Row], gone: list[str], hlc: int,
+def merge(tx: Tx, key: MailboxKey, theirs: list[Row], gone: list[str], clock: HybridClock,
           bodies: dict[str, bytes], their_highest: int) -> Merged:
     """Merge a peer's rows (and the GUIDs it has tombstoned) into one local mailbox."""
     conn = tx.conn
+    hlc = clock.now()
+    visible: list[str] = []  # GUIDs added or whose flags changed here
     result = Merged()
     mailbox_id = _mailbox_id(conn, key)
     if mailbox_id is None:
@@ -167,13 +170,26 @@ def merge(tx: Tx, key: MailboxKey, theirs: list[Row], gone: list[str], hlc: int,
         if mine is None:
             if _add(conn, key, mailbox_id, row, bodies):
                 result.added += 1
+                visible.append(row.guid)
             continue
         if int(mine[0]) != row.uid:
             continue  # renumbered on one side (legacy conflict rule): the log settles it
-        if _merge_flags(conn, mailbox_id, row, set(str(mine[1]).split())):
+        flags = set(str(mine[1]).split())
+        if _merge_flags(conn, mailbox_id, row, flags):
             result.flags += 1
+            if flags != set(str(mine[1]).split()):
+                visible.append(row.guid)
     before = highest(conn, key)
     after = max(before, their_highest, *(r.modseq for r in theirs))
+    if visible or result.removed:
+        # What sessions here must notice needs a MODSEQ above what they know (they catch up
+        # from it); the peer then takes this larger value on its next pass.
+        after = clock.update(after)
+        for guid in visible:
+            conn.execute("UPDATE messages SET modseq = ? WHERE mailbox_id = ? AND guid = ?",
+                         (after, mailbox_id, guid))
+    else:
+        clock.update(after)
     result.highest = after != before
     conn.execute("UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (after, mailbox_id))
     if result.changed:
