@@ -106,7 +106,9 @@ def inbox(node: NodeProcess) -> dict[int, tuple[bytes, bytes]]:
                 head = item[0]
                 uid = int(head.split(b"UID ")[1].split()[0])
                 flags = head.split(b"FLAGS (")[1].split(b")")[0]
-                out[uid] = (b" ".join(sorted(flags.split())), item[1])
+                # \Recent is per session (the first to see a message), not replicated state.
+                kept = [f for f in flags.split() if f != b"\\Recent"]
+                out[uid] = (b" ".join(sorted(kept)), item[1])
         return out
 
 

@@ -26,7 +26,7 @@ def _state(node: NodeProcess) -> tuple[int, dict[int, tuple[int, tuple[bytes, ..
         info = client.select_folder("INBOX", readonly=True)
         fetched = client.fetch(client.search("ALL"), ["FLAGS", "MODSEQ"])
         return int(info[b"HIGHESTMODSEQ"]), {
-            uid: (int(v[b"MODSEQ"][0]), tuple(sorted(v[b"FLAGS"])))
+            uid: (int(v[b"MODSEQ"][0]), tuple(sorted(f for f in v[b"FLAGS"] if f != b"\\Recent")))
             for uid, v in fetched.items()}
 
 
