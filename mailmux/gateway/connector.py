@@ -30,6 +30,7 @@ MAX_ROUNDS = 2  # a node that fails in both rounds has failed twice and is quara
 LOGIN_TAG = b"gw1"
 _CAPABILITY = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 READ_LIMIT = 1024 * 1024
+WRITE_CHUNK = 256 * 1024
 
 
 @dataclass
@@ -38,6 +39,33 @@ class BackendSession:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     capabilities: frozenset[str] = field(default_factory=frozenset)
+    lost: str | None = None  # why the gateway gave up on this connection (a hang, say)
+
+    @property
+    def node_id(self) -> str:
+        return self.candidate.node_id
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection at once: every read or write on it fails with BackendLost."""
+        self.lost = reason
+        self.writer.transport.abort()
+
+    async def send(self, data: bytes, stall_timeout: float) -> None:
+        """Write to the backend; fails when a chunk makes no progress for `stall_timeout`.
+
+        Chunked so a 20 MB APPEND is judged by its progress, not by its length, and so a
+        stopped node's full socket buffer is noticed instead of waited on forever.
+        """
+        try:
+            for start in range(0, len(data), WRITE_CHUNK):
+                self.writer.write(data[start : start + WRITE_CHUNK])
+                async with asyncio.timeout(stall_timeout):
+                    await self.writer.drain()
+        except TimeoutError as exc:
+            raise BackendLost(f"{self.node_id}: a write made no progress in "
+                              f"{stall_timeout:.1f}s") from exc
+        except OSError as exc:
+            raise BackendLost(self.lost or f"{self.node_id}: {exc!r}") from exc
 
     async def close(self) -> None:
         self.writer.close()
@@ -93,6 +121,10 @@ async def login(candidate: Candidate, user: str, password: str, timeout: float) 
         await session.close()
         if status == b"NO" and b"[UNAVAILABLE]" not in line.upper():
             raise AuthenticationFailed(f"{candidate.node_id} refused the credentials")
+        if status == b"BAD":
+            # The backend found the LOGIN itself malformed (a credential over its pre-login
+            # limits, say): the client's fault, the same on every node, never a node failure.
+            raise AuthenticationFailed(f"{candidate.node_id} rejected the LOGIN: {line[:80]!r}")
         raise BackendLost(f"LOGIN answered {line[:80]!r}")
     session.capabilities = _capabilities(line) or capabilities
     return session

@@ -27,6 +27,7 @@ from mailmux.backend.control.client import query
 from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.health import HealthBook
 from mailmux.gateway.selection import Address, Candidate
+from mailmux.gateway.session.heartbeat import Heartbeat
 from mailmux.protocol.control.codec import NONCE_SIZE, ControlError, ReplayCache, decode, encode
 from mailmux.protocol.control.messages import HealthRequest, WhoReply, WhoRequest
 
@@ -68,6 +69,7 @@ class Pool:
         self._srv_expires = 0.0
         self._control_of: dict[str, Address] = {}
         self._prober: asyncio.Task[None] | None = None
+        self.heartbeat = Heartbeat(config.pool_secret, config.hang_timeout, on_hung=self.hung)
 
     # membership -------------------------------------------------------------------------
 
@@ -121,7 +123,11 @@ class Pool:
         """Every signed answer to WHO USER within the discovery deadline, fastest first."""
         timeout = self.config.discovery_timeout
         started = time.monotonic()
-        asks = [self._ask_one(member, user, timeout) for member in await self.members()]
+        # A quarantined member is not asked: a stopped node would cost the whole deadline, and
+        # its answer would be left out anyway. The background re-probe brings it back.
+        out = {self._control_of[n] for n in self.health.quarantined() if n in self._control_of}
+        asks = [self._ask_one(member, user, timeout) for member in await self.members()
+                if member not in out]
         if self.config.broadcast is not None:
             asks.append(self._broadcast(user, timeout))
         tasks = [asyncio.ensure_future(a) for a in asks]
@@ -207,6 +213,10 @@ class Pool:
                         node_id, error)
             self._ensure_prober()
 
+    def hung(self, node_id: str, error: str) -> None:
+        self.health.quarantine(node_id, error)
+        self._ensure_prober()
+
     def succeeded(self, node_id: str) -> None:
         self.health.succeeded(node_id)
 
@@ -237,6 +247,7 @@ class Pool:
         self.health.succeeded(node_id)
 
     async def close(self) -> None:
+        await self.heartbeat.close()
         if self._prober is not None:
             self._prober.cancel()
             with contextlib.suppress(asyncio.CancelledError):

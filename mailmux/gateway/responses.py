@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _LITERAL_AT_END = re.compile(rb"~?\{(\d+)\+?\}\r\n$")
@@ -61,13 +62,25 @@ class Response:
         return self.number(_UIDNEXT)
 
 
-async def read_response(reader: asyncio.StreamReader, max_literal: int) -> Response:
-    """One whole response; EOF raises ConnectionResetError (the backend is gone)."""
+LITERAL_CHUNK = 256 * 1024
+
+
+async def read_response(
+    reader: asyncio.StreamReader, max_literal: int,
+    progress: Callable[[], None] | None = None,
+) -> Response:
+    """One whole response; EOF raises ConnectionResetError (the backend is gone).
+
+    `progress` is called whenever bytes arrive, so a caller's deadline can measure silence
+    rather than the length of a big literal.
+    """
     parts: list[bytes] = []
     while True:
         line = await reader.readline()
         if not line.endswith(b"\n"):
             raise ConnectionResetError("backend closed the connection")
+        if progress is not None:
+            progress()
         parts.append(line)
         match = _LITERAL_AT_END.search(line)
         if match is None:
@@ -75,4 +88,9 @@ async def read_response(reader: asyncio.StreamReader, max_literal: int) -> Respo
         size = int(match.group(1))
         if size > max_literal:
             raise ResponseTooLarge(f"backend literal of {size} octets")
-        parts.append(await reader.readexactly(size))
+        while size > 0:
+            chunk = await reader.readexactly(min(size, LITERAL_CHUNK))
+            size -= len(chunk)
+            parts.append(chunk)
+            if progress is not None:
+                progress()

@@ -147,16 +147,7 @@ class SubmissionHandler:
         reasons = []
         for candidate in candidates:
             try:
-                await aiosmtplib.send(
-                    message,
-                    sender=envelope.mail_from,
-                    recipients=envelope.rcpt_tos,
-                    hostname=candidate.smtp[0],
-                    port=candidate.smtp[1],
-                    timeout=self.config.request_timeout,
-                    start_tls=False,
-                    use_tls=False,
-                )
+                await self._send_watched(candidate, envelope, message)
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 raise NoBackend(f"{candidate.node_id} refused recipients: {exc}") from exc
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
@@ -167,6 +158,36 @@ class SubmissionHandler:
             self.pool.succeeded(candidate.node_id)
             return candidate.node_id
         raise NoBackend("; ".join(reasons) or "no live node serves every recipient")
+
+    async def _send_watched(self, candidate: Candidate, envelope: Envelope,
+                            message: bytes) -> None:
+        """One transfer to one node, abandoned as soon as the heartbeat finds the node hung
+        (a stopped node would otherwise hold the submission for the whole request_timeout)."""
+        transfer = asyncio.ensure_future(aiosmtplib.send(
+            message,
+            sender=envelope.mail_from,
+            recipients=envelope.rcpt_tos,
+            hostname=candidate.smtp[0],
+            port=candidate.smtp[1],
+            timeout=self.config.request_timeout,
+            start_tls=False,
+            use_tls=False,
+        ))
+        hung: list[str] = []
+
+        def on_hung(reason: str) -> None:
+            hung.append(reason)
+            transfer.cancel()
+
+        watch = self.pool.heartbeat.register(candidate.node_id, candidate.control, on_hung)
+        try:
+            await asyncio.wait({transfer})
+        finally:
+            watch.cancel()
+            transfer.cancel()
+        if hung:
+            raise TimeoutError(hung[0])
+        transfer.result()
 
     async def _candidates(self, recipients: list[str]) -> list[Candidate]:
         """Live nodes that serve every recipient, in selection order."""

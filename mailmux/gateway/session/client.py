@@ -20,6 +20,7 @@ from mailmux.gateway.errors import BackendLost
 from mailmux.gateway.responses import Response, read_response
 from mailmux.gateway.session import prelogin
 from mailmux.gateway.session import relay as relaying
+from mailmux.gateway.session.heartbeat import Registration
 from mailmux.gateway.session.states import Input, SessionState, step
 from mailmux.gateway.session.view import MailboxView
 from mailmux.protocol.imap.errors import ParseError
@@ -69,14 +70,33 @@ class ClientSession:
         self.idling = False
         self._tags = itertools.count(1)
         self.queued: deque[CommandBytes] = deque()
+        self.watch: Registration | None = None
 
     def transition(self, event: Input) -> None:
         self.state = step(self.state, event)
 
     def attach(self, backend: BackendSession, user: str, password: str) -> None:
         """The first backend login succeeded: the session is serving."""
-        self.backend, self.user, self.password = backend, user, password
+        self.user, self.password = user, password
+        self.use(backend)
         self.transition(Input.LOGGED_IN)
+
+    def use(self, backend: BackendSession) -> None:
+        """Serve from this backend from now on, with its node watched for hangs."""
+        self.backend = backend
+        if self.watch is not None:
+            self.watch.cancel()
+        self.watch = self.proxy.pool.heartbeat.register(
+            backend.node_id, backend.candidate.control, backend.abort
+        )
+
+    async def drop_backend(self) -> None:
+        if self.watch is not None:
+            self.watch.cancel()
+            self.watch = None
+        if self.backend is not None:
+            backend, self.backend = self.backend, None
+            await backend.close()
 
     def new_framer(self) -> CommandFramer:
         return CommandFramer(
@@ -89,8 +109,12 @@ class ClientSession:
     # the client's side ------------------------------------------------------------------
 
     async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
+        """Write to the client. Its failure is the client's: it ends this session, nothing else."""
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except OSError as exc:
+            raise ClientGone(f"writing to the client: {exc!r}") from exc
 
     async def next_client_event(self) -> CommandBytes | FramingError:
         if self.queued:
@@ -98,9 +122,12 @@ class ClientSession:
         while True:
             event = self.framer.next_event()
             if isinstance(event, NeedData):
-                data = await self.reader.read(READ_SIZE)
+                try:
+                    data = await self.reader.read(READ_SIZE)
+                except OSError as exc:
+                    raise ClientGone(f"reading from the client: {exc!r}") from exc
                 if not data:
-                    raise ClientGone()
+                    raise ClientGone("the client closed the connection")
                 self.framer.receive_data(data)
                 quickack(self.writer)
                 continue
@@ -123,13 +150,27 @@ class ClientSession:
     # the backend's side -----------------------------------------------------------------
 
     async def read_backend(self, backend: BackendSession) -> Response:
+        """One whole response. The deadline measures silence: arriving bytes push it back."""
+        timeout = self.response_timeout()
+        loop = asyncio.get_running_loop()
+        watch = self.watch
         try:
-            async with asyncio.timeout(self.response_timeout()):
-                return await read_response(backend.reader, self.config.max_message_size)
+            async with asyncio.timeout(timeout) as deadline:
+                def progress() -> None:
+                    if timeout is not None:
+                        deadline.reschedule(loop.time() + timeout)
+                    if watch is not None:
+                        watch.heard()
+
+                return await read_response(backend.reader, self.config.max_message_size,
+                                           progress)
         except TimeoutError as exc:
-            raise BackendLost(f"{backend.candidate.node_id} did not answer in time") from exc
+            raise BackendLost(f"{backend.node_id} did not answer in time") from exc
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            raise BackendLost(f"{backend.candidate.node_id}: {exc!r}") from exc
+            raise BackendLost(backend.lost or f"{backend.node_id}: {exc!r}") from exc
+
+    async def write_backend(self, backend: BackendSession, data: bytes) -> None:
+        await backend.send(data, self.config.request_timeout)
 
     def response_timeout(self) -> float | None:
         # IDLE waits for the user, not for the backend: measured by progress elsewhere.
@@ -148,12 +189,12 @@ class ClientSession:
                     continue
                 if not await self.command(event.raw):
                     return
-        except (ClientGone, ConnectionError):
+        except ClientGone as exc:
+            log.info("imap %s (%s): client gone: %s", self.peer, self.user, exc)
             self.transition(Input.CLIENT_GONE)
             return
         finally:
-            if self.backend is not None:
-                await self.backend.close()
+            await self.drop_backend()
 
     async def framing_error(self, error: FramingError) -> None:
         code = f"[{error.code}] " if error.code else ""
@@ -195,7 +236,7 @@ class ClientSession:
     async def bye(self, reason: str) -> bool:
         log.warning("imap %s (%s): ending the session: %s", self.peer, self.user, reason)
         self.transition(Input.VIEW_LOST)
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(ClientGone):
             await self.send(b"* BYE [UNAVAILABLE] mail server unavailable, please reconnect\r\n")
         return False
 

@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mailmux.gateway.connector import connect
+from mailmux.gateway.errors import BackendLost, NoBackend
 from mailmux.gateway.responses import Response
 from mailmux.gateway.session.states import Input
 from mailmux.gateway.session.view import MailboxView
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from mailmux.gateway.session.relay import Relay
 
 log = logging.getLogger(__name__)
+
+MAX_RESTORE_ATTEMPTS = 3
 
 
 class ViewLost(Exception):
@@ -36,18 +39,36 @@ async def failover(session: ClientSession, current: Relay, cause: BaseException)
     node = old.candidate.node_id
     log.warning("imap %s (%s): backend %s lost during %s (%s); failing over",
                 session.peer, session.user, node, current.name or "command", cause)
-    session.proxy.pool.failed(node, str(cause))
-    await old.close()
-    session.backend = None
+    if old.lost is None:  # a hang was already reported by the heartbeat
+        session.proxy.pool.failed(node, str(cause))
+    await session.drop_backend()
     config = session.config
-    session.backend = await connect(
-        session.proxy.pool, session.user, session.password,
-        policy=config.selection, timeout=config.request_timeout, exclude=[node],
-    )
-    for enable in session.enabled:
-        await internal(session, enable)
-    if session.view is not None:
-        await restore_view(session, session.view)
+    excluded = [node]
+    for _ in range(MAX_RESTORE_ATTEMPTS):
+        session.use(await connect(
+            session.proxy.pool, session.user, session.password,
+            policy=config.selection, timeout=config.request_timeout, exclude=excluded,
+        ))
+        try:
+            for enable in session.enabled:
+                await internal(session, enable)
+            if session.view is not None:
+                await restore_view(session, session.view)
+            break
+        except BackendLost as exc:
+            # The replacement failed too while being restored: try the next one.
+            assert session.backend is not None
+            lost = session.backend.node_id
+            log.warning("imap %s (%s): %s failed during restore: %s",
+                        session.peer, session.user, lost, exc)
+            if session.backend.lost is None:
+                session.proxy.pool.failed(lost, str(exc))
+            excluded.append(lost)
+            await session.drop_backend()
+            session.transition(Input.BACKEND_LOST)
+    else:
+        raise NoBackend(f"no node could be restored ({', '.join(excluded)} failed)")
+    assert session.backend is not None
     if current.view is not None:
         current.view = MailboxView(select=current.view.select)
     session.transition(Input.RESTORED)
@@ -60,8 +81,7 @@ async def internal(session: ClientSession, command: bytes) -> list[Response]:
     backend = session.backend
     assert backend is not None
     tag = session.internal_tag()
-    backend.writer.write(tag + b" " + command)
-    await backend.writer.drain()
+    await session.write_backend(backend, tag + b" " + command)
     responses = []
     while True:
         response = await session.read_backend(backend)

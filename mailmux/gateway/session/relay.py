@@ -57,7 +57,11 @@ async def relay(session: ClientSession, tag: bytes, raw: bytes, name: str) -> bo
                 break
             await exchange(session, current)
             break
-        except (BackendLost, OSError, asyncio.IncompleteReadError, ResponseTooLarge) as exc:
+        except ResponseTooLarge as exc:
+            # Every node holds the same message: failing over would not help, and the node
+            # did nothing wrong. The stream is mid-literal, so the session cannot go on.
+            return await session.bye(f"{exc} (over max_message_size)")
+        except BackendLost as exc:
             if attempt >= MAX_FAILOVERS:
                 return await session.bye(f"backend failed {attempt + 1} times: {exc}")
             try:
@@ -71,8 +75,7 @@ async def relay(session: ClientSession, tag: bytes, raw: bytes, name: str) -> bo
 async def exchange(session: ClientSession, current: Relay) -> None:
     backend = session.backend
     assert backend is not None
-    backend.writer.write(current.raw)
-    await backend.writer.drain()
+    await session.write_backend(backend, current.raw)
     # Fast path: nothing to read from the client until the backend asks for a continuation.
     while not current.continued:
         if await forward(session, current, await session.read_backend(backend)):
@@ -94,8 +97,7 @@ async def exchange(session: ClientSession, current: Relay) -> None:
                 event = client.result()
                 client = None
                 if isinstance(event, CommandBytes):
-                    backend.writer.write(event.raw)  # IDLE's DONE
-                    await backend.writer.drain()
+                    await session.write_backend(backend, event.raw)  # IDLE's DONE
                     current.done_sent = True
                 continue
             response = reader.result()
