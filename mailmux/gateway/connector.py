@@ -140,9 +140,11 @@ async def connect(
         log.warning("login of %s: no live pool member serves this user", user)
         raise NoBackend(f"no live pool member serves {user}")
     reasons: list[str] = []
+    # Discovery offers quarantined nodes only when nobody else serves the user: then try them.
+    last_resort = all(pool.health.is_quarantined(c.node_id) for c in candidates)
     for _ in range(MAX_ROUNDS):
         for candidate in order(candidates, policy):
-            if pool.health.is_quarantined(candidate.node_id):
+            if pool.health.is_quarantined(candidate.node_id) and not last_resort:
                 continue
             try:
                 session = await login(candidate, user, password, timeout)

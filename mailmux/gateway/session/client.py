@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -40,11 +41,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
-# What the gateway can relay faithfully; the client sees this intersected with the backend's.
-RELAYABLE = (
+# Before login the gateway cannot know the backends' lists: it offers what every mailmux node
+# offers. After login the client sees the serving backend's list less DENIED, plus what the
+# gateway answers itself.
+BEFORE_LOGIN = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
-    "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE",
+    "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH",
 )
+GATEWAY_OWN = ("ID",)  # answered by the gateway in every state
+# Extensions a backend may offer that the gateway must not pass on, and why:
+DENIED_PREFIXES = (
+    "STARTTLS",  # TLS is between the client and the gateway, handled locally before login
+    "LOGINDISABLED",  # login happens at the gateway, which always accepts it
+    "AUTH=",  # authentication happens at the gateway (AUTH=PLAIN, offered before login)
+    "COMPRESS=",  # a compressed stream could no longer be framed, tracked or replayed
+    "XREPLAY",  # the gateway's own replay ids (pool-internal), never the client's
+    "NOTIFY",  # events arrive between commands, when the gateway is not reading the backend
+    "UNAUTHENTICATE",  # would leave the gateway logged in with another user's failover state
+)
+
+
+def relayable(capability: str) -> bool:
+    return not capability.upper().startswith(DENIED_PREFIXES)
 
 
 class ClientGone(Exception):
@@ -69,6 +87,8 @@ class ClientSession:
         self.tls = False
         self.idling = False
         self._tags = itertools.count(1)
+        self._replays = itertools.count(1)
+        self._token = secrets.token_hex(8)
         self.queued: deque[CommandBytes] = deque()
         self.watch: Registration | None = None
 
@@ -102,6 +122,10 @@ class ClientSession:
         return CommandFramer(
             max_line=self.config.max_line_length, max_literal=self.config.max_message_size
         )
+
+    def replay_id(self) -> str:
+        """A replay id unique per gateway session and command (the pool's XREPLAY contract)."""
+        return f"g{self._token}-{next(self._replays)}"
 
     def internal_tag(self) -> bytes:
         return b"gw%d" % next(self._tags)
@@ -137,14 +161,15 @@ class ClientSession:
             return event
 
     def capabilities(self) -> str:
-        caps = list(RELAYABLE)
         if self.backend is not None:
-            offered = self.backend.capabilities
-            caps = [c for c in caps if c.upper() in offered]
-        elif not self.tls and self.proxy.tls_context is not None:
+            offered = [c for c in sorted(self.backend.capabilities)
+                       if relayable(c) and c != "IMAP4REV1"]
+            own = [c for c in GATEWAY_OWN if c not in offered]
+            return " ".join(["IMAP4rev1", *offered, *own])
+        caps = list(BEFORE_LOGIN)
+        if not self.tls and self.proxy.tls_context is not None:
             caps.append("STARTTLS")
-        if self.backend is None:
-            caps.append("AUTH=PLAIN")
+        caps.append("AUTH=PLAIN")
         return " ".join(caps)
 
     # the backend's side -----------------------------------------------------------------

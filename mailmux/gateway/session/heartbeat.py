@@ -98,7 +98,13 @@ class Heartbeat:
                 if silent > self.hang_timeout:
                     self._hung(node_id, node, silent)
                     return
+                before = self._clock()
                 await asyncio.sleep(self.interval)  # a timer: the heartbeat's cadence
+                late = self._clock() - before - self.interval
+                if late > self.interval:
+                    # The gateway itself was starved (a loaded machine): the node's answer may
+                    # be sitting unread. Its silence is not the node's fault.
+                    node.last_heard += late
         finally:
             if probe is not None:
                 probe.cancel()
