@@ -22,6 +22,7 @@ import collections
 import contextlib
 import logging
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import AnyStr
 
@@ -147,7 +148,16 @@ class SubmissionHandler:
         reasons = []
         for candidate in candidates:
             try:
-                await self._send_watched(candidate, envelope, message)
+                await self._watched(candidate, aiosmtplib.send(
+                    message,
+                    sender=envelope.mail_from,
+                    recipients=envelope.rcpt_tos,
+                    hostname=candidate.smtp[0],
+                    port=candidate.smtp[1],
+                    timeout=self.config.request_timeout,
+                    start_tls=False,
+                    use_tls=False,
+                ))
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 raise NoBackend(f"{candidate.node_id} refused recipients: {exc}") from exc
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
@@ -159,20 +169,10 @@ class SubmissionHandler:
             return candidate.node_id
         raise NoBackend("; ".join(reasons) or "no live node serves every recipient")
 
-    async def _send_watched(self, candidate: Candidate, envelope: Envelope,
-                            message: bytes) -> None:
+    async def _watched(self, candidate: Candidate, send: Awaitable[object]) -> None:
         """One transfer to one node, abandoned as soon as the heartbeat finds the node hung
         (a stopped node would otherwise hold the submission for the whole request_timeout)."""
-        transfer = asyncio.ensure_future(aiosmtplib.send(
-            message,
-            sender=envelope.mail_from,
-            recipients=envelope.rcpt_tos,
-            hostname=candidate.smtp[0],
-            port=candidate.smtp[1],
-            timeout=self.config.request_timeout,
-            start_tls=False,
-            use_tls=False,
-        ))
+        transfer = asyncio.ensure_future(send)
         hung: list[str] = []
 
         def on_hung(reason: str) -> None:
