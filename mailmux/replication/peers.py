@@ -57,6 +57,8 @@ IDLE_RECHECK = 1.0
 MAX_BACKOFF = 5.0
 READ_SIZE = 256 * 1024
 ACK_PERSIST_INTERVAL = 1.0
+PREAUTH_MAX_FRAME = 16 * 1024
+MAX_PREAUTH_CONNECTIONS = 64  # peer connections still in their handshake
 
 
 class LinkClosed(Exception):
@@ -69,7 +71,9 @@ class Channel:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.decoder = FrameDecoder(MAX_FRAME)
+        # Until the peer has proven it holds the secret it gets small frames only: a stranger
+        # must not make us buffer MAX_FRAME bytes.
+        self.decoder = FrameDecoder(PREAUTH_MAX_FRAME)
         self.sealer: Sealer | None = None
 
     async def _frame(self) -> bytes:
@@ -88,14 +92,15 @@ class Channel:
     async def receive_plain(self) -> dict[str, Any]:
         try:
             message = json.loads(await self._frame())
-        except ValueError as exc:
-            raise PeerAuthError(f"handshake is not JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:
+            raise PeerAuthError(f"handshake is not JSON: {str(exc)[:80]}") from None
         if not isinstance(message, dict):
             raise PeerAuthError("handshake is not an object")
         return message
 
     async def receive(self) -> dict[str, Any]:
         assert self.sealer is not None
+        self.decoder.max_frame = MAX_FRAME
         return self.sealer.open(await self._frame())
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -148,6 +153,7 @@ class Replicator:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._local_seq = 0
+        self._handshaking = 0
         # TLS on peer links whenever the node has a certificate (DESIGN: off loopback, always).
         # Peers authenticate each other with the pool secret; TLS adds confidentiality, and the
         # dialer checks the peer's certificate against the node's own (a pool-wide certificate
@@ -382,11 +388,20 @@ class Replicator:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         channel = Channel(reader, writer)
         peer = writer.get_extra_info("peername")
+        if self._handshaking >= MAX_PREAUTH_CONNECTIONS:
+            log.warning("replication: refused connection from %s: %d handshakes in progress",
+                        peer, self._handshaking)
+            await channel.close()
+            return
         try:
             secret = self.config.pool_secret
-            async with asyncio.timeout(self.rconfig.copy_timeout):
-                node, their_nonce = check_hello(secret, await channel.receive_plain(),
-                                                time.time())
+            self._handshaking += 1
+            try:
+                async with asyncio.timeout(self.rconfig.copy_timeout):
+                    node, their_nonce = check_hello(secret, await channel.receive_plain(),
+                                                    time.time())
+            finally:
+                self._handshaking -= 1
             nonce = os.urandom(16)
             writer.write(plain(welcome(secret, self.config.node_id, their_nonce, nonce)))
             channel.sealer = Sealer.for_session(secret, their_nonce, nonce, dialer=False)

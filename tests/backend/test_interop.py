@@ -5,8 +5,6 @@ from __future__ import annotations
 import email
 import email.policy
 import imaplib
-import os
-import shutil
 import smtplib
 import subprocess
 from email.message import EmailMessage
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.nodes import NodeProcess
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.interop
 
@@ -22,12 +21,7 @@ ATTACHMENT = bytes(range(256)) * 40  # binary, so base64 round-trips are really 
 
 
 def _require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} is not installed; .ci/run must install it")
-        pytest.skip(f"{tool} not installed")
-    return path
+    return require_tool(tool)
 
 
 def _message_with_attachment(subject: str) -> bytes:

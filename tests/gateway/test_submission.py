@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import imaplib
-import shutil
 import smtplib
 import subprocess
 from collections.abc import Callable
@@ -13,6 +12,7 @@ import pytest
 from tests.gateway.conftest import ALICE, BOB
 from tests.support.gateway import GatewayProcess
 from tests.support.nodes import NodeProcess
+from tests.support.tools import skip_unless_tool
 
 
 def _message(subject: str) -> bytes:
@@ -42,8 +42,9 @@ def test_send_with_smtplib_and_read_back_through_the_gateway(
         refused = smtp.sendmail(BOB[0], [ALICE[0]], _message("hello through the gateway"))
         assert refused == {}
         smtp.mail(BOB[0])
-        code, reply = smtp.rcpt("someone@elsewhere.example")
-        assert code == 550 and b"5.7.1" in reply
+        code, _ = smtp.rcpt("someone@elsewhere.example")
+        assert code == 250  # outside recipients go to the outbound queue (tests/outbound/)
+        smtp.rset()
     assert _count(gw.imap, "hello through the gateway") == 1
 
 
@@ -67,7 +68,7 @@ def test_auth_is_required_and_wrong_password_refused(
         assert code == 550 and b"5.1.1" in reply
 
 
-@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks not installed (.ci/run does)")
+@skip_unless_tool("swaks")
 def test_swaks_submits_through_the_gateway(
     pool3: list[NodeProcess], gateway_factory: Callable[..., GatewayProcess],
 ) -> None:

@@ -52,6 +52,7 @@ Address = tuple[str, int]
 BIND_ATTEMPTS = 5
 MAX_IN_FLIGHT = 1024
 TCP_IDLE_TIMEOUT = 30.0
+MAX_TCP_CONNECTIONS = 256  # every request is one small frame: more would only be an attack
 CLOSE_GRACE = 1.0
 WARN_INTERVAL = 10.0  # one warning per (peer host, reason) per interval; the rest at DEBUG
 MAX_WARNING_KEYS = 4096
@@ -237,6 +238,10 @@ class ControlServer:
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        if len(self._connections) >= MAX_TCP_CONNECTIONS:
+            self._drop("busy", peer, "too many TCP connections; closing")
+            writer.close()
+            return
         task = _current_task()
         self._connections.add(task)
         try:

@@ -97,13 +97,35 @@ def entries(mailboxes: Iterable[MailboxInfo]) -> dict[str, Entry]:
     return found
 
 
+def lsub_responses(args: ListArgs, mailboxes: list[MailboxInfo],
+                   budget: Budget | None = None) -> list[bytes]:
+    """RFC 3501 6.3.9: subscribed names matching a pattern; when `%` stops above a subscribed
+    name, its unsubscribed parent at the pattern's level is listed as \\Noselect."""
+    subscribed = {m.name for m in mailboxes if m.subscribed}
+    matchers = [(Matcher(args.reference, p, budget), "%" in p) for p in args.patterns]
+    found: dict[str, list[str]] = {}
+    for name in subscribed:
+        if any(m.match(name) for m, _ in matchers):
+            found[name] = []
+            continue
+        parts = name.split(DELIMITER)
+        for i in range(1, len(parts)):
+            parent = DELIMITER.join(parts[:i])
+            if parent not in subscribed and any(m.match(parent) for m, pct in matchers if pct):
+                found.setdefault(parent, ["\\Noselect"])
+    return [untagged(Atom("LSUB"), [Atom(a) for a in found[name]], DELIMITER,
+                     encode_mailbox(name)) for name in sorted(found)]
+
+
 def _with_children(names: list[str]) -> set[str]:
     return {name.rsplit(DELIMITER, 1)[0] for name in names if DELIMITER in name}
 
 
 def list_responses(args: ListArgs, mailboxes: list[MailboxInfo], lsub: bool,
                    budget: Budget | None = None) -> list[bytes]:
-    command = "LSUB" if lsub else "LIST"
+    if lsub:
+        return lsub_responses(args, mailboxes, budget)
+    command = "LIST"
     if not lsub and args.patterns == ("",):
         return [untagged(Atom(command), [Atom("\\Noselect")], DELIMITER, "")]
     all_entries = entries(mailboxes)

@@ -56,6 +56,7 @@ from mailmux.protocol.imap.framing import (
     LiteralContinue,
     NeedData,
 )
+from mailmux.protocol.imap.mutf7 import encode_mailbox
 from mailmux.protocol.imap.parser import parse_command
 from mailmux.protocol.imap.response import (
     Atom,
@@ -74,7 +75,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
-UNAUTHENTICATED_MAX_LITERAL = 8 * 1024
+UNAUTHENTICATED_MAX_LITERAL = 4 * 1024
+UNAUTHENTICATED_MAX_COMMAND = 8 * 1024  # every line and literal of one command, before login
 MAX_LOGIN_DELAY = 30.0
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\*")
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -96,7 +98,8 @@ class Session:
         self.writer = writer
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL)
+        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL,
+                                    UNAUTHENTICATED_MAX_COMMAND)
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
         self.view: View | None = None
@@ -160,7 +163,7 @@ class Session:
                 if exc.tag is None:
                     await self.send([untagged_status("BAD", exc.message, code)])
                 else:
-                    await self.send([tagged(exc.tag, "BAD", exc.message, code)])
+                    await self.send([tagged(exc.tag, exc.status, exc.message, code)])
                 continue
             await self.send(await self.dispatch(command))
 
@@ -256,7 +259,8 @@ class Session:
         await self.writer.start_tls(context)
         self.tls = True
         # RFC 3501 6.2.1: anything the client sent before the handshake is discarded.
-        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL)
+        self.framer = CommandFramer(self.config.max_line_length, UNAUTHENTICATED_MAX_LITERAL,
+                                    UNAUTHENTICATED_MAX_COMMAND)
         return []
 
     async def do_LOGIN(self, command: Command) -> Lines:
@@ -297,6 +301,7 @@ class Session:
             self.state = State.AUTHENTICATED
             self.server.authenticated(self)
             self.framer.max_literal = self.config.max_message_size
+            self.framer.max_command = self.config.max_command_size
             log.info("imap %s: %s logged in", self.peer, user)
             caps = " ".join(self.capabilities())
             return [tagged(tag, "OK", "logged in", f"CAPABILITY {caps}")]
@@ -444,7 +449,8 @@ class Session:
         items: list[object] = []
         for item in args.items:
             items += [Atom(item), values[item]]
-        line = untagged(Atom("STATUS"), info.name, items)
+        # the name as the client wrote it: modified UTF-7 (RFC 3501 5.1.3)
+        line = untagged(Atom("STATUS"), encode_mailbox(info.name), items)
         return await self.ok(command, "STATUS completed", before=[line])
 
     async def do_APPEND(self, command: Command) -> Lines:

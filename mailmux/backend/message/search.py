@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
+from mailmux.backend.message.addresses import parse_addresses
 from mailmux.backend.message.headers import decode_header_text, decoded_text, text_parts
 from mailmux.backend.message.parsed import Part
 from mailmux.backend.store.interface import MessageMeta
@@ -23,7 +24,7 @@ _FLAG_KEYS = {
     "UNDRAFT": ("\\Draft", False), "UNFLAGGED": ("\\Flagged", False),
     "UNSEEN": ("\\Seen", False),
 }
-_ADDRESS_KEYS = {"BCC", "CC", "FROM", "TO", "SUBJECT"}
+_ADDRESS_KEYS = {"BCC", "CC", "FROM", "TO"}
 
 
 @dataclass
@@ -49,6 +50,22 @@ def _header_contains(msg: Part, name: str, needle: str) -> bool:
         key == name.lower() and (not needle or folded in decode_header_text(value).casefold())
         for key, value in msg.fields
     )
+
+
+def _address_contains(msg: Part, name: str, needle: str) -> bool:
+    """FROM/TO/CC/BCC match the parsed addresses (`Name <user@host>`, group names), so comments
+    and spacing inside the raw field do not hide an address (as Dovecot searches)."""
+    folded = needle.casefold()
+    for key, value in msg.fields:
+        if key != name.lower():
+            continue
+        if not needle:
+            return True
+        text = value.decode("utf-8", "replace")
+        rendered = ", ".join(a.searchable() for a in parse_addresses(text))
+        if folded in decode_header_text(rendered.encode()).casefold():
+            return True
+    return False
 
 
 def _body_contains(msg: Part, needle: str) -> bool:
@@ -121,6 +138,8 @@ def matches(key: SearchKey, ctx: SearchContext) -> bool:
         assert isinstance(target, date)
         return _compare(name, _sent_date(ctx.message), target)
     if name in _ADDRESS_KEYS:
+        return _address_contains(ctx.message, name, str(key.args[0]))
+    if name == "SUBJECT":
         return _header_contains(ctx.message, name, str(key.args[0]))
     if name == "HEADER":
         return _header_contains(ctx.message, str(key.args[0]), str(key.args[1]))

@@ -7,15 +7,25 @@ from mailmux.protocol.imap.commands import Section
 
 
 def resolve(msg: Part, numbers: tuple[int, ...]) -> Part | None:
+    """The part a section number names (RFC 3501 6.4.5).
+
+    Each number picks a child of a multipart; in a non-multipart, 1 names the body itself.
+    After the first step, a message/rfc822 part is entered first: its numbers count the parts
+    of the encapsulated message (so `1.1` of a message whose body is one message/rfc822 is
+    the embedded message's body, and `1.2.MIME` the second part's header inside it).
+    """
     current = msg
-    for n in numbers:
-        if current.message is not None and current is not msg:
-            current = current.message
-        if current.children:
-            if n > len(current.children):
+    for step, n in enumerate(numbers):
+        container = current
+        if step and current.message is not None:
+            container = current.message
+        if container.children:
+            if n > len(container.children):
                 return None
-            current = current.children[n - 1]
-        elif n != 1:
+            current = container.children[n - 1]
+        elif n == 1:
+            current = container
+        else:
             return None
     return current
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailmux.backend.store.interface import BOARD_OWNER, ChangeRecord
 from mailmux.backend.store.writer import Tx
+from mailmux.outbound import records as outbound_records
 
 if TYPE_CHECKING:
     from mailmux.backend.store.sqlite import SqliteStore
@@ -45,6 +46,8 @@ def apply_records(store: SqliteStore, tx: Tx, records: list[ChangeRecord],
         handler = _HANDLERS.get(record.kind)
         if handler is not None:
             handler(store, tx, record)
+        elif record.kind in outbound_records.KINDS:
+            outbound_records.apply(conn, record.kind, record.payload, record.origin, record.seq)
         applied += 1
     return applied
 
@@ -91,7 +94,8 @@ def _mailbox_create(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
         "INSERT INTO mailboxes (owner, name, uidvalidity, special_use) VALUES (?, ?, ?, ?)",
         (owner, name, _p(record, "uidvalidity"), _p(record, "special_use")),
     )
-    if owner != BOARD_OWNER:
+    # records written before "subscribed" was logged came from a CREATE that subscribed
+    if owner != BOARD_OWNER and record.payload.get("subscribed", True):
         tx.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)", (owner, name))
 
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -306,7 +307,8 @@ class SqliteStore:
         tx.conn.execute("INSERT OR REPLACE INTO meta VALUES ('uidvalidity', ?)", (str(value),))
         return value
 
-    def _create(self, tx: Tx, owner: str, name: str, special_use: str | None) -> int:
+    def _create(self, tx: Tx, owner: str, name: str, special_use: str | None,
+                subscribe: bool = True) -> int:
         uidvalidity = self._next_uidvalidity(tx)
         try:
             cur = tx.conn.execute(
@@ -315,10 +317,12 @@ class SqliteStore:
             )
         except sqlite3.IntegrityError:
             raise MailboxExists(f"mailbox {name} already exists") from None
-        if owner != BOARD_OWNER:
+        subscribe = subscribe and owner != BOARD_OWNER
+        if subscribe:
             tx.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)", (owner, name))
         self._log(tx, "board.add" if owner == BOARD_OWNER else "mailbox.create", {
             "owner": owner, "name": name, "uidvalidity": uidvalidity, "special_use": special_use,
+            "subscribed": subscribe,
         })
         assert cur.lastrowid is not None
         return cur.lastrowid
@@ -383,7 +387,9 @@ class SqliteStore:
             raise MailboxExists("INBOX always exists")
 
         def job(tx: Tx) -> None:
-            self._create(tx, user.lower(), name, special_use)
+            # RFC 3501 6.3.3: CREATE does not subscribe (only the mailboxes a new user starts
+            # with are subscribed)
+            self._create(tx, user.lower(), name, special_use, subscribe=False)
 
         await self._write(job)
 
@@ -754,8 +760,10 @@ class SqliteStore:
                 (user.lower(), source, uid),
             ).fetchone():
                 flags |= {SEEN}
+            # A mailbox holds a GUID once: a copy into the same mailbox is a new message.
+            guid = row[0] if dest != source else secrets.token_hex(16)
             result = self._add_message(tx, dest_row, None, row[1], flags,
-                                       datetime.fromisoformat(row[3]), row[0], user)
+                                       datetime.fromisoformat(row[3]), guid, user)
             pairs.append((uid, result.uid))
         if move:
             self._delete_rows(tx, source, [p[0] for p in pairs])
@@ -775,8 +783,6 @@ class SqliteStore:
     ) -> CopyResult:
         def job(tx: Tx) -> CopyResult:
             dest_row = self._mailbox_row(tx.conn, user, dest)
-            if dest_row[0] == mailbox_id:
-                raise CannotDo("cannot move messages into the mailbox they are in")
             return self._copy_rows(tx, user, mailbox_id, uids, dest_row[0], move=True)
 
         return await self._write(job)

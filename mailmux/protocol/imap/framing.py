@@ -8,7 +8,10 @@ its first line plus, for every line ending in a literal announcement (`{n}`, `{n
 Memory stays bounded: a line longer than `max_line` is discarded as it arrives (up to its CRLF)
 and reported once; a synchronising literal over `max_literal` is refused before the client sends
 it (`TOOBIG`); a non-synchronising one over the limit is already on its way and cannot be skipped
-safely without reading it, so it is fatal: the caller closes the connection.
+safely without reading it, so it is fatal: the caller closes the connection. `max_command`
+bounds one whole command — every line and literal together — so that chaining many small
+literals (`a NOOP {8000+}` … ` {8000+}` …) cannot grow a process either; a command that would
+pass it is refused the same way as an oversized literal.
 
 `ResponseFramer` does the same for server responses (the gateway relays them).
 """
@@ -61,12 +64,15 @@ def _tag_of(first_line: bytes) -> str | None:
 
 
 class CommandFramer:
-    def __init__(self, max_line: int = 64 * 1024, max_literal: int = 50 * 1024 * 1024) -> None:
+    def __init__(self, max_line: int = 64 * 1024, max_literal: int = 50 * 1024 * 1024,
+                 max_command: int | None = None) -> None:
         self.max_line = max_line
         self.max_literal = max_literal
+        self.max_command = max_command  # None: max_line + max_literal + a little per line
         self._buffer = bytearray()
         self._scanned = 0  # bytes of the buffer known to hold no LF
         self._parts: list[bytes] = []
+        self._size = 0  # bytes in _parts
         self._literal = 0  # octets of literal still expected
         self._discarding = False  # inside an over-long line, dropping bytes up to LF
         self._discard_tag: str | None = None
@@ -74,6 +80,20 @@ class CommandFramer:
 
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
+
+    def _add_part(self, part: bytes) -> None:
+        self._parts.append(part)
+        self._size += len(part)
+
+    def _clear_parts(self) -> None:
+        self._parts.clear()
+        self._size = 0
+
+    @property
+    def command_limit(self) -> int:
+        if self.max_command is not None:
+            return self.max_command
+        return self.max_line + self.max_literal + 1024
 
     @property
     def in_command(self) -> bool:
@@ -87,7 +107,7 @@ class CommandFramer:
             if self._literal:
                 if len(self._buffer) < self._literal:
                     return NeedData()
-                self._parts.append(bytes(self._buffer[: self._literal]))
+                self._add_part(bytes(self._buffer[: self._literal]))
                 del self._buffer[: self._literal]
                 self._literal = 0
                 self._scanned = 0
@@ -98,7 +118,7 @@ class CommandFramer:
                     return NeedData()
                 del self._buffer[: end + 1]
                 self._discarding = False
-                self._parts.clear()
+                self._clear_parts()
                 return FramingError(self._discard_tag, "line too long", "TOOBIG", False)
             end = self._buffer.find(b"\n", self._scanned)
             if end < 0:
@@ -114,27 +134,30 @@ class CommandFramer:
                 first = self._parts[0] if self._parts else bytes(self._buffer[:200])
                 del self._buffer[: end + 1]
                 self._scanned = 0
-                self._parts.clear()
+                self._clear_parts()
                 return FramingError(_tag_of(first), "line too long", "TOOBIG", False)
             line = bytes(self._buffer[: end + 1])
             del self._buffer[: end + 1]
             self._scanned = 0
-            self._parts.append(line)
+            self._add_part(line)
             match = _LITERAL.search(line)
             if match is None:
                 raw = b"".join(self._parts)
-                self._parts.clear()
+                self._clear_parts()
                 return CommandBytes(raw)
             size = int(match.group(2))
             synchronising = not match.group(3)
-            if size > self.max_literal:
+            so_far = self._size
+            too_big = (f"literal of {size} octets is too big" if size > self.max_literal
+                       else "command is too big" if so_far + size > self.command_limit
+                       else None)
+            if too_big is not None:
                 tag = _tag_of(self._parts[0])
-                self._parts.clear()
+                self._clear_parts()
                 if synchronising:
-                    return FramingError(tag, f"literal of {size} octets is too big", "TOOBIG",
-                                        False)
+                    return FramingError(tag, too_big, "TOOBIG", False)
                 self._closed = True
-                return FramingError(tag, f"literal of {size} octets is too big", "TOOBIG", True)
+                return FramingError(tag, too_big, "TOOBIG", True)
             self._literal = size
             if synchronising:
                 if size == 0:

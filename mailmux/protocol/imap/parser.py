@@ -67,11 +67,25 @@ _SEARCH_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE
 MAX_DEPTH = 50
 
 
+def _shown(raw: bytes) -> str:
+    """Offending input for an error text: one line, quoted, printable, no braces or brackets.
+
+    A Python bytes repr or a raw `{` would reach the client, and a client's response parser
+    may read `{` in a BAD text as a literal announcement (imaptest does, and disconnects).
+    """
+    line = raw.split(b"\n", 1)[0].split(b"\r", 1)[0][:20]
+    if not line:
+        return "the end of the line"
+    return '"' + "".join(chr(c) if 0x20 <= c < 0x7F and c not in b'{}[]"\\' else "?"
+                         for c in line) + '"'
+
+
 class _Fail(Exception):
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, status: str = "BAD") -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.status = status
 
 
 class _Reader:
@@ -92,7 +106,7 @@ class _Reader:
 
     def end(self) -> None:
         if not self.at_end():
-            raise _Fail(f"unexpected {self.raw[self.pos:self.pos + 20]!r} at end of command")
+            raise _Fail(f"unexpected {_shown(self.raw[self.pos:])} at end of command")
 
     def take(self, token: bytes) -> bool:
         if self.raw[self.pos : self.pos + len(token)].upper() == token.upper():
@@ -102,8 +116,8 @@ class _Reader:
 
     def expect(self, token: bytes, what: str | None = None) -> None:
         if not self.take(token):
-            found = self.raw[self.pos : self.pos + 20]
-            raise _Fail(f"expected {what or token.decode()!s}, found {found!r}")
+            found = _shown(self.raw[self.pos :])
+            raise _Fail(f"expected {what or _shown(token)}, found {found}")
 
     def sp(self) -> None:
         self.expect(b" ", "a space")
@@ -117,7 +131,7 @@ class _Reader:
                 break
             self.pos += 1
         if self.pos == start:
-            raise _Fail(f"expected an atom, found {raw[start:start + 20]!r}")
+            raise _Fail(f"expected an atom, found {_shown(raw[start:])}")
         return raw[start : self.pos]
 
     def fetch_word(self) -> str:
@@ -127,7 +141,7 @@ class _Reader:
         while self.pos < len(raw) and (chr(raw[self.pos]).isalnum() or raw[self.pos] == 0x2E):
             self.pos += 1
         if self.pos == start:
-            raise _Fail(f"expected a FETCH item, found {raw[start:start + 20]!r}")
+            raise _Fail(f"expected a FETCH item, found {_shown(raw[start:])}")
         return raw[start : self.pos].decode("ascii").upper()
 
     def atom(self) -> str:
@@ -138,7 +152,7 @@ class _Reader:
         while self.pos < len(self.raw) and 0x30 <= self.raw[self.pos] <= 0x39:
             self.pos += 1
         if self.pos == start or self.pos - start > 20:
-            raise _Fail(f"expected a number, found {self.raw[start:start + 20]!r}")
+            raise _Fail(f"expected a number, found {_shown(self.raw[start:])}")
         return int(self.raw[start : self.pos])
 
     def nz_number(self) -> int:
@@ -186,17 +200,20 @@ class _Reader:
             raise _Fail("NUL in a non-binary literal", "CLIENTBUG")
         return data, binary
 
+    def starts_literal(self) -> bool:
+        # "~" begins a literal8 only when "{" follows; otherwise it is an atom character
+        return self.peek() == b"{" or self.peek(2) == b"~{"
+
     def string(self) -> bytes:
         c = self.peek()
         if c == b'"':
             return self.quoted()
-        if c in (b"{", b"~"):
+        if self.starts_literal():
             return self.literal()[0]
-        raise _Fail(f"expected a string, found {self.raw[self.pos:self.pos + 20]!r}")
+        raise _Fail(f"expected a string, found {_shown(self.raw[self.pos:])}")
 
     def astring(self) -> bytes:
-        c = self.peek()
-        if c in (b'"', b"{", b"~"):
+        if self.peek() == b'"' or self.starts_literal():
             return self.string()
         return self.atom_bytes(extra_ok=b"]")
 
@@ -219,16 +236,18 @@ class _Reader:
         try:
             name = decode_mailbox(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
-            raise _Fail(f"bad mailbox name: {exc}", "CLIENTBUG") from exc
+            # Well-formed syntax naming a mailbox that cannot exist: NO, as Dovecot answers.
+            raise _Fail(f"invalid mailbox name: {exc}", "CANNOT", "NO") from exc
         return "INBOX" if name.upper() == "INBOX" else name
 
     def list_mailbox(self) -> str:
-        quoted_or_literal = self.peek() in (b'"', b"{", b"~")
+        quoted_or_literal = self.peek() == b'"' or self.starts_literal()
         raw = self.string() if quoted_or_literal else self.atom_bytes(extra_ok=b"%*]")
         try:
             return decode_mailbox(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise _Fail(f"bad mailbox pattern: {exc}", "CLIENTBUG") from exc
+        except (UnicodeDecodeError, ValueError):
+            # Not valid modified UTF-7: no mailbox name can match it, so LIST finds nothing.
+            return raw.decode("utf-8", "replace")
 
     def paren_atoms(self) -> tuple[str, ...]:
         self.expect(b"(")
@@ -284,7 +303,7 @@ class _Reader:
         try:
             return date(int(year), _MONTHS[month.decode().upper()], int(day))
         except (KeyError, ValueError) as exc:
-            raise _Fail(f"invalid date {match.group(0)!r}") from exc
+            raise _Fail(f"invalid date {_shown(match.group(0))}") from exc
 
     def date_time(self) -> datetime:
         self.expect(b'"')
@@ -299,7 +318,7 @@ class _Reader:
             return datetime(int(year), _MONTHS[month.decode().upper()], int(day), int(hh),
                             int(mm), int(ss), tzinfo=timezone(offset))
         except (KeyError, ValueError) as exc:
-            raise _Fail(f"invalid date-time {match.group(0)!r}") from exc
+            raise _Fail(f"invalid date-time {_shown(match.group(0))}") from exc
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -653,6 +672,6 @@ def parse_command(raw: bytes) -> Command:
         r.end()
         return Command(tag=tag, name=name, args=args, uid=uid, raw=raw)
     except _Fail as exc:
-        raise ParseError(tag, exc.message, exc.code) from None
+        raise ParseError(tag, exc.message, exc.code, exc.status) from None
     except (ValueError, OverflowError, RecursionError) as exc:
         raise ParseError(tag, f"malformed command: {exc}") from None

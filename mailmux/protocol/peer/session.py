@@ -128,7 +128,7 @@ class Sealer:
         self.received += 1
         try:
             message = json.loads(payload)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise PeerAuthError(f"sealed frame is not JSON: {exc}") from exc
         if not isinstance(message, dict):
             raise PeerAuthError("sealed frame is not an object")

@@ -101,3 +101,15 @@ def test_any_chunking_gives_the_same_commands(commands: list[bytes], data: st.Da
         got += events(framer, stream[previous:cut])
         previous = cut
     assert got == [CommandBytes(c) for c in commands]
+
+
+def test_chained_literals_count_against_one_command_budget() -> None:
+    framer = CommandFramer(max_line=1000, max_literal=100, max_command=250)
+    out = events(framer, b"a1 NOOP {90+}\r\n" + b"x" * 90 + b" {90+}\r\n" + b"y" * 90
+                 + b" {90+}\r\n")
+    assert out == [FramingError("a1", "command is too big", "TOOBIG", True)]
+    sync = CommandFramer(max_line=1000, max_literal=100, max_command=150)
+    assert events(sync, b"a2 NOOP {90}\r\n") == [LiteralContinue(90)]
+    assert events(sync, b"x" * 90 + b" {90}\r\n") == [
+        FramingError("a2", "command is too big", "TOOBIG", False)]
+    assert events(sync, b"a3 NOOP\r\n") == [CommandBytes(b"a3 NOOP\r\n")]

@@ -201,3 +201,32 @@ def test_append_round_trip(message: bytes, flags: list[str], mailbox: str) -> No
            + " ".join(flags).encode() + b") {%d+}\r\n" % len(data) + data + b"\r\n")
     append = parse_command(raw).args
     assert append == Append(mailbox, tuple(flags), None, data)
+
+
+# --- atoms beginning with "~", error texts (imaptest "atoms") ------------------------------
+
+
+def test_tilde_starts_an_atom_unless_a_literal8_follows() -> None:
+    assert args(b'a LIST "" ~foo\r\n') == ListArgs("", ("~foo",))
+    assert args(b"a SELECT ~foo\r\n") == MailboxArg("~foo")
+    assert args(b"a SELECT ~{3}\r\nbox\r\n") == MailboxArg("box")
+
+
+@pytest.mark.parametrize("raw", [
+    b"a LIST \"\" {x\r\n", b"a SELECT\r\n", b"a FETCH 1 (FLAGS\r\n",
+    b"a STORE 1 +FLAGS (\\\xff)\r\n", b"a FETCH 1:* BODY[X]\r\n",
+])
+def test_error_texts_hold_no_bytes_repr_or_braces(raw: bytes) -> None:
+    with pytest.raises(ParseError) as info:
+        parse_command(raw)
+    assert "b'" not in info.value.message and 'b"' not in info.value.message
+    assert not set("{}[]\r\n") & set(info.value.message)
+
+
+def test_invalid_modified_utf7_name_is_no_not_bad() -> None:
+    with pytest.raises(ParseError) as info:
+        parse_command(b"a SELECT !#$&'+,-.0123456789:;<=>?@^_`|[}\r\n")
+    assert (info.value.tag, info.value.status) == ("a", "NO")
+    # as a LIST pattern it is well-formed and simply matches nothing
+    listed = args(b"a LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*\r\n")
+    assert isinstance(listed, ListArgs) and listed.patterns[0].startswith("!#$&'")
