@@ -132,7 +132,7 @@ async def login(candidate: Candidate, user: str, password: str, timeout: float) 
 
 async def connect(
     pool: Pool, user: str, password: str, *, policy: str, timeout: float,
-    exclude: Sequence[str] = (),
+    exclude: Sequence[str] = (), standby: bool = False,
 ) -> BackendSession:
     """Discover, order, and log in to the first candidate that works."""
     candidates = [c for c in await pool.discover(user, policy) if c.node_id not in exclude]
@@ -154,7 +154,11 @@ async def connect(
                 pool.failed(candidate.node_id, str(exc))
                 continue
             pool.succeeded(candidate.node_id)
-            log.info("login of %s on %s (load %.1f)", user, candidate.node_id, candidate.load)
+            if standby:
+                log.info("standby for %s ready on %s", user, candidate.node_id)
+            else:
+                log.info("login of %s on %s (load %.1f)", user, candidate.node_id,
+                         candidate.load)
             return session
     log.warning("login of %s: every candidate failed (%s)", user, "; ".join(reasons))
     raise NoBackend("; ".join(reasons))

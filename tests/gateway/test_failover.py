@@ -8,6 +8,7 @@ sockets open, so only the heartbeat can tell) and SIGKILLed to crash them.
 from __future__ import annotations
 
 import imaplib
+import json
 import re
 import signal
 from collections.abc import Callable, Iterator
@@ -176,10 +177,22 @@ def test_search_outstanding_on_a_stopped_node_is_answered_by_another(
     for i in range(3):
         client.command("a", b"APPEND INBOX {%d+}\r\n%s" % (len(message(str(i))), message(str(i))))
     client.command("s", "SELECT INBOX")
-    serving(gw, ALICE[0], nodes).signal(signal.SIGSTOP)
+    stopped = serving(gw, ALICE[0], nodes)
+    stopped.signal(signal.SIGSTOP)
     answer = client.command("q", "SEARCH ALL")
     assert answer == [b"* SEARCH 1 2 3\r\n", b"q OK SEARCH completed\r\n"], answer
     assert "hung" in gw.log()
+
+    def figures() -> dict[str, dict[str, object]]:
+        out = gw.cli("status", "--json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)["failover"] or {}
+
+    wait_until(lambda: figures().get(stopped.node_id, {}).get("failovers") == 1,
+               "status to show the failover")
+    shown = figures()[stopped.node_id]
+    assert shown["hangs"] == 1 and shown["recoveries"] == 1
+    assert "failover (the running gateway)" in gw.cli("status").stdout
 
 
 def test_20mb_append_to_a_stopped_node_is_answered_once_and_stored_once(
@@ -201,3 +214,15 @@ def test_20mb_append_to_a_stopped_node_is_answered_once_and_stored_once(
     assert b"* 1 EXISTS\r\n" in selected, selected
     assert client.command("n", "NOOP")[-1].startswith(b"n OK")
     assert "hung" in gw.log()
+
+
+def test_capability_relays_what_the_backend_offers_less_the_deny_list(
+    pool3: list[NodeProcess], gateway_factory: Callable[..., GatewayProcess],
+    raw: Callable[[tuple[str, int]], RawImap],
+) -> None:
+    gw = gateway_factory(pool3[:1])
+    client = raw(gw.imap)
+    client.login(*ALICE)
+    caps = client.command("c", "CAPABILITY")[0].split()
+    assert b"ESEARCH" in caps and b"IMAP4rev1" in caps and b"ID" in caps
+    assert not any(c.startswith((b"AUTH=", b"STARTTLS", b"XREPLAY", b"COMPRESS")) for c in caps)

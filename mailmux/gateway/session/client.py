@@ -16,8 +16,8 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from mailmux.gateway.config import GatewayConfig
-from mailmux.gateway.connector import BackendSession
-from mailmux.gateway.errors import BackendLost
+from mailmux.gateway.connector import BackendSession, connect
+from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
 from mailmux.gateway.responses import Response, read_response
 from mailmux.gateway.session import prelogin
 from mailmux.gateway.session import relay as relaying
@@ -91,6 +91,8 @@ class ClientSession:
         self._token = secrets.token_hex(8)
         self.queued: deque[CommandBytes] = deque()
         self.watch: Registration | None = None
+        self.standby: BackendSession | None = None  # logged in on another node, kept ready
+        self._standby_task: asyncio.Task[None] | None = None
 
     def transition(self, event: Input) -> None:
         self.state = step(self.state, event)
@@ -117,6 +119,53 @@ class ClientSession:
         if self.backend is not None:
             backend, self.backend = self.backend, None
             await backend.close()
+
+    # the standby: a second node logged in ahead of need, so failover skips discovery and login
+
+    def want_standby(self) -> None:
+        if (self.standby is not None and self.backend is not None
+                and self.standby.node_id == self.backend.node_id):
+            self.drop_standby()  # a standby on the serving node is no standby
+        if self.backend is None or self.standby is not None or (
+            self._standby_task is not None and not self._standby_task.done()
+        ):
+            return
+        self._standby_task = asyncio.get_running_loop().create_task(
+            self._prepare_standby(self.backend.node_id)
+        )
+
+    async def _prepare_standby(self, serving: str) -> None:
+        assert self.user is not None and self.password is not None
+        try:
+            standby = await connect(
+                self.proxy.pool, self.user, self.password, policy=self.config.selection,
+                timeout=self.config.request_timeout, exclude=[serving], standby=True,
+            )
+        except (NoBackend, AuthenticationFailed, BackendLost) as exc:
+            log.debug("imap %s (%s): no standby: %s", self.peer, self.user, exc)
+            return
+        if self.state is SessionState.CLOSED or self.standby is not None:
+            await standby.close()
+            return
+        self.standby = standby
+
+    def take_standby(self, excluded: list[str]) -> BackendSession | None:
+        """The standby, if it is still worth trying (its node not excluded nor quarantined)."""
+        standby, self.standby = self.standby, None
+        if standby is None:
+            return None
+        if (standby.node_id in excluded or standby.reader.at_eof()
+                or self.proxy.pool.health.is_quarantined(standby.node_id)):
+            standby.writer.transport.abort()
+            return None
+        return standby
+
+    def drop_standby(self) -> None:
+        if self._standby_task is not None:
+            self._standby_task.cancel()
+        if self.standby is not None:
+            self.standby.writer.transport.abort()
+            self.standby = None
 
     def new_framer(self) -> CommandFramer:
         return CommandFramer(
@@ -219,6 +268,7 @@ class ClientSession:
             self.transition(Input.CLIENT_GONE)
             return
         finally:
+            self.drop_standby()
             await self.drop_backend()
 
     async def framing_error(self, error: FramingError) -> None:

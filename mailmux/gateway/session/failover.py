@@ -64,10 +64,16 @@ async def failover(session: ClientSession, current: Relay, cause: BaseException)
     config = session.config
     excluded = [node]
     for _ in range(MAX_RESTORE_ATTEMPTS):
-        session.use(await connect(
-            session.proxy.pool, session.user, session.password,
-            policy=config.selection, timeout=config.request_timeout, exclude=excluded,
-        ))
+        backend = session.take_standby(excluded)
+        if backend is not None:
+            log.info("imap %s (%s): taking the standby on %s", session.peer, session.user,
+                     backend.node_id)
+        else:
+            backend = await connect(
+                session.proxy.pool, session.user, session.password,
+                policy=config.selection, timeout=config.request_timeout, exclude=excluded,
+            )
+        session.use(backend)
         try:
             for enable in session.enabled:
                 await internal(session, enable)
@@ -94,6 +100,8 @@ async def failover(session: ClientSession, current: Relay, cause: BaseException)
     if current.replay_id is not None:
         metrics.replay(session.backend.node_id)
     session.transition(Input.RESTORED)
+    if session.view is not None:
+        session.want_standby()
     log.info("imap %s (%s): now on %s", session.peer, session.user, session.backend.node_id)
 
 

@@ -292,6 +292,8 @@ def remember(session: ClientSession, current: Relay) -> None:
     ok = current.final is not None and current.final.status == b"OK"
     if current.name in ("SELECT", "EXAMINE"):
         session.view = current.view if ok else None  # a failed SELECT leaves nothing selected
+        if ok:
+            session.want_standby()  # a session that works in a mailbox is worth a standby
     elif not ok:
         return
     elif current.name in ("CLOSE", "UNSELECT"):
