@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from mailmux.backend.control.client import query
 from mailmux.configfile import ConfigError
 from mailmux.gateway.config import GatewayConfig, load
 from mailmux.gateway.pool import Pool
+from mailmux.logsetup import LOG_FORMATS, setup_logging
 from mailmux.protocol.control.codec import ControlError
 from mailmux.protocol.control.messages import HealthRequest, LoadRequest
 
@@ -35,12 +35,19 @@ def main() -> None:
     """mailmux gateway: local IMAP and SMTP submission in front of a mailmux pool."""
 
 
+log_format_option = click.option(
+    "--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+    help="log lines on stderr as text or as one JSON object each",
+)
+
+
 @main.command()
 @config_option
-def run(config_path: Path) -> None:
+@log_format_option
+def run(config_path: Path, log_format: str) -> None:
     """Run the gateway until SIGTERM or SIGINT; prints one JSON line when ready."""
     config = _load(config_path)
-    _setup_logging()
+    setup_logging("gateway", log_format)
     try:
         asyncio.run(_serve(config, config_path))
     except OSError as exc:
@@ -158,11 +165,13 @@ def discover(user: str, config_path: Path, as_json: bool) -> None:
               help="gateway IMAP on N, submission on N+1, node i on N+10+10i.. (default: any)")
 @click.option("--keep", is_flag=True,
               help="keep the temporary data dir on exit (default: remove it)")
-def demo(nodes: int, data_dir: Path | None, port_base: int | None, keep: bool) -> None:
+@log_format_option
+def demo(nodes: int, data_dir: Path | None, port_base: int | None, keep: bool,
+         log_format: str) -> None:
     """Start a demo pool (N nodes + gateway) with users alice and bob; Ctrl-C stops it."""
     from mailmux.gateway.demo import DemoError, run_demo_in
 
-    _setup_logging()
+    setup_logging("gateway", log_format)
     try:
         run_demo_in(nodes, data_dir, port_base, keep,
                     lambda: Path(tempfile.mkdtemp(prefix="mailmux-demo-")))
@@ -182,12 +191,3 @@ def _fail(message: str) -> NoReturn:
     click.echo(message, err=True)
     sys.exit(1)
 
-
-def _setup_logging() -> None:
-    level = os.environ.get("MAILMUX_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level if level in logging.getLevelNamesMapping() else logging.INFO,
-        format="%(asctime)s gateway %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("mail.log").setLevel(logging.WARNING)

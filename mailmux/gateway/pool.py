@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SRV_PREFIX = "_mailmux._udp."
 MIN_SRV_TTL = 5.0
+MAX_CACHED_USERS = 10_000
 
 
 def parse_endpoint(text: str) -> Address:
@@ -69,6 +70,8 @@ class Pool:
         self._srv_members: list[Address] = []
         self._srv_expires = 0.0
         self._control_of: dict[str, Address] = {}
+        # user -> (expiry, answers): a client's several connections share one fan-out.
+        self._answers: dict[str, tuple[float, list[Answer]]] = {}
         self._prober: asyncio.Task[None] | None = None
         self.metrics = FailoverMetrics()
         self.heartbeat = Heartbeat(config.pool_secret, config.hang_timeout, on_hung=self.hung)
@@ -174,7 +177,7 @@ class Pool:
 
     async def discover(self, user: str, policy: str) -> list[Candidate]:
         """Members that serve USER and are not quarantined, as selection candidates."""
-        answers = await self.ask(user, stop_at_first_yes=policy == "first-responder")
+        answers = await self._recent_answers(user, policy)
         candidates = []
         quarantined = []
         for answer in answers:
@@ -194,6 +197,20 @@ class Pool:
             user, ", ".join(f"{c.node_id}(load {c.load:.1f})" for c in candidates) or "nobody",
         )
         return candidates
+
+    async def _recent_answers(self, user: str, policy: str) -> list[Answer]:
+        ttl = self.config.discovery_cache_ttl
+        now = time.monotonic()
+        cached = self._answers.get(user)
+        if ttl > 0 and cached is not None and cached[0] > now:
+            return cached[1]
+        answers = await self.ask(user, stop_at_first_yes=policy == "first-responder")
+        if ttl > 0 and any(a.reply.serves for a in answers):
+            if len(self._answers) >= MAX_CACHED_USERS:
+                self._answers = {u: c for u, c in self._answers.items() if c[0] > now}
+            if len(self._answers) < MAX_CACHED_USERS:
+                self._answers[user] = (now + ttl, answers)
+        return answers
 
     async def _broadcast(self, user: str, timeout: float) -> list[tuple[Address, WhoReply]]:
         """Send one signed WHO to the broadcast address; gather every valid answer in time."""
@@ -230,6 +247,7 @@ class Pool:
 
     def failed(self, node_id: str, error: str) -> None:
         self.health.failed(node_id, error)
+        self._answers.clear()  # loads and homes may have moved: ask afresh
         if self.health.is_quarantined(node_id):
             log.warning("pool: %s failed twice (%s); left out until it answers again",
                         node_id, error)
@@ -237,6 +255,7 @@ class Pool:
 
     def hung(self, node_id: str, error: str) -> None:
         self.health.quarantine(node_id, error)
+        self._answers.clear()  # loads and homes may have moved: ask afresh
         self._ensure_prober()
 
     def succeeded(self, node_id: str) -> None:

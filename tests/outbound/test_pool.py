@@ -148,3 +148,32 @@ def test_w2_with_one_node_up_is_refused_and_nothing_is_queued(
     assert queue_cli(nodes[0], "list") == []
     assert sink.messages == []
     time.sleep(0)  # nothing to wait for: a refused message has no owner to deliver it later
+
+
+@pytest.mark.timeout(240)
+def test_sigkill_of_the_owner_mid_delivery_another_node_delivers(
+    make_nodes: Callable[..., list[NodeProcess]],
+    gateway_factory: Callable[..., GatewayProcess], sink: SmtpSink, dns: DnsServer,
+) -> None:
+    nodes = make_nodes("abc", outbound_table(sink, dns, 'lease = "2s"\npoll_interval = "0.2s"'))
+    gw = gateway_factory(nodes)
+    sink.handler.stall_rcpt = True  # the remote side hangs after RCPT
+    submit(gw, [REMOTE], message("takeover"))
+    wait_for(lambda: sink.handler.stalled > 0, "the owner's RCPT to reach the stalled remote")
+    [queued] = queue_cli(nodes[0], "list")
+    owner = next(n for n in nodes if n.node_id == queued["owner"])
+    killed_at = time.monotonic()
+    owner.kill()
+    sink.handler.stall_rcpt = False
+    received = sink.wait_for(1, deadline=60)
+    takeover = time.monotonic() - killed_at
+    survivors = [n for n in nodes if n is not owner]
+    for node in survivors:
+        wait_for(lambda node=node: queue_cli(node, "list") == [], f"queue on {node.node_id}")
+    shown = queue_cli(survivors[0], "show", queued["id"])
+    assert shown["state"] == "done" and shown["owner"] != owner.node_id and shown["epoch"] >= 2
+    # At least once; the stalled transaction never reached DATA, so here exactly once.
+    duplicates = len(sink.messages) - 1
+    print(f"takeover after SIGKILL: delivered {takeover:.2f}s after the kill by "
+          f"{shown['owner']}; duplicates {duplicates}")
+    assert [m.recipients for m in received] == [[REMOTE]] and duplicates == 0

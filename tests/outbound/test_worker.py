@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from mailmux.backend.config import from_dict
 from mailmux.backend.store.sqlite import SqliteStore
 from mailmux.outbound.worker import OutboundWorker
+from tests.support.certs import self_signed
 from tests.support.dns_server import DnsServer
 from tests.support.smtp_sink import SmtpSink
 
@@ -199,3 +201,36 @@ async def test_lease_takeover_rules(store: SqliteStore, sink: SmtpSink, dns: Dns
     clock.now += 10 + 5 * 2
     assert await _pass(worker) == 1
     assert len(sink.messages) == 1 and worker.counters["takeovers"] == 1
+
+
+@pytest.fixture
+def tls_sink(tmp_path: Path) -> Iterator[tuple[SmtpSink, Path]]:
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    with SmtpSink(tls_context=context, auth=("relay-user", "relay-pw")) as s:
+        yield s, cert
+
+
+async def test_smarthost_starttls_checks_the_certificate_and_authenticates(
+    store: SqliteStore, tls_sink: tuple[SmtpSink, Path], dns: DnsServer, tmp_path: Path,
+) -> None:
+    sink, cert = tls_sink
+    password = tmp_path / "relay.pw"
+    password.write_text("relay-pw\n")
+    relay = {"relay": f"127.0.0.1:{sink.port}", "relay_user": "relay-user",
+             "relay_password_file": str(password)}
+    # Certificate checks are on by default: a self-signed smarthost is not trusted...
+    worker = _worker(store, sink, dns, Clock(), **relay)
+    await worker.submit("m1", SENDER, [REMOTE], _message())
+    assert await _pass(worker) == 1
+    queued = await worker.queue.get("m1")
+    assert queued is not None and queued.pending == [REMOTE]
+    assert "CERTIFICATE_VERIFY_FAILED" in queued.last_error.upper().replace(" ", "_")
+    assert sink.messages == []
+    # ...until its CA is configured; then STARTTLS and AUTH, and the message goes.
+    worker = _worker(store, sink, dns, Clock(), relay_ca_file=str(cert), **relay)
+    await worker.queue.retry("m1", worker.clock(), 10)
+    assert await _pass(worker) == 1
+    [got] = sink.messages
+    assert got.recipients == [REMOTE]

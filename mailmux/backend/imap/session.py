@@ -15,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+import operator
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -29,6 +32,7 @@ from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING
 from mailmux.backend.imap.view import View
 from mailmux.backend.message.parsed import ParsedMessage, Part
 from mailmux.backend.message.search import SearchContext, matches
+from mailmux.backend.store.interface import FlagChange, MessageMeta
 from mailmux.protocol.imap.commands import (
     Append,
     Authenticate,
@@ -45,6 +49,8 @@ from mailmux.protocol.imap.commands import (
     Rename,
     Search,
     SearchKey,
+    SeqRange,
+    SequenceSet,
     StatusArgs,
     Store,
 )
@@ -80,6 +86,12 @@ UNAUTHENTICATED_MAX_COMMAND = 8 * 1024  # every line and literal of one command,
 MAX_LOGIN_DELAY = 30.0
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\*")
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+FETCH_CHUNK = 5000  # messages whose metadata one FETCH reads per query
+FETCH_BODY_CHUNK = 64  # messages, and
+BODY_BATCH_BYTES = 4 * 1024 * 1024  # bytes of bodies, read per query
+OUTPUT_CHUNK = 64 * 1024  # bytes of responses written (and drained) at a time
+SEARCH_CHECK_CHUNK = 256
+_ROW_FIELDS = ("seq", "uid", "flags", "modseq")  # messages a SEARCH reads and checks at a time
 
 Lines = list[bytes]
 
@@ -215,15 +227,16 @@ class Session:
         while not self.feed.empty():
             self.feed.get_nowait()
             drained = True
-        if not drained:
+        if not drained and not (allow_expunge and self.view.pending_expunge):
             return []
         assert self.user is not None
         try:
-            metas = await self.store.messages(self.user, self.view.mailbox_id)
+            changes = await self.store.changes_since_modseq(self.user, self.view.mailbox_id,
+                                                            self.view.modseq)
         except MailboxNotFound:
             self._unselect()
             return [untagged_status("BYE", "the selected mailbox was deleted")]
-        return self.view.refresh(metas, allow_expunge)
+        return self.view.apply(changes, allow_expunge)
 
     async def ok(self, command: Command, text: str, code: str | None = None,
                  before: Lines | None = None) -> Lines:
@@ -359,23 +372,23 @@ class Session:
             self._unselect()
         if args.condstore:
             self.enabled.add("CONDSTORE")
-        info = await self.store.get_mailbox(self.me, args.mailbox)
+        state = await self.store.select_state(self.me, args.mailbox)
+        info = state.info
+        # Listen first: a change committed after the snapshot still wakes this view.
         feed = self.store.listen(info.id)
-        metas = await self.store.messages(self.me, info.id)
-        view = View(info.id, info.name, readonly, info.uidvalidity,
-                    condstore="CONDSTORE" in self.enabled)
-        view.load(metas)
+        view = View(info.id, info.name, readonly, info.uidvalidity, state.uids,
+                    modseq=info.highestmodseq, condstore="CONDSTORE" in self.enabled)
         self.view, self.feed = view, feed
         self.state = State.SELECTED
-        first_unseen = next((i + 1 for i, m in enumerate(metas) if "\\Seen" not in m.flags),
-                            None)
-        flags = sorted(set(SYSTEM_FLAGS) | {f for m in metas for f in m.flags})
+        first_unseen = (view.seq_of(state.first_unseen) or None
+                        if state.first_unseen is not None else None)
+        flags = sorted(set(SYSTEM_FLAGS) | set(state.keywords))
         lines = [
             *closed,
             untagged(Atom("FLAGS"), format_flags(flags)),
             untagged_status("OK", "flags clients may set", "PERMANENTFLAGS ("
                             + " ".join(PERMANENT_FLAGS if not readonly else ()) + ")"),
-            untagged(len(metas), Atom("EXISTS")),
+            untagged(view.exists, Atom("EXISTS")),
             untagged(0, Atom("RECENT")),
         ]
         if first_unseen is not None:
@@ -513,7 +526,7 @@ class Session:
     async def do_CLOSE(self, command: Command) -> Lines:
         view = self.selected
         if not view.readonly:
-            deleted = [u for u in view.uids if "\\Deleted" in view.meta[u].flags]
+            deleted = await self._deleted(view.uids)
             if deleted:
                 with contextlib.suppress(NotPermitted):
                     await self.store.expunge(self.me, view.mailbox_id, deleted)
@@ -532,18 +545,25 @@ class Session:
         args = command.args
         assert isinstance(args, Expunge)
         candidates = view.uids if args.sequence is None else view.resolve(args.sequence, True)
-        deleted = [u for u in candidates if "\\Deleted" in view.meta[u].flags]
+        deleted = await self._deleted(candidates)
         if deleted:
             await self.store.expunge(self.me, view.mailbox_id, deleted)
         return await self.ok(command, "EXPUNGE completed", before=await self._refresh_now())
 
+    async def _deleted(self, candidates: Sequence[int]) -> list[int]:
+        """The candidates (UIDs in the view) flagged \\Deleted, read from the store."""
+        view = self.selected
+        marked = await self.store.uids_with_flag(self.me, view.mailbox_id, "\\Deleted")
+        wanted = set(candidates) if len(candidates) != view.exists else None
+        return [u for u in marked if view.seq_of(u) and (wanted is None or u in wanted)]
+
     async def _refresh_now(self, allow_expunge: bool = True) -> Lines:
         view = self.selected
-        metas = await self.store.messages(self.me, view.mailbox_id)
         if self.feed is not None:
             while not self.feed.empty():
                 self.feed.get_nowait()
-        return view.refresh(metas, allow_expunge)
+        changes = await self.store.changes_since_modseq(self.me, view.mailbox_id, view.modseq)
+        return view.apply(changes, allow_expunge)
 
     async def do_SEARCH(self, command: Command) -> Lines:
         args = command.args
@@ -551,35 +571,33 @@ class Session:
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
         largest_uid = view.uids[-1] if view.uids else 0
-        hits: list[int] = []
-        needs_message = _needs_message(args.key)
+        key = _seqsets_as_uids(args.key, view)
+        found: dict[int, int] = {}  # uid -> modseq
+        check: list[int] = []
+        for uid, modseq, unsure in await self.store.search(self.me, view.mailbox_id, key,
+                                                           largest_uid):
+            if view.seq_of(uid):  # not yet announced to this client: not searched
+                if unsure:
+                    check.append(uid)
+                else:
+                    found[uid] = modseq
         budget = Budget(self.config.command_cpu_budget)
-        for seq, uid in enumerate(view.uids, start=1):
+        for start in range(0, len(check), SEARCH_CHECK_CHUNK):
             budget.check()
-            if seq % 64 == 0:
-                await asyncio.sleep(0)  # let other sessions run between chunks of work
-            meta = view.meta[uid]
-            parsed: Part | None = None
-            if needs_message:
-                try:
-                    parsed = ParsedMessage.from_bytes(
-                        await self.store.body(view.mailbox_id, uid))
-                except MailboxNotFound:
-                    continue  # expunged meanwhile
-            ctx = SearchContext(seq, meta, _constant(parsed), largest_seq=len(view.uids),
-                                largest_uid=largest_uid)
-            if matches(args.key, ctx):
-                hits.append(uid if command.uid else seq)
-        modseq = None
-        if _uses_modseq(args.key) and hits:
-            uids = hits if command.uid else [view.uids[s - 1] for s in hits]
-            modseq = max(view.meta[u].modseq for u in uids)
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               check[start:start + SEARCH_CHECK_CHUNK],
+                                               with_body=True)
+            # Parsing and matching run in a worker thread: never on the event loop.
+            found.update(await asyncio.to_thread(_confirm, key, rows, largest_uid, budget))
+        uids = sorted(found)
+        hits = uids if command.uid else [view.seq_of(u) for u in uids]
+        highest = max(found[u] for u in uids) if _uses_modseq(args.key) and uids else None
         if args.return_options is not None:
-            line = self._esearch(command, args.return_options, hits, modseq)
+            line = self._esearch(command, args.return_options, hits, highest)
         else:
             values: list[object] = [Atom("SEARCH"), *hits]
-            if modseq is not None:
-                values.append([Atom("MODSEQ"), modseq])
+            if highest is not None:
+                values.append([Atom("MODSEQ"), highest])
             line = untagged(*values)
         return [*before, line, tagged(command.tag, "OK", "SEARCH completed")]
 
@@ -603,46 +621,98 @@ class Session:
         args = command.args
         assert isinstance(args, Fetch)
         view = self.selected
-        before = await self.updates(allow_expunge=command.uid)
+        await self.send(await self.updates(allow_expunge=command.uid))
         uids = view.resolve(args.sequence, command.uid)
         attrs = args.attrs
         with_modseq = args.changed_since is not None
         if with_modseq or any(a.name == "MODSEQ" for a in attrs):
             self.enabled.add("CONDSTORE")
             view.condstore = True
-        if args.changed_since is not None:
-            uids = [u for u in uids if view.meta[u].modseq > args.changed_since]
-        if fetching.sets_seen(attrs) and not view.readonly:
-            unseen = [u for u in uids if "\\Seen" not in view.meta[u].flags]
-            if unseen:
-                result = await self.store.store_flags(self.me, view.mailbox_id, unseen, "add",
-                                                      ["\\Seen"])
-                for change in result.changed:
-                    old = view.meta[change.uid]
-                    view.meta[change.uid] = type(old)(old.uid, old.guid, change.flags,
-                                                      change.modseq, old.size, old.internaldate)
-                if not any(a.name == "FLAGS" for a in attrs):
-                    attrs = (*attrs, FetchAttr("FLAGS"))
-        lines: Lines = list(before)
-        for uid in uids:
-            meta = view.meta[uid]
-            try:
-                items = await fetching.render(
-                    attrs, meta, self._body_loader(view.mailbox_id, uid),
-                    with_uid=command.uid, with_modseq=with_modseq,
-                )
-            except MailboxNotFound:
-                continue  # expunged by another session meanwhile; RFC 2180 4.1.2
-            except fetching.FetchError:
+        mark_seen = fetching.sets_seen(attrs) and not view.readonly
+        if mark_seen and not any(a.name == "FLAGS" for a in attrs):
+            attrs = (*attrs, FetchAttr("FLAGS"))
+        with_body = fetching.needs_body(attrs)
+        template = fetching.light_template(attrs, with_uid=command.uid, with_modseq=with_modseq)
+        if template is not None and not mark_seen:
+            await self._fetch_light(template, uids, args.changed_since)
+            return [tagged(command.tag, "OK", "FETCH completed")]
+        out = _Output(self)
+        for start in range(0, len(uids), FETCH_CHUNK):
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               uids[start:start + FETCH_CHUNK])
+            if args.changed_since is not None:
+                rows = [r for r in rows if r[0].modseq > args.changed_since]
+            if mark_seen:
+                rows = await self._mark_seen(rows)
+            if with_body:
+                await self._fetch_bodies(command.uid, with_modseq, attrs, [r[0] for r in rows],
+                                         out)
                 continue
-            lines.append(untagged(view.seq_of(uid), Atom("FETCH"), items))
-            if len(lines) >= 64:
-                await self.send(lines)
-                lines = []
-        return [*lines, tagged(command.tag, "OK", "FETCH completed")]
+            for meta, _ in rows:
+                items = fetching.render(attrs, meta, None, with_uid=command.uid,
+                                        with_modseq=with_modseq)
+                await out.add(untagged(view.seq_of(meta.uid), Atom("FETCH"), items))
+        await out.flush()
+        return [tagged(command.tag, "OK", "FETCH completed")]
 
-    def _body_loader(self, mailbox_id: int, uid: int) -> Callable[[], Awaitable[bytes]]:
-        return lambda: self.store.body(mailbox_id, uid)
+    async def _fetch_light(self, template: tuple[str, tuple[str, ...]], uids: list[int],
+                           changed_since: int | None) -> None:
+        view = self.selected
+        line, fields = template
+        pick = operator.itemgetter(*(_ROW_FIELDS.index(f) for f in fields))
+        known = view.uids
+        for start in range(0, len(uids), FETCH_CHUNK):
+            rows = await self.store.flag_rows(self.me, view.mailbox_id,
+                                              uids[start:start + FETCH_CHUNK])
+            out = []
+            i = -1
+            for uid, flags, modseq in rows:
+                if changed_since is not None and modseq <= changed_since:
+                    continue
+                i += 1  # a range of the view is mostly contiguous: try the next position first
+                if i >= len(known) or known[i] != uid:
+                    i = bisect.bisect_left(known, uid)
+                out.append(line % pick((i + 1, uid, flags, modseq)))
+            await self.send(["".join(out).encode()])  # a chunk at a time, drained
+
+    async def _fetch_bodies(self, with_uid: bool, with_modseq: bool,
+                            attrs: tuple[FetchAttr, ...], metas: list[MessageMeta],
+                            out: _Output) -> None:
+        """Bodies are read a bounded batch at a time (by bytes), never a whole range."""
+        view = self.selected
+        batch: list[MessageMeta] = []
+        size = 0
+        for i, meta in enumerate(metas):
+            batch.append(meta)
+            size += meta.size
+            if size < BODY_BATCH_BYTES and len(batch) < FETCH_BODY_CHUNK and i + 1 < len(metas):
+                continue
+            fresh = {m.uid: m for m in batch}
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id, [m.uid for m in batch],
+                                               with_body=True)
+            for row, raw in rows:
+                try:
+                    items = fetching.render(attrs, fresh[row.uid], raw, with_uid=with_uid,
+                                            with_modseq=with_modseq)
+                except fetching.FetchError:
+                    continue
+                await out.add(untagged(view.seq_of(row.uid), Atom("FETCH"), items))
+            batch, size = [], 0
+
+    async def _mark_seen(self, rows: list[tuple[MessageMeta, bytes | None]]
+                         ) -> list[tuple[MessageMeta, bytes | None]]:
+        view = self.selected
+        unseen = [m.uid for m, _ in rows if "\\Seen" not in m.flags]
+        if not unseen:
+            return rows
+        result = await self.store.store_flags(self.me, view.mailbox_id, unseen, "add",
+                                              ["\\Seen"])
+        changed = {c.uid: c for c in result.changed}
+        for change in result.changed:
+            view.reported(change.uid, change.modseq)
+        return [(dataclasses.replace(m, flags=changed[m.uid].flags,
+                                     modseq=changed[m.uid].modseq) if m.uid in changed else m,
+                 raw) for m, raw in rows]
 
     async def do_STORE(self, command: Command) -> Lines:
         args = command.args
@@ -658,23 +728,26 @@ class Session:
         result = await self.store.store_flags(self.me, view.mailbox_id, uids, args.mode,
                                               list(args.flags), args.unchanged_since)
         lines: Lines = list(before)
-        changed = {c.uid for c in result.changed}
+        changed = {c.uid: c for c in result.changed}
         for change in result.changed:
-            old = view.meta[change.uid]
-            view.meta[change.uid] = type(old)(old.uid, old.guid, change.flags, change.modseq,
-                                              old.size, old.internaldate)
-        for uid in uids:
-            if args.silent and not (view.condstore and uid in changed):
-                continue
-            if uid in changed or not args.silent:
-                if uid in result.failed_unchanged_since:
-                    continue
-                lines.append(view.flags_response(view.meta[uid], with_uid=command.uid))
+            view.reported(change.uid, change.modseq)
+        failed = set(result.failed_unchanged_since)
+        if args.silent:
+            # RFC 7162 3.2: with CONDSTORE, a silent STORE still reports the new MODSEQs.
+            report = [changed[u] for u in uids if view.condstore and u in changed]
+        else:
+            unchanged = [u for u in uids if u not in changed and u not in failed]
+            current = {m.uid: FlagChange(m.uid, m.flags, m.modseq) for m, _ in
+                       await self.store.fetch_rows(self.me, view.mailbox_id, unchanged)}
+            report = [changed.get(u) or current[u] for u in uids
+                      if u in changed or u in current]
+        for c in report:
+            lines.append(view.flags_response(c.uid, c.flags, c.modseq, with_uid=command.uid))
         code = None
         if result.failed_unchanged_since:
-            failed = result.failed_unchanged_since if command.uid else [
+            failed_numbers = result.failed_unchanged_since if command.uid else [
                 view.seq_of(u) for u in result.failed_unchanged_since]
-            code = f"MODIFIED {format_sequence_set(list(failed))}"
+            code = f"MODIFIED {format_sequence_set(list(failed_numbers))}"
         return [*lines, tagged(command.tag, "OK", "STORE completed", code)]
 
     async def do_COPY(self, command: Command) -> Lines:
@@ -709,6 +782,58 @@ class Session:
         return [*lines, tagged(command.tag, "OK", "MOVE completed")]
 
 
+class _Output:
+    """FETCH responses leave in chunks as they are made, waiting for the client to read
+    (drain) before making more: a large FETCH holds one chunk in memory, not the answer."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.lines: Lines = []
+        self.size = 0
+
+    async def add(self, line: bytes) -> None:
+        self.lines.append(line)
+        self.size += len(line)
+        if self.size >= OUTPUT_CHUNK:
+            await self.flush()
+
+    async def flush(self) -> None:
+        lines, self.lines, self.size = self.lines, [], 0
+        await self.session.send(lines)
+
+
+def _confirm(key: SearchKey, rows: list[tuple[MessageMeta, bytes | None]],
+             largest_uid: int, budget: Budget) -> dict[int, int]:
+    """The RFC 3501 matcher on candidates the index could only narrow down."""
+    out = {}
+    for meta, raw in rows:
+        budget.check()
+        parsed = ParsedMessage.from_bytes(raw or b"")
+        # Sequence-number keys were turned into UID keys: the number is not needed here.
+        if matches(key, SearchContext(0, meta, _constant(parsed), largest_uid=largest_uid)):
+            out[meta.uid] = meta.modseq
+    return out
+
+
+def _seqsets_as_uids(key: SearchKey, view: View) -> SearchKey:
+    """SEQSET keys as the UID ranges they name in this view, so the store can answer them."""
+    if key.name == "SEQSET":
+        seqset = key.args[0]
+        assert isinstance(seqset, SequenceSet)
+        count = len(view.uids)
+        ranges = []
+        for r in seqset.ranges:
+            lo, hi = r.bounds(count)
+            lo, hi = max(lo, 1), min(hi, count)
+            if lo <= hi:
+                ranges.append(SeqRange(view.uids[lo - 1], view.uids[hi - 1]))
+        return SearchKey("UID", (SequenceSet(tuple(ranges)),))
+    if not key.children:
+        return key
+    return dataclasses.replace(key, children=tuple(_seqsets_as_uids(c, view)
+                                                   for c in key.children))
+
+
 def _constant(parsed: Part | None) -> Callable[[], Part]:
     def load() -> Part:
         assert parsed is not None, "a key needing the message was not planned for"
@@ -722,14 +847,6 @@ def _walk(key: SearchKey) -> list[SearchKey]:
     for child in key.children:
         out += _walk(child)
     return out
-
-
-_MESSAGE_KEYS = {"BCC", "CC", "FROM", "TO", "SUBJECT", "HEADER", "BODY", "TEXT", "SENTBEFORE",
-                 "SENTON", "SENTSINCE"}
-
-
-def _needs_message(key: SearchKey) -> bool:
-    return any(k.name in _MESSAGE_KEYS for k in _walk(key))
 
 
 def _uses_modseq(key: SearchKey) -> bool:
