@@ -137,7 +137,9 @@ async def connect(
     """Discover, order, and log in to the first candidate that works."""
     candidates = [c for c in await pool.discover(user, policy) if c.node_id not in exclude]
     if not candidates:
-        log.warning("login of %s: no live pool member serves this user", user)
+        # A standby is a nicety: no second node is not worth a warning.
+        log.log(logging.DEBUG if standby else logging.WARNING,
+                "login of %s: no live pool member serves this user", user)
         raise NoBackend(f"no live pool member serves {user}")
     reasons: list[str] = []
     # Discovery offers quarantined nodes only when nobody else serves the user: then try them.
