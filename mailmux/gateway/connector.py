@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
@@ -31,6 +31,10 @@ LOGIN_TAG = b"gw1"
 _CAPABILITY = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 READ_LIMIT = 1024 * 1024
 WRITE_CHUNK = 256 * 1024
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass
@@ -66,8 +70,10 @@ class BackendSession:
                               f"{stall_timeout:.1f}s") from exc
         except OSError as exc:
             raise BackendLost(self.lost or f"{self.node_id}: {exc!r}") from exc
+    release: Callable[[], None] = _nothing  # the pool's count of sessions placed on the node
 
     async def close(self) -> None:
+        self.release()
         self.writer.close()
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
@@ -159,6 +165,7 @@ async def connect(
             if standby:
                 log.info("standby for %s ready on %s", user, candidate.node_id)
             else:
+                session.release = pool.placed(candidate.node_id)
                 log.info("login of %s on %s (load %.1f)", user, candidate.node_id,
                          candidate.load)
             return session

@@ -46,7 +46,8 @@ READ_SIZE = 64 * 1024
 # gateway answers itself.
 BEFORE_LOGIN = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
-    "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH",
+    "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH", "BINARY",
+    "MULTIAPPEND", "STATUS=SIZE",
 )
 GATEWAY_OWN = ("ID",)  # answered by the gateway in every state
 # Extensions a backend may offer that the gateway must not pass on, and why:
