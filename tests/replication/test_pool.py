@@ -13,11 +13,13 @@ from tests.replication.support import (
     _can_login,
     deliver,
     inbox,
+    make_pool,
     wait_for,
 )
 from tests.support.nodes import NodeProcess
 
-__all__ = ["wait_for"]  # tests/gateway uses it from here
+# tests/gateway imports these from here
+__all__ = ["Pool", "inbox", "make_pool", "wait_for"]
 
 
 def test_delivery_appears_on_every_node_with_identical_uid(
