@@ -777,6 +777,8 @@ class Session:
                                          out)
                 continue
             for meta, _ in rows:
+                for announce in self._announce_flags(set(meta.flags)):
+                    await out.add(announce)
                 items = fetching.render(attrs, self._recent(meta), None, with_uid=command.uid,
                                         with_modseq=with_modseq)
                 await out.add(untagged(view.seq_of(meta.uid), Atom("FETCH"), items))
@@ -798,6 +800,9 @@ class Session:
         for start in range(0, len(uids), FETCH_CHUNK):
             rows = await self.store.flag_rows(self.me, view.mailbox_id,
                                               uids[start:start + FETCH_CHUNK])
+            if "flags" in fields:
+                await self.send(self._announce_flags(
+                    {f for _, text, _ in rows for f in text.split()}))
             out = []
             i = -1
             for uid, flags, modseq in rows:
@@ -827,6 +832,8 @@ class Session:
             rows = await self.store.fetch_rows(self.me, view.mailbox_id, [m.uid for m in batch],
                                                with_body=True)
             for row, raw in rows:
+                for announce in self._announce_flags(set(row.flags)):
+                    await out.add(announce)
                 try:
                     items = fetching.render(attrs, self._recent(fresh[row.uid]), raw,
                                             with_uid=with_uid,
@@ -879,6 +886,8 @@ class Session:
                        await self.store.fetch_rows(self.me, view.mailbox_id, unchanged)}
             report = [changed.get(u) or current[u] for u in uids
                       if u in changed or u in current]
+        # another session's keyword may be on these messages before this one announced it
+        lines += self._announce_flags({f for c in report for f in c.flags})
         for c in report:
             lines.append(view.flags_response(c.uid, c.flags, c.modseq, with_uid=command.uid))
         code = None
