@@ -77,13 +77,13 @@ def status(config_path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"members": rows}))
         return
-    header = ("member", "id", "alive", "load", "sessions", "users", "version", "error")
+    header = ("member", "id", "alive", "load", "sessions", "users", "queue", "version", "error")
     table: list[tuple[str, ...]] = [header, *(
         (str(r["control"]), str(r["id"] or "-"), "yes" if r["alive"] else "NO",
          f"{r['load']:.1f}" if isinstance(r["load"], float) else "-",
          str(r["sessions"]) if r["sessions"] is not None else "-",
          str(r["users"]) if r["users"] is not None else "-",
-         str(r["version"] or "-"), str(r["error"] or ""))
+         _queue(r), str(r["version"] or "-"), str(r["error"] or ""))
         for r in rows
     )]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -101,6 +101,7 @@ async def _member_status(config: GatewayConfig, member: tuple[str, int]) -> dict
     row: dict[str, object] = {
         "control": f"{member[0]}:{member[1]}", "id": None, "alive": False, "load": None,
         "sessions": None, "users": None, "version": None, "error": None,
+        "queued": None, "oldest_s": None,
     }
     timeout = max(config.discovery_timeout, 1.0)
     try:
@@ -115,8 +116,23 @@ async def _member_status(config: GatewayConfig, member: tuple[str, int]) -> dict
         id=health.node_id, alive=health.ok, load=load.load, version=health.version,
         sessions=int(sessions) if sessions is not None else None,
         users=int(users) if users is not None else None,
+        queued=_int(load.details.get("outbound.queued")),
+        oldest_s=load.details.get("outbound.oldest_s"),
     )
     return row
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _queue(row: dict[str, object]) -> str:
+    """Outbound queue size and the age of its oldest message, e.g. '3 (2m)'."""
+    if row["queued"] is None:
+        return "-"
+    oldest = row["oldest_s"]
+    return f"{row['queued']} ({int(oldest) // 60}m)" if isinstance(oldest, float) and oldest \
+        else str(row["queued"])
 
 
 @main.command()

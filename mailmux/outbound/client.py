@@ -46,15 +46,21 @@ class Deliverer:
         self.config = config
         self.helo_name = helo_name
         self._password = config.relay_password()
+        self._contexts: dict[bool, ssl.SSLContext] = {}  # built once: loading CAs is slow
 
     def _tls_context(self, route: Route) -> ssl.SSLContext:
+        context = self._contexts.get(route.verify)
+        if context is not None:
+            return context
         if route.verify:
             ca = self.config.relay_ca_file
-            return ssl.create_default_context(cafile=str(ca) if ca else None)
-        # Opportunistic TLS to MX hosts (RFC 7435): encrypt when offered, accept any certificate.
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+            context = ssl.create_default_context(cafile=str(ca) if ca else None)
+        else:
+            # Opportunistic TLS to MX hosts (RFC 7435): encrypt when offered, any certificate.
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self._contexts[route.verify] = context
         return context
 
     async def send(self, route: Route, sender: str, recipients: Sequence[str],

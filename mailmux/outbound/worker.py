@@ -4,7 +4,9 @@ Ownership. Every queued message has one owner (node id) with a lease (`lease_unt
 epoch. The node that queued it owns it first. Before each attempt the owner renews the lease,
 and keeps renewing it every `lease / 3` while the attempt runs; after an attempt the lease is
 extended to `next_attempt + lease`, so an owner holds its deferred messages without writing
-anything. Any other node may take a message over once its lease has expired, with epoch + 1;
+anything. Any other node may take a message over once its lease has expired, with epoch + 1 (a
+node that restarts waits one lease before touching older messages, so that replication tells it
+first about takeovers that happened while it was down);
 the other nodes are ranked per message (a hash of message id and node id) and the k-th waits k
 half-leases more, so normally exactly one node takes over, a few seconds after the owner died
 or hung. Should two claim at once, the replicas agree on the larger (epoch, node) and the loser
@@ -32,6 +34,7 @@ from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import BackendError, UserNotFound
 from mailmux.backend.load import LoadMeter
 from mailmux.backend.store.sqlite import SqliteStore
+from mailmux.metrics import set_outbound_queue_source
 from mailmux.outbound import dsn
 from mailmux.outbound.client import Deliverer, Outcome
 from mailmux.outbound.dkim_sign import Signer
@@ -62,8 +65,10 @@ class OutboundWorker:
         self.size = 0
         self.oldest_age = 0.0
         self.counters = {"sent": 0, "failed": 0, "deferred": 0, "takeovers": 0, "dsn": 0}
+        self.started_at = clock()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._unregister_metrics: Callable[[], None] | None = None
 
     # lifecycle ------------------------------------------------------------------------------
 
@@ -71,6 +76,8 @@ class OutboundWorker:
         if self.meter is not None:
             self.meter.outbound_backlog = lambda: self.size
             self.meter.outbound_details = self.details
+        # Read on the metrics thread: plain attributes only.
+        self._unregister_metrics = set_outbound_queue_source(lambda: (self.size, self.oldest_age))
         self._loop_task = asyncio.create_task(self._run(), name="outbound-worker")
 
     async def close(self) -> None:
@@ -80,6 +87,9 @@ class OutboundWorker:
         # Interrupted attempts are not recorded: their leases expire and they run again.
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loop_task = None
+        if self._unregister_metrics is not None:
+            self._unregister_metrics()
+            self._unregister_metrics = None
 
     def details(self) -> dict[str, float]:
         return {"outbound.queued": float(self.size), "outbound.oldest_s": round(self.oldest_age, 1),
@@ -154,8 +164,13 @@ class OutboundWorker:
 
     def _claimable(self, message: QueuedMessage, now: float) -> int | None:
         """The epoch to claim with, or None when this node should leave the message alone."""
-        if message.owner == self.node_id:
+        if message.created < self.started_at and now < self.started_at + self.oconfig.lease:
+            # Just restarted: what this node believes about older messages may be stale (another
+            # node may have taken them over while it was down). Replication catches up first.
+            return None
+        if message.owner == self.node_id and now < message.lease_until:
             return message.epoch
+        # Our own expired lease counts as an orphan too (we were down or hung): we come last.
         others = sorted((n for n in self.nodes if n != message.owner),
                         key=lambda n: hashlib.sha256(f"{message.id}\0{n}".encode()).digest())
         rank = others.index(self.node_id) if self.node_id in others else len(others)

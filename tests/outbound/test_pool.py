@@ -162,6 +162,12 @@ def test_sigkill_of_the_owner_mid_delivery_another_node_delivers(
     wait_for(lambda: sink.handler.stalled > 0, "the owner's RCPT to reach the stalled remote")
     [queued] = queue_cli(nodes[0], "list")
     owner = next(n for n in nodes if n.node_id == queued["owner"])
+    # The queue shows in every node's LOAD report, and so in `mailmux-gateway status`.
+    def queued_everywhere() -> bool:
+        status = json.loads(gw.cli("status", "--json").stdout)
+        return sorted(m["queued"] for m in status["members"]) == [1, 1, 1]
+
+    wait_for(queued_everywhere, "the queued message in every node's LOAD report")
     killed_at = time.monotonic()
     owner.kill()
     sink.handler.stall_rcpt = False
