@@ -28,6 +28,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from mailmux.backend.config import BackendConfig
@@ -42,6 +43,33 @@ from mailmux.outbound.queue import OutboundQueue, QueuedMessage
 from mailmux.outbound.routes import RouteError, Router, destination
 
 log = logging.getLogger(__name__)
+
+INTERNAL_HEADERS = (b"x-mailmux-guid",)  # the pool's own stamps: not for the outside world
+
+
+def strip_internal_headers(message: bytes) -> bytes:
+    """The message without the pool's internal header fields (continuation lines included)."""
+    head, sep, rest = message.partition(b"\r\n\r\n")
+    if not sep:
+        return message
+    kept: list[bytes] = []
+    dropping = False
+    for line in head.split(b"\r\n"):
+        if dropping and line[:1] in (b" ", b"\t"):
+            continue
+        dropping = line.split(b":", 1)[0].strip().lower() in INTERNAL_HEADERS
+        if not dropping:
+            kept.append(line)
+    return b"\r\n".join(kept) + sep + rest
+
+
+@dataclass
+class _Lease:
+    """This node's view of its lease during one attempt."""
+
+    until: float
+    lost: bool = False
+
 
 DSN_RETRY = 60.0  # seconds before another try at a report the sender's INBOX refused
 
@@ -112,7 +140,7 @@ class OutboundWorker:
     async def submit(self, message_id: str, sender: str, recipients: list[str],
                      body: bytes) -> bool:
         """Queue on W nodes (raises Unavailable otherwise); False for a replayed submission."""
-        signed = self.signer.sign(sender, body)
+        signed = self.signer.sign(sender, strip_internal_headers(body))
         self.unconfirmed.add(message_id)
         try:
             queued = await self.queue.enqueue(message_id, sender, recipients, signed,
@@ -133,7 +161,8 @@ class OutboundWorker:
         for message in await self.queue.due(now, 0.0, max(free, 0) * 4):
             if len(self.active) >= self.oconfig.max_concurrent:
                 break
-            if message.id in self.active or message.id in self.unconfirmed:
+            # (A retried refused submission is queued as "GUID.n": same unconfirmed GUID.)
+            if message.id in self.active or message.id.split(".")[0] in self.unconfirmed:
                 continue
             epoch = self._claimable(message, now)
             if epoch is None:
@@ -181,27 +210,44 @@ class OutboundWorker:
     # an attempt -----------------------------------------------------------------------------
 
     async def _attempt(self, message: QueuedMessage) -> None:
-        renewer = asyncio.create_task(self._renew(message))
+        lease = _Lease(message.lease_until)
+        renewer = asyncio.create_task(self._renew(message, lease))
         try:
             now = self.clock()
             expired = now >= message.created + self.oconfig.lifetime
-            outcomes = {} if expired else await self._send(message)
+            outcomes = {} if expired else await self._send(message, lease)
         finally:
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
         await self._record(message, outcomes, expired)
 
-    async def _renew(self, message: QueuedMessage) -> None:
+    async def _renew(self, message: QueuedMessage, lease: _Lease) -> None:
         while True:
             await asyncio.sleep(self.oconfig.lease / 3)  # a period, not synchronisation
-            await self.queue.claim(message.id, message.epoch, self.clock() + self.oconfig.lease)
+            if self.clock() >= lease.until:
+                # We were stopped or starved past our own lease: another node may own the
+                # message now. Renewing would only hide that; the attempt must stop.
+                lease.lost = True
+                return
+            until = self.clock() + self.oconfig.lease
+            if not await self.queue.claim(message.id, message.epoch, until):
+                lease.lost = True
+                return
+            lease.until = until
+
+    async def _may_send(self, message: QueuedMessage, lease: _Lease) -> bool:
+        """Right before DATA: is the lease still ours, by our clock and by our replica?"""
+        if lease.lost or self.clock() >= lease.until:
+            log.warning("outbound: lease of %s expired mid-attempt; not sending", message.id)
+            return False
+        return await self._still_owner(message)
 
     async def _still_owner(self, message: QueuedMessage) -> bool:
         current = await self.queue.get(message.id)
         return (current is not None and current.state == "queued"
                 and current.owner == self.node_id and current.epoch == message.epoch)
 
-    async def _send(self, message: QueuedMessage) -> dict[str, Outcome]:
+    async def _send(self, message: QueuedMessage, lease: _Lease) -> dict[str, Outcome]:
         body = await self.queue.body(message.id)
         if body is None:
             return {}
@@ -209,11 +255,12 @@ class OutboundWorker:
         for rcpt in message.pending:
             groups.setdefault(destination(self.oconfig, rcpt), []).append(rcpt)
         results = await asyncio.gather(
-            *(self._send_group(message, key, rcpts, body) for key, rcpts in groups.items()))
+            *(self._send_group(message, lease, key, rcpts, body)
+              for key, rcpts in groups.items()))
         return {r: o for found in results for r, o in found.items()}
 
-    async def _send_group(self, message: QueuedMessage, key: str, rcpts: list[str],
-                          body: bytes) -> dict[str, Outcome]:
+    async def _send_group(self, message: QueuedMessage, lease: _Lease, key: str,
+                          rcpts: list[str], body: bytes) -> dict[str, Outcome]:
         try:
             route = await self.router.route(key)
         except RouteError as exc:
@@ -222,7 +269,8 @@ class OutboundWorker:
         if not await self._still_owner(message):
             log.info("outbound: lost the lease of %s; leaving it to its new owner", message.id)
             return {}
-        return await self.deliverer.send(route, message.sender, rcpts, body)
+        return await self.deliverer.send(route, message.sender, rcpts, body,
+                                         lambda: self._may_send(message, lease))
 
     async def _record(self, message: QueuedMessage, outcomes: dict[str, Outcome],
                       expired: bool) -> None:
@@ -239,7 +287,9 @@ class OutboundWorker:
                    == "pending"]
         for o in outcomes.values():
             self.counters[{"sent": "sent", "failed": "failed"}.get(o.state, "deferred")] += 1
-        next_attempt = now + self.oconfig.retry_delay(message.attempts + 1)
+        # Never later than the end of the lifetime: expiry is noticed (and bounced) on time.
+        next_attempt = min(now + self.oconfig.retry_delay(message.attempts + 1),
+                           max(now, message.created + self.oconfig.lifetime))
         if not pending:
             next_attempt = now
         errors = [o.text for o in outcomes.values() if o.state != "sent"]

@@ -47,7 +47,7 @@ def apply_records(store: SqliteStore, tx: Tx, records: list[ChangeRecord],
         if handler is not None:
             handler(store, tx, record)
         elif record.kind in outbound_records.KINDS:
-            outbound_records.apply(conn, record.kind, record.payload, record.origin, record.seq)
+            outbound_records.apply(conn, record.kind, record.payload, bodies)
         applied += 1
     return applied
 

@@ -989,7 +989,8 @@ class SqliteStore:
             return
         tx.conn.execute(
             "DELETE FROM bodies WHERE NOT EXISTS "
-            "(SELECT 1 FROM messages m WHERE m.body_hash = bodies.hash)"
+            "(SELECT 1 FROM messages m WHERE m.body_hash = bodies.hash) "
+            "AND NOT EXISTS (SELECT 1 FROM outbound_queue o WHERE o.body_hash = bodies.hash)"
         )
 
     def _copy_rows(self, tx: Tx, user: str, source: int, uids: Sequence[int], dest: int,
