@@ -32,7 +32,13 @@ from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING
 from mailmux.backend.imap.view import View
 from mailmux.backend.message.parsed import ParsedMessage, Part
 from mailmux.backend.message.search import SearchContext, matches
-from mailmux.backend.store.interface import FlagChange, MailboxInfo, MessageMeta, ViewChanges
+from mailmux.backend.store.interface import (
+    AppendResult,
+    FlagChange,
+    MailboxInfo,
+    MessageMeta,
+    ViewChanges,
+)
 from mailmux.protocol.imap.commands import (
     Append,
     Authenticate,
@@ -519,18 +525,28 @@ class Session:
     async def do_APPEND(self, command: Command) -> Lines:
         args = command.args
         assert isinstance(args, Append)
-        if len(args.message) > self.config.max_message_size:
+        messages = [(args.flags, args.date, args.message, args.binary), *args.more]
+        if any(len(m[2]) > self.config.max_message_size for m in messages):
             return [tagged(command.tag, "NO", "message too large", "TOOBIG")]
+        results: list[AppendResult] = []
         try:
-            result = await self.store.append(
-                self.me, args.mailbox, args.message,
-                flags=[f for f in args.flags if f != "\\Recent"],
-                internaldate=args.date or datetime.now(UTC),
-            )
-        except MailboxNotFound:
-            return [tagged(command.tag, "NO", f"no mailbox {args.mailbox}", "TRYCREATE")]
+            for flags, when, message, _ in messages:
+                results.append(await self.store.append(
+                    self.me, args.mailbox, message,
+                    flags=[f for f in flags if f != "\\Recent"],
+                    internaldate=when or datetime.now(UTC),
+                ))
+        except BackendError as exc:
+            # MULTIAPPEND is all or nothing (RFC 3502): take back the ones already stored
+            if results:
+                await self.store.expunge(self.me, results[0].mailbox_id,
+                                         [r.uid for r in results])
+            if isinstance(exc, MailboxNotFound):
+                return [tagged(command.tag, "NO", f"no mailbox {args.mailbox}", "TRYCREATE")]
+            raise
+        uids = format_sequence_set([r.uid for r in results])
         return await self.ok(command, "APPEND completed",
-                             f"APPENDUID {result.uidvalidity} {result.uid}")
+                             f"APPENDUID {results[0].uidvalidity} {uids}")
 
     async def do_IDLE(self, command: Command) -> Lines:
         await self.send([continuation("idling")])

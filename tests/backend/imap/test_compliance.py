@@ -111,3 +111,13 @@ def test_first_condstore_command_reports_highestmodseq(node: NodeProcess) -> Non
         first = one.run("FETCH 1 (MODSEQ)")
         assert first[0].startswith("* OK [HIGHESTMODSEQ ")
         assert not any("HIGHESTMODSEQ" in line for line in one.run("FETCH 1 (MODSEQ)"))
+
+
+def test_multiappend_and_status_size(node: NodeProcess) -> None:
+    with client(node) as one:
+        assert "MULTIAPPEND" in one.run("CAPABILITY")[0] and "STATUS=SIZE" in one.run(
+            "CAPABILITY")[0]
+        one.sock.sendall(b"m1 APPEND INBOX (\\Seen) {3+}\r\nab\n {4+}\r\ncde\n\r\n")
+        reply = one.reader.readline()
+        assert reply.startswith(b"m1 OK [APPENDUID ") and b" 1:2]" in reply
+        assert one.run("STATUS INBOX (MESSAGES SIZE)") == ['* STATUS "INBOX" (MESSAGES 2 SIZE 7)']
