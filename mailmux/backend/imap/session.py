@@ -32,7 +32,8 @@ from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING
 from mailmux.backend.imap.view import View
 from mailmux.backend.message.parsed import ParsedMessage, Part
 from mailmux.backend.message.search import SearchContext, matches
-from mailmux.backend.message.sort import Candidate, sort_order
+from mailmux.backend.message.sort import Candidate, sent_time, sort_order
+from mailmux.backend.message.threading import ThreadInput, format_threads, message_ids, thread
 from mailmux.backend.store.interface import (
     AppendResult,
     FlagChange,
@@ -61,6 +62,7 @@ from mailmux.protocol.imap.commands import (
     Sort,
     StatusArgs,
     Store,
+    Thread,
 )
 from mailmux.protocol.imap.errors import ParseError
 from mailmux.protocol.imap.framing import (
@@ -705,6 +707,27 @@ class Session:
         return [*before, untagged(Atom("SORT"), *hits),
                 tagged(command.tag, "OK", "SORT completed")]
 
+    async def do_THREAD(self, command: Command) -> Lines:
+        args = command.args
+        assert isinstance(args, Thread)
+        view = self.selected
+        before = await self._refresh_now(allow_expunge=command.uid)
+        found = sorted(await self._search_uids(args.key))
+        budget = Budget(self.config.command_cpu_budget)
+        inputs: list[ThreadInput] = []
+        for start in range(0, len(found), SEARCH_CHECK_CHUNK):
+            budget.check()
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               found[start:start + SEARCH_CHECK_CHUNK],
+                                               with_body=True)
+            inputs += await asyncio.to_thread(_thread_inputs, rows, budget)
+        name: Callable[[int], int] = (lambda u: u) if command.uid else view.seq_of
+        # Threading many messages is CPU work: never on the event loop.
+        text = await asyncio.to_thread(
+            lambda: format_threads(thread(args.algorithm, inputs), name))
+        return [*before, f"* THREAD {text}".rstrip().encode() + b"\r\n",
+                tagged(command.tag, "OK", "THREAD completed")]
+
     def _esearch(self, command: Command, options: tuple[str, ...], hits: list[int],
                  modseq: int | None) -> bytes:
         wanted = set(options) or {"ALL"}
@@ -931,6 +954,20 @@ def _sort_candidates(rows: list[tuple[MessageMeta, bytes | None]],
     for meta, raw in rows:
         budget.check()
         out.append(Candidate(meta.uid, meta, ParsedMessage.from_bytes(raw or b"")))
+    return out
+
+
+def _thread_inputs(rows: list[tuple[MessageMeta, bytes | None]],
+                   budget: Budget) -> list[ThreadInput]:
+    out = []
+    for meta, raw in rows:
+        budget.check()
+        msg = ParsedMessage.from_bytes(raw or b"")
+        references = message_ids(msg.text("references")) or message_ids(
+            msg.text("in-reply-to"))[:1]
+        own = message_ids(msg.text("message-id"))
+        out.append(ThreadInput(meta.uid, sent_time(msg, meta), msg.text("subject") or "",
+                               own[0] if own else None, tuple(references)))
     return out
 
 

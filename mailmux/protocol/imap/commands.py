@@ -176,6 +176,15 @@ class Sort:
 
 
 @dataclass(frozen=True)
+class Thread:
+    """THREAD (RFC 5256): `algorithm` is REFERENCES or ORDEREDSUBJECT."""
+
+    algorithm: str
+    key: SearchKey
+    charset: str
+
+
+@dataclass(frozen=True)
 class Fetch:
     sequence: SequenceSet
     attrs: tuple[FetchAttr, ...]
@@ -218,7 +227,7 @@ class Enable:
 
 Args = (
     NoArgs | Login | Authenticate | MailboxArg | Rename | ListArgs | StatusArgs | Append
-    | Search | Sort | Fetch | Store | CopyMove | Expunge | Id | Enable
+    | Search | Sort | Thread | Fetch | Store | CopyMove | Expunge | Id | Enable
 )
 
 

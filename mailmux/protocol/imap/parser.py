@@ -36,6 +36,7 @@ from mailmux.protocol.imap.commands import (
     Sort,
     StatusArgs,
     Store,
+    Thread,
 )
 from mailmux.protocol.imap.errors import ParseError
 from mailmux.protocol.imap.mutf7 import decode_mailbox
@@ -522,6 +523,11 @@ def _sort(r: _Reader) -> Sort:
     if reverse or not criteria:
         raise _Fail("sort criteria must end with a key")
     r.sp()
+    charset, key = _charset_and_program(r)
+    return Sort(tuple(criteria), key, charset)
+
+
+def _charset_and_program(r: _Reader) -> tuple[str, SearchKey]:
     charset = r.astring().decode("ascii", "replace").upper()
     if charset not in ("UTF-8", "US-ASCII"):
         raise _Fail(f"charset {charset} not supported", "BADCHARSET (UTF-8 US-ASCII)")
@@ -529,7 +535,17 @@ def _sort(r: _Reader) -> Sort:
     keys = [_search_key(r, charset)]
     while r.take(b" "):
         keys.append(_search_key(r, charset))
-    return Sort(tuple(criteria), SearchKey("AND", (), tuple(keys)), charset)
+    return charset, SearchKey("AND", (), tuple(keys))
+
+
+def _thread(r: _Reader) -> Thread:
+    r.sp()
+    algorithm = r.atom().upper()
+    if algorithm not in ("REFERENCES", "ORDEREDSUBJECT"):
+        raise _Fail(f"unknown threading algorithm {algorithm}")
+    r.sp()
+    charset, key = _charset_and_program(r)
+    return Thread(algorithm, key, charset)
 
 
 def _list(r: _Reader) -> ListArgs:
@@ -671,6 +687,8 @@ def _args(r: _Reader, name: str, uid: bool) -> Args:
         return _search(r)
     if name == "SORT":
         return _sort(r)
+    if name == "THREAD":
+        return _thread(r)
     if name == "FETCH":
         return _fetch(r)
     if name == "STORE":
@@ -692,7 +710,7 @@ def _args(r: _Reader, name: str, uid: bool) -> Args:
     raise _Fail(f"unknown command {name}")
 
 
-_UID_COMMANDS = {"COPY", "MOVE", "FETCH", "SEARCH", "SORT", "STORE", "EXPUNGE"}
+_UID_COMMANDS = {"COPY", "MOVE", "FETCH", "SEARCH", "SORT", "THREAD", "STORE", "EXPUNGE"}
 
 
 def parse_command(raw: bytes) -> Command:
