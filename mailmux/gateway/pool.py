@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import dns.asyncresolver
@@ -70,9 +72,11 @@ class Pool:
         self._control_of: dict[str, Address] = {}
         # user -> (expiry, answers): a client's several connections share one fan-out.
         self._answers: dict[str, tuple[float, list[Answer]]] = {}
-        # node -> when this gateway placed sessions there: a cached answer's load is stale by
-        # exactly these, and without them p2c and least-load herd onto one node for a whole TTL.
-        self._placed: dict[str, list[float]] = {}
+        # node -> {session token: when placed}: sessions this gateway placed there that are still
+        # open. A cached answer's load is stale by exactly those placed after it was asked; without
+        # them p2c and least-load herd onto one node for a whole TTL.
+        self._placed: dict[str, dict[int, float]] = {}
+        self._tokens = itertools.count()
         self._prober: asyncio.Task[None] | None = None
 
     # membership -------------------------------------------------------------------------
@@ -191,8 +195,22 @@ class Pool:
         return answers, time.monotonic()
 
     def placed_since(self, node_id: str, since: float) -> int:
-        """Sessions this gateway placed on NODE_ID after SINCE (monotonic time)."""
-        return sum(1 for t in self._placed.get(node_id, ()) if t >= since)
+        """Open sessions this gateway placed on NODE_ID after SINCE (monotonic time)."""
+        return sum(1 for t in self._placed.get(node_id, {}).values() if t >= since)
+
+    def placed(self, node_id: str) -> Callable[[], None]:
+        """Count a session placed on NODE_ID until the returned release is called."""
+        now = time.monotonic()
+        live = self._placed.setdefault(node_id, {})
+        horizon = now - self.config.discovery_cache_ttl
+        for token in [k for k, t in live.items() if t < horizon]:
+            del live[token]  # older than any cached answer: counted in the node's own load
+        token = next(self._tokens)
+        live[token] = now
+
+        def release() -> None:
+            live.pop(token, None)
+        return release
 
     async def _broadcast(self, user: str, timeout: float) -> list[tuple[Address, WhoReply]]:
         """Send one signed WHO to the broadcast address; gather every valid answer in time."""
@@ -236,13 +254,7 @@ class Pool:
             self._ensure_prober()
 
     def succeeded(self, node_id: str) -> None:
-        """A login on NODE_ID worked: the node is healthy and now carries one more session."""
         self.health.succeeded(node_id)
-        ttl = self.config.discovery_cache_ttl
-        if ttl > 0:
-            now = time.monotonic()
-            recent = [t for t in self._placed.get(node_id, ()) if t > now - ttl]
-            self._placed[node_id] = [*recent[-(MAX_CACHED_USERS - 1):], now]
 
     def _ensure_prober(self) -> None:
         if self._prober is None or self._prober.done():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from mailmux.backend.message.bodystructure import bodystructure
 from mailmux.backend.message.envelope import envelope
 from mailmux.backend.message.headers import decoded_content
@@ -12,6 +14,7 @@ from mailmux.protocol.imap.commands import FetchAttr, Section
 from mailmux.protocol.imap.response import (
     Atom,
     Literal,
+    Literal8,
     fetch_item_name,
     format_flags,
     format_internaldate,
@@ -130,5 +133,10 @@ def _value(attr: FetchAttr, meta: MessageMeta, raw: bytes | None, msg: Part | No
         content = decoded_content(part) if section.part else raw
         if name == "BINARY.SIZE":
             return len(content)
-        return Literal(_partial(content, attr.partial))
-    return Literal(_partial(section_bytes(msg, section), attr.partial))
+        return Literal8(_partial(content, attr.partial))
+    content = section_bytes(msg, section)
+    if section.part and section.text is None and content.find(0) >= 0:
+        # RFC 3516 4.3: NUL never goes out in a BODY literal; a binary part (APPENDed with
+        # a literal8) is sent base64-encoded instead, as Dovecot does
+        content = base64.encodebytes(content).replace(b"\n", b"\r\n")
+    return Literal(_partial(content, attr.partial))

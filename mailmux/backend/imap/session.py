@@ -32,7 +32,13 @@ from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING
 from mailmux.backend.imap.view import View
 from mailmux.backend.message.parsed import ParsedMessage, Part
 from mailmux.backend.message.search import SearchContext, matches
-from mailmux.backend.store.interface import FlagChange, MessageMeta
+from mailmux.backend.store.interface import (
+    AppendResult,
+    FlagChange,
+    MailboxInfo,
+    MessageMeta,
+    ViewChanges,
+)
 from mailmux.protocol.imap.commands import (
     Append,
     Authenticate,
@@ -117,6 +123,7 @@ class Session:
         self.view: View | None = None
         self.feed: asyncio.Queue[int] | None = None
         self.enabled: set[str] = set()
+        self.known_flags: set[str] = set()  # flags announced by the last untagged FLAGS
         self.failed_logins = 0
         self.tls = False
         self.started = asyncio.get_running_loop().time()
@@ -236,7 +243,41 @@ class Session:
         except MailboxNotFound:
             self._unselect()
             return [untagged_status("BYE", "the selected mailbox was deleted")]
-        return self.view.apply(changes, allow_expunge)
+        return self._applied(changes, allow_expunge)
+
+    def _applied(self, changes: ViewChanges, allow_expunge: bool) -> Lines:
+        """The view brought up to date, with FLAGS for new keywords and \\Recent for new mail."""
+        view = self.selected
+        last = view.uids[-1] if view.uids else 0
+        lines = view.apply(changes, allow_expunge)
+        if view.recent and changes.expunged:
+            view.recent.difference_update(changes.expunged)
+        new = view.uids[bisect.bisect_right(view.uids, last):]
+        if new:
+            claims = self.server.recent
+            key = (view.mailbox_id, view.uidvalidity)
+            view.recent.update(claims.peek(key, new) if view.readonly else claims.claim(key, new))
+            lines.append(untagged(len(view.recent), Atom("RECENT")))
+        used = {f for _, flags, _ in changes.changed for f in flags}
+        return [*self._announce_flags(used), *lines]
+
+    def _announce_flags(self, used: set[str]) -> Lines:
+        """An untagged FLAGS before the first response that uses a keyword not yet in it."""
+        if used <= self.known_flags:
+            return []
+        self.known_flags |= used
+        return [untagged(Atom("FLAGS"), format_flags(sorted(self.known_flags)))]
+
+    async def _condstore_on(self) -> Lines:
+        """RFC 7162 3.1: the first CONDSTORE-enabling command reports HIGHESTMODSEQ."""
+        view = self.selected
+        first = "CONDSTORE" not in self.enabled or not view.condstore
+        self.enabled.add("CONDSTORE")
+        view.condstore = True
+        if not first:
+            return []
+        info = await self.store.get_mailbox(self.me, view.name)
+        return [untagged_status("OK", "highest", f"HIGHESTMODSEQ {info.highestmodseq}")]
 
     async def ok(self, command: Command, text: str, code: str | None = None,
                  before: Lines | None = None) -> Lines:
@@ -340,10 +381,9 @@ class Session:
         assert isinstance(command.args, Enable)
         newly = [c for c in command.args.capabilities if c == "CONDSTORE"
                  and c not in self.enabled]
+        highest = await self._condstore_on() if newly and self.view is not None else []
         self.enabled.update(newly)
-        if "CONDSTORE" in self.enabled and self.view is not None:
-            self.view.condstore = True
-        return [untagged(Atom("ENABLED"), *[Atom(c) for c in newly]),
+        return [untagged(Atom("ENABLED"), *[Atom(c) for c in newly]), *highest,
                 tagged(command.tag, "OK", "ENABLE completed")]
 
     async def do_NAMESPACE(self, command: Command) -> Lines:
@@ -378,18 +418,22 @@ class Session:
         feed = self.store.listen(info.id)
         view = View(info.id, info.name, readonly, info.uidvalidity, state.uids,
                     modseq=info.highestmodseq, condstore="CONDSTORE" in self.enabled)
+        claims = self.server.recent
+        key = (info.id, info.uidvalidity)
+        view.recent = set(claims.peek(key, view.uids) if readonly else claims.claim(key, view.uids))
         self.view, self.feed = view, feed
         self.state = State.SELECTED
         first_unseen = (view.seq_of(state.first_unseen) or None
                         if state.first_unseen is not None else None)
         flags = sorted(set(SYSTEM_FLAGS) | set(state.keywords))
+        self.known_flags = set(flags)
         lines = [
             *closed,
             untagged(Atom("FLAGS"), format_flags(flags)),
             untagged_status("OK", "flags clients may set", "PERMANENTFLAGS ("
                             + " ".join(PERMANENT_FLAGS if not readonly else ()) + ")"),
             untagged(view.exists, Atom("EXISTS")),
-            untagged(0, Atom("RECENT")),
+            untagged(len(view.recent), Atom("RECENT")),
         ]
         if first_unseen is not None:
             lines.append(untagged_status("OK", "first unseen", f"UNSEEN {first_unseen}"))
@@ -456,7 +500,8 @@ class Session:
         args = command.args
         assert isinstance(args, StatusArgs)
         info = await self.store.get_mailbox(self.me, args.mailbox)
-        values = {"MESSAGES": info.messages, "RECENT": 0, "UIDNEXT": info.uidnext,
+        values = {"MESSAGES": info.messages, "RECENT": await self._recent_count(args, info),
+                  "UIDNEXT": info.uidnext,
                   "UIDVALIDITY": info.uidvalidity, "UNSEEN": info.unseen,
                   "HIGHESTMODSEQ": info.highestmodseq, "SIZE": info.size}
         items: list[object] = []
@@ -466,21 +511,42 @@ class Session:
         line = untagged(Atom("STATUS"), encode_mailbox(info.name), items)
         return await self.ok(command, "STATUS completed", before=[line])
 
+    async def _recent_count(self, args: StatusArgs, info: MailboxInfo) -> int:
+        if "RECENT" not in args.items:
+            return 0
+        if self.view is not None and self.view.mailbox_id == info.id:
+            return len(self.view.recent)
+        key = (info.id, info.uidvalidity)
+        if self.server.recent.marker(key) >= info.uidnext - 1:
+            return 0  # nothing above the marker: no need to read the UIDs
+        state = await self.store.select_state(self.me, info.name)
+        return len(self.server.recent.peek(key, state.uids))
+
     async def do_APPEND(self, command: Command) -> Lines:
         args = command.args
         assert isinstance(args, Append)
-        if len(args.message) > self.config.max_message_size:
+        messages = [(args.flags, args.date, args.message, args.binary), *args.more]
+        if any(len(m[2]) > self.config.max_message_size for m in messages):
             return [tagged(command.tag, "NO", "message too large", "TOOBIG")]
+        results: list[AppendResult] = []
         try:
-            result = await self.store.append(
-                self.me, args.mailbox, args.message,
-                flags=[f for f in args.flags if f != "\\Recent"],
-                internaldate=args.date or datetime.now(UTC),
-            )
-        except MailboxNotFound:
-            return [tagged(command.tag, "NO", f"no mailbox {args.mailbox}", "TRYCREATE")]
+            for flags, when, message, _ in messages:
+                results.append(await self.store.append(
+                    self.me, args.mailbox, message,
+                    flags=[f for f in flags if f != "\\Recent"],
+                    internaldate=when or datetime.now(UTC),
+                ))
+        except BackendError as exc:
+            # MULTIAPPEND is all or nothing (RFC 3502): take back the ones already stored
+            if results:
+                await self.store.expunge(self.me, results[0].mailbox_id,
+                                         [r.uid for r in results])
+            if isinstance(exc, MailboxNotFound):
+                return [tagged(command.tag, "NO", f"no mailbox {args.mailbox}", "TRYCREATE")]
+            raise
+        uids = format_sequence_set([r.uid for r in results])
         return await self.ok(command, "APPEND completed",
-                             f"APPENDUID {result.uidvalidity} {result.uid}")
+                             f"APPENDUID {results[0].uidvalidity} {uids}")
 
     async def do_IDLE(self, command: Command) -> Lines:
         await self.send([continuation("idling")])
@@ -541,14 +607,15 @@ class Session:
         view = self.selected
         if view.readonly:
             return [tagged(command.tag, "NO", "mailbox is read-only", "READ-ONLY")]
-        await self._refresh_now()
+        pending = await self._refresh_now()
         args = command.args
         assert isinstance(args, Expunge)
         candidates = view.uids if args.sequence is None else view.resolve(args.sequence, True)
         deleted = await self._deleted(candidates)
         if deleted:
             await self.store.expunge(self.me, view.mailbox_id, deleted)
-        return await self.ok(command, "EXPUNGE completed", before=await self._refresh_now())
+        return await self.ok(command, "EXPUNGE completed",
+                             before=[*pending, *await self._refresh_now()])
 
     async def _deleted(self, candidates: Sequence[int]) -> list[int]:
         """The candidates (UIDs in the view) flagged \\Deleted, read from the store."""
@@ -563,13 +630,15 @@ class Session:
             while not self.feed.empty():
                 self.feed.get_nowait()
         changes = await self.store.changes_since_modseq(self.me, view.mailbox_id, view.modseq)
-        return view.apply(changes, allow_expunge)
+        return self._applied(changes, allow_expunge)
 
     async def do_SEARCH(self, command: Command) -> Lines:
         args = command.args
         assert isinstance(args, Search)
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
+        if _uses_modseq(args.key):
+            before += await self._condstore_on()
         largest_uid = view.uids[-1] if view.uids else 0
         key = _seqsets_as_uids(args.key, view)
         found: dict[int, int] = {}  # uid -> modseq
@@ -591,7 +660,14 @@ class Session:
             found.update(await asyncio.to_thread(_confirm, key, rows, largest_uid, budget))
         uids = sorted(found)
         hits = uids if command.uid else [view.seq_of(u) for u in uids]
-        highest = max(found[u] for u in uids) if _uses_modseq(args.key) and uids else None
+        highest = None
+        if _uses_modseq(args.key) and uids:
+            # RFC 7162 3.1.5: with only MIN and/or MAX asked, the MODSEQ of those messages
+            reported = uids
+            options = set(args.return_options or ())
+            if options and options <= {"MIN", "MAX"}:
+                reported = [uids[0]] * ("MIN" in options) + [uids[-1]] * ("MAX" in options)
+            highest = max(found[u] for u in reported)
         if args.return_options is not None:
             line = self._esearch(command, args.return_options, hits, highest)
         else:
@@ -626,8 +702,7 @@ class Session:
         attrs = args.attrs
         with_modseq = args.changed_since is not None
         if with_modseq or any(a.name == "MODSEQ" for a in attrs):
-            self.enabled.add("CONDSTORE")
-            view.condstore = True
+            await self.send(await self._condstore_on())
         mark_seen = fetching.sets_seen(attrs) and not view.readonly
         if mark_seen and not any(a.name == "FLAGS" for a in attrs):
             attrs = (*attrs, FetchAttr("FLAGS"))
@@ -649,11 +724,16 @@ class Session:
                                          out)
                 continue
             for meta, _ in rows:
-                items = fetching.render(attrs, meta, None, with_uid=command.uid,
+                items = fetching.render(attrs, self._recent(meta), None, with_uid=command.uid,
                                         with_modseq=with_modseq)
                 await out.add(untagged(view.seq_of(meta.uid), Atom("FETCH"), items))
         await out.flush()
         return [tagged(command.tag, "OK", "FETCH completed")]
+
+    def _recent(self, meta: MessageMeta) -> MessageMeta:
+        if meta.uid not in self.selected.recent:
+            return meta
+        return dataclasses.replace(meta, flags=meta.flags | {"\\Recent"})
 
     async def _fetch_light(self, template: tuple[str, tuple[str, ...]], uids: list[int],
                            changed_since: int | None) -> None:
@@ -661,6 +741,7 @@ class Session:
         line, fields = template
         pick = operator.itemgetter(*(_ROW_FIELDS.index(f) for f in fields))
         known = view.uids
+        recent = view.recent
         for start in range(0, len(uids), FETCH_CHUNK):
             rows = await self.store.flag_rows(self.me, view.mailbox_id,
                                               uids[start:start + FETCH_CHUNK])
@@ -669,6 +750,8 @@ class Session:
             for uid, flags, modseq in rows:
                 if changed_since is not None and modseq <= changed_since:
                     continue
+                if uid in recent:
+                    flags = f"{flags} \\Recent" if flags else "\\Recent"
                 i += 1  # a range of the view is mostly contiguous: try the next position first
                 if i >= len(known) or known[i] != uid:
                     i = bisect.bisect_left(known, uid)
@@ -692,7 +775,8 @@ class Session:
                                                with_body=True)
             for row, raw in rows:
                 try:
-                    items = fetching.render(attrs, fresh[row.uid], raw, with_uid=with_uid,
+                    items = fetching.render(attrs, self._recent(fresh[row.uid]), raw,
+                                            with_uid=with_uid,
                                             with_modseq=with_modseq)
                 except fetching.FetchError:
                     continue
@@ -723,11 +807,12 @@ class Session:
         before = await self.updates(allow_expunge=command.uid)
         uids = view.resolve(args.sequence, command.uid)
         if args.unchanged_since is not None:
-            self.enabled.add("CONDSTORE")
-            view.condstore = True
+            before += await self._condstore_on()
+        # \\Recent is the server's to set (RFC 3501 2.3.2)
+        flags = [f for f in args.flags if f != "\\Recent"]
         result = await self.store.store_flags(self.me, view.mailbox_id, uids, args.mode,
-                                              list(args.flags), args.unchanged_since)
-        lines: Lines = list(before)
+                                              flags, args.unchanged_since)
+        lines: Lines = [*before, *self._announce_flags(set(flags))]
         changed = {c.uid: c for c in result.changed}
         for change in result.changed:
             view.reported(change.uid, change.modseq)
@@ -815,8 +900,25 @@ def _confirm(key: SearchKey, rows: list[tuple[MessageMeta, bytes | None]],
     return out
 
 
+def _runs(uids: list[int]) -> SequenceSet:
+    """Ascending UIDs as ranges of consecutive ones (recent mail is mostly one run)."""
+    ranges: list[SeqRange] = []
+    for uid in uids:
+        if ranges and ranges[-1].high == uid - 1:
+            ranges[-1] = SeqRange(ranges[-1].low, uid)
+        else:
+            ranges.append(SeqRange(uid, uid))
+    return SequenceSet(tuple(ranges))
+
+
 def _seqsets_as_uids(key: SearchKey, view: View) -> SearchKey:
-    """SEQSET keys as the UID ranges they name in this view, so the store can answer them."""
+    """SEQSET keys as the UID ranges they name in this view, so the store can answer them;
+    RECENT, NEW and OLD as the UIDs whose \\Recent this session owns."""
+    if key.name in ("RECENT", "NEW", "OLD"):
+        mine = SearchKey("UID", (_runs(sorted(view.recent)),))
+        if key.name == "NEW":
+            return SearchKey("AND", (), (mine, SearchKey("UNSEEN")))
+        return mine if key.name == "RECENT" else SearchKey("NOT", (), (mine,))
     if key.name == "SEQSET":
         seqset = key.args[0]
         assert isinstance(seqset, SequenceSet)

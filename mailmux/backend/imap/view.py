@@ -36,6 +36,7 @@ class View:
     own: dict[int, int] = field(default_factory=dict)
     # Expunges seen while the command in progress forbade EXPUNGE responses.
     pending_expunge: set[int] = field(default_factory=set)
+    recent: set[int] = field(default_factory=set)  # UIDs whose \Recent this session owns
 
     @property
     def exists(self) -> int:
@@ -71,6 +72,8 @@ class View:
 
     def flags_response(self, uid: int, flags: Iterable[str], modseq: int, with_uid: bool,
                        seq: int = 0) -> bytes:
+        if uid in self.recent:
+            flags = [*flags, "\\Recent"]
         items: list[object] = [Atom("FLAGS"), format_flags(flags)]
         if with_uid:
             items += [Atom("UID"), uid]
