@@ -32,6 +32,8 @@ from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING
 from mailmux.backend.imap.view import View
 from mailmux.backend.message.parsed import ParsedMessage, Part
 from mailmux.backend.message.search import SearchContext, matches
+from mailmux.backend.message.sort import Candidate, sent_time, sort_order
+from mailmux.backend.message.threading import ThreadInput, format_threads, message_ids, thread
 from mailmux.backend.store.interface import (
     AppendResult,
     FlagChange,
@@ -57,8 +59,10 @@ from mailmux.protocol.imap.commands import (
     SearchKey,
     SeqRange,
     SequenceSet,
+    Sort,
     StatusArgs,
     Store,
+    Thread,
 )
 from mailmux.protocol.imap.errors import ParseError
 from mailmux.protocol.imap.framing import (
@@ -639,25 +643,7 @@ class Session:
         before = await self._refresh_now(allow_expunge=command.uid)
         if _uses_modseq(args.key):
             before += await self._condstore_on()
-        largest_uid = view.uids[-1] if view.uids else 0
-        key = _seqsets_as_uids(args.key, view)
-        found: dict[int, int] = {}  # uid -> modseq
-        check: list[int] = []
-        for uid, modseq, unsure in await self.store.search(self.me, view.mailbox_id, key,
-                                                           largest_uid):
-            if view.seq_of(uid):  # not yet announced to this client: not searched
-                if unsure:
-                    check.append(uid)
-                else:
-                    found[uid] = modseq
-        budget = Budget(self.config.command_cpu_budget)
-        for start in range(0, len(check), SEARCH_CHECK_CHUNK):
-            budget.check()
-            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
-                                               check[start:start + SEARCH_CHECK_CHUNK],
-                                               with_body=True)
-            # Parsing and matching run in a worker thread: never on the event loop.
-            found.update(await asyncio.to_thread(_confirm, key, rows, largest_uid, budget))
+        found = await self._search_uids(args.key)
         uids = sorted(found)
         hits = uids if command.uid else [view.seq_of(u) for u in uids]
         highest = None
@@ -676,6 +662,71 @@ class Session:
                 values.append([Atom("MODSEQ"), highest])
             line = untagged(*values)
         return [*before, line, tagged(command.tag, "OK", "SEARCH completed")]
+
+    async def _search_uids(self, program: SearchKey) -> dict[int, int]:
+        """UID -> MODSEQ of the messages in the view that a SEARCH program matches."""
+        view = self.selected
+        largest_uid = view.uids[-1] if view.uids else 0
+        key = _seqsets_as_uids(program, view)
+        found: dict[int, int] = {}
+        check: list[int] = []
+        for uid, modseq, unsure in await self.store.search(self.me, view.mailbox_id, key,
+                                                           largest_uid):
+            if view.seq_of(uid):  # not yet announced to this client: not searched
+                if unsure:
+                    check.append(uid)
+                else:
+                    found[uid] = modseq
+        budget = Budget(self.config.command_cpu_budget)
+        for start in range(0, len(check), SEARCH_CHECK_CHUNK):
+            budget.check()
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               check[start:start + SEARCH_CHECK_CHUNK],
+                                               with_body=True)
+            # Parsing and matching run in a worker thread: never on the event loop.
+            found.update(await asyncio.to_thread(_confirm, key, rows, largest_uid, budget))
+        return found
+
+    async def do_SORT(self, command: Command) -> Lines:
+        args = command.args
+        assert isinstance(args, Sort)
+        view = self.selected
+        before = await self._refresh_now(allow_expunge=command.uid)
+        found = sorted(await self._search_uids(args.key))
+        budget = Budget(self.config.command_cpu_budget)
+        candidates: list[Candidate] = []
+        for start in range(0, len(found), SEARCH_CHECK_CHUNK):
+            budget.check()
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               found[start:start + SEARCH_CHECK_CHUNK],
+                                               with_body=True)
+            candidates += await asyncio.to_thread(_sort_candidates, rows, budget)
+        # Sorting many messages is CPU work: never on the event loop.
+        ordered = await asyncio.to_thread(sort_order, candidates, args.criteria)
+        hits = ordered if command.uid else [view.seq_of(u) for u in ordered]
+        return [*before, untagged(Atom("SORT"), *hits),
+                tagged(command.tag, "OK", "SORT completed")]
+
+    async def do_THREAD(self, command: Command) -> Lines:
+        args = command.args
+        assert isinstance(args, Thread)
+        view = self.selected
+        before = await self._refresh_now(allow_expunge=command.uid)
+        found = sorted(await self._search_uids(args.key))
+        budget = Budget(self.config.command_cpu_budget)
+        inputs: list[ThreadInput] = []
+        for start in range(0, len(found), SEARCH_CHECK_CHUNK):
+            budget.check()
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               found[start:start + SEARCH_CHECK_CHUNK],
+                                               with_body=True)
+            inputs += await asyncio.to_thread(_thread_inputs, rows, budget)
+        name: Callable[[int], int] = (lambda u: u) if command.uid else view.seq_of
+        # Threading many messages is CPU work: never on the event loop.
+        text = await asyncio.to_thread(
+            lambda: format_threads(thread(args.algorithm, inputs), name))
+        return [*before, f"* THREAD {text}".rstrip().encode() + b"\r\n",
+                tagged(command.tag, "OK", "THREAD completed")]
 
     def _esearch(self, command: Command, options: tuple[str, ...], hits: list[int],
                  modseq: int | None) -> bytes:
@@ -885,6 +936,29 @@ class _Output:
     async def flush(self) -> None:
         lines, self.lines, self.size = self.lines, [], 0
         await self.session.send(lines)
+
+
+def _sort_candidates(rows: list[tuple[MessageMeta, bytes | None]],
+                     budget: Budget) -> list[Candidate]:
+    out = []
+    for meta, raw in rows:
+        budget.check()
+        out.append(Candidate(meta.uid, meta, ParsedMessage.from_bytes(raw or b"")))
+    return out
+
+
+def _thread_inputs(rows: list[tuple[MessageMeta, bytes | None]],
+                   budget: Budget) -> list[ThreadInput]:
+    out = []
+    for meta, raw in rows:
+        budget.check()
+        msg = ParsedMessage.from_bytes(raw or b"")
+        references = message_ids(msg.text("references")) or message_ids(
+            msg.text("in-reply-to"))[:1]
+        own = message_ids(msg.text("message-id"))
+        out.append(ThreadInput(meta.uid, sent_time(msg, meta), msg.text("subject") or "",
+                               own[0] if own else None, tuple(references)))
+    return out
 
 
 def _confirm(key: SearchKey, rows: list[tuple[MessageMeta, bytes | None]],

@@ -167,6 +167,24 @@ class Search:
 
 
 @dataclass(frozen=True)
+class Sort:
+    """SORT (RFC 5256): `criteria` are (reverse, name) pairs, most significant first."""
+
+    criteria: tuple[tuple[bool, str], ...]
+    key: SearchKey
+    charset: str
+
+
+@dataclass(frozen=True)
+class Thread:
+    """THREAD (RFC 5256): `algorithm` is REFERENCES or ORDEREDSUBJECT."""
+
+    algorithm: str
+    key: SearchKey
+    charset: str
+
+
+@dataclass(frozen=True)
 class Fetch:
     sequence: SequenceSet
     attrs: tuple[FetchAttr, ...]
@@ -209,7 +227,7 @@ class Enable:
 
 Args = (
     NoArgs | Login | Authenticate | MailboxArg | Rename | ListArgs | StatusArgs | Append
-    | Search | Fetch | Store | CopyMove | Expunge | Id | Enable
+    | Search | Sort | Thread | Fetch | Store | CopyMove | Expunge | Id | Enable
 )
 
 
