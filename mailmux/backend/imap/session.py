@@ -704,8 +704,10 @@ class Session:
         # Sorting many messages is CPU work: never on the event loop.
         ordered = await asyncio.to_thread(sort_order, candidates, args.criteria)
         hits = ordered if command.uid else [view.seq_of(u) for u in ordered]
-        return [*before, untagged(Atom("SORT"), *hits),
-                tagged(command.tag, "OK", "SORT completed")]
+        line = untagged(Atom("SORT"), *hits)
+        if args.return_options is not None:
+            line = _esort(command, args.return_options, hits)
+        return [*before, line, tagged(command.tag, "OK", "SORT completed")]
 
     async def do_THREAD(self, command: Command) -> Lines:
         args = command.args
@@ -946,6 +948,32 @@ class _Output:
     async def flush(self) -> None:
         lines, self.lines, self.size = self.lines, [], 0
         await self.session.send(lines)
+
+
+def _esort(command: Command, options: tuple[str, ...], hits: list[int]) -> bytes:
+    """RFC 5267 ESORT: MIN and MAX are the first and last in sort order, ALL keeps it."""
+    wanted = set(options) or {"ALL"}
+    parts = f'* ESEARCH (TAG "{command.tag}")' + (" UID" if command.uid else "")
+    if hits and "MIN" in wanted:
+        parts += f" MIN {hits[0]}"
+    if hits and "MAX" in wanted:
+        parts += f" MAX {hits[-1]}"
+    if "COUNT" in wanted:
+        parts += f" COUNT {len(hits)}"
+    if hits and "ALL" in wanted:
+        parts += f" ALL {_ordered_set(hits)}"
+    return parts.encode() + b"\r\n"
+
+
+def _ordered_set(numbers: list[int]) -> str:
+    """A sequence set in the given order: only ascending runs are folded into ranges."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and runs[-1][1] == n - 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
 
 
 def _sort_candidates(rows: list[tuple[MessageMeta, bytes | None]],
