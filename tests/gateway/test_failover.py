@@ -226,6 +226,8 @@ def test_capability_relays_what_the_backend_offers_less_the_deny_list(
     caps = client.command("c", "CAPABILITY")[0].split()
     assert b"ESEARCH" in caps and b"IMAP4rev1" in caps and b"ID" in caps
     assert not any(c.startswith((b"AUTH=", b"STARTTLS", b"XREPLAY", b"COMPRESS")) for c in caps)
+    refused = client.command("x", "XREPLAY forged-1 CREATE Forged")
+    assert refused == [b"x BAD [CLIENTBUG] unknown command XREPLAY\r\n"]
 
 
 def test_a_synchronising_literal_is_asked_for_once_across_a_failover(

@@ -285,6 +285,11 @@ class ClientSession:
         if self.backend is not None:
             # Relayed commands need only their tag and name; the backend parses the rest.
             tag, name = _tag_and_name(raw)
+            if tag is not None and name == "XREPLAY":
+                # Replay ids are the gateway's own: a client's would let it claim the effect of
+                # another of its commands.
+                await self.send(tag + b" BAD [CLIENTBUG] unknown command XREPLAY\r\n")
+                return True
             if tag is not None and name not in prelogin.LOCAL_BEFORE_LOGIN:
                 return await self.relay(tag, raw, name)
         try:
