@@ -17,7 +17,7 @@ import pytest
 
 from tests.gateway.conftest import ALICE, BOB
 from tests.gateway.rawimap import RawImap, wait_until
-from tests.replication.test_pool import Pool, make_pool  # noqa: F401  (fixture)
+from tests.gateway.replicated import Pool, replicated  # noqa: F401  (fixture)
 from tests.support.gateway import GatewayProcess
 from tests.support.nodes import NodeProcess
 
@@ -66,14 +66,8 @@ def raw() -> Iterator[Callable[[tuple[str, int]], RawImap]]:
 
 
 @pytest.fixture
-def pool(make_pool: Callable[..., Pool]) -> Iterator[Pool]:  # noqa: F811
-    made = make_pool("abc")
-    try:
-        yield made
-    finally:
-        for node in made.nodes.values():
-            if node.proc is not None and node.proc.poll() is None:
-                node.signal(signal.SIGCONT)
+def pool(replicated: Callable[..., Pool]) -> Pool:  # noqa: F811
+    return replicated("abc")
 
 
 # client faults are the client's ---------------------------------------------------------------
