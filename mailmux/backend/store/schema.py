@@ -94,3 +94,8 @@ def prepare(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(VERSION),))
     elif int(row[0]) != VERSION:
         raise SchemaError(f"database schema version {row[0]}, this mailmux expects {VERSION}")
+
+# A mailbox and everything below it, matched exactly and case-sensitively: LIKE would treat
+# `_` and `%` in names as wildcards and fold ASCII case, reaching unrelated mailboxes.
+SUBTREE = ("SELECT id, name FROM mailboxes WHERE owner = ? AND "
+           "(name = ? OR substr(name, 1, length(?3)) = ?3)")

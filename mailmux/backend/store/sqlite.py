@@ -51,7 +51,7 @@ from mailmux.backend.store.interface import (
     StoreResult,
 )
 from mailmux.backend.store.passwords import hash_password, verify_password
-from mailmux.backend.store.schema import prepare
+from mailmux.backend.store.schema import SUBTREE, prepare
 from mailmux.backend.store.writer import Tx, Writer
 
 T = TypeVar("T")
@@ -428,10 +428,12 @@ class SqliteStore:
             if old == "INBOX":
                 self._rename_inbox(tx, owner, row, new)
                 return
-            children = tx.conn.execute(
-                "SELECT id, name FROM mailboxes WHERE owner = ? AND (name = ? OR name LIKE ?)",
-                (owner, old, old.replace("%", r"\%") + "/%"),
-            ).fetchall()
+            children = tx.conn.execute(SUBTREE, (owner, old, old + "/")).fetchall()
+            clashes = [new + name[len(old):] for _, name in children if tx.conn.execute(
+                "SELECT 1 FROM mailboxes WHERE owner = ? AND name = ?",
+                (owner, new + name[len(old):])).fetchone()]
+            if clashes:
+                raise MailboxExists(f"mailbox {clashes[0]} already exists")
             for mailbox_id, name in children:
                 renamed = new + name[len(old):]
                 tx.conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (renamed, mailbox_id))
