@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from mailmux.backend.message.bodystructure import bodystructure
 from mailmux.backend.message.envelope import envelope
@@ -48,19 +48,35 @@ async def render(
     *, with_uid: bool, with_modseq: bool,
 ) -> list[object]:
     items: list[object] = []
+    async for name, value in render_items(attrs, meta, load, with_uid=with_uid,
+                                          with_modseq=with_modseq):
+        items += [name, value]
+    return items
+
+
+async def render_items(
+    attrs: tuple[FetchAttr, ...], meta: MessageMeta, load: Callable[[], Awaitable[bytes]],
+    *, with_uid: bool, with_modseq: bool,
+) -> AsyncIterator[tuple[Atom, object]]:
+    """The (name, value) items one at a time, so a caller can send each before the next
+    is made: a FETCH of many sections of a big message never exists whole in memory."""
     raw: bytes | None = None
     parsed: Part | None = None
     names = {a.name for a in attrs}
     if with_uid and "UID" not in names:
-        items += [Atom("UID"), meta.uid]
+        yield Atom("UID"), meta.uid
     if with_modseq and "MODSEQ" not in names:
-        items += [Atom("MODSEQ"), [meta.modseq]]
+        yield Atom("MODSEQ"), [meta.modseq]
     for attr in attrs:
         if attr.name in _NEEDS_BODY and raw is None:
             raw = await load()
             parsed = ParsedMessage.from_bytes(raw)
-        items += [Atom(fetch_item_name(attr)), _value(attr, meta, raw, parsed)]
-    return items
+        yield Atom(fetch_item_name(attr)), _value(attr, meta, raw, parsed)
+
+
+def body_items(attrs: tuple[FetchAttr, ...]) -> int:
+    """How many items of a FETCH send message content (each can be as big as the message)."""
+    return sum(1 for a in attrs if a.name in _NEEDS_BODY)
 
 
 def _value(attr: FetchAttr, meta: MessageMeta, raw: bytes | None, msg: Part | None) -> object:

@@ -17,7 +17,7 @@ import base64
 import binascii
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,7 @@ from mailmux.backend.imap.budget import Budget, run_bounded
 from mailmux.backend.imap.listing import list_responses
 from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING, State
 from mailmux.backend.imap.view import View
+from mailmux.backend.message.limits import check_keywords, check_structure
 from mailmux.backend.message.parsed import ParsedMessage, Part
 from mailmux.backend.message.search import SearchContext, matches
 from mailmux.protocol.imap.commands import (
@@ -61,6 +62,7 @@ from mailmux.protocol.imap.parser import parse_command
 from mailmux.protocol.imap.response import (
     Atom,
     continuation,
+    encode_value,
     format_flags,
     format_sequence_set,
     tagged,
@@ -78,6 +80,9 @@ READ_SIZE = 64 * 1024
 UNAUTHENTICATED_MAX_LITERAL = 4 * 1024
 UNAUTHENTICATED_MAX_COMMAND = 8 * 1024  # every line and literal of one command, before login
 MAX_LOGIN_DELAY = 30.0
+MAX_FETCH_BODY_ITEMS = 50  # items of one FETCH that each carry message content
+MAX_FETCH_ITEMS = 100
+FLUSH_BYTES = 256 * 1024  # responses held before they are written (and drained: backpressure)
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\*")
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
@@ -458,6 +463,10 @@ class Session:
         assert isinstance(args, Append)
         if len(args.message) > self.config.max_message_size:
             return [tagged(command.tag, "NO", "message too large", "TOOBIG")]
+        check_keywords(args.flags)
+        await run_bounded(lambda _: check_structure(args.message, self.config.max_mime_parts,
+                                                    self.config.max_mime_depth),
+                          self.config.command_cpu_budget)
         try:
             result = await self.store.append(
                 self.me, args.mailbox, args.message,
@@ -602,6 +611,10 @@ class Session:
     async def do_FETCH(self, command: Command) -> Lines:
         args = command.args
         assert isinstance(args, Fetch)
+        if (fetching.body_items(args.attrs) > MAX_FETCH_BODY_ITEMS
+                or len(args.attrs) > MAX_FETCH_ITEMS):
+            return [tagged(command.tag, "NO", f"at most {MAX_FETCH_BODY_ITEMS} body items and "
+                           f"{MAX_FETCH_ITEMS} items in one FETCH", "LIMIT")]
         view = self.selected
         before = await self.updates(allow_expunge=command.uid)
         uids = view.resolve(args.sequence, command.uid)
@@ -623,23 +636,13 @@ class Session:
                                                       change.modseq, old.size, old.internaldate)
                 if not any(a.name == "FLAGS" for a in attrs):
                     attrs = (*attrs, FetchAttr("FLAGS"))
-        lines: Lines = list(before)
+        out = _Outbox(self, list(before))
         for uid in uids:
-            meta = view.meta[uid]
-            try:
-                items = await fetching.render(
-                    attrs, meta, self._body_loader(view.mailbox_id, uid),
-                    with_uid=command.uid, with_modseq=with_modseq,
-                )
-            except MailboxNotFound:
-                continue  # expunged by another session meanwhile; RFC 2180 4.1.2
-            except fetching.FetchError:
-                continue
-            lines.append(untagged(view.seq_of(uid), Atom("FETCH"), items))
-            if len(lines) >= 64:
-                await self.send(lines)
-                lines = []
-        return [*lines, tagged(command.tag, "OK", "FETCH completed")]
+            items = fetching.render_items(attrs, view.meta[uid],
+                                          self._body_loader(view.mailbox_id, uid),
+                                          with_uid=command.uid, with_modseq=with_modseq)
+            await out.fetch_response(view.seq_of(uid), items)
+        return [*out.flush_later(), tagged(command.tag, "OK", "FETCH completed")]
 
     def _body_loader(self, mailbox_id: int, uid: int) -> Callable[[], Awaitable[bytes]]:
         return lambda: self.store.body(mailbox_id, uid)
@@ -652,6 +655,7 @@ class Session:
             return [tagged(command.tag, "NO", "mailbox is read-only", "READ-ONLY")]
         before = await self.updates(allow_expunge=command.uid)
         uids = view.resolve(args.sequence, command.uid)
+        check_keywords(args.flags)
         if args.unchanged_since is not None:
             self.enabled.add("CONDSTORE")
             view.condstore = True
@@ -707,6 +711,47 @@ class Session:
         lines = [untagged_status("OK", "moved", code)] if code else []
         lines += await self._refresh_now()
         return [*lines, tagged(command.tag, "OK", "MOVE completed")]
+
+
+class _Outbox:
+    """FETCH responses on their way out: written whenever FLUSH_BYTES are held, so a slow
+    reader holds the command (drain) instead of the node holding the responses."""
+
+    def __init__(self, session: Session, lines: Lines) -> None:
+        self.session = session
+        self.lines = lines
+        self.size = sum(len(line) for line in lines)
+
+    async def add(self, data: bytes) -> None:
+        self.lines.append(data)
+        self.size += len(data)
+        if self.size >= FLUSH_BYTES or len(self.lines) >= 64:
+            await self.session.send(self.lines)
+            self.lines, self.size = [], 0
+
+    async def fetch_response(self, seq: int, items: AsyncIterator[tuple[Atom, object]]) -> None:
+        """One `* n FETCH (...)`; a message expunged meanwhile (RFC 2180 4.1.2) or a part it
+        does not have is left out when nothing of it was written yet, else ends the list early."""
+        pending: list[bytes] = [b"* %d FETCH (" % seq]
+        size, first, written = len(pending[0]), True, False
+        try:
+            async for name, value in items:
+                piece = (b"" if first else b" ") + encode_value(name) + b" " + encode_value(value)
+                first = False
+                pending.append(piece)
+                size += len(piece)
+                if size >= FLUSH_BYTES:
+                    for chunk in pending:
+                        await self.add(chunk)
+                    pending, size, written = [], 0, True
+        except (MailboxNotFound, fetching.FetchError):
+            if not written:
+                return
+        pending.append(b")\r\n")
+        await self.add(b"".join(pending))
+
+    def flush_later(self) -> Lines:
+        return self.lines
 
 
 def _constant(parsed: Part | None) -> Callable[[], Part]:

@@ -36,6 +36,7 @@ from mailmux.backend.errors import (
     UserExists,
     UserNotFound,
 )
+from mailmux.backend.message.limits import check_keywords
 from mailmux.backend.store import names
 from mailmux.backend.store.hlc import HybridClock
 from mailmux.backend.store.interface import (
@@ -652,6 +653,7 @@ class SqliteStore:
                        else old - wanted)
                 if new == old:
                     continue
+                check_keywords(new)
                 if modseq is None:
                     modseq = conn.execute(
                         "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? "

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.connector import BackendSession
 from mailmux.gateway.errors import BackendLost
-from mailmux.gateway.responses import Response, read_response
+from mailmux.gateway.responses import Response, Spill, read_response
 from mailmux.gateway.session import prelogin
 from mailmux.gateway.session import relay as relaying
 from mailmux.gateway.session.states import Input, SessionState, step
@@ -122,10 +122,12 @@ class ClientSession:
 
     # the backend's side -----------------------------------------------------------------
 
-    async def read_backend(self, backend: BackendSession) -> Response:
+    async def read_backend(self, backend: BackendSession, spill: Spill | None = None) -> Response:
+        timeout = self.response_timeout()
         try:
-            async with asyncio.timeout(self.response_timeout()):
-                return await read_response(backend.reader, self.config.max_message_size)
+            async with asyncio.timeout(timeout) as deadline:
+                return await read_response(backend.reader, self.config.max_message_size,
+                                           _paused(deadline, timeout, spill))
         except TimeoutError as exc:
             raise BackendLost(f"{backend.candidate.node_id} did not answer in time") from exc
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -198,6 +200,21 @@ class ClientSession:
         with contextlib.suppress(ConnectionError):
             await self.send(b"* BYE [UNAVAILABLE] mail server unavailable, please reconnect\r\n")
         return False
+
+
+def _paused(deadline: asyncio.Timeout, timeout: float | None,
+            spill: Spill | None) -> Spill | None:
+    """The backend's deadline stops while a slow client takes a streamed piece, and starts
+    again afterwards: it measures the backend's silence, not the client's."""
+    if spill is None or timeout is None:
+        return spill
+
+    async def send(data: bytes) -> None:
+        deadline.reschedule(None)
+        await spill(data)
+        deadline.reschedule(asyncio.get_running_loop().time() + timeout)
+
+    return send
 
 
 def _tag_and_name(raw: bytes) -> tuple[bytes | None, str]:

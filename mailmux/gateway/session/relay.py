@@ -3,7 +3,8 @@
 Commands are relayed one at a time, so the gateway always knows which command is in flight. The
 fast path only reads the backend; once the backend sends a continuation (IDLE), the client is read
 too, for DONE. A response is forwarded whole, so a failover never leaves half a response with the
-client.
+client. The exception is a response too large to hold (a FETCH of big bodies): it is passed on
+in pieces as it arrives, and if the backend fails in its middle the session ends with BYE.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
 from mailmux.gateway.literals import non_synchronising
-from mailmux.gateway.responses import Response, ResponseTooLarge
+from mailmux.gateway.responses import Response, ResponseTooLarge, Spill
 from mailmux.gateway.session.failover import ViewLost, failover
 from mailmux.gateway.session.view import MailboxView
 from mailmux.protocol.imap.framing import CommandBytes, FramingError
@@ -42,6 +43,7 @@ class Relay:
     forwarded: int = 0
     final: Response | None = None
     view: MailboxView | None = None  # SELECT/EXAMINE: the view being opened
+    partial: bool = False  # part of a large response reached the client: no replay possible
 
 
 async def relay(session: ClientSession, tag: bytes, raw: bytes, name: str) -> bool:
@@ -58,6 +60,8 @@ async def relay(session: ClientSession, tag: bytes, raw: bytes, name: str) -> bo
             await exchange(session, current)
             break
         except (BackendLost, OSError, asyncio.IncompleteReadError, ResponseTooLarge) as exc:
+            if current.partial:
+                return await session.bye(f"backend failed in the middle of a response: {exc}")
             if attempt >= MAX_FAILOVERS:
                 return await session.bye(f"backend failed {attempt + 1} times: {exc}")
             try:
@@ -71,17 +75,18 @@ async def relay(session: ClientSession, tag: bytes, raw: bytes, name: str) -> bo
 async def exchange(session: ClientSession, current: Relay) -> None:
     backend = session.backend
     assert backend is not None
+    spill = _spill(session, current)
     backend.writer.write(current.raw)
     await backend.writer.drain()
     # Fast path: nothing to read from the client until the backend asks for a continuation.
     while not current.continued:
-        if await forward(session, current, await session.read_backend(backend)):
+        if await forward(session, current, await session.read_backend(backend, spill)):
             return
     if current.done_sent:
-        while not await forward(session, current, await session.read_backend(backend)):
+        while not await forward(session, current, await session.read_backend(backend, spill)):
             pass
         return
-    reader = asyncio.ensure_future(session.read_backend(backend))
+    reader = asyncio.ensure_future(session.read_backend(backend, spill))
     client: asyncio.Future[CommandBytes | FramingError] | None = None
     try:
         while True:
@@ -99,7 +104,7 @@ async def exchange(session: ClientSession, current: Relay) -> None:
                     current.done_sent = True
                 continue
             response = reader.result()
-            reader = asyncio.ensure_future(session.read_backend(backend))
+            reader = asyncio.ensure_future(session.read_backend(backend, spill))
             if await forward(session, current, response):
                 return
     finally:
@@ -116,8 +121,23 @@ async def exchange(session: ClientSession, current: Relay) -> None:
                 client.cancel()
 
 
+def _spill(session: ClientSession, current: Relay) -> Spill:
+    """Where the start of a large response goes: straight to the client."""
+
+    async def send(data: bytes) -> None:
+        current.partial = True
+        await session.send(data)
+
+    return send
+
+
 async def forward(session: ClientSession, current: Relay, response: Response) -> bool:
     """Pass one response to the client; True when it was the command's tagged answer."""
+    if response.streamed:
+        # The rest of a large (FETCH) response: never a status, continuation or EXISTS.
+        current.forwarded += 1
+        await session.send(response.raw)
+        return False
     if response.is_continuation:
         if current.continued:
             return False  # the replayed IDLE's "+": the client already has one
