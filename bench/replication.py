@@ -147,7 +147,7 @@ def main() -> None:
             _wait(lambda: _count(b) == total)
             assert b.stop() == 0
             shutil.rmtree(b.data_dir)
-            b.data_dir.mkdir()
+            b.data_dir.mkdir(mode=0o700)  # a node requires it private
             b.start()
             elapsed = _wait(lambda: _count(b) == total, 600)
         finally:

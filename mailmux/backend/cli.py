@@ -25,6 +25,8 @@ import click
 from mailmux.backend.config import BackendConfig, ConfigError, load
 from mailmux.backend.errors import BackendError
 from mailmux.backend.store.interface import MailStore
+from mailmux.outbound import cli as outbound_cli
+from mailmux.privatefiles import NotPrivateError, make_private_dir, open_to_others, require_private
 
 log = logging.getLogger("mailmux.backend")
 
@@ -59,6 +61,7 @@ def run(config_path: Path) -> None:
     """Run the node until SIGTERM or SIGINT; prints one JSON line when ready."""
     config = _load_config(config_path)
     _setup_logging(config.node_id)
+    _require_private_files(config, config_path)
     try:
         asyncio.run(_serve(config))
     except (*ENVIRONMENT_ERRORS, BackendError) as exc:
@@ -77,6 +80,26 @@ async def _serve(config: BackendConfig) -> None:
         click.echo(json.dumps(node.ready))
         sys.stdout.flush()
         await stop.wait()
+
+
+def _require_private_files(config: BackendConfig, config_path: Path) -> None:
+    """Mail, password hashes and the pool secret are for the service's user alone."""
+    # Whatever the node creates from now on (database, WAL, ready.json) is private too.
+    os.umask(0o077)
+    try:
+        if not config.data_dir.exists():
+            make_private_dir(config.data_dir)
+        require_private(config.data_dir, "data_dir")
+        if config.pool_secret_file is not None:
+            require_private(config.pool_secret_file, "pool_secret_file")
+    except NotPrivateError as exc:
+        log.error("refusing to start node %s: %s", config.node_id, exc)
+        _fail(f"error: {exc}")
+    except OSError as exc:
+        _fail(f"error: {exc}")
+    if config.pool_secret_file is None and open_to_others(config_path) is not None:
+        log.warning("%s holds pool_secret and is readable by others: chmod 600 it, or move "
+                    "the secret to pool_secret_file", config_path)
 
 
 def _setup_logging(node_id: str) -> None:
@@ -204,6 +227,12 @@ async def _replication_rows(store: MailStore, config: BackendConfig) -> list[dic
     return rows
 
 
+# outbound queue and DKIM keys (mailmux/outbound/cli.py) -----------------------------------
+
+main.add_command(outbound_cli.queue)
+main.add_command(outbound_cli.dkim)
+
+
 # helpers ----------------------------------------------------------------------------------
 
 
@@ -245,6 +274,8 @@ def _with_store(config_path: Path, action: Callable[[MailStore], Awaitable[T]]) 
 async def _store_action(config: BackendConfig, action: Callable[[MailStore], Awaitable[T]]) -> T:
     from mailmux.backend.store.sqlite import SqliteStore
 
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)
+    if not config.data_dir.exists():
+        make_private_dir(config.data_dir)
     async with SqliteStore.open(config.db_path, config.node_id, config.domains) as store:
         return await action(store)

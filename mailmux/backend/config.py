@@ -22,6 +22,8 @@ from mailmux.configfile import (
     require_tls_off_loopback,
     tls_paths,
 )
+from mailmux.outbound.config import OutboundConfig
+from mailmux.outbound.config import parse as parse_outbound
 
 __all__ = ["BackendConfig", "ConfigError", "CopiesConfig", "ReplicationConfig", "from_dict", "load"]
 
@@ -72,6 +74,8 @@ class BackendConfig:
     max_mime_depth: int = 16
     command_cpu_budget: float = 5.0  # user-controlled work per command (LIST patterns, SEARCH)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    pool_secret_file: Path | None = None  # where pool_secret came from, for its permission check
 
     @property
     def tls_enabled(self) -> bool:
@@ -96,7 +100,7 @@ _KNOWN = {
     "listen_smtp", "listen_lmtp", "listen_imaps", "listen_control", "tls_cert", "tls_key",
     "max_message_size", "max_line_length", "idle_timeout", "login_timeout", "max_unauthenticated",
     "max_failed_logins", "failed_login_delay", "replication", "command_cpu_budget",
-    "max_command_size", "max_mime_parts", "max_mime_depth",
+    "max_command_size", "max_mime_parts", "max_mime_depth", "outbound",
 }
 _KNOWN_REPLICATION = {
     "listen", "peers", "mode", "batch_window", "batch_backlog", "copies", "copy_timeout",
@@ -149,6 +153,10 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
         command_cpu_budget=parse_duration(raw.get("command_cpu_budget", 5.0),
                                           "command_cpu_budget"),
         replication=_replication(raw.get("replication", {})),
+        outbound=parse_outbound(raw.get("outbound", {}), base),
+        pool_secret_file=(
+            base / str(raw["pool_secret_file"]) if "pool_secret_file" in raw else None
+        ),
     )
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_smtp", "listen_control")}
     require_tls_off_loopback(listeners, config.tls_enabled)

@@ -4,6 +4,7 @@
           + 2 * transactions_in_flight
           + loop_lag_ms / 10
           + replication_backlog / 100
+          + outbound_backlog / 100
 
 - `sessions`: open IMAP/SMTP/LMTP connections (`session_opened` / `session_closed`).
 - `transactions_in_flight`: store-touching work in progress (`with meter.transaction():`); weighted
@@ -15,6 +16,8 @@
 - `replication_backlog`: changes waiting to be shipped to peers, from a callable the replication
   layer installs (`meter.replication_backlog = lambda: ...`); 0 until it does. A node far behind
   its peers should not attract new writers: 100 pending changes weigh as much as one session.
+- `outbound_backlog`: messages in the outbound queue (`mailmux/outbound/worker.py` installs it);
+  a node with a delivery backlog has work of its own to do, weighed like replication backlog.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class LoadMeter:
         self.replication_backlog: Callable[[], int] = _no_backlog
         # Per-peer figures for LOAD answers, e.g. {"peer.b.backlog": 3, "peer.b.lag_s": 0.2}.
         self.replication_details: Callable[[], dict[str, float]] = dict
+        self.outbound_backlog: Callable[[], int] = _no_backlog
+        self.outbound_details: Callable[[], dict[str, float]] = dict
         self._sampler: asyncio.Task[None] | None = None
 
     # counters ---------------------------------------------------------------------------
@@ -74,6 +79,7 @@ class LoadMeter:
             + 2 * self.transactions_in_flight
             + self.loop_lag_ms / 10
             + self._backlog() / 100
+            + self.outbound_backlog() / 100
         )
 
     def snapshot(self) -> dict[str, float]:
@@ -84,6 +90,7 @@ class LoadMeter:
             "replication_backlog": float(self._backlog()),
             "score": self.score(),
             **self.replication_details(),
+            **self.outbound_details(),
         }
 
     def _backlog(self) -> int:

@@ -24,6 +24,7 @@ from mailmux.backend.load import LoadMeter
 from mailmux.backend.store.interface import MailStore
 
 if TYPE_CHECKING:
+    from mailmux.outbound.worker import OutboundWorker
     from mailmux.replication.peers import Replicator
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Node:
         self._stack = contextlib.AsyncExitStack()
         self._store: MailStore | None = None
         self.replicator: Replicator | None = None
+        self.outbound: OutboundWorker | None = None
 
     @property
     def store(self) -> MailStore:
@@ -96,11 +98,19 @@ class Node:
             replication_address = (await self.replicator.start())[0]
             self._stack.push_async_callback(self.replicator.close)
 
+        if config.outbound.enabled:
+            from mailmux.outbound.worker import OutboundWorker
+
+            self.outbound = OutboundWorker(config, store, self.meter)
+            await self.outbound.start()
+            self._stack.push_async_callback(self.outbound.close)
+
         imap = ImapServer(config, self.store, self.meter)
         imap_address, *imaps = await imap.start()
         self._stack.push_async_callback(imap.close)
 
         intake = SmtpIntake(config, self.store, self.meter)
+        intake.handler.outbound = self.outbound
         self._stack.push_async_callback(intake.close)
         smtp_address, *lmtp = await intake.start()
 

@@ -144,15 +144,17 @@ def discover(user: str, config_path: Path, as_json: bool) -> None:
               help="where nodes keep their data (default: a new temporary directory)")
 @click.option("--port-base", type=int, default=None,
               help="gateway IMAP on N, submission on N+1, node i on N+10+10i.. (default: any)")
-def demo(nodes: int, data_dir: Path | None, port_base: int | None) -> None:
+@click.option("--keep", is_flag=True,
+              help="keep the temporary data dir on exit (default: remove it)")
+def demo(nodes: int, data_dir: Path | None, port_base: int | None, keep: bool) -> None:
     """Start a demo pool (N nodes + gateway) with users alice and bob; Ctrl-C stops it."""
-    from mailmux.gateway.demo import run_demo
+    from mailmux.gateway.demo import DemoError, run_demo_in
 
     _setup_logging()
-    directory = data_dir or Path(tempfile.mkdtemp(prefix="mailmux-demo-"))
     try:
-        asyncio.run(run_demo(nodes, directory, port_base))
-    except (OSError, RuntimeError, ValueError, ConfigError) as exc:
+        run_demo_in(nodes, data_dir, port_base, keep,
+                    lambda: Path(tempfile.mkdtemp(prefix="mailmux-demo-")))
+    except (OSError, DemoError, ValueError, ConfigError) as exc:
         _fail(f"error: {exc}")
 
 

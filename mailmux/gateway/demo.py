@@ -2,29 +2,37 @@
 
 Starts N backend nodes as child processes (each in its own process group, so each can be killed
 by PID to watch failover) that replicate to each other, creates alice@example.test and
-bob@example.test with fresh random passwords (on the first node: replication copies them), then
-runs a gateway in this process and prints one JSON line saying where everything is. Ctrl-C (or
-SIGTERM) stops the gateway and then every node.
+bob@example.test (on the first node: replication copies them), then runs a gateway in this
+process and prints one JSON line saying where everything is. Ctrl-C (or SIGTERM) stops the
+gateway and then every node, one line each.
+
+The data dir is private (0700) and its secret-bearing files are 0600. A re-run on the same
+`--data-dir` reuses the pool secret and passwords kept in `DATA_DIR/demo.json`, so the printed
+passwords always work; if that file is gone, the users' passwords are reset on every node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from mailmux.gateway import config as gateway_config
 from mailmux.gateway.app import Gateway
+from mailmux.privatefiles import make_private_dir, write_private
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +41,33 @@ USERS = ("alice", "bob")
 NODE_IDS = "abcdefghij"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
+STATE_FILE = "demo.json"
+SECRET_FILE = "pool.key"
+
+Say = Callable[[str], None]
+
+
+class DemoError(Exception):
+    """The demo cannot start; the message says why and what to look at."""
 
 
 @dataclass
 class DemoNode:
     node_id: str
     config_path: Path
+    log_path: Path
+    ports: dict[str, int] = field(default_factory=dict)  # fixed ports only (--port-base)
     proc: subprocess.Popen[bytes] | None = None
     ready: dict[str, object] | None = None
+
+
+@dataclass(frozen=True)
+class DemoState:
+    """What a re-run must reuse for its printed passwords to work."""
+
+    secret: str
+    passwords: dict[str, str]
+    reused: bool
 
 
 def _port(base: int | None, offset: int) -> int:
@@ -54,41 +81,113 @@ def _free_port() -> int:
         return port
 
 
-def write_node_config(data_dir: Path, index: int, secret: str, port_base: int | None,
+def load_state(data_dir: Path) -> DemoState:
+    path = data_dir / STATE_FILE
+    try:
+        raw = json.loads(path.read_text())
+        secret, passwords = str(raw["secret"]), {str(k): str(v) for k, v in raw["users"].items()}
+        if len(secret) >= 8 and all(f"{n}@{DOMAIN}" in passwords for n in USERS):
+            return DemoState(secret, passwords, reused=True)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("ignoring unreadable %s (%s): users' passwords will be reset", path, exc)
+    passwords = {f"{name}@{DOMAIN}": secrets.token_urlsafe(9) for name in USERS}
+    state = DemoState(secrets.token_hex(16), passwords, reused=False)
+    write_private(path, json.dumps({"secret": state.secret, "users": passwords}) + "\n")
+    return state
+
+
+def write_node_config(data_dir: Path, index: int, port_base: int | None,
                       replication_ports: list[int]) -> DemoNode:
     node_id = NODE_IDS[index]
     offset = 10 + 10 * index
+    ports = {"IMAP": _port(port_base, offset), "SMTP": _port(port_base, offset + 1),
+             "control": _port(port_base, offset + 2), "replication": replication_ports[index]}
     peers = [f'"{NODE_IDS[i]}=127.0.0.1:{port}"'
              for i, port in enumerate(replication_ports) if i != index]
     text = "\n".join([
         f'node_id = "{node_id}"',
         f'data_dir = "{node_id}"',
         f'domains = ["{DOMAIN}"]',
-        f'pool_secret = "{secret}"',
-        f'listen_imap = "127.0.0.1:{_port(port_base, offset)}"',
-        f'listen_smtp = "127.0.0.1:{_port(port_base, offset + 1)}"',
-        f'listen_control = "127.0.0.1:{_port(port_base, offset + 2)}"',
+        f'pool_secret_file = "{SECRET_FILE}"',
+        f'listen_imap = "127.0.0.1:{ports["IMAP"]}"',
+        f'listen_smtp = "127.0.0.1:{ports["SMTP"]}"',
+        f'listen_control = "127.0.0.1:{ports["control"]}"',
         "[replication]",
-        f'listen = "127.0.0.1:{replication_ports[index]}"',
+        f'listen = "127.0.0.1:{ports["replication"]}"',
         f"peers = [{', '.join(peers)}]",
         "",
     ])
     path = data_dir / f"{node_id}.toml"
-    path.write_text(text)
-    return DemoNode(node_id, path)
+    write_private(path, text)
+    fixed = {k: v for k, v in ports.items() if port_base is not None or k == "replication"}
+    return DemoNode(node_id, path, data_dir / f"{node_id}.log", fixed)
 
 
 def _backend(*args: str) -> list[str]:
     return [sys.executable, "-m", "mailmux.backend", *args]
 
 
-def add_user(node: DemoNode, user: str, password: str) -> None:
-    result = subprocess.run(
-        _backend("user", "add", user, "--config", str(node.config_path)),
+def _user_command(node: DemoNode, action: str, user: str,
+                  password: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _backend("user", action, user, "--config", str(node.config_path)),
         input=password + "\n", capture_output=True, text=True, timeout=60, check=False,
     )
+
+
+def add_user(node: DemoNode, user: str, password: str) -> None:
+    result = _user_command(node, "add", user, password)
     if result.returncode != 0 and "exists" not in result.stderr:
-        raise RuntimeError(f"adding {user} on node {node.node_id}: {result.stderr.strip()}")
+        raise DemoError(f"adding {user} on node {node.node_id}: {result.stderr.strip()}")
+
+
+def reset_password(node: DemoNode, user: str, password: str) -> None:
+    """Set `password` on `node` if it holds `user` (a node that does not gets it by replication)."""
+    result = _user_command(node, "passwd", user, password)
+    if result.returncode != 0 and "no user" not in result.stderr.lower():
+        raise DemoError(f"resetting {user} on node {node.node_id}: {result.stderr.strip()}")
+
+
+async def prepare_users(nodes: list[DemoNode], state: DemoState) -> None:
+    """Create the users on the first node; after a lost state file, reset them everywhere."""
+    for user, password in state.passwords.items():
+        await asyncio.to_thread(add_user, nodes[0], user, password)
+    if not state.reused:
+        await asyncio.gather(*(
+            asyncio.to_thread(reset_password, node, user, password)
+            for node in nodes if node.config_path.parent.joinpath(node.node_id).exists()
+            for user, password in state.passwords.items()
+        ))
+
+
+def check_ports_free(wanted: dict[str, int]) -> None:
+    """Fail before starting anything if a fixed port is taken, naming it and its role."""
+    for role, port in wanted.items():
+        if port == 0:
+            continue
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            with socket.socket(socket.AF_INET, kind) as sock:
+                # As asyncio does for its listeners, so a port in TIME_WAIT is not "busy".
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise
+                    raise DemoError(
+                        f"port {port} ({role}) on 127.0.0.1 is already in use: stop what holds "
+                        "it or choose another --port-base"
+                    ) from None
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    try:
+        tail = path.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n".join(f"  {line}" for line in tail)
 
 
 async def start_node(node: DemoNode, log_file: IO[bytes]) -> None:
@@ -99,11 +198,26 @@ async def start_node(node: DemoNode, log_file: IO[bytes]) -> None:
     assert node.proc.stdout is not None
     line = await asyncio.wait_for(asyncio.to_thread(node.proc.stdout.readline), READY_TIMEOUT)
     if not line:
-        raise RuntimeError(f"node {node.node_id} exited before it was ready (see its log)")
+        log_file.flush()
+        ports = ", ".join(f"{role} {port}" for role, port in node.ports.items() if port)
+        raise DemoError(
+            f"node {node.node_id} exited before it was ready (ports: {ports or 'any free'}); "
+            f"its log is {node.log_path}:\n{_log_tail(node.log_path)}"
+        )
     node.ready = json.loads(line)
 
 
-def stop_nodes(nodes: list[DemoNode]) -> None:
+async def _start_nodes(nodes: list[DemoNode], logs: Sequence[IO[bytes]]) -> None:
+    try:
+        async with asyncio.TaskGroup() as group:
+            for node, log_file in zip(nodes, logs, strict=True):
+                group.create_task(start_node(node, log_file))
+    except ExceptionGroup as failed:
+        # One node's reason is what the user needs; the others were cancelled because of it.
+        raise failed.exceptions[0] from None
+
+
+def stop_nodes(nodes: list[DemoNode], say: Say) -> None:
     running = [n for n in nodes if n.proc is not None and n.proc.poll() is None]
     for node in running:
         assert node.proc is not None
@@ -111,55 +225,80 @@ def stop_nodes(nodes: list[DemoNode]) -> None:
             os.killpg(node.proc.pid, signal.SIGTERM)
     for node in running:
         assert node.proc is not None
+        how = "stopped"
         try:
             node.proc.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.proc.pid, signal.SIGKILL)
             node.proc.wait()
+            how = "killed (did not stop within 10 s)"
+        say(f"{how} node {node.node_id} (pid {node.proc.pid}, exit {node.proc.returncode})")
     for node in nodes:
         if node.proc is not None and node.proc.stdout is not None:
             node.proc.stdout.close()
 
 
-async def run_demo(count: int, data_dir: Path, port_base: int | None) -> None:
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+async def run_demo(count: int, data_dir: Path, port_base: int | None,
+                   say: Say = _print) -> None:
     if not 1 <= count <= len(NODE_IDS):
         raise ValueError(f"--nodes must be 1-{len(NODE_IDS)}")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_hex(16)
+    make_private_dir(data_dir)
+    state = load_state(data_dir)
+    write_private(data_dir / SECRET_FILE, state.secret + "\n")
     # Peers must know each other's replication port before any of them starts.
     replication_ports = [_port(port_base, 13 + 10 * i) or _free_port() for i in range(count)]
-    nodes = [write_node_config(data_dir, i, secret, port_base, replication_ports)
-             for i in range(count)]
-    users = [(f"{name}@{DOMAIN}", secrets.token_urlsafe(9)) for name in USERS]
+    nodes = [write_node_config(data_dir, i, port_base, replication_ports) for i in range(count)]
+    fixed = {"gateway IMAP": _port(port_base, 0), "gateway submission": _port(port_base, 1)}
+    for node in nodes:
+        fixed |= {f"node {node.node_id} {role}": port for role, port in node.ports.items()}
+    check_ports_free(fixed)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    logs = [(data_dir / f"{n.node_id}.log").open("ab") for n in nodes]
+    logs = [n.log_path.open("ab") for n in nodes]
     try:
-        # Users are created on the first node; replication brings them to the others.
-        for user, password in users:
-            await asyncio.to_thread(add_user, nodes[0], user, password)
-        await asyncio.gather(*(start_node(n, f) for n, f in zip(nodes, logs, strict=True)))
+        await prepare_users(nodes, state)
+        await _start_nodes(nodes, logs)
         config = gateway_config.from_dict({
-            "pool_secret": secret,
+            "pool_secret": state.secret,
             "listen_imap": f"127.0.0.1:{_port(port_base, 0)}",
             "listen_submission": f"127.0.0.1:{_port(port_base, 1)}",
             "pool": [str(n.ready["control"]) for n in nodes if n.ready],
             "domains": [DOMAIN],
         })
         async with Gateway(config) as gateway:
-            print(json.dumps({
+            say(json.dumps({
                 **gateway.ready,
                 "nodes": [{"id": n.node_id, "pid": n.proc.pid if n.proc else None,
-                           **{k: n.ready.get(k) for k in ("imap", "smtp", "control")}}
+                           **{k: n.ready.get(k) for k in ("imap", "smtp", "control")},
+                           "log": str(n.log_path)}
                           for n in nodes if n.ready is not None],
-                "users": [{"user": u, "password": p} for u, p in users],
+                "users": [{"user": u, "password": p} for u, p in state.passwords.items()],
                 "data_dir": str(data_dir),
-            }), flush=True)
+            }))
             await stop.wait()
+        say(f"stopped gateway (pid {os.getpid()})")
     finally:
-        await asyncio.to_thread(stop_nodes, nodes)
+        await asyncio.to_thread(stop_nodes, nodes, say)
         for f in logs:
             f.close()
+
+
+def run_demo_in(count: int, data_dir: Path | None, port_base: int | None, keep: bool,
+                make_temp: Callable[[], Path], say: Say = _print) -> None:
+    """Run the demo; a temporary data dir (no --data-dir) is removed afterwards unless `keep`."""
+    directory = data_dir if data_dir is not None else make_temp()
+    try:
+        asyncio.run(run_demo(count, directory, port_base, say))
+    finally:
+        if data_dir is None and not keep:
+            shutil.rmtree(directory, ignore_errors=True)
+            say(f"removed temporary data dir {directory}")
+        elif data_dir is None:
+            say(f"kept data dir {directory} (rerun with --data-dir {directory} to reuse it)")

@@ -35,6 +35,7 @@ from mailmux.gateway.errors import AuthenticationFailed, NoBackend
 from mailmux.gateway.message_id import stamp
 from mailmux.gateway.pool import Pool
 from mailmux.gateway.selection import Candidate, order
+from mailmux.outbound.handoff import HandoffFailed, HandoffRefused, hand_off
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,10 @@ class SubmissionHandler:
         domain = address.rpartition("@")[2].lower()
         domains = self.config.domains or (_user(session).rpartition("@")[2],)
         if domain not in domains:
-            return (f"550 5.7.1 <{address}>: relaying outside the pool's domains "
-                    f"({', '.join(domains)}) is not supported")
+            # Outside recipients go to the pool's outbound queue at DATA (mailmux/outbound/).
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+            return "250 2.1.5 Ok"
         answers = await self.pool.ask(address)
         if not answers:
             return UNAVAILABLE
@@ -132,8 +135,17 @@ class SubmissionHandler:
         user = _user(session)
         content = envelope.original_content or b""
         guid, message = stamp(user, content, self.config.pool_secret)
+        domains = self.config.domains or (user.rpartition("@")[2],)
+        outside = [r for r in envelope.rcpt_tos if r.rpartition("@")[2].lower() not in domains]
+        inside = [r for r in envelope.rcpt_tos if r not in outside]
         try:
-            node = await self._deliver(envelope, message, guid)
+            # Outside first: if the queue cannot take it the client retries the whole message,
+            # and the pool recipients' copies of the retry are the same GUID, stored once.
+            node = await self._queue_outbound(user, envelope.mail_from, outside, message, guid)
+            if inside:
+                node = await self._deliver(envelope.mail_from, inside, message, guid)
+        except HandoffRefused as exc:
+            return exc.reply
         except NoBackend as exc:
             log.warning("submission: %s from %s not delivered: %s", guid, user, exc)
             return UNAVAILABLE
@@ -142,15 +154,34 @@ class SubmissionHandler:
                  guid, user, ", ".join(envelope.rcpt_tos), node)
         return f"250 2.0.0 Ok: queued as {guid}"
 
-    async def _deliver(self, envelope: Envelope, message: bytes, guid: str) -> str:
-        candidates = await self._candidates(envelope.rcpt_tos)
+    async def _queue_outbound(self, user: str, sender: str | None, recipients: list[str],
+                              message: bytes, guid: str) -> str:
+        """Hand outside recipients to a node's outbound queue; its node id."""
+        if not recipients:
+            return ""
+        reasons = []
+        for candidate in await self._candidates([user]):
+            try:
+                await hand_off(candidate.smtp, self.config.pool_secret, sender or "", recipients,
+                               message, 2 * self.config.request_timeout)
+            except HandoffFailed as exc:
+                reasons.append(f"{candidate.node_id}: {exc}")
+                log.warning("submission: queueing %s on %s failed: %s", guid, candidate.node_id,
+                            exc)
+                continue
+            return candidate.node_id
+        raise NoBackend("; ".join(reasons) or "no live node to queue outbound mail")
+
+    async def _deliver(self, sender: str | None, recipients: list[str], message: bytes,
+                       guid: str) -> str:
+        candidates = await self._candidates(recipients)
         reasons = []
         for candidate in candidates:
             try:
                 await aiosmtplib.send(
                     message,
-                    sender=envelope.mail_from,
-                    recipients=envelope.rcpt_tos,
+                    sender=sender,
+                    recipients=recipients,
                     hostname=candidate.smtp[0],
                     port=candidate.smtp[1],
                     timeout=self.config.request_timeout,

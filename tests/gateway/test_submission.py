@@ -42,8 +42,9 @@ def test_send_with_smtplib_and_read_back_through_the_gateway(
         refused = smtp.sendmail(BOB[0], [ALICE[0]], _message("hello through the gateway"))
         assert refused == {}
         smtp.mail(BOB[0])
-        code, reply = smtp.rcpt("someone@elsewhere.example")
-        assert code == 550 and b"5.7.1" in reply
+        code, _ = smtp.rcpt("someone@elsewhere.example")
+        assert code == 250  # outside recipients go to the outbound queue (tests/outbound/)
+        smtp.rset()
     assert _count(gw.imap, "hello through the gateway") == 1
 
 

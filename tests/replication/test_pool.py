@@ -170,7 +170,7 @@ def test_wiped_node_catches_up(make_pool: Callable[..., Pool]) -> None:
     wait_for(lambda: inbox(c) == expected, "c before the wipe")
     assert c.stop() == 0
     shutil.rmtree(c.data_dir)
-    c.data_dir.mkdir()
+    c.data_dir.mkdir(mode=0o700)  # a node requires it private
     c.start()
     wait_for(lambda: _can_login(c) and inbox(c) == expected, "c after the wipe")
     status = c.cli("replication", "status", "--json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -29,6 +30,9 @@ class DnsServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # shutdown wakes the thread blocked in recvfrom (close alone does not, on Linux).
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         self._thread.join(timeout=5)
 
@@ -38,6 +42,8 @@ class DnsServer:
                 data, peer = self.sock.recvfrom(4096)
             except OSError:
                 return  # socket closed: the test is over
+            if not data:
+                return  # shut down by __exit__
             query = dns.message.from_wire(data)
             response = dns.message.make_response(query)
             question = query.question[0]

@@ -135,7 +135,8 @@ def write_config(
     root: Path, node_id: str, extra: str = "", replication: str = ""
 ) -> NodeProcess:
     data_dir = root / node_id
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # Private, as a node requires of its data dir.
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     config = root / f"{node_id}.toml"
     config.write_text(
         f'node_id = "{node_id}"\n'

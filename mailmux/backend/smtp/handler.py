@@ -16,8 +16,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from aiosmtpd.smtp import Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import BackendError, LimitExceeded
@@ -27,6 +28,10 @@ from mailmux.backend.smtp import replies
 from mailmux.backend.smtp.headers import Trace, message_guid, received_header, with_protocol
 from mailmux.backend.smtp.protocol import IntakeSMTP
 from mailmux.backend.store.interface import MailStore
+from mailmux.outbound import intake as outbound_intake
+
+if TYPE_CHECKING:
+    from mailmux.outbound.worker import OutboundWorker
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +51,16 @@ class IntakeHandler:
         self.store = store
         self.meter = meter
         self.closing = False  # set by SmtpIntake.close: no new transactions
+        self.outbound: OutboundWorker | None = None  # the node's outbound queue, if enabled
         self._in_flight = 0
         self._drained = asyncio.Event()
         self._drained.set()
 
     # hooks ------------------------------------------------------------------------------
+
+    async def auth_XMAILMUX(self, server: SMTP, args: list[str]) -> AuthResult:
+        """A pool gateway handing over mail for outside recipients (outbound/gateway_auth.py)."""
+        return await outbound_intake.authenticate(server, args, self.config.pool_secret)
 
     async def handle_EHLO(
         self,
@@ -90,6 +100,10 @@ class IntakeHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return replies.TOO_MANY_RECIPIENTS
+        if (self.outbound is not None and outbound_intake.from_gateway(session)
+                and "@" in address and not self.config.serves_domain(address)):
+            envelope.rcpt_tos.append(address)
+            return replies.RECIPIENT_OK
         try:
             recipient = await self.resolve(address)
         except RecipientRejected as exc:
@@ -118,6 +132,13 @@ class IntakeHandler:
         guid = message_guid(body, self.config.pool_secret)
         message = received_header(self._trace(server, session, envelope, guid)) + body
         with self._delivery():
+            outside = [r for r in recipients if not self.config.serves_domain(r)]
+            if outside:
+                sender = envelope.mail_from or ""
+                failure = await self._queue(sender, outside, message, guid, session)
+                recipients = [r for r in recipients if r not in outside]
+                if failure or not recipients:
+                    return failure or replies.queued(guid)
             if not server.reply_per_recipient:
                 return await self._deliver_all(recipients, message, guid, session)
             lines = await asyncio.gather(
@@ -164,6 +185,23 @@ class IntakeHandler:
     ) -> str:
         failure = await self._store([recipient], message, guid, session)
         return failure or replies.delivered_to(recipient, guid)
+
+    async def _queue(self, sender: str, recipients: Sequence[str], message: bytes, guid: str,
+                     session: Session) -> str | None:
+        """None once the outbound queue holds the message on W nodes, else the failure reply."""
+        assert self.outbound is not None, "RCPT admits outside recipients only with a queue"
+        try:
+            with self.meter.transaction():
+                fresh = await self.outbound.submit(guid, sender, list(recipients), message)
+        except BackendError as exc:
+            log.warning("%s: queueing %s for %s failed: %s", _peer(session), guid, recipients, exc)
+            return exc.smtp_reply
+        except Exception:
+            log.exception("%s: queueing %s for %s failed", _peer(session), guid, recipients)
+            return replies.TEMPORARY_FAILURE
+        log.info("%s: queued %s for %s%s", _peer(session), guid, ", ".join(recipients),
+                 "" if fresh else " (replay, already queued)")
+        return None
 
     async def _store(
         self, recipients: Sequence[str], message: bytes, guid: str, session: Session

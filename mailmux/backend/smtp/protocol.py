@@ -63,8 +63,11 @@ class IntakeSMTP(SMTP):
             ident=self.ident,
             tls_context=tls_context,
             timeout=SESSION_TIMEOUT,
-            # No AUTH: the intake takes mail for local recipients only and relays nothing.
+            # No user AUTH: strangers may only deliver to local recipients (no relaying).
             auth_exclude_mechanism=("LOGIN", "PLAIN"),
+            # The one mechanism left is the pool gateway's challenge-response (no password on
+            # the wire), which must work on loopback without TLS.
+            auth_require_tls=False,
             loop=loop,
         )
 

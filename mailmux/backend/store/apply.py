@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from mailmux.backend.store.interface import BOARD_OWNER, ChangeRecord
 from mailmux.backend.store.schema import SUBTREE
 from mailmux.backend.store.writer import Tx
+from mailmux.outbound import records as outbound_records
 
 if TYPE_CHECKING:
     from mailmux.backend.store.sqlite import SqliteStore
@@ -46,6 +47,8 @@ def apply_records(store: SqliteStore, tx: Tx, records: list[ChangeRecord],
         handler = _HANDLERS.get(record.kind)
         if handler is not None:
             handler(store, tx, record)
+        elif record.kind in outbound_records.KINDS:
+            outbound_records.apply(conn, record.kind, record.payload, record.origin, record.seq)
         applied += 1
     return applied
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from mailmux.outbound import schema as outbound_schema
+
 VERSION = 1
 
 DDL = """
@@ -89,6 +91,7 @@ class SchemaError(Exception):
 
 def prepare(conn: sqlite3.Connection) -> None:
     conn.executescript(DDL)
+    outbound_schema.prepare(conn)
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if row is None:
         conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(VERSION),))
