@@ -25,6 +25,7 @@ import click
 from mailmux.backend.config import BackendConfig, ConfigError, load
 from mailmux.backend.errors import BackendError
 from mailmux.backend.store.interface import MailStore
+from mailmux.logsetup import LOG_FORMATS, setup_logging
 from mailmux.outbound import cli as outbound_cli
 from mailmux.privatefiles import NotPrivateError, make_private_dir, open_to_others, require_private
 
@@ -55,12 +56,19 @@ def main() -> None:
 # run --------------------------------------------------------------------------------------
 
 
+log_format_option = click.option(
+    "--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+    help="log lines on stderr as text or as one JSON object each",
+)
+
+
 @main.command()
 @config_option
-def run(config_path: Path) -> None:
+@log_format_option
+def run(config_path: Path, log_format: str) -> None:
     """Run the node until SIGTERM or SIGINT; prints one JSON line when ready."""
     config = _load_config(config_path)
-    _setup_logging(config.node_id)
+    setup_logging(config.node_id, log_format)
     _require_private_files(config, config_path)
     try:
         asyncio.run(_serve(config))
@@ -100,18 +108,6 @@ def _require_private_files(config: BackendConfig, config_path: Path) -> None:
     if config.pool_secret_file is None and open_to_others(config_path) is not None:
         log.warning("%s holds pool_secret and is readable by others: chmod 600 it, or move "
                     "the secret to pool_secret_file", config_path)
-
-
-def _setup_logging(node_id: str) -> None:
-    level = os.environ.get("MAILMUX_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level if level in logging.getLevelNamesMapping() else logging.INFO,
-        format=f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s",
-    )
-    # aiosmtpd logs every command at INFO and message lines at DEBUG: keep mail content out of
-    # the log whatever MAILMUX_LOG_LEVEL says; our handler logs each transaction itself.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 # users ------------------------------------------------------------------------------------

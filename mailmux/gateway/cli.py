@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from mailmux.backend.control.client import query
 from mailmux.configfile import ConfigError
 from mailmux.gateway.config import GatewayConfig, load
 from mailmux.gateway.pool import Pool
+from mailmux.logsetup import LOG_FORMATS, setup_logging
 from mailmux.protocol.control.codec import ControlError
 from mailmux.protocol.control.messages import HealthRequest, LoadRequest
 
@@ -35,12 +35,19 @@ def main() -> None:
     """mailmux gateway: local IMAP and SMTP submission in front of a mailmux pool."""
 
 
+log_format_option = click.option(
+    "--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+    help="log lines on stderr as text or as one JSON object each",
+)
+
+
 @main.command()
 @config_option
-def run(config_path: Path) -> None:
+@log_format_option
+def run(config_path: Path, log_format: str) -> None:
     """Run the gateway until SIGTERM or SIGINT; prints one JSON line when ready."""
     config = _load(config_path)
-    _setup_logging()
+    setup_logging("gateway", log_format)
     try:
         asyncio.run(_serve(config))
     except OSError as exc:
@@ -70,13 +77,13 @@ def status(config_path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"members": rows}))
         return
-    header = ("member", "id", "alive", "load", "sessions", "users", "version", "error")
+    header = ("member", "id", "alive", "load", "sessions", "users", "queue", "version", "error")
     table: list[tuple[str, ...]] = [header, *(
         (str(r["control"]), str(r["id"] or "-"), "yes" if r["alive"] else "NO",
          f"{r['load']:.1f}" if isinstance(r["load"], float) else "-",
          str(r["sessions"]) if r["sessions"] is not None else "-",
          str(r["users"]) if r["users"] is not None else "-",
-         str(r["version"] or "-"), str(r["error"] or ""))
+         _queue(r), str(r["version"] or "-"), str(r["error"] or ""))
         for r in rows
     )]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -94,6 +101,7 @@ async def _member_status(config: GatewayConfig, member: tuple[str, int]) -> dict
     row: dict[str, object] = {
         "control": f"{member[0]}:{member[1]}", "id": None, "alive": False, "load": None,
         "sessions": None, "users": None, "version": None, "error": None,
+        "queued": None, "oldest_s": None,
     }
     timeout = max(config.discovery_timeout, 1.0)
     try:
@@ -108,8 +116,23 @@ async def _member_status(config: GatewayConfig, member: tuple[str, int]) -> dict
         id=health.node_id, alive=health.ok, load=load.load, version=health.version,
         sessions=int(sessions) if sessions is not None else None,
         users=int(users) if users is not None else None,
+        queued=_int(load.details.get("outbound.queued")),
+        oldest_s=load.details.get("outbound.oldest_s"),
     )
     return row
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _queue(row: dict[str, object]) -> str:
+    """Outbound queue size and the age of its oldest message, e.g. '3 (2m)'."""
+    if row["queued"] is None:
+        return "-"
+    oldest = row["oldest_s"]
+    return f"{row['queued']} ({int(oldest) // 60}m)" if isinstance(oldest, float) and oldest \
+        else str(row["queued"])
 
 
 @main.command()
@@ -146,11 +169,13 @@ def discover(user: str, config_path: Path, as_json: bool) -> None:
               help="gateway IMAP on N, submission on N+1, node i on N+10+10i.. (default: any)")
 @click.option("--keep", is_flag=True,
               help="keep the temporary data dir on exit (default: remove it)")
-def demo(nodes: int, data_dir: Path | None, port_base: int | None, keep: bool) -> None:
+@log_format_option
+def demo(nodes: int, data_dir: Path | None, port_base: int | None, keep: bool,
+         log_format: str) -> None:
     """Start a demo pool (N nodes + gateway) with users alice and bob; Ctrl-C stops it."""
     from mailmux.gateway.demo import DemoError, run_demo_in
 
-    _setup_logging()
+    setup_logging("gateway", log_format)
     try:
         run_demo_in(nodes, data_dir, port_base, keep,
                     lambda: Path(tempfile.mkdtemp(prefix="mailmux-demo-")))
@@ -170,12 +195,3 @@ def _fail(message: str) -> NoReturn:
     click.echo(message, err=True)
     sys.exit(1)
 
-
-def _setup_logging() -> None:
-    level = os.environ.get("MAILMUX_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level if level in logging.getLevelNamesMapping() else logging.INFO,
-        format="%(asctime)s gateway %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("mail.log").setLevel(logging.WARNING)

@@ -22,7 +22,8 @@ SELECTIONS = ("least-load", "first-responder", "p2c")
 _KNOWN = {
     "pool_secret", "pool_secret_file", "listen_imap", "listen_submission", "selection",
     "discovery_timeout", "request_timeout", "pool", "srv_domain", "broadcast", "tls_cert",
-    "tls_key", "dns_server", "domains", "max_line_length", "max_message_size",
+    "tls_key", "discovery_cache_ttl", "dns_server", "domains", "max_line_length",
+    "max_message_size",
 }
 
 
@@ -34,6 +35,7 @@ class GatewayConfig:
     pool: tuple[tuple[str, int], ...]
     selection: str = "least-load"
     discovery_timeout: float = 0.5
+    discovery_cache_ttl: float = 2.0  # reuse a user's discovery answers this long; 0: never
     request_timeout: float = 5.0
     srv_domain: str | None = None
     broadcast: tuple[str, int] | None = None
@@ -76,6 +78,8 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
         pool=tuple(parse_address(p, "pool") for p in pool),
         selection=selection,
         discovery_timeout=parse_duration(raw.get("discovery_timeout", 0.5), "discovery_timeout"),
+        discovery_cache_ttl=parse_duration(raw.get("discovery_cache_ttl", 2.0),
+                                           "discovery_cache_ttl"),
         request_timeout=parse_duration(raw.get("request_timeout", 5.0), "request_timeout"),
         srv_domain=srv_domain,
         broadcast=parse_address(raw["broadcast"], "broadcast") if "broadcast" in raw else None,

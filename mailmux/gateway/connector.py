@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
@@ -32,14 +32,20 @@ _CAPABILITY = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 READ_LIMIT = 1024 * 1024
 
 
+def _nothing() -> None:
+    pass
+
+
 @dataclass
 class BackendSession:
     candidate: Candidate
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     capabilities: frozenset[str] = field(default_factory=frozenset)
+    release: Callable[[], None] = _nothing  # the pool's count of sessions placed on the node
 
     async def close(self) -> None:
+        self.release()
         self.writer.close()
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
@@ -120,6 +126,7 @@ async def connect(
                 pool.failed(candidate.node_id, str(exc))
                 continue
             pool.succeeded(candidate.node_id)
+            session.release = pool.placed(candidate.node_id)
             log.info("login of %s on %s (load %.1f)", user, candidate.node_id, candidate.load)
             return session
     log.warning("login of %s: every candidate failed (%s)", user, "; ".join(reasons))

@@ -45,6 +45,7 @@ class ImapProxy:
         except Exception:
             log.exception("imap %s: session failed", session.peer)
         finally:
+            log.info("imap %s: session of %s ended", session.peer, session.user or "(nobody)")
             self._sessions.discard(task)
             writer.close()
             with contextlib.suppress(OSError):

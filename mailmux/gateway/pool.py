@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import dns.asyncresolver
 import dns.exception
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SRV_PREFIX = "_mailmux._udp."
 MIN_SRV_TTL = 5.0
+MAX_CACHED_USERS = 10_000
 
 
 def parse_endpoint(text: str) -> Address:
@@ -67,6 +70,13 @@ class Pool:
         self._srv_members: list[Address] = []
         self._srv_expires = 0.0
         self._control_of: dict[str, Address] = {}
+        # user -> (expiry, answers): a client's several connections share one fan-out.
+        self._answers: dict[str, tuple[float, list[Answer]]] = {}
+        # node -> {session token: when placed}: sessions this gateway placed there that are still
+        # open. A cached answer's load is stale by exactly those placed after it was asked; without
+        # them p2c and least-load herd onto one node for a whole TTL.
+        self._placed: dict[str, dict[int, float]] = {}
+        self._tokens = itertools.count()
         self._prober: asyncio.Task[None] | None = None
 
     # membership -------------------------------------------------------------------------
@@ -152,7 +162,7 @@ class Pool:
 
     async def discover(self, user: str, policy: str) -> list[Candidate]:
         """Members that serve USER and are not quarantined, as selection candidates."""
-        answers = await self.ask(user, stop_at_first_yes=policy == "first-responder")
+        answers, asked_at = await self._recent_answers(user, policy)
         candidates = []
         for answer in answers:
             if not answer.reply.serves:
@@ -160,12 +170,47 @@ class Pool:
             if self.health.is_quarantined(answer.reply.node_id):
                 log.info("discovery: %s serves %s but is quarantined", answer.reply.node_id, user)
                 continue
-            candidates.append(answer.candidate())
+            candidate = answer.candidate()
+            since = self.placed_since(candidate.node_id, asked_at)
+            candidates.append(replace(candidate, load=candidate.load + since))
         log.info(
             "discovery: %s served by %s",
             user, ", ".join(f"{c.node_id}(load {c.load:.1f})" for c in candidates) or "nobody",
         )
         return candidates
+
+    async def _recent_answers(self, user: str, policy: str) -> tuple[list[Answer], float]:
+        """The user's discovery answers and when they were asked (possibly from the cache)."""
+        ttl = self.config.discovery_cache_ttl
+        now = time.monotonic()
+        cached = self._answers.get(user)
+        if ttl > 0 and cached is not None and cached[0] > now:
+            return cached[1], cached[0] - ttl
+        answers = await self.ask(user, stop_at_first_yes=policy == "first-responder")
+        if ttl > 0 and any(a.reply.serves for a in answers):
+            if len(self._answers) >= MAX_CACHED_USERS:
+                self._answers = {u: c for u, c in self._answers.items() if c[0] > now}
+            if len(self._answers) < MAX_CACHED_USERS:
+                self._answers[user] = (now + ttl, answers)
+        return answers, time.monotonic()
+
+    def placed_since(self, node_id: str, since: float) -> int:
+        """Open sessions this gateway placed on NODE_ID after SINCE (monotonic time)."""
+        return sum(1 for t in self._placed.get(node_id, {}).values() if t >= since)
+
+    def placed(self, node_id: str) -> Callable[[], None]:
+        """Count a session placed on NODE_ID until the returned release is called."""
+        now = time.monotonic()
+        live = self._placed.setdefault(node_id, {})
+        horizon = now - self.config.discovery_cache_ttl
+        for token in [k for k, t in live.items() if t < horizon]:
+            del live[token]  # older than any cached answer: counted in the node's own load
+        token = next(self._tokens)
+        live[token] = now
+
+        def release() -> None:
+            live.pop(token, None)
+        return release
 
     async def _broadcast(self, user: str, timeout: float) -> list[tuple[Address, WhoReply]]:
         """Send one signed WHO to the broadcast address; gather every valid answer in time."""
@@ -202,6 +247,7 @@ class Pool:
 
     def failed(self, node_id: str, error: str) -> None:
         self.health.failed(node_id, error)
+        self._answers.clear()  # loads and homes may have moved: ask afresh
         if self.health.is_quarantined(node_id):
             log.warning("pool: %s failed twice (%s); left out until it answers again",
                         node_id, error)

@@ -36,6 +36,7 @@ from mailmux.gateway.message_id import stamp
 from mailmux.gateway.pool import Pool
 from mailmux.gateway.selection import Candidate, order
 from mailmux.outbound.handoff import HandoffFailed, HandoffRefused, hand_off
+from mailmux.smtpsession import Session as QuietSession
 
 log = logging.getLogger(__name__)
 
@@ -243,12 +244,26 @@ class SubmissionSMTP(SMTP):
             ident="mailmux submission",
             tls_context=tls_context,
             require_starttls=False,
-            auth_required=True,
-            # Loopback is the only plain-text listener the config allows (require_tls_off_loopback).
+            # AUTH is required (check_auth_needed below), but not through aiosmtpd's
+            # auth_required flag: with auth_require_tls off it warns on every connection, and
+            # loopback is the only plain-text listener the config allows
+            # (require_tls_off_loopback).
+            auth_required=False,
             auth_require_tls=tls_context is not None,
             timeout=SESSION_TIMEOUT,
             loop=loop,
         )
+
+    async def check_auth_needed(self, caller_method: str) -> bool:
+        """aiosmtpd asks this before MAIL, RCPT, DATA, VRFY...: refuse them until AUTH."""
+        assert self.session is not None
+        if self.session.authenticated:
+            return False
+        await self.push("530 5.7.0 Authentication required")
+        return True
+
+    def _create_session(self) -> Session:
+        return QuietSession(self.loop)  # without aiosmtpd's login_data deprecation log line
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and not status.startswith(("220", "250-", "250 ")):

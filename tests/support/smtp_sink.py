@@ -7,12 +7,13 @@ RCPT, then 250), and can stall RCPT answers (the "remote is slow" case) until re
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 
 @dataclass
@@ -52,7 +53,10 @@ class SinkHandler:
 
 
 class SmtpSink:
-    def __init__(self) -> None:
+    def __init__(self, tls_context: ssl.SSLContext | None = None,
+                 auth: tuple[str, str] | None = None) -> None:
+        self.tls_context = tls_context
+        self.auth = auth  # (user, password) the sink requires, over TLS
         self.handler = SinkHandler()
         self.loop = asyncio.new_event_loop()
         self.port = 0
@@ -67,7 +71,9 @@ class SmtpSink:
 
     async def _start(self) -> int:
         self._server = await self.loop.create_server(
-            lambda: SMTP(self.handler, hostname="sink.remote.test", enable_SMTPUTF8=True),
+            lambda: SMTP(self.handler, hostname="sink.remote.test", enable_SMTPUTF8=True,
+                         tls_context=self.tls_context, authenticator=self._authenticate,
+                         auth_required=self.auth is not None),
             "127.0.0.1", 0)
         port: int = self._server.sockets[0].getsockname()[1]
         return port
@@ -83,6 +89,12 @@ class SmtpSink:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
+
+    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                      data: Any) -> AuthResult:
+        ok = (self.auth is not None and isinstance(data, LoginPassword)
+              and (data.login.decode(), data.password.decode()) == self.auth)
+        return AuthResult(success=ok)
 
     @property
     def messages(self) -> list[Received]:

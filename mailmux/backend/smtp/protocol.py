@@ -27,6 +27,7 @@ from aiosmtpd.smtp import SMTP, syntax
 
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.smtp.replies import SHUTTING_DOWN, with_enhanced_code
+from mailmux.smtpsession import Session
 
 SESSION_TIMEOUT = 300.0  # RFC 5321 4.5.3.2.7: the server timeout should be at least 5 minutes
 
@@ -70,6 +71,9 @@ class IntakeSMTP(SMTP):
             auth_require_tls=False,
             loop=loop,
         )
+
+    def _create_session(self) -> Session:
+        return Session(self.loop)  # without aiosmtpd's login_data deprecation log line
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

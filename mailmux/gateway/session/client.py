@@ -42,7 +42,8 @@ READ_SIZE = 64 * 1024
 # What the gateway can relay faithfully; the client sees this intersected with the backend's.
 RELAYABLE = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
-    "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE",
+    "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH", "BINARY",
+    "MULTIAPPEND", "STATUS=SIZE",
 )
 
 

@@ -155,6 +155,8 @@ class Append:
     date: datetime | None  # timezone-aware
     message: bytes
     binary: bool = False  # sent as ~{n}
+    # MULTIAPPEND (RFC 3502): the messages after the first, each (flags, date, bytes, binary)
+    more: tuple[tuple[tuple[str, ...], datetime | None, bytes, bool], ...] = ()
 
 
 @dataclass(frozen=True)

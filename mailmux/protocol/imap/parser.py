@@ -522,10 +522,10 @@ def _list(r: _Reader) -> ListArgs:
     return ListArgs(reference, tuple(patterns), select, returns)
 
 
-def _append(r: _Reader) -> Append:
-    r.sp()
-    mailbox = r.mailbox()
-    r.sp()
+MAX_MULTIAPPEND = 1000
+
+
+def _append_message(r: _Reader) -> tuple[tuple[str, ...], datetime | None, bytes, bool]:
     flags: tuple[str, ...] = ()
     when = None
     if r.peek() == b"(":
@@ -535,7 +535,20 @@ def _append(r: _Reader) -> Append:
         when = r.date_time()
         r.sp()
     data, binary = r.literal()
-    return Append(mailbox, flags, when, data, binary)
+    return flags, when, data, binary
+
+
+def _append(r: _Reader) -> Append:
+    r.sp()
+    mailbox = r.mailbox()
+    r.sp()
+    flags, when, data, binary = _append_message(r)
+    more: list[tuple[tuple[str, ...], datetime | None, bytes, bool]] = []
+    while r.take(b" "):  # MULTIAPPEND (RFC 3502)
+        if len(more) >= MAX_MULTIAPPEND:
+            raise _Fail(f"at most {MAX_MULTIAPPEND + 1} messages in one APPEND", "LIMIT")
+        more.append(_append_message(r))
+    return Append(mailbox, flags, when, data, binary, tuple(more))
 
 
 def _id(r: _Reader) -> Id:
