@@ -35,6 +35,7 @@ from mailmux.backend.imap.view import View
 from mailmux.backend.message.limits import check_keywords, check_structure
 from mailmux.backend.message.parsed import ParsedMessage, Part
 from mailmux.backend.message.search import SearchContext, matches
+from mailmux.backend.message.sort import Candidate, sort_order
 from mailmux.backend.store.interface import (
     AppendResult,
     FlagChange,
@@ -60,6 +61,7 @@ from mailmux.protocol.imap.commands import (
     SearchKey,
     SeqRange,
     SequenceSet,
+    Sort,
     StatusArgs,
     Store,
 )
@@ -649,25 +651,7 @@ class Session:
         before = await self._refresh_now(allow_expunge=command.uid)
         if _uses_modseq(args.key):
             before += await self._condstore_on()
-        largest_uid = view.uids[-1] if view.uids else 0
-        key = _seqsets_as_uids(args.key, view)
-        found: dict[int, int] = {}  # uid -> modseq
-        check: list[int] = []
-        for uid, modseq, unsure in await self.store.search(self.me, view.mailbox_id, key,
-                                                           largest_uid):
-            if view.seq_of(uid):  # not yet announced to this client: not searched
-                if unsure:
-                    check.append(uid)
-                else:
-                    found[uid] = modseq
-        budget = Budget(self.config.command_cpu_budget)
-        for start in range(0, len(check), SEARCH_CHECK_CHUNK):
-            budget.check()
-            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
-                                               check[start:start + SEARCH_CHECK_CHUNK],
-                                               with_body=True)
-            # Parsing and matching run in a worker thread: never on the event loop.
-            found.update(await asyncio.to_thread(_confirm, key, rows, largest_uid, budget))
+        found = await self._search_uids(args.key)
         uids = sorted(found)
         hits = uids if command.uid else [view.seq_of(u) for u in uids]
         highest = None
@@ -686,6 +670,50 @@ class Session:
                 values.append([Atom("MODSEQ"), highest])
             line = untagged(*values)
         return [*before, line, tagged(command.tag, "OK", "SEARCH completed")]
+
+    async def _search_uids(self, program: SearchKey) -> dict[int, int]:
+        """UID -> MODSEQ of the messages in the view that a SEARCH program matches."""
+        view = self.selected
+        largest_uid = view.uids[-1] if view.uids else 0
+        key = _seqsets_as_uids(program, view)
+        found: dict[int, int] = {}
+        check: list[int] = []
+        for uid, modseq, unsure in await self.store.search(self.me, view.mailbox_id, key,
+                                                           largest_uid):
+            if view.seq_of(uid):  # not yet announced to this client: not searched
+                if unsure:
+                    check.append(uid)
+                else:
+                    found[uid] = modseq
+        budget = Budget(self.config.command_cpu_budget)
+        for start in range(0, len(check), SEARCH_CHECK_CHUNK):
+            budget.check()
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               check[start:start + SEARCH_CHECK_CHUNK],
+                                               with_body=True)
+            # Parsing and matching run in a worker thread: never on the event loop.
+            found.update(await asyncio.to_thread(_confirm, key, rows, largest_uid, budget))
+        return found
+
+    async def do_SORT(self, command: Command) -> Lines:
+        args = command.args
+        assert isinstance(args, Sort)
+        view = self.selected
+        before = await self._refresh_now(allow_expunge=command.uid)
+        found = sorted(await self._search_uids(args.key))
+        budget = Budget(self.config.command_cpu_budget)
+        candidates: list[Candidate] = []
+        for start in range(0, len(found), SEARCH_CHECK_CHUNK):
+            budget.check()
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               found[start:start + SEARCH_CHECK_CHUNK],
+                                               with_body=True)
+            candidates += await asyncio.to_thread(_sort_candidates, rows, budget)
+        # Sorting many messages is CPU work: never on the event loop.
+        ordered = await asyncio.to_thread(sort_order, candidates, args.criteria)
+        hits = ordered if command.uid else [view.seq_of(u) for u in ordered]
+        return [*before, untagged(Atom("SORT"), *hits),
+                tagged(command.tag, "OK", "SORT completed")]
 
     def _esearch(self, command: Command, options: tuple[str, ...], hits: list[int],
                  modseq: int | None) -> bytes:
@@ -922,6 +950,15 @@ class _Output:
                 return
         pending.append(b")\r\n")
         await self.add(b"".join(pending))
+
+
+def _sort_candidates(rows: list[tuple[MessageMeta, bytes | None]],
+                     budget: Budget) -> list[Candidate]:
+    out = []
+    for meta, raw in rows:
+        budget.check()
+        out.append(Candidate(meta.uid, meta, ParsedMessage.from_bytes(raw or b"")))
+    return out
 
 
 def _confirm(key: SearchKey, rows: list[tuple[MessageMeta, bytes | None]],

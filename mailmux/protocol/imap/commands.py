@@ -167,6 +167,15 @@ class Search:
 
 
 @dataclass(frozen=True)
+class Sort:
+    """SORT (RFC 5256): `criteria` are (reverse, name) pairs, most significant first."""
+
+    criteria: tuple[tuple[bool, str], ...]
+    key: SearchKey
+    charset: str
+
+
+@dataclass(frozen=True)
 class Fetch:
     sequence: SequenceSet
     attrs: tuple[FetchAttr, ...]
@@ -209,7 +218,7 @@ class Enable:
 
 Args = (
     NoArgs | Login | Authenticate | MailboxArg | Rename | ListArgs | StatusArgs | Append
-    | Search | Fetch | Store | CopyMove | Expunge | Id | Enable
+    | Search | Sort | Fetch | Store | CopyMove | Expunge | Id | Enable
 )
 
 
