@@ -49,13 +49,14 @@ def run(config_path: Path, log_format: str) -> None:
     config = _load(config_path)
     setup_logging("gateway", log_format)
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, config_path))
     except OSError as exc:
         _fail(f"error: {exc}")
 
 
-async def _serve(config: GatewayConfig) -> None:
+async def _serve(config: GatewayConfig, config_path: Path) -> None:
     from mailmux.gateway.app import Gateway
+    from mailmux.gateway.session.metrics import publish, status_path
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -64,7 +65,11 @@ async def _serve(config: GatewayConfig) -> None:
     async with Gateway(config) as gateway:
         click.echo(json.dumps(gateway.ready))
         sys.stdout.flush()
+        pool = gateway.pool
+        figures = loop.create_task(
+            publish(pool.metrics, pool.heartbeat.hangs, status_path(config_path)))
         await stop.wait()
+        figures.cancel()
 
 
 @main.command()
@@ -72,10 +77,13 @@ async def _serve(config: GatewayConfig) -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of a table")
 def status(config_path: Path, as_json: bool) -> None:
     """A table of pool members: id, endpoints, alive, load, users, last error."""
+    from mailmux.gateway.session.metrics import format_status, read_status, status_path
+
     config = _load(config_path)
     rows = asyncio.run(_status(config))
+    failover = read_status(status_path(config_path))  # from the running gateway, if any
     if as_json:
-        click.echo(json.dumps({"members": rows}))
+        click.echo(json.dumps({"members": rows, "failover": failover}))
         return
     header = ("member", "id", "alive", "load", "sessions", "users", "queue", "version", "error")
     table: list[tuple[str, ...]] = [header, *(
@@ -89,6 +97,10 @@ def status(config_path: Path, as_json: bool) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if failover:
+        click.echo("\nfailover (the running gateway):")
+        for line in format_status(failover):
+            click.echo(line)
 
 
 async def _status(config: GatewayConfig) -> list[dict[str, object]]:

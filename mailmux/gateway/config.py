@@ -23,7 +23,7 @@ _KNOWN = {
     "pool_secret", "pool_secret_file", "listen_imap", "listen_submission", "selection",
     "discovery_timeout", "request_timeout", "pool", "srv_domain", "broadcast", "tls_cert",
     "tls_key", "discovery_cache_ttl", "dns_server", "domains", "max_line_length",
-    "max_message_size",
+    "max_message_size", "hang_timeout", "catchup_timeout",
 }
 
 
@@ -45,6 +45,8 @@ class GatewayConfig:
     domains: tuple[str, ...] = ()  # pool domains; empty: the domain of the logged-in user
     max_line_length: int = 64 * 1024
     max_message_size: int = 50 * 1024 * 1024
+    hang_timeout: float = 1.0  # a node silent this long (heartbeats and data) is hung
+    catchup_timeout: float = 2.0  # how long a new node may take to reach the client's view
 
 
 def load(path: str | Path) -> GatewayConfig:
@@ -91,6 +93,8 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
         domains=tuple(d.lower() for d in domains),
         max_line_length=_positive_int(raw, "max_line_length", 64 * 1024),
         max_message_size=_positive_int(raw, "max_message_size", 50 * 1024 * 1024),
+        hang_timeout=parse_duration(raw.get("hang_timeout", 1.0), "hang_timeout"),
+        catchup_timeout=parse_duration(raw.get("catchup_timeout", 2.0), "catchup_timeout"),
     )
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_submission")}
     require_tls_off_loopback(listeners, config.tls_cert is not None)

@@ -29,6 +29,8 @@ from mailmux.backend.control.client import query
 from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.health import HealthBook
 from mailmux.gateway.selection import Address, Candidate
+from mailmux.gateway.session.heartbeat import Heartbeat
+from mailmux.gateway.session.metrics import FailoverMetrics
 from mailmux.protocol.control.codec import NONCE_SIZE, ControlError, ReplayCache, decode, encode
 from mailmux.protocol.control.messages import HealthRequest, WhoReply, WhoRequest
 
@@ -78,6 +80,8 @@ class Pool:
         self._placed: dict[str, dict[int, float]] = {}
         self._tokens = itertools.count()
         self._prober: asyncio.Task[None] | None = None
+        self.metrics = FailoverMetrics()
+        self.heartbeat = Heartbeat(config.pool_secret, config.hang_timeout, on_hung=self.hung)
 
     # membership -------------------------------------------------------------------------
 
@@ -131,23 +135,41 @@ class Pool:
         """Every signed answer to WHO USER within the discovery deadline, fastest first."""
         timeout = self.config.discovery_timeout
         started = time.monotonic()
-        asks = [self._ask_one(member, user, timeout) for member in await self.members()]
+        # Quarantined members are asked too, but not waited for: a stopped node would cost the
+        # whole deadline. Their answers count only when nobody else serves the user.
+        out = {self._control_of[n] for n in self.health.quarantined() if n in self._control_of}
+        members = await self.members()
+        asks = [self._ask_one(member, user, timeout) for member in members if member not in out]
         if self.config.broadcast is not None:
             asks.append(self._broadcast(user, timeout))
         tasks = [asyncio.ensure_future(a) for a in asks]
+        side = [asyncio.ensure_future(self._ask_one(m, user, timeout)) for m in members
+                if m in out]
         answers: list[Answer] = []
+
+        def take(found: list[tuple[Address, WhoReply]]) -> None:
+            latency = time.monotonic() - started
+            for control, reply in found:
+                answers.append(Answer(control, reply, latency))
+                self._control_of[reply.node_id] = control
+
         try:
             for next_done in asyncio.as_completed(tasks):
-                latency = time.monotonic() - started
-                for control, reply in await next_done:
-                    answers.append(Answer(control, reply, latency))
-                    self._control_of[reply.node_id] = control
+                take(await next_done)
                 if stop_at_first_yes and any(a.reply.serves for a in answers):
                     break
+            if side and not any(a.reply.serves for a in answers):
+                # Nobody healthy serves the user: wait for the quarantined ones after all.
+                for next_done in asyncio.as_completed(side):
+                    take(await next_done)
+            else:
+                for task in side:
+                    if task.done() and not task.cancelled() and task.exception() is None:
+                        take(task.result())
         finally:
-            for task in tasks:
+            for task in [*tasks, *side]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *side, return_exceptions=True)
         return _unique(answers)
 
     async def _ask_one(
@@ -164,15 +186,21 @@ class Pool:
         """Members that serve USER and are not quarantined, as selection candidates."""
         answers, asked_at = await self._recent_answers(user, policy)
         candidates = []
+        quarantined = []
         for answer in answers:
             if not answer.reply.serves:
                 continue
             if self.health.is_quarantined(answer.reply.node_id):
                 log.info("discovery: %s serves %s but is quarantined", answer.reply.node_id, user)
+                quarantined.append(answer.candidate())
                 continue
             candidate = answer.candidate()
             since = self.placed_since(candidate.node_id, asked_at)
             candidates.append(replace(candidate, load=candidate.load + since))
+        if not candidates and quarantined:
+            # Better a node that was slow a moment ago than refusing the user outright.
+            log.info("discovery: only quarantined members serve %s; trying them", user)
+            candidates = quarantined
         log.info(
             "discovery: %s served by %s",
             user, ", ".join(f"{c.node_id}(load {c.load:.1f})" for c in candidates) or "nobody",
@@ -253,6 +281,11 @@ class Pool:
                         node_id, error)
             self._ensure_prober()
 
+    def hung(self, node_id: str, error: str) -> None:
+        self.health.quarantine(node_id, error)
+        self._answers.clear()  # loads and homes may have moved: ask afresh
+        self._ensure_prober()
+
     def succeeded(self, node_id: str) -> None:
         self.health.succeeded(node_id)
 
@@ -283,6 +316,7 @@ class Pool:
         self.health.succeeded(node_id)
 
     async def close(self) -> None:
+        await self.heartbeat.close()
         if self._prober is not None:
             self._prober.cancel()
             with contextlib.suppress(asyncio.CancelledError):
