@@ -226,3 +226,23 @@ def test_capability_relays_what_the_backend_offers_less_the_deny_list(
     caps = client.command("c", "CAPABILITY")[0].split()
     assert b"ESEARCH" in caps and b"IMAP4rev1" in caps and b"ID" in caps
     assert not any(c.startswith((b"AUTH=", b"STARTTLS", b"XREPLAY", b"COMPRESS")) for c in caps)
+
+
+def test_a_synchronising_literal_is_asked_for_once_across_a_failover(
+    pool: Pool, gateway_factory: Callable[..., GatewayProcess],
+    raw: Callable[[tuple[str, int]], RawImap],
+) -> None:
+    nodes = pool.nodes
+    gw = gateway_with(gateway_factory, list(nodes.values()))
+    client = raw(gw.imap)
+    client.login(*ALICE)
+    serving(gw, ALICE[0], nodes).signal(signal.SIGSTOP)
+    body = message("sync") + b"s" * 300_000 + b"\r\n"
+    client.send(b"a APPEND INBOX {%d}\r\n" % len(body))
+    assert client.response().startswith(b"+ ")
+    client.send(body + b"\r\n")
+    answer = client.until("a")
+    assert len(answer) == 1 and answer[0].startswith(b"a OK"), answer
+    assert not any(r.startswith(b"+") for r in answer)
+    assert b"* 1 EXISTS\r\n" in client.command("s", "SELECT INBOX")
+    assert "hung" in gw.log()

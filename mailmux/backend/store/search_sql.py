@@ -83,6 +83,10 @@ def _leaf(key: SearchKey, user: str | None, largest_uid: int) -> Condition:
         return Condition(f"m.size {op} ?", (int(str(args[0])),), True, False)
     if name == "MODSEQ":
         return Condition("m.modseq >= ?", (int(str(args[0])),), True, False)
+    if name in ("OLDER", "YOUNGER"):  # WITHIN (RFC 5032); julianday() reads the offset
+        op = "<" if name == "OLDER" else ">="
+        return Condition(f"julianday(m.internaldate) {op} julianday('now') - ? / 86400.0",
+                         (int(str(args[0])),), True, False)
     if name == "UID":
         return _uid_ranges(args[0], largest_uid)
     if name in _DATE_OPS:
