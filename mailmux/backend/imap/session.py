@@ -809,16 +809,26 @@ class Session:
         pick = operator.itemgetter(*(_ROW_FIELDS.index(f) for f in fields))
         known = view.uids
         recent = view.recent
+        low, high = (min(recent), max(recent)) if recent else (0, -1)
         for start in range(0, len(uids), FETCH_CHUNK):
-            rows = await self.store.flag_rows(self.me, view.mailbox_id,
-                                              uids[start:start + FETCH_CHUNK])
+            chunk = uids[start:start + FETCH_CHUNK]
+            first = view.seq_of(chunk[0])
+            no_recent = high < chunk[0] or low > chunk[-1]  # SQLite knows nothing of \Recent
+            if (changed_since is None and no_recent
+                    and view.seq_of(chunk[-1]) - first == len(chunk) - 1):
+                # A gapless stretch of the view (1:* is one): SQLite writes the lines.
+                made = await self.store.flag_lines(view.mailbox_id, chunk, first, fields)
+                if made is not None:
+                    await self.send([made])
+                    continue
+            rows = await self.store.flag_rows(self.me, view.mailbox_id, chunk)
             out = []
             i = -1
             for uid, flags, modseq in rows:
                 if changed_since is not None and modseq <= changed_since:
                     continue
                 if uid in recent:
-                    flags = f"{flags} \\Recent" if flags else "\\Recent"
+                    flags = " ".join(sorted([*flags.split(), "\\Recent"]))
                 i += 1  # a range of the view is mostly contiguous: try the next position first
                 if i >= len(known) or known[i] != uid:
                     i = bisect.bisect_left(known, uid)
