@@ -222,6 +222,11 @@ def test_capability_relays_what_the_backend_offers_less_the_deny_list(
     assert not any(c.startswith((b"AUTH=", b"STARTTLS", b"XREPLAY", b"COMPRESS")) for c in caps)
     refused = client.command("x", "XREPLAY forged-1 CREATE Forged")
     assert refused == [b"x BAD [CLIENTBUG] unknown command XREPLAY\r\n"]
+    for i in range(3):  # a backend's NO or BAD is the client's answer, never a node failure
+        assert client.command(f"n{i}", "SELECT NoSuchBox")[-1].startswith(f"n{i} NO".encode())
+        assert client.command(f"b{i}", "FETCH x:y FLAGS")[-1].startswith(f"b{i} BAD".encode())
+    assert client.command("z", "NOOP")[-1].startswith(b"z OK")
+    assert "failing over" not in gw.log() and "failed twice" not in gw.log()
 
 
 def test_a_synchronising_literal_is_asked_for_once_across_a_failover(
