@@ -941,6 +941,11 @@ class Session:
         return [*lines, tagged(command.tag, "OK", "MOVE completed")]
 
 
+def _encoded_item(items: Iterator[tuple[Atom, object]]) -> bytes | None:
+    item = next(items, None)
+    return None if item is None else encode_value(item[0]) + b" " + encode_value(item[1])
+
+
 def _check_structure(message: bytes, config: BackendConfig, _: Budget) -> None:
     check_structure(message, config.max_mime_parts, config.max_mime_depth)
 
@@ -971,8 +976,10 @@ class _Output:
         pending: list[bytes] = [b"* %d FETCH (" % seq]
         size, first, written = len(pending[0]), True, False
         try:
-            for name, value in items:
-                piece = (b"" if first else b" ") + encode_value(name) + b" " + encode_value(value)
+            # Each item is made in a worker thread: parsing a poison message (a header of
+            # megabytes, thousands of parts) must not stall the event loop.
+            while (item := await asyncio.to_thread(_encoded_item, items)) is not None:
+                piece = item if first else b" " + item
                 first = False
                 pending.append(piece)
                 size += len(piece)
