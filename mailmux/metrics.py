@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -161,11 +162,72 @@ def _register_outbound_zero() -> None:
 _register_outbound_zero()
 
 
+# What nodes and gateways count ----------------------------------------------------------
+
+# Command names come from clients: only these become label values, anything else is "OTHER",
+# so a client cannot grow the registry without bound.
+IMAP_COMMANDS = frozenset({
+    "CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "AUTHENTICATE", "LOGIN", "ID", "ENABLE",
+    "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST",
+    "LSUB", "NAMESPACE", "STATUS", "APPEND", "IDLE", "CHECK", "CLOSE", "UNSELECT", "EXPUNGE",
+    "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID", "UID FETCH", "UID SEARCH", "UID STORE",
+    "UID COPY", "UID MOVE", "UID EXPUNGE", "GETQUOTA", "GETQUOTAROOT", "SORT", "THREAD",
+    "XREPLAY",
+})
+
+SESSIONS = gauge("mailmux_sessions", "client sessions open now", ["protocol"])
+SESSIONS_OPENED = counter("mailmux_sessions_opened", "client sessions opened", ["protocol"])
+COMMANDS = histogram(
+    "mailmux_imap_command_seconds", "IMAP commands by name: count and latency in seconds",
+    ["command"],
+)
+LOGINS = counter("mailmux_logins", "logins by protocol and result (ok, failed)",
+                 ["protocol", "result"])
+FAILOVERS = counter("mailmux_gateway_failovers", "IMAP sessions moved to another node")
+RECOVERY = histogram(
+    "mailmux_gateway_failover_recovery_seconds",
+    "time from losing a node to serving the session on another",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
+
+def command_label(name: str) -> str:
+    upper = name.upper()
+    return upper if upper in IMAP_COMMANDS else "OTHER"
+
+
+def session_opened(protocol: str) -> None:
+    SESSIONS.labels(protocol).inc()
+    SESSIONS_OPENED.labels(protocol).inc()
+
+
+def session_closed(protocol: str) -> None:
+    SESSIONS.labels(protocol).dec()
+
+
+def observe_command(name: str, seconds: float) -> None:
+    COMMANDS.labels(command_label(name)).observe(seconds)
+
+
+def login(protocol: str, ok: bool) -> None:
+    LOGINS.labels(protocol, "ok" if ok else "failed").inc()
+
+
+def failover_started() -> float:
+    """Call when a session loses its node; pass the result to `failover_recovered`."""
+    FAILOVERS.inc()
+    return time.monotonic()
+
+
+def failover_recovered(started: float) -> None:
+    RECOVERY.observe(time.monotonic() - started)
+
+
 # The HTTP endpoint ------------------------------------------------------------------------
 
 
-class MetricsError(Exception):
-    """The metrics endpoint could not be started."""
+class MetricsError(OSError):
+    """The metrics endpoint could not be started (its port is taken, say)."""
 
 
 def parse_metrics_listen(value: object, key: str = "metrics_listen") -> tuple[str, int] | None:
@@ -202,7 +264,8 @@ def start_metrics_server(listen: str | tuple[str, int]) -> MetricsServer:
     try:
         server, thread = start_http_server(port, addr=host, registry=REGISTRY)
     except OSError as exc:
-        raise MetricsError(f"metrics endpoint {host}:{port}: {exc.strerror or exc}") from exc
+        raise MetricsError(
+            exc.errno, f"metrics endpoint {host}:{port}: {exc.strerror or exc}") from exc
     metrics = MetricsServer(server, thread)
     log.info("metrics on http://%s:%d/metrics", *metrics.address)
     return metrics

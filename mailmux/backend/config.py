@@ -21,6 +21,7 @@ from mailmux.configfile import (
     require_tls_off_loopback,
     tls_paths,
 )
+from mailmux.metrics import parse_metrics_listen
 from mailmux.outbound.config import OutboundConfig
 from mailmux.outbound.config import parse as parse_outbound
 
@@ -73,6 +74,8 @@ class BackendConfig:
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     pool_secret_file: Path | None = None  # where pool_secret came from, for its permission check
+    metrics_listen: tuple[str, int] | None = None  # Prometheus /metrics endpoint
+    boards_autosubscribe: bool = True  # every user is subscribed to every board
 
     @property
     def tls_enabled(self) -> bool:
@@ -96,7 +99,8 @@ _KNOWN = {
     "node_id", "data_dir", "domains", "pool_secret", "pool_secret_file", "listen_imap",
     "listen_smtp", "listen_lmtp", "listen_imaps", "listen_control", "tls_cert", "tls_key",
     "max_message_size", "max_line_length", "idle_timeout", "login_timeout", "max_unauthenticated",
-    "max_failed_logins", "failed_login_delay", "replication", "command_cpu_budget",
+    "max_failed_logins", "failed_login_delay", "replication", "metrics_listen",
+    "boards_autosubscribe", "command_cpu_budget",
     "max_command_size", "outbound",
 }
 _KNOWN_REPLICATION = {
@@ -152,6 +156,8 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
         pool_secret_file=(
             base / str(raw["pool_secret_file"]) if "pool_secret_file" in raw else None
         ),
+        metrics_listen=parse_metrics_listen(raw.get("metrics_listen")),
+        boards_autosubscribe=_bool(raw, "boards_autosubscribe", True),
     )
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_smtp", "listen_control")}
     require_tls_off_loopback(listeners, config.tls_enabled)
@@ -164,6 +170,13 @@ def _required_str(raw: dict[str, Any], key: str) -> str:
     value = raw.get(key)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key}: required, expected a non-empty string")
+    return value
+
+
+def _bool(raw: dict[str, Any], key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
     return value
 
 

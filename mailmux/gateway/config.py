@@ -16,13 +16,14 @@ from mailmux.configfile import (
     require_tls_off_loopback,
     tls_paths,
 )
+from mailmux.metrics import parse_metrics_listen
 
 SELECTIONS = ("least-load", "first-responder", "p2c")
 
 _KNOWN = {
     "pool_secret", "pool_secret_file", "listen_imap", "listen_submission", "selection",
     "discovery_timeout", "request_timeout", "pool", "srv_domain", "broadcast", "tls_cert",
-    "tls_key", "dns_server", "domains", "max_line_length", "max_message_size",
+    "tls_key", "dns_server", "domains", "max_line_length", "max_message_size", "metrics_listen",
 }
 
 
@@ -43,6 +44,7 @@ class GatewayConfig:
     domains: tuple[str, ...] = ()  # pool domains; empty: the domain of the logged-in user
     max_line_length: int = 64 * 1024
     max_message_size: int = 50 * 1024 * 1024
+    metrics_listen: tuple[str, int] | None = None  # Prometheus /metrics endpoint
 
 
 def load(path: str | Path) -> GatewayConfig:
@@ -87,6 +89,7 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
         domains=tuple(d.lower() for d in domains),
         max_line_length=_positive_int(raw, "max_line_length", 64 * 1024),
         max_message_size=_positive_int(raw, "max_message_size", 50 * 1024 * 1024),
+        metrics_listen=parse_metrics_listen(raw.get("metrics_listen")),
     )
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_submission")}
     require_tls_off_loopback(listeners, config.tls_cert is not None)

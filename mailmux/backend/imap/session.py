@@ -17,10 +17,12 @@ import base64
 import binascii
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from mailmux import metrics
 from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted
 from mailmux.backend.imap import fetch as fetching
 from mailmux.backend.imap.budget import Budget, run_bounded
@@ -192,6 +194,7 @@ class Session:
         handler: Callable[[Command], Awaitable[Lines]] = getattr(self, "do_" + command.name)
         log.debug("imap %s (%s): %s%s", self.peer, self.user, "UID " if command.uid else "",
                   command.name)
+        started = time.monotonic()
         with self.server.meter.transaction():
             try:
                 lines = await handler(command)
@@ -203,6 +206,10 @@ class Session:
                 log.exception("imap %s (%s): %s failed", self.peer, self.user, command.name)
                 lines = [tagged(command.tag, "NO", f"internal error: {type(exc).__name__}",
                                 "SERVERBUG")]
+            finally:
+                metrics.observe_command(
+                    f"UID {command.name}" if command.uid else command.name,
+                    time.monotonic() - started)
         return lines
 
     # pending updates ----------------------------------------------------------------------
@@ -303,9 +310,11 @@ class Session:
             self.framer.max_literal = self.config.max_message_size
             self.framer.max_command = self.config.max_command_size
             log.info("imap %s: %s logged in", self.peer, user)
+            metrics.login("imap", True)
             caps = " ".join(self.capabilities())
             return [tagged(tag, "OK", "logged in", f"CAPABILITY {caps}")]
         self.failed_logins += 1
+        metrics.login("imap", False)
         log.info("imap %s: failed login for %s (%d)", self.peer, user, self.failed_logins)
         delay = min(self.config.failed_login_delay * 2 ** (self.failed_logins - 1),
                     MAX_LOGIN_DELAY)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from mailmux import metrics
 from mailmux.gateway.connector import connect
 from mailmux.gateway.responses import Response
 from mailmux.gateway.session.states import Input
@@ -33,6 +34,7 @@ async def failover(session: ClientSession, current: Relay, cause: BaseException)
     old = session.backend
     assert old is not None and session.user is not None and session.password is not None
     session.transition(Input.BACKEND_LOST)
+    started = metrics.failover_started()
     node = old.candidate.node_id
     log.warning("imap %s (%s): backend %s lost during %s (%s); failing over",
                 session.peer, session.user, node, current.name or "command", cause)
@@ -51,6 +53,7 @@ async def failover(session: ClientSession, current: Relay, cause: BaseException)
     if current.view is not None:
         current.view = MailboxView(select=current.view.select)
     session.transition(Input.RESTORED)
+    metrics.failover_recovered(started)
     log.info("imap %s (%s): now on %s", session.peer, session.user,
              session.backend.candidate.node_id)
 
