@@ -24,7 +24,8 @@ import click
 
 from mailmux.backend.config import BackendConfig, ConfigError, load
 from mailmux.backend.errors import BackendError
-from mailmux.backend.store.interface import MailStore
+from mailmux.backend.store.interface import BOARD_PREFIX, MailStore
+from mailmux.backend.store.names import board_name
 from mailmux.logsetup import LOG_FORMATS, setup_logging
 from mailmux.outbound import cli as outbound_cli
 from mailmux.privatefiles import NotPrivateError, make_private_dir, open_to_others, require_private
@@ -124,7 +125,8 @@ def user() -> None:
 def user_add(name: str, config_path: Path) -> None:
     """Add user NAME; the password is read from stdin (one line)."""
     password = _read_password()
-    _with_store(config_path, lambda store: store.add_user(name, password))
+    config = _load_config(config_path)
+    _with_store(config_path, lambda store: _add_user(store, config, name, password))
     click.echo(f"added user {name}")
 
 
@@ -168,8 +170,24 @@ def board() -> None:
 @config_option
 def board_add(name: str, config_path: Path) -> None:
     """Add board NAME."""
-    _with_store(config_path, lambda store: store.add_board(name))
+    config = _load_config(config_path)
+    _with_store(config_path, lambda store: _add_board(store, config, name))
     click.echo(f"added board {name}")
+
+
+async def _add_user(store: MailStore, config: BackendConfig, name: str, password: str) -> None:
+    await store.add_user(name, password)
+    if config.boards_autosubscribe:
+        # So that clients that show subscribed folders only (Thunderbird) show the boards.
+        for board in await store.list_boards():
+            await store.set_subscribed(name.lower(), BOARD_PREFIX + board, True)
+
+
+async def _add_board(store: MailStore, config: BackendConfig, name: str) -> None:
+    await store.add_board(name)
+    if config.boards_autosubscribe:
+        for user_name in await store.list_users():
+            await store.set_subscribed(user_name, BOARD_PREFIX + board_name(name), True)
 
 
 @board.command("list")
