@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from mailmux.configfile import ConfigError, parse_address
@@ -80,14 +79,20 @@ Reading = Mapping[tuple[str, ...], float]
 
 
 class _SourceGauge(Collector):
-    """A gauge family whose samples come from callbacks, one per registered source."""
+    """A gauge (or counter) family whose samples come from callbacks, one per source."""
 
-    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+    def __init__(self, name: str, documentation: str, labels: Sequence[str],
+                 kind: str = "gauge") -> None:
         self.name, self.documentation, self.labels = name, documentation, list(labels)
+        self.kind = kind
         self.sources: dict[str, Callable[[], Reading]] = {}
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+    def _family(self) -> GaugeMetricFamily | CounterMetricFamily:
+        make = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        return make(self.name, self.documentation, labels=self.labels)
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        family = self._family()
         for key, source in list(self.sources.items()):
             try:
                 reading = source()
@@ -98,8 +103,8 @@ class _SourceGauge(Collector):
                 family.add_metric(list(label_values), value)
         yield family
 
-    def describe(self) -> Iterable[GaugeMetricFamily]:
-        yield GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+    def describe(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        yield self._family()
 
 
 _sources: dict[str, _SourceGauge] = {}
@@ -107,9 +112,11 @@ _sources: dict[str, _SourceGauge] = {}
 
 def register_source(
     name: str, documentation: str, labels: Sequence[str], key: str,
-    source: Callable[[], Reading],
+    source: Callable[[], Reading], kind: str = "gauge",
 ) -> Callable[[], None]:
     """Read gauge `name` from `source()` at scrape time: {label values: value}.
+
+    `kind="counter"` exports a counter kept elsewhere (name without `_total`).
 
     `key` names the source (e.g. the node id), so a restarted component replaces its old
     callback. Returns a function that unregisters it (call it when the component closes).
@@ -117,7 +124,7 @@ def register_source(
     with _lock:
         family = _sources.get(name)
         if family is None:
-            family = _sources[name] = _SourceGauge(name, documentation, labels)
+            family = _sources[name] = _SourceGauge(name, documentation, labels, kind)
             REGISTRY.register(family)
         family.sources[key] = source
 
@@ -183,12 +190,6 @@ COMMANDS = histogram(
 )
 LOGINS = counter("mailmux_logins", "logins by protocol and result (ok, failed)",
                  ["protocol", "result"])
-FAILOVERS = counter("mailmux_gateway_failovers", "IMAP sessions moved to another node")
-RECOVERY = histogram(
-    "mailmux_gateway_failover_recovery_seconds",
-    "time from losing a node to serving the session on another",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-)
 
 
 def command_label(name: str) -> str:
@@ -211,16 +212,6 @@ def observe_command(name: str, seconds: float) -> None:
 
 def login(protocol: str, ok: bool) -> None:
     LOGINS.labels(protocol, "ok" if ok else "failed").inc()
-
-
-def failover_started() -> float:
-    """Call when a session loses its node; pass the result to `failover_recovered`."""
-    FAILOVERS.inc()
-    return time.monotonic()
-
-
-def failover_recovered(started: float) -> None:
-    RECOVERY.observe(time.monotonic() - started)
 
 
 # The HTTP endpoint ------------------------------------------------------------------------

@@ -69,6 +69,7 @@ class BackendConfig:
     max_unauthenticated: int = 100
     max_failed_logins: int = 5
     failed_login_delay: float = 1.0
+    auth_cache_ttl: float = 60.0  # seconds a verified login is remembered; 0: never
     max_command_size: int = 50 * 1024 * 1024 + 128 * 1024  # one command's lines and literals
     command_cpu_budget: float = 5.0  # user-controlled work per command (LIST patterns, SEARCH)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
@@ -99,9 +100,9 @@ _KNOWN = {
     "node_id", "data_dir", "domains", "pool_secret", "pool_secret_file", "listen_imap",
     "listen_smtp", "listen_lmtp", "listen_imaps", "listen_control", "tls_cert", "tls_key",
     "max_message_size", "max_line_length", "idle_timeout", "login_timeout", "max_unauthenticated",
-    "max_failed_logins", "failed_login_delay", "replication", "metrics_listen",
-    "boards_autosubscribe", "command_cpu_budget",
-    "max_command_size", "outbound",
+    "max_failed_logins", "failed_login_delay", "auth_cache_ttl", "replication",
+    "command_cpu_budget", "max_command_size", "outbound", "metrics_listen",
+    "boards_autosubscribe",
 }
 _KNOWN_REPLICATION = {
     "listen", "peers", "mode", "batch_window", "batch_backlog", "copies", "copy_timeout",
@@ -142,6 +143,7 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
         login_timeout=parse_duration(raw.get("login_timeout", 60), "login_timeout"),
         max_unauthenticated=_positive_int(raw, "max_unauthenticated", 100),
         max_failed_logins=_positive_int(raw, "max_failed_logins", 5),
+        auth_cache_ttl=parse_duration(raw.get("auth_cache_ttl", 60.0), "auth_cache_ttl"),
         failed_login_delay=parse_duration(
             raw.get("failed_login_delay", 1.0), "failed_login_delay"
         ),

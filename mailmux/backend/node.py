@@ -86,6 +86,7 @@ class Node:
         store = await self._stack.enter_async_context(
             SqliteStore.open(config.db_path, config.node_id, config.domains)
         )
+        store.logins.ttl = config.auth_cache_ttl
         self._store = store
         await self.meter.start()
         self._stack.push_async_callback(self.meter.close)

@@ -49,13 +49,14 @@ def run(config_path: Path, log_format: str) -> None:
     config = _load(config_path)
     setup_logging("gateway", log_format)
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, config_path))
     except OSError as exc:
         _fail(f"error: {exc}")
 
 
-async def _serve(config: GatewayConfig) -> None:
+async def _serve(config: GatewayConfig, config_path: Path) -> None:
     from mailmux.gateway.app import Gateway
+    from mailmux.gateway.session.metrics import publish, status_path
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -64,7 +65,11 @@ async def _serve(config: GatewayConfig) -> None:
     async with Gateway(config) as gateway:
         click.echo(json.dumps(gateway.ready))
         sys.stdout.flush()
+        pool = gateway.pool
+        figures = loop.create_task(
+            publish(pool.metrics, pool.heartbeat.hangs, status_path(config_path)))
         await stop.wait()
+        figures.cancel()
 
 
 @main.command()
@@ -72,23 +77,30 @@ async def _serve(config: GatewayConfig) -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of a table")
 def status(config_path: Path, as_json: bool) -> None:
     """A table of pool members: id, endpoints, alive, load, users, last error."""
+    from mailmux.gateway.session.metrics import format_status, read_status, status_path
+
     config = _load(config_path)
     rows = asyncio.run(_status(config))
+    failover = read_status(status_path(config_path))  # from the running gateway, if any
     if as_json:
-        click.echo(json.dumps({"members": rows}))
+        click.echo(json.dumps({"members": rows, "failover": failover}))
         return
-    header = ("member", "id", "alive", "load", "sessions", "users", "version", "error")
+    header = ("member", "id", "alive", "load", "sessions", "users", "queue", "version", "error")
     table: list[tuple[str, ...]] = [header, *(
         (str(r["control"]), str(r["id"] or "-"), "yes" if r["alive"] else "NO",
          f"{r['load']:.1f}" if isinstance(r["load"], float) else "-",
          str(r["sessions"]) if r["sessions"] is not None else "-",
          str(r["users"]) if r["users"] is not None else "-",
-         str(r["version"] or "-"), str(r["error"] or ""))
+         _queue(r), str(r["version"] or "-"), str(r["error"] or ""))
         for r in rows
     )]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if failover:
+        click.echo("\nfailover (the running gateway):")
+        for line in format_status(failover):
+            click.echo(line)
 
 
 async def _status(config: GatewayConfig) -> list[dict[str, object]]:
@@ -101,6 +113,7 @@ async def _member_status(config: GatewayConfig, member: tuple[str, int]) -> dict
     row: dict[str, object] = {
         "control": f"{member[0]}:{member[1]}", "id": None, "alive": False, "load": None,
         "sessions": None, "users": None, "version": None, "error": None,
+        "queued": None, "oldest_s": None,
     }
     timeout = max(config.discovery_timeout, 1.0)
     try:
@@ -115,8 +128,23 @@ async def _member_status(config: GatewayConfig, member: tuple[str, int]) -> dict
         id=health.node_id, alive=health.ok, load=load.load, version=health.version,
         sessions=int(sessions) if sessions is not None else None,
         users=int(users) if users is not None else None,
+        queued=_int(load.details.get("outbound.queued")),
+        oldest_s=load.details.get("outbound.oldest_s"),
     )
     return row
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _queue(row: dict[str, object]) -> str:
+    """Outbound queue size and the age of its oldest message, e.g. '3 (2m)'."""
+    if row["queued"] is None:
+        return "-"
+    oldest = row["oldest_s"]
+    return f"{row['queued']} ({int(oldest) // 60}m)" if isinstance(oldest, float) and oldest \
+        else str(row["queued"])
 
 
 @main.command()

@@ -23,7 +23,8 @@ SELECTIONS = ("least-load", "first-responder", "p2c")
 _KNOWN = {
     "pool_secret", "pool_secret_file", "listen_imap", "listen_submission", "selection",
     "discovery_timeout", "request_timeout", "pool", "srv_domain", "broadcast", "tls_cert",
-    "tls_key", "dns_server", "domains", "max_line_length", "max_message_size", "metrics_listen",
+    "tls_key", "discovery_cache_ttl", "dns_server", "domains", "max_line_length",
+    "max_message_size", "hang_timeout", "catchup_timeout", "metrics_listen",
 }
 
 
@@ -35,6 +36,7 @@ class GatewayConfig:
     pool: tuple[tuple[str, int], ...]
     selection: str = "least-load"
     discovery_timeout: float = 0.5
+    discovery_cache_ttl: float = 2.0  # reuse a user's discovery answers this long; 0: never
     request_timeout: float = 5.0
     srv_domain: str | None = None
     broadcast: tuple[str, int] | None = None
@@ -44,6 +46,8 @@ class GatewayConfig:
     domains: tuple[str, ...] = ()  # pool domains; empty: the domain of the logged-in user
     max_line_length: int = 64 * 1024
     max_message_size: int = 50 * 1024 * 1024
+    hang_timeout: float = 1.0  # a node silent this long (heartbeats and data) is hung
+    catchup_timeout: float = 2.0  # how long a new node may take to reach the client's view
     metrics_listen: tuple[str, int] | None = None  # Prometheus /metrics endpoint
 
 
@@ -78,6 +82,8 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
         pool=tuple(parse_address(p, "pool") for p in pool),
         selection=selection,
         discovery_timeout=parse_duration(raw.get("discovery_timeout", 0.5), "discovery_timeout"),
+        discovery_cache_ttl=parse_duration(raw.get("discovery_cache_ttl", 2.0),
+                                           "discovery_cache_ttl"),
         request_timeout=parse_duration(raw.get("request_timeout", 5.0), "request_timeout"),
         srv_domain=srv_domain,
         broadcast=parse_address(raw["broadcast"], "broadcast") if "broadcast" in raw else None,
@@ -89,6 +95,8 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
         domains=tuple(d.lower() for d in domains),
         max_line_length=_positive_int(raw, "max_line_length", 64 * 1024),
         max_message_size=_positive_int(raw, "max_message_size", 50 * 1024 * 1024),
+        hang_timeout=parse_duration(raw.get("hang_timeout", 1.0), "hang_timeout"),
+        catchup_timeout=parse_duration(raw.get("catchup_timeout", 2.0), "catchup_timeout"),
         metrics_listen=parse_metrics_listen(raw.get("metrics_listen")),
     )
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_submission")}

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
@@ -30,6 +30,11 @@ MAX_ROUNDS = 2  # a node that fails in both rounds has failed twice and is quara
 LOGIN_TAG = b"gw1"
 _CAPABILITY = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 READ_LIMIT = 1024 * 1024
+WRITE_CHUNK = 256 * 1024
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass
@@ -38,8 +43,37 @@ class BackendSession:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     capabilities: frozenset[str] = field(default_factory=frozenset)
+    lost: str | None = None  # why the gateway gave up on this connection (a hang, say)
+
+    @property
+    def node_id(self) -> str:
+        return self.candidate.node_id
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection at once: every read or write on it fails with BackendLost."""
+        self.lost = reason
+        self.writer.transport.abort()
+
+    async def send(self, data: bytes, stall_timeout: float) -> None:
+        """Write to the backend; fails when a chunk makes no progress for `stall_timeout`.
+
+        Chunked so a 20 MB APPEND is judged by its progress, not by its length, and so a
+        stopped node's full socket buffer is noticed instead of waited on forever.
+        """
+        try:
+            for start in range(0, len(data), WRITE_CHUNK):
+                self.writer.write(data[start : start + WRITE_CHUNK])
+                async with asyncio.timeout(stall_timeout):
+                    await self.writer.drain()
+        except TimeoutError as exc:
+            raise BackendLost(f"{self.node_id}: a write made no progress in "
+                              f"{stall_timeout:.1f}s") from exc
+        except OSError as exc:
+            raise BackendLost(self.lost or f"{self.node_id}: {exc!r}") from exc
+    release: Callable[[], None] = _nothing  # the pool's count of sessions placed on the node
 
     async def close(self) -> None:
+        self.release()
         self.writer.close()
         with contextlib.suppress(OSError):
             await self.writer.wait_closed()
@@ -93,6 +127,10 @@ async def login(candidate: Candidate, user: str, password: str, timeout: float) 
         await session.close()
         if status == b"NO" and b"[UNAVAILABLE]" not in line.upper():
             raise AuthenticationFailed(f"{candidate.node_id} refused the credentials")
+        if status == b"BAD":
+            # The backend found the LOGIN itself malformed (a credential over its pre-login
+            # limits, say): the client's fault, the same on every node, never a node failure.
+            raise AuthenticationFailed(f"{candidate.node_id} rejected the LOGIN: {line[:80]!r}")
         raise BackendLost(f"LOGIN answered {line[:80]!r}")
     session.capabilities = _capabilities(line) or capabilities
     return session
@@ -100,17 +138,21 @@ async def login(candidate: Candidate, user: str, password: str, timeout: float) 
 
 async def connect(
     pool: Pool, user: str, password: str, *, policy: str, timeout: float,
-    exclude: Sequence[str] = (),
+    exclude: Sequence[str] = (), standby: bool = False,
 ) -> BackendSession:
     """Discover, order, and log in to the first candidate that works."""
     candidates = [c for c in await pool.discover(user, policy) if c.node_id not in exclude]
     if not candidates:
-        log.warning("login of %s: no live pool member serves this user", user)
+        # A standby is a nicety: no second node is not worth a warning.
+        log.log(logging.DEBUG if standby else logging.WARNING,
+                "login of %s: no live pool member serves this user", user)
         raise NoBackend(f"no live pool member serves {user}")
     reasons: list[str] = []
+    # Discovery offers quarantined nodes only when nobody else serves the user: then try them.
+    last_resort = all(pool.health.is_quarantined(c.node_id) for c in candidates)
     for _ in range(MAX_ROUNDS):
         for candidate in order(candidates, policy):
-            if pool.health.is_quarantined(candidate.node_id):
+            if pool.health.is_quarantined(candidate.node_id) and not last_resort:
                 continue
             try:
                 session = await login(candidate, user, password, timeout)
@@ -120,7 +162,12 @@ async def connect(
                 pool.failed(candidate.node_id, str(exc))
                 continue
             pool.succeeded(candidate.node_id)
-            log.info("login of %s on %s (load %.1f)", user, candidate.node_id, candidate.load)
+            if standby:
+                log.info("standby for %s ready on %s", user, candidate.node_id)
+            else:
+                session.release = pool.placed(candidate.node_id)
+                log.info("login of %s on %s (load %.1f)", user, candidate.node_id,
+                         candidate.load)
             return session
     log.warning("login of %s: every candidate failed (%s)", user, "; ".join(reasons))
     raise NoBackend("; ".join(reasons))

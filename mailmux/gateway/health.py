@@ -39,6 +39,14 @@ class HealthBook:
         if rec.failures >= FAILURES_TO_QUARANTINE and rec.quarantined_until is None:
             rec.quarantined_until = self._clock() + rec.backoff
 
+    def quarantine(self, node_id: str, error: str) -> None:
+        """Out at once (a hung node): no second failure is needed to know it is not serving."""
+        rec = self.record(node_id)
+        rec.failures = max(rec.failures + 1, FAILURES_TO_QUARANTINE)
+        rec.last_error = error
+        if rec.quarantined_until is None:
+            rec.quarantined_until = self._clock() + rec.backoff
+
     def succeeded(self, node_id: str) -> None:
         rec = self.record(node_id)
         rec.failures = 0
@@ -53,6 +61,9 @@ class HealthBook:
 
     def is_quarantined(self, node_id: str) -> bool:
         return self.record(node_id).quarantined_until is not None
+
+    def quarantined(self) -> list[str]:
+        return [n for n, rec in self._records.items() if rec.quarantined_until is not None]
 
     def due_for_probe(self) -> list[str]:
         now = self._clock()

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import dns.asyncresolver
 import dns.exception
@@ -27,6 +29,8 @@ from mailmux.backend.control.client import query
 from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.health import HealthBook
 from mailmux.gateway.selection import Address, Candidate
+from mailmux.gateway.session.heartbeat import Heartbeat
+from mailmux.gateway.session.metrics import FailoverMetrics
 from mailmux.protocol.control.codec import NONCE_SIZE, ControlError, ReplayCache, decode, encode
 from mailmux.protocol.control.messages import HealthRequest, WhoReply, WhoRequest
 
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SRV_PREFIX = "_mailmux._udp."
 MIN_SRV_TTL = 5.0
+MAX_CACHED_USERS = 10_000
 
 
 def parse_endpoint(text: str) -> Address:
@@ -67,7 +72,16 @@ class Pool:
         self._srv_members: list[Address] = []
         self._srv_expires = 0.0
         self._control_of: dict[str, Address] = {}
+        # user -> (expiry, answers): a client's several connections share one fan-out.
+        self._answers: dict[str, tuple[float, list[Answer]]] = {}
+        # node -> {session token: when placed}: sessions this gateway placed there that are still
+        # open. A cached answer's load is stale by exactly those placed after it was asked; without
+        # them p2c and least-load herd onto one node for a whole TTL.
+        self._placed: dict[str, dict[int, float]] = {}
+        self._tokens = itertools.count()
         self._prober: asyncio.Task[None] | None = None
+        self.metrics = FailoverMetrics()
+        self.heartbeat = Heartbeat(config.pool_secret, config.hang_timeout, on_hung=self.hung)
 
     # membership -------------------------------------------------------------------------
 
@@ -121,23 +135,41 @@ class Pool:
         """Every signed answer to WHO USER within the discovery deadline, fastest first."""
         timeout = self.config.discovery_timeout
         started = time.monotonic()
-        asks = [self._ask_one(member, user, timeout) for member in await self.members()]
+        # Quarantined members are asked too, but not waited for: a stopped node would cost the
+        # whole deadline. Their answers count only when nobody else serves the user.
+        out = {self._control_of[n] for n in self.health.quarantined() if n in self._control_of}
+        members = await self.members()
+        asks = [self._ask_one(member, user, timeout) for member in members if member not in out]
         if self.config.broadcast is not None:
             asks.append(self._broadcast(user, timeout))
         tasks = [asyncio.ensure_future(a) for a in asks]
+        side = [asyncio.ensure_future(self._ask_one(m, user, timeout)) for m in members
+                if m in out]
         answers: list[Answer] = []
+
+        def take(found: list[tuple[Address, WhoReply]]) -> None:
+            latency = time.monotonic() - started
+            for control, reply in found:
+                answers.append(Answer(control, reply, latency))
+                self._control_of[reply.node_id] = control
+
         try:
             for next_done in asyncio.as_completed(tasks):
-                latency = time.monotonic() - started
-                for control, reply in await next_done:
-                    answers.append(Answer(control, reply, latency))
-                    self._control_of[reply.node_id] = control
+                take(await next_done)
                 if stop_at_first_yes and any(a.reply.serves for a in answers):
                     break
+            if side and not any(a.reply.serves for a in answers):
+                # Nobody healthy serves the user: wait for the quarantined ones after all.
+                for next_done in asyncio.as_completed(side):
+                    take(await next_done)
+            else:
+                for task in side:
+                    if task.done() and not task.cancelled() and task.exception() is None:
+                        take(task.result())
         finally:
-            for task in tasks:
+            for task in [*tasks, *side]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *side, return_exceptions=True)
         return _unique(answers)
 
     async def _ask_one(
@@ -152,20 +184,61 @@ class Pool:
 
     async def discover(self, user: str, policy: str) -> list[Candidate]:
         """Members that serve USER and are not quarantined, as selection candidates."""
-        answers = await self.ask(user, stop_at_first_yes=policy == "first-responder")
+        answers, asked_at = await self._recent_answers(user, policy)
         candidates = []
+        quarantined = []
         for answer in answers:
             if not answer.reply.serves:
                 continue
             if self.health.is_quarantined(answer.reply.node_id):
                 log.info("discovery: %s serves %s but is quarantined", answer.reply.node_id, user)
+                quarantined.append(answer.candidate())
                 continue
-            candidates.append(answer.candidate())
+            candidate = answer.candidate()
+            since = self.placed_since(candidate.node_id, asked_at)
+            candidates.append(replace(candidate, load=candidate.load + since))
+        if not candidates and quarantined:
+            # Better a node that was slow a moment ago than refusing the user outright.
+            log.info("discovery: only quarantined members serve %s; trying them", user)
+            candidates = quarantined
         log.info(
             "discovery: %s served by %s",
             user, ", ".join(f"{c.node_id}(load {c.load:.1f})" for c in candidates) or "nobody",
         )
         return candidates
+
+    async def _recent_answers(self, user: str, policy: str) -> tuple[list[Answer], float]:
+        """The user's discovery answers and when they were asked (possibly from the cache)."""
+        ttl = self.config.discovery_cache_ttl
+        now = time.monotonic()
+        cached = self._answers.get(user)
+        if ttl > 0 and cached is not None and cached[0] > now:
+            return cached[1], cached[0] - ttl
+        answers = await self.ask(user, stop_at_first_yes=policy == "first-responder")
+        if ttl > 0 and any(a.reply.serves for a in answers):
+            if len(self._answers) >= MAX_CACHED_USERS:
+                self._answers = {u: c for u, c in self._answers.items() if c[0] > now}
+            if len(self._answers) < MAX_CACHED_USERS:
+                self._answers[user] = (now + ttl, answers)
+        return answers, time.monotonic()
+
+    def placed_since(self, node_id: str, since: float) -> int:
+        """Open sessions this gateway placed on NODE_ID after SINCE (monotonic time)."""
+        return sum(1 for t in self._placed.get(node_id, {}).values() if t >= since)
+
+    def placed(self, node_id: str) -> Callable[[], None]:
+        """Count a session placed on NODE_ID until the returned release is called."""
+        now = time.monotonic()
+        live = self._placed.setdefault(node_id, {})
+        horizon = now - self.config.discovery_cache_ttl
+        for token in [k for k, t in live.items() if t < horizon]:
+            del live[token]  # older than any cached answer: counted in the node's own load
+        token = next(self._tokens)
+        live[token] = now
+
+        def release() -> None:
+            live.pop(token, None)
+        return release
 
     async def _broadcast(self, user: str, timeout: float) -> list[tuple[Address, WhoReply]]:
         """Send one signed WHO to the broadcast address; gather every valid answer in time."""
@@ -202,10 +275,16 @@ class Pool:
 
     def failed(self, node_id: str, error: str) -> None:
         self.health.failed(node_id, error)
+        self._answers.clear()  # loads and homes may have moved: ask afresh
         if self.health.is_quarantined(node_id):
             log.warning("pool: %s failed twice (%s); left out until it answers again",
                         node_id, error)
             self._ensure_prober()
+
+    def hung(self, node_id: str, error: str) -> None:
+        self.health.quarantine(node_id, error)
+        self._answers.clear()  # loads and homes may have moved: ask afresh
+        self._ensure_prober()
 
     def succeeded(self, node_id: str) -> None:
         self.health.succeeded(node_id)
@@ -237,6 +316,7 @@ class Pool:
         self.health.succeeded(node_id)
 
     async def close(self) -> None:
+        await self.heartbeat.close()
         if self._prober is not None:
             self._prober.cancel()
             with contextlib.suppress(asyncio.CancelledError):

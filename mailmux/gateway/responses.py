@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _LITERAL_AT_END = re.compile(rb"~?\{(\d+)\+?\}\r\n$")
@@ -61,13 +62,25 @@ class Response:
         return self.number(_UIDNEXT)
 
 
-async def read_response(reader: asyncio.StreamReader, max_literal: int) -> Response:
-    """One whole response; EOF raises ConnectionResetError (the backend is gone)."""
+LITERAL_CHUNK = 256 * 1024
+
+
+async def read_response(
+    reader: asyncio.StreamReader, max_literal: int,
+    progress: Callable[[], None] | None = None,
+) -> Response:
+    """One whole response; EOF raises ConnectionResetError (the backend is gone).
+
+    `progress` is called whenever bytes arrive, so a caller's deadline can measure silence
+    rather than the length of a big literal.
+    """
     parts: list[bytes] = []
     while True:
         line = await reader.readline()
         if not line.endswith(b"\n"):
             raise ConnectionResetError("backend closed the connection")
+        if progress is not None:
+            progress()
         parts.append(line)
         match = _LITERAL_AT_END.search(line)
         if match is None:
@@ -75,4 +88,135 @@ async def read_response(reader: asyncio.StreamReader, max_literal: int) -> Respo
         size = int(match.group(1))
         if size > max_literal:
             raise ResponseTooLarge(f"backend literal of {size} octets")
-        parts.append(await reader.readexactly(size))
+        while size > 0:
+            chunk = await reader.readexactly(min(size, LITERAL_CHUNK))
+            size -= len(chunk)
+            parts.append(chunk)
+            if progress is not None:
+                progress()
+
+
+# What the gateway reads out of untagged responses to keep the client's view -----------------
+
+_FETCH_START = re.compile(rb"^\* (\d+) FETCH \(", re.IGNORECASE)
+_VANISHED = re.compile(rb"^\* VANISHED (\(EARLIER\) )?([0-9:,]+)\r\n$", re.IGNORECASE)
+_HIGHESTMODSEQ = re.compile(rb"\[HIGHESTMODSEQ (\d+)\]", re.IGNORECASE)
+_LITERAL_HEAD = re.compile(rb"~?\{(\d+)\+?\}\r\n")
+_WANTED = (b"UID", b"FLAGS", b"MODSEQ")
+
+
+@dataclass(frozen=True)
+class FetchData:
+    """The items of one `* n FETCH (...)` response the view needs; None when absent."""
+
+    seq: int
+    uid: int | None
+    flags: bytes | None  # the inside of the FLAGS list, as the server sent it
+    modseq: int | None
+
+
+def parse_fetch(raw: bytes) -> FetchData | None:
+    """UID, FLAGS and MODSEQ of a FETCH response, skipping over literals and strings (a body
+    may well contain the text "UID 5"). None when this is no FETCH response or it is garbled."""
+    match = _FETCH_START.match(raw)
+    if match is None:
+        return None
+    found: dict[bytes, bytes] = {}
+    pos = match.end()
+    try:
+        while True:
+            while raw[pos : pos + 1] == b" ":
+                pos += 1
+            if raw[pos : pos + 1] in (b")", b""):
+                break
+            start = pos
+            while raw[pos : pos + 1] not in (b" ", b"(", b")", b""):
+                if raw[pos : pos + 1] == b"[":
+                    pos = raw.index(b"]", pos)
+                pos += 1
+            name = raw[start:pos].upper()
+            while raw[pos : pos + 1] == b" ":
+                pos += 1
+            value_start = pos
+            pos = _skip_value(raw, pos)
+            if name in _WANTED:
+                found[name] = raw[value_start:pos]
+    except (ValueError, IndexError):
+        return None
+    uid = found.get(b"UID")
+    flags = found.get(b"FLAGS")
+    modseq = found.get(b"MODSEQ")
+    try:
+        return FetchData(
+            seq=int(match.group(1)),
+            uid=int(uid) if uid is not None else None,
+            flags=flags[1:-1] if flags is not None and flags.startswith(b"(") else None,
+            modseq=int(modseq.strip(b"()")) if modseq is not None else None,
+        )
+    except ValueError:
+        return None
+
+
+def _skip_value(raw: bytes, pos: int) -> int:
+    """Position just after the value starting at `pos` (atom, string, literal or list)."""
+    depth = 0
+    while True:
+        c = raw[pos : pos + 1]
+        if c == b"":
+            raise ValueError("truncated FETCH response")
+        if c == b"(":
+            depth += 1
+            pos += 1
+        elif c == b")":
+            if depth == 0:
+                return pos
+            depth -= 1
+            pos += 1
+            if depth == 0:
+                return pos
+        elif c == b'"':
+            pos += 1
+            while raw[pos : pos + 1] != b'"':
+                pos += 2 if raw[pos : pos + 1] == b"\\" else 1
+                if pos >= len(raw):
+                    raise ValueError("unterminated string")
+            pos += 1
+            if depth == 0:
+                return pos
+        elif c in (b"{", b"~") and (m := _LITERAL_HEAD.match(raw, pos)) is not None:
+            pos = m.end() + int(m.group(1))
+            if depth == 0:
+                return pos
+        elif c == b" ":
+            if depth == 0:
+                return pos
+            pos += 1
+        else:
+            while raw[pos : pos + 1] not in (b" ", b"(", b")", b'"', b""):
+                if raw[pos : pos + 1] == b"[":
+                    pos = raw.index(b"]", pos)
+                pos += 1
+            if depth == 0:
+                return pos
+
+
+def vanished(raw: bytes) -> list[int] | None:
+    """The UIDs of a `* VANISHED [(EARLIER)] set` response (QRESYNC), bounded by the caller."""
+    match = _VANISHED.match(raw)
+    if match is None:
+        return None
+    uids: list[int] = []
+    for part in match.group(2).split(b","):
+        low, _, high = part.partition(b":")
+        lo, hi = int(low), int(high or low)
+        if lo > hi:
+            lo, hi = hi, lo
+        if hi - lo > 1_000_000:
+            return None  # an absurd range: the caller falls back to a full resynchronisation
+        uids.extend(range(lo, hi + 1))
+    return uids
+
+
+def highestmodseq(raw: bytes) -> int | None:
+    match = _HIGHESTMODSEQ.search(raw)
+    return int(match.group(1)) if match else None

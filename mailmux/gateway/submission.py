@@ -22,6 +22,7 @@ import collections
 import contextlib
 import logging
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import AnyStr
 
@@ -182,7 +183,7 @@ class SubmissionHandler:
         reasons = []
         for candidate in candidates:
             try:
-                await aiosmtplib.send(
+                await self._watched(candidate, aiosmtplib.send(
                     message,
                     sender=sender,
                     recipients=recipients,
@@ -191,7 +192,7 @@ class SubmissionHandler:
                     timeout=self.config.request_timeout,
                     start_tls=False,
                     use_tls=False,
-                )
+                ))
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 raise NoBackend(f"{candidate.node_id} refused recipients: {exc}") from exc
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
@@ -202,6 +203,26 @@ class SubmissionHandler:
             self.pool.succeeded(candidate.node_id)
             return candidate.node_id
         raise NoBackend("; ".join(reasons) or "no live node serves every recipient")
+
+    async def _watched(self, candidate: Candidate, send: Awaitable[object]) -> None:
+        """One transfer to one node, abandoned as soon as the heartbeat finds the node hung
+        (a stopped node would otherwise hold the submission for the whole request_timeout)."""
+        transfer = asyncio.ensure_future(send)
+        hung: list[str] = []
+
+        def on_hung(reason: str) -> None:
+            hung.append(reason)
+            transfer.cancel()
+
+        watch = self.pool.heartbeat.register(candidate.node_id, candidate.control, on_hung)
+        try:
+            await asyncio.wait({transfer})
+        finally:
+            watch.cancel()
+            transfer.cancel()
+        if hung:
+            raise TimeoutError(hung[0])
+        transfer.result()
 
     async def _candidates(self, recipients: list[str]) -> list[Candidate]:
         """Live nodes that serve every recipient, in selection order."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -33,6 +33,22 @@ class Outcome:
         return {"state": self.state, "code": self.code, "text": self.text, "host": self.host}
 
 
+MaySend = Callable[[], Awaitable[bool]] | None
+
+
+def _mail_options(client: aiosmtplib.SMTP, sender: str, recipients: Sequence[str],
+                  body: bytes) -> list[str] | None:
+    """MAIL FROM parameters; None when the message needs SMTPUTF8 and the server lacks it."""
+    options = []
+    if not all(a.isascii() for a in (sender, *recipients)):
+        if not client.supports_extension("smtputf8"):
+            return None
+        options.append("SMTPUTF8")
+    if not body.isascii() and client.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")
+    return options
+
+
 class HostFailed(Exception):
     """This host could not take the transaction; the next one may."""
 
@@ -46,23 +62,31 @@ class Deliverer:
         self.config = config
         self.helo_name = helo_name
         self._password = config.relay_password()
+        self._contexts: dict[bool, ssl.SSLContext] = {}  # built once: loading CAs is slow
 
     def _tls_context(self, route: Route) -> ssl.SSLContext:
+        context = self._contexts.get(route.verify)
+        if context is not None:
+            return context
         if route.verify:
             ca = self.config.relay_ca_file
-            return ssl.create_default_context(cafile=str(ca) if ca else None)
-        # Opportunistic TLS to MX hosts (RFC 7435): encrypt when offered, accept any certificate.
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+            context = ssl.create_default_context(cafile=str(ca) if ca else None)
+        else:
+            # Opportunistic TLS to MX hosts (RFC 7435): encrypt when offered, any certificate.
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self._contexts[route.verify] = context
         return context
 
-    async def send(self, route: Route, sender: str, recipients: Sequence[str],
-                   body: bytes) -> dict[str, Outcome]:
+    async def send(self, route: Route, sender: str, recipients: Sequence[str], body: bytes,
+                   may_send: MaySend = None) -> dict[str, Outcome]:
+        """`may_send` is asked right before DATA: False (the lease was lost) ends the
+        transaction without sending, and the recipients it accepted get no outcome."""
         last = "451 4.4.1 no mail host could be reached"
         for host in route.hosts:
             try:
-                return await self._transaction(route, host, sender, recipients, body)
+                return await self._transaction(route, host, sender, recipients, body, may_send)
             except HostFailed as exc:
                 last = str(exc)
                 log.info("outbound: %s (%s:%d): %s", host.name, host.address, host.port, last)
@@ -70,7 +94,8 @@ class Deliverer:
                 for r in recipients}
 
     async def _transaction(self, route: Route, host: Host, sender: str,
-                           recipients: Sequence[str], body: bytes) -> dict[str, Outcome]:
+                           recipients: Sequence[str], body: bytes,
+                           may_send: MaySend) -> dict[str, Outcome]:
         client = aiosmtplib.SMTP(
             hostname=host.address, port=host.port, local_hostname=self.helo_name,
             timeout=self.config.timeout, use_tls=route.tls == "tls", start_tls=False,
@@ -82,7 +107,7 @@ class Deliverer:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise HostFailed(f"451 4.4.1 connection to {host.name} failed: {exc}") from exc
         try:
-            return await self._converse(client, route, host, sender, recipients, body)
+            return await self._converse(client, route, host, sender, recipients, body, may_send)
         except aiosmtplib.SMTPServerDisconnected as exc:
             raise HostFailed(f"451 4.4.2 {host.name} closed the connection: {exc}") from exc
         except (OSError, TimeoutError, aiosmtplib.SMTPTimeoutError) as exc:
@@ -91,10 +116,15 @@ class Deliverer:
             client.close()
 
     async def _converse(self, client: aiosmtplib.SMTP, route: Route, host: Host, sender: str,
-                        recipients: Sequence[str], body: bytes) -> dict[str, Outcome]:
+                        recipients: Sequence[str], body: bytes,
+                        may_send: MaySend) -> dict[str, Outcome]:
         await self._secure(client, route, host)
+        options = _mail_options(client, sender, recipients, body)
+        if options is None:
+            text = f"553 5.6.7 {host.name} does not support SMTPUTF8 (internationalised address)"
+            return {r: Outcome("failed", 553, text, host.name) for r in recipients}
         try:
-            await client.mail(sender)
+            await client.mail(sender, options=options)
         except aiosmtplib.SMTPResponseException as exc:
             code, text = _reply(exc)
             if code >= 500:
@@ -110,6 +140,10 @@ class Deliverer:
                 code, text = _reply(exc)
                 outcomes[rcpt] = Outcome("failed" if code >= 500 else "pending", code, text,
                                          host.name)
+        if accepted and may_send is not None and not await may_send():
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                await client.rset()
+            return outcomes
         if accepted:
             try:
                 response = await client.data(body)

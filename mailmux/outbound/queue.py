@@ -9,7 +9,7 @@ acknowledging peers) and, when they cannot be made, ends the message again and r
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import json
 import sqlite3
 from collections.abc import Sequence
@@ -21,6 +21,7 @@ from mailmux.backend.store.sqlite import SqliteStore
 from mailmux.backend.store.writer import Tx
 from mailmux.outbound import records
 
+REFUSED = "refused:"
 _COLUMNS = ("id, sender, recipients, size, created, next_attempt, attempts, owner, epoch, "
             "lease_until, state, warned, last_error, done_reason")
 
@@ -67,10 +68,11 @@ class OutboundQueue:
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
 
-    async def _change(self, kind: str, payload: dict[str, Any]) -> int:
+    async def _change(self, kind: str, payload: dict[str, Any],
+                      bodies: dict[str, bytes] | None = None) -> int:
         def job(tx: Tx) -> int:
             self.store._log(tx, kind, payload)
-            records.apply(tx.conn, kind, payload, self.store.origin, tx.logged)
+            records.apply(tx.conn, kind, payload, bodies)
             return tx.logged
 
         return await self.store._write(job)
@@ -80,21 +82,40 @@ class OutboundQueue:
     async def enqueue(self, message_id: str, sender: str, recipients: Sequence[str],
                       body: bytes, now: float, lease: float) -> bool:
         """Queue a message durably on W nodes; False if that id was already queued (a replay)."""
-        if await self.get(message_id) is not None:
+        fresh = await self._fresh_id(message_id)
+        if fresh is None:
             return False
+        message_id = fresh
+        body_hash = hashlib.sha256(body).hexdigest()  # the store's body key (content hash)
         seq = await self._change("outbound.enqueue", {
             "id": message_id, "sender": sender, "recipients": list(dict.fromkeys(recipients)),
-            "body": base64.b64encode(body).decode(), "size": len(body), "created": now,
+            "body": body_hash, "size": len(body), "created": now,
             "next_attempt": now, "owner": self.store.node_id, "epoch": 1,
             "lease_until": now + lease,
-        })
+        }, {body_hash: body})
         if self.store.copies_hook is not None:
             try:
                 await self.store.copies_hook(body, seq)
             except Unavailable:
-                await self.finish(message_id, "refused: not enough copies")
+                await self.finish(message_id, f"{REFUSED} not enough copies")
                 raise
         return True
+
+    async def _fresh_id(self, message_id: str) -> str | None:
+        """The id to queue under, or None for a replay of a queued (or sent) message.
+
+        A submission refused for lack of copies leaves a tombstone under its id; the client's
+        retry of the same bytes has the same GUID and must be queued, not taken for a replay, so
+        it gets the next free `ID.n` (a refusal never erases a later acceptance).
+        """
+        for n in range(1000):
+            candidate = message_id if n == 0 else f"{message_id}.{n}"
+            existing = await self.get(candidate)
+            if existing is None:
+                return candidate
+            if not existing.done_reason.startswith(REFUSED):
+                return None
+        return None
 
     async def claim(self, message_id: str, epoch: int, until: float) -> bool:
         """Take or renew the delivery lease; True if this node holds it afterwards."""
@@ -144,7 +165,8 @@ class OutboundQueue:
 
     async def body(self, message_id: str) -> bytes | None:
         row = await self.store._read(lambda c: c.execute(
-            "SELECT body FROM outbound_queue WHERE id = ?", (message_id,)).fetchone())
+            "SELECT b.data FROM outbound_queue o JOIN bodies b ON b.hash = o.body_hash "
+            "WHERE o.id = ?", (message_id,)).fetchone())
         return None if row is None or row[0] is None else bytes(row[0])
 
     async def queued(self, limit: int = 10_000) -> list[QueuedMessage]:
@@ -158,7 +180,7 @@ class OutboundQueue:
         def read(c: sqlite3.Connection) -> list[Any]:
             return c.execute(
                 f"SELECT {_COLUMNS} FROM outbound_queue WHERE state = 'queued' "
-                "AND body IS NOT NULL AND next_attempt <= ? ORDER BY next_attempt LIMIT ?",
+                "AND body_hash IS NOT NULL AND next_attempt <= ? ORDER BY next_attempt LIMIT ?",
                 (now + horizon, limit)).fetchall()
 
         return [_row(r) for r in await self.store._read(read)]

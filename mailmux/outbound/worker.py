@@ -4,7 +4,9 @@ Ownership. Every queued message has one owner (node id) with a lease (`lease_unt
 epoch. The node that queued it owns it first. Before each attempt the owner renews the lease,
 and keeps renewing it every `lease / 3` while the attempt runs; after an attempt the lease is
 extended to `next_attempt + lease`, so an owner holds its deferred messages without writing
-anything. Any other node may take a message over once its lease has expired, with epoch + 1;
+anything. Any other node may take a message over once its lease has expired, with epoch + 1 (a
+node that restarts waits one lease before touching older messages, so that replication tells it
+first about takeovers that happened while it was down);
 the other nodes are ranked per message (a hash of message id and node id) and the k-th waits k
 half-leases more, so normally exactly one node takes over, a few seconds after the owner died
 or hung. Should two claim at once, the replicas agree on the larger (epoch, node) and the loser
@@ -26,12 +28,14 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import BackendError, UserNotFound
 from mailmux.backend.load import LoadMeter
 from mailmux.backend.store.sqlite import SqliteStore
+from mailmux.metrics import set_outbound_queue_source
 from mailmux.outbound import dsn
 from mailmux.outbound.client import Deliverer, Outcome
 from mailmux.outbound.dkim_sign import Signer
@@ -39,6 +43,33 @@ from mailmux.outbound.queue import OutboundQueue, QueuedMessage
 from mailmux.outbound.routes import RouteError, Router, destination
 
 log = logging.getLogger(__name__)
+
+INTERNAL_HEADERS = (b"x-mailmux-guid",)  # the pool's own stamps: not for the outside world
+
+
+def strip_internal_headers(message: bytes) -> bytes:
+    """The message without the pool's internal header fields (continuation lines included)."""
+    head, sep, rest = message.partition(b"\r\n\r\n")
+    if not sep:
+        return message
+    kept: list[bytes] = []
+    dropping = False
+    for line in head.split(b"\r\n"):
+        if dropping and line[:1] in (b" ", b"\t"):
+            continue
+        dropping = line.split(b":", 1)[0].strip().lower() in INTERNAL_HEADERS
+        if not dropping:
+            kept.append(line)
+    return b"\r\n".join(kept) + sep + rest
+
+
+@dataclass
+class _Lease:
+    """This node's view of its lease during one attempt."""
+
+    until: float
+    lost: bool = False
+
 
 DSN_RETRY = 60.0  # seconds before another try at a report the sender's INBOX refused
 
@@ -62,8 +93,10 @@ class OutboundWorker:
         self.size = 0
         self.oldest_age = 0.0
         self.counters = {"sent": 0, "failed": 0, "deferred": 0, "takeovers": 0, "dsn": 0}
+        self.started_at = clock()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._unregister_metrics: Callable[[], None] | None = None
 
     # lifecycle ------------------------------------------------------------------------------
 
@@ -71,6 +104,8 @@ class OutboundWorker:
         if self.meter is not None:
             self.meter.outbound_backlog = lambda: self.size
             self.meter.outbound_details = self.details
+        # Read on the metrics thread: plain attributes only.
+        self._unregister_metrics = set_outbound_queue_source(lambda: (self.size, self.oldest_age))
         self._loop_task = asyncio.create_task(self._run(), name="outbound-worker")
 
     async def close(self) -> None:
@@ -80,6 +115,9 @@ class OutboundWorker:
         # Interrupted attempts are not recorded: their leases expire and they run again.
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loop_task = None
+        if self._unregister_metrics is not None:
+            self._unregister_metrics()
+            self._unregister_metrics = None
 
     def details(self) -> dict[str, float]:
         return {"outbound.queued": float(self.size), "outbound.oldest_s": round(self.oldest_age, 1),
@@ -102,7 +140,7 @@ class OutboundWorker:
     async def submit(self, message_id: str, sender: str, recipients: list[str],
                      body: bytes) -> bool:
         """Queue on W nodes (raises Unavailable otherwise); False for a replayed submission."""
-        signed = self.signer.sign(sender, body)
+        signed = self.signer.sign(sender, strip_internal_headers(body))
         self.unconfirmed.add(message_id)
         try:
             queued = await self.queue.enqueue(message_id, sender, recipients, signed,
@@ -123,7 +161,8 @@ class OutboundWorker:
         for message in await self.queue.due(now, 0.0, max(free, 0) * 4):
             if len(self.active) >= self.oconfig.max_concurrent:
                 break
-            if message.id in self.active or message.id in self.unconfirmed:
+            # (A retried refused submission is queued as "GUID.n": same unconfirmed GUID.)
+            if message.id in self.active or message.id.split(".")[0] in self.unconfirmed:
                 continue
             epoch = self._claimable(message, now)
             if epoch is None:
@@ -154,8 +193,13 @@ class OutboundWorker:
 
     def _claimable(self, message: QueuedMessage, now: float) -> int | None:
         """The epoch to claim with, or None when this node should leave the message alone."""
-        if message.owner == self.node_id:
+        if message.created < self.started_at and now < self.started_at + self.oconfig.lease:
+            # Just restarted: what this node believes about older messages may be stale (another
+            # node may have taken them over while it was down). Replication catches up first.
+            return None
+        if message.owner == self.node_id and now < message.lease_until:
             return message.epoch
+        # Our own expired lease counts as an orphan too (we were down or hung): we come last.
         others = sorted((n for n in self.nodes if n != message.owner),
                         key=lambda n: hashlib.sha256(f"{message.id}\0{n}".encode()).digest())
         rank = others.index(self.node_id) if self.node_id in others else len(others)
@@ -166,27 +210,44 @@ class OutboundWorker:
     # an attempt -----------------------------------------------------------------------------
 
     async def _attempt(self, message: QueuedMessage) -> None:
-        renewer = asyncio.create_task(self._renew(message))
+        lease = _Lease(message.lease_until)
+        renewer = asyncio.create_task(self._renew(message, lease))
         try:
             now = self.clock()
             expired = now >= message.created + self.oconfig.lifetime
-            outcomes = {} if expired else await self._send(message)
+            outcomes = {} if expired else await self._send(message, lease)
         finally:
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
         await self._record(message, outcomes, expired)
 
-    async def _renew(self, message: QueuedMessage) -> None:
+    async def _renew(self, message: QueuedMessage, lease: _Lease) -> None:
         while True:
             await asyncio.sleep(self.oconfig.lease / 3)  # a period, not synchronisation
-            await self.queue.claim(message.id, message.epoch, self.clock() + self.oconfig.lease)
+            if self.clock() >= lease.until:
+                # We were stopped or starved past our own lease: another node may own the
+                # message now. Renewing would only hide that; the attempt must stop.
+                lease.lost = True
+                return
+            until = self.clock() + self.oconfig.lease
+            if not await self.queue.claim(message.id, message.epoch, until):
+                lease.lost = True
+                return
+            lease.until = until
+
+    async def _may_send(self, message: QueuedMessage, lease: _Lease) -> bool:
+        """Right before DATA: is the lease still ours, by our clock and by our replica?"""
+        if lease.lost or self.clock() >= lease.until:
+            log.warning("outbound: lease of %s expired mid-attempt; not sending", message.id)
+            return False
+        return await self._still_owner(message)
 
     async def _still_owner(self, message: QueuedMessage) -> bool:
         current = await self.queue.get(message.id)
         return (current is not None and current.state == "queued"
                 and current.owner == self.node_id and current.epoch == message.epoch)
 
-    async def _send(self, message: QueuedMessage) -> dict[str, Outcome]:
+    async def _send(self, message: QueuedMessage, lease: _Lease) -> dict[str, Outcome]:
         body = await self.queue.body(message.id)
         if body is None:
             return {}
@@ -194,11 +255,12 @@ class OutboundWorker:
         for rcpt in message.pending:
             groups.setdefault(destination(self.oconfig, rcpt), []).append(rcpt)
         results = await asyncio.gather(
-            *(self._send_group(message, key, rcpts, body) for key, rcpts in groups.items()))
+            *(self._send_group(message, lease, key, rcpts, body)
+              for key, rcpts in groups.items()))
         return {r: o for found in results for r, o in found.items()}
 
-    async def _send_group(self, message: QueuedMessage, key: str, rcpts: list[str],
-                          body: bytes) -> dict[str, Outcome]:
+    async def _send_group(self, message: QueuedMessage, lease: _Lease, key: str,
+                          rcpts: list[str], body: bytes) -> dict[str, Outcome]:
         try:
             route = await self.router.route(key)
         except RouteError as exc:
@@ -207,7 +269,8 @@ class OutboundWorker:
         if not await self._still_owner(message):
             log.info("outbound: lost the lease of %s; leaving it to its new owner", message.id)
             return {}
-        return await self.deliverer.send(route, message.sender, rcpts, body)
+        return await self.deliverer.send(route, message.sender, rcpts, body,
+                                         lambda: self._may_send(message, lease))
 
     async def _record(self, message: QueuedMessage, outcomes: dict[str, Outcome],
                       expired: bool) -> None:
@@ -224,7 +287,9 @@ class OutboundWorker:
                    == "pending"]
         for o in outcomes.values():
             self.counters[{"sent": "sent", "failed": "failed"}.get(o.state, "deferred")] += 1
-        next_attempt = now + self.oconfig.retry_delay(message.attempts + 1)
+        # Never later than the end of the lifetime: expiry is noticed (and bounced) on time.
+        next_attempt = min(now + self.oconfig.retry_delay(message.attempts + 1),
+                           max(now, message.created + self.oconfig.lifetime))
         if not pending:
             next_attempt = now
         errors = [o.text for o in outcomes.values() if o.state != "sent"]

@@ -57,6 +57,7 @@ IDLE_RECHECK = 1.0
 MAX_BACKOFF = 5.0
 READ_SIZE = 256 * 1024
 ACK_PERSIST_INTERVAL = 1.0
+BODY_KINDS = ("message.add", "outbound.enqueue")  # records whose payload names a body by hash
 PREAUTH_MAX_FRAME = 16 * 1024
 MAX_PREAUTH_CONNECTIONS = 64  # peer connections still in their handshake
 
@@ -361,15 +362,15 @@ class Replicator:
 
     async def _send_batch(self, peer: PeerState, channel: Channel,
                           records: list[ChangeRecord]) -> None:
-        hashes = [str(r.payload["body"]) for r in records if r.kind == "message.add"]
+        hashes = [str(r.payload["body"]) for r in records if r.kind in BODY_KINDS]
         bodies = await self.store.bodies_for(hashes)  # one read for the whole batch
         size = 0
         for index, record in enumerate(records):
-            if record.kind == "message.add":
+            if record.kind in BODY_KINDS:
                 size += len(bodies.get(str(record.payload["body"]), b""))
             if size > BATCH_BODY_BYTES and index + 1 < len(records):
                 records = records[: index + 1]  # keep batches (and memory) bounded
-                keep = {str(r.payload["body"]) for r in records if r.kind == "message.add"}
+                keep = {str(r.payload["body"]) for r in records if r.kind in BODY_KINDS}
                 bodies = {h: b for h, b in bodies.items() if h in keep}
                 break
         await channel.send({

@@ -52,6 +52,30 @@ async def test_only_nodes_holding_the_user_are_candidates(two_of_three: list[Nod
     assert await pool.discover("nobody@example.test", "least-load") == []
 
 
+async def test_discovery_answers_are_reused_briefly_and_dropped_on_failure(
+    two_of_three: list[NodeProcess], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool = Pool(_config(pool=[_addr(n.control) for n in two_of_three],
+                        discovery_cache_ttl=60))
+    asked: list[str] = []
+    real_ask = pool.ask
+
+    async def counting(user: str, *, stop_at_first_yes: bool = False) -> list[object]:
+        asked.append(user)
+        return await real_ask(user, stop_at_first_yes=stop_at_first_yes)  # type: ignore[return-value]
+
+    monkeypatch.setattr(pool, "ask", counting)
+    first = await pool.discover("carol@example.test", "least-load")
+    again = await pool.discover("carol@example.test", "least-load")  # a second connection
+    assert [c.node_id for c in again] == [c.node_id for c in first] and len(asked) == 1
+    await pool.discover("nobody@example.test", "least-load")
+    await pool.discover("nobody@example.test", "least-load")  # "nobody" answers are not kept
+    assert len(asked) == 3
+    pool.failed("a", "connection refused")
+    await pool.discover("carol@example.test", "least-load")
+    assert len(asked) == 4
+
+
 class _Forger(asyncio.DatagramProtocol):
     """A rogue host claiming every user, signing with the wrong secret."""
 

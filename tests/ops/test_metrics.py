@@ -140,7 +140,7 @@ def _exercise_gateway(gw: GatewayProcess, nodes: list[NodeProcess]) -> None:
     assert value(samples, "mailmux_logins_total", protocol="submission", result="failed") >= 1
     assert value(samples, "mailmux_sessions", protocol="imap") == 1
     assert value(samples, "mailmux_imap_command_seconds_count", command="SELECT") == 1
-    assert value(samples, "mailmux_gateway_failovers_total") == 0
+    assert not any(name == "mailmux_gateway_failovers_total" for name, _ in samples)
 
     # The node serving the session shows it in its own metrics: kill that one.
     serving = [n for n in nodes
@@ -148,10 +148,9 @@ def _exercise_gateway(gw: GatewayProcess, nodes: list[NodeProcess]) -> None:
     assert len(serving) == 1
     serving[0].signal(signal.SIGKILL)
     assert client.noop()[0] == "OK"
+    lost = str(serving[0].ready["node"])
     samples = wait_for(address, lambda s: value(
-        s, "mailmux_gateway_failover_recovery_seconds_count") == 1)
-    assert value(samples, "mailmux_gateway_failovers_total") == 1
-    assert value(samples, "mailmux_gateway_failover_recovery_seconds_count") == 1
-    assert value(samples, "mailmux_gateway_failover_recovery_seconds_sum") > 0
+        s, "mailmux_gateway_failovers_total", node=lost) == 1)
+    assert value(samples, "mailmux_gateway_failovers_total", node=lost) == 1
     client.logout()
     assert split_address(str(address))[1] > 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import imaplib
 import json
+import signal
 import smtplib
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 import dkim
 import pytest
 
-from tests.outbound.conftest import ALICE, outbound_table
+from tests.outbound.conftest import ALICE, outbound_table, wait_until_login
 from tests.support.dns_server import DnsServer
 from tests.support.gateway import GatewayProcess
 from tests.support.nodes import NodeProcess
@@ -88,6 +89,7 @@ def test_submission_to_remote_arrives_once_with_valid_dkim(
     [got] = sink.wait_for(1)
     assert got.recipients == [REMOTE] and got.sender == ALICE[0]
     assert got.data.startswith(b"DKIM-Signature:")
+    assert b"X-Mailmux-GUID" not in got.data  # the pool's internal stamp stays inside
 
     def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
         assert name == b"mm._domainkey.example.test."
@@ -147,7 +149,18 @@ def test_w2_with_one_node_up_is_refused_and_nothing_is_queued(
         assert code == 451 and b"4.3.0" in reply
     assert queue_cli(nodes[0], "list") == []
     assert sink.messages == []
-    time.sleep(0)  # nothing to wait for: a refused message has no owner to deliver it later
+    # The client retries the same bytes once a second node is up: same GUID, and the refusal's
+    # tombstone does not swallow it as a "replay".
+    nodes[1].start()
+    wait_until_login(nodes[1])
+    with smtplib.SMTP(*gw.submission, timeout=60) as smtp:
+        smtp.login(*ALICE)
+        smtp.mail(ALICE[0])
+        assert smtp.rcpt(REMOTE)[0] == 250
+        code, reply = smtp.data(message("refused").encode())
+        assert code == 250, reply
+    [got] = sink.wait_for(1)
+    assert b"Subject: refused" in got.data
 
 
 @pytest.mark.timeout(240)
@@ -162,6 +175,12 @@ def test_sigkill_of_the_owner_mid_delivery_another_node_delivers(
     wait_for(lambda: sink.handler.stalled > 0, "the owner's RCPT to reach the stalled remote")
     [queued] = queue_cli(nodes[0], "list")
     owner = next(n for n in nodes if n.node_id == queued["owner"])
+    # The queue shows in every node's LOAD report, and so in `mailmux-gateway status`.
+    def queued_everywhere() -> bool:
+        status = json.loads(gw.cli("status", "--json").stdout)
+        return sorted(m["queued"] for m in status["members"]) == [1, 1, 1]
+
+    wait_for(queued_everywhere, "the queued message in every node's LOAD report")
     killed_at = time.monotonic()
     owner.kill()
     sink.handler.stall_rcpt = False
@@ -177,3 +196,72 @@ def test_sigkill_of_the_owner_mid_delivery_another_node_delivers(
     print(f"takeover after SIGKILL: delivered {takeover:.2f}s after the kill by "
           f"{shown['owner']}; duplicates {duplicates}")
     assert [m.recipients for m in received] == [[REMOTE]] and duplicates == 0
+
+
+@pytest.mark.timeout(240)
+def test_a_hung_owner_is_taken_over_and_does_not_send_when_it_wakes(
+    make_nodes: Callable[..., list[NodeProcess]],
+    gateway_factory: Callable[..., GatewayProcess], sink: SmtpSink, dns: DnsServer,
+) -> None:
+    nodes = make_nodes("abc", outbound_table(sink, dns, 'lease = "2s"\npoll_interval = "0.2s"'))
+    gw = gateway_factory(nodes)
+    sink.handler.stall_rcpt = True
+    submit(gw, [REMOTE], message("hang"))
+    wait_for(lambda: sink.handler.stalled > 0, "the owner's RCPT to reach the stalled remote")
+    [queued] = queue_cli(nodes[0], "list")
+    owner = next(n for n in nodes if n.node_id == queued["owner"])
+    owner.signal(signal.SIGSTOP)  # hung: alive, silent, its lease no longer renewed
+    try:
+        sink.handler.stall_rcpt = False  # its RCPT gets 250 now, into a frozen process
+        [got] = sink.wait_for(1, deadline=60)
+        others = [n for n in nodes if n is not owner]
+        wait_for(lambda: queue_cli(others[0], "show", queued["id"])["state"] == "done",
+                 "the new owner to finish")
+    finally:
+        owner.signal(signal.SIGCONT)
+    # Awake again, the old owner finds its lease expired by its own clock and does not send
+    # DATA; once its queue shows the message done, nothing more can come from it.
+    wait_for(lambda: queue_cli(owner, "list") == [], "the old owner to learn of the takeover")
+    wait_for(lambda: "expired mid-attempt; not sending" in owner.log(),
+             "the old owner to give up its stale attempt")
+    assert len(sink.messages) == 1 and got.recipients == [REMOTE]
+
+
+@pytest.mark.timeout(180)
+def test_queue_cli_show_retry_and_delete_reach_every_node(
+    make_nodes: Callable[..., list[NodeProcess]],
+    gateway_factory: Callable[..., GatewayProcess], sink: SmtpSink, dns: DnsServer,
+) -> None:
+    nodes = make_nodes("ab", outbound_table(sink, dns, 'retry_intervals = ["1h"]'))
+    gw = gateway_factory(nodes)
+    sink.handler.scripted[REMOTE] = ["451 4.7.1 greylisted"]
+    sink.handler.scripted["gone@remote.test"] = ["451 4.2.1 busy"] * 100
+    submit(gw, [REMOTE], message("retry-me"))
+    submit(gw, ["gone@remote.test"], message("delete-me"))
+
+    def attempted() -> list[Any]:
+        return [m for m in queue_cli(nodes[1], "list") if m["attempts"] == 1]
+
+    wait_for(lambda: len(attempted()) == 2, "both first attempts to be deferred")
+    by_subject = {}
+    for m in attempted():
+        shown = queue_cli(nodes[0], "show", m["id"])
+        [(rcpt, info)] = shown["recipients"].items()
+        assert info["state"] == "pending" and info["text"].startswith("451 4.")
+        by_subject[rcpt] = m["id"]
+    table = nodes[0].cli("queue", "list")
+    assert "2 message(s) queued" in table.stdout and REMOTE in table.stdout
+
+    retried = nodes[1].cli("queue", "retry", by_subject[REMOTE])
+    assert retried.returncode == 0, retried.stderr
+    [got] = sink.wait_for(1)
+    assert got.recipients == [REMOTE]
+
+    deleted = nodes[1].cli("queue", "delete", by_subject["gone@remote.test"])
+    assert deleted.returncode == 0, deleted.stderr
+    for node in nodes:
+        wait_for(lambda node=node: queue_cli(node, "list") == [], f"empty queue on {node.node_id}")
+    shown = queue_cli(nodes[0], "show", by_subject["gone@remote.test"])
+    assert shown["state"] == "done" and shown["done_reason"] == "deleted by operator"
+    assert inbox_subjects(nodes[0]) == []  # deleting is not bouncing
+    assert nodes[0].cli("queue", "retry", "no-such-id").returncode != 0

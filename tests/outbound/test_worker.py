@@ -92,6 +92,11 @@ async def test_delivers_through_mx_once(store: SqliteStore, sink: SmtpSink,
     message = await worker.queue.get("m1")
     assert message is not None and message.state == "done"
     assert await worker.queue.body("m1") is None
+    # The body went with the message, and the change log never held it.
+    assert await store._read(lambda c: c.execute("SELECT count(*) FROM bodies").fetchone()) == (0,)
+    log = await store._read(lambda c: c.execute("SELECT group_concat(payload) FROM changelog")
+                            .fetchone()[0])
+    assert "Subject" not in log and "body line" not in log
     assert await _pass(worker) == 0
     assert len(sink.messages) == 2
     assert "remote.test. MX" in dns.queries and "mx.remote.test. A" in dns.queries
@@ -234,3 +239,54 @@ async def test_smarthost_starttls_checks_the_certificate_and_authenticates(
     assert await _pass(worker) == 1
     [got] = sink.messages
     assert got.recipients == [REMOTE]
+
+
+async def test_mailbox_cleanup_keeps_queued_bodies(store: SqliteStore, sink: SmtpSink,
+                                                   dns: DnsServer) -> None:
+    clock = Clock()
+    sink.handler.scripted[REMOTE] = ["451 4.3.0 later"]
+    worker = _worker(store, sink, dns, clock)
+    await worker.submit("m1", SENDER, [REMOTE], _message("shared"))
+    assert await _pass(worker) == 1
+    # A mailbox message expunged: the store collects unreferenced bodies, not queued ones.
+    [added] = await store.deliver([SENDER], b"Subject: local\r\n\r\nx\r\n", "g-local")
+    await store.expunge(SENDER, added.mailbox_id, [added.uid])
+    assert await worker.queue.body("m1") is not None
+    clock.now += 300
+    assert await _pass(worker) == 1
+    [got] = sink.messages
+    assert b"Subject: shared" in got.data
+
+
+@pytest.fixture
+def dns_fallbacks() -> Iterator[DnsServer]:
+    with DnsServer({
+        # The preferred MX refuses connections (nothing listens on 127.0.0.2): the next is tried.
+        ("two.test", "MX"): ["10 dead.two.test.", "20 live.two.test."],
+        ("dead.two.test", "A"): ["127.0.0.2"],
+        ("live.two.test", "A"): ["127.0.0.1"],
+        # No MX at all: the domain's own address is the implicit MX (RFC 5321 5.1).
+        ("plain.test", "A"): ["127.0.0.1"],
+        # Null MX (RFC 7505): the domain takes no mail.
+        ("nomail.test", "MX"): ["0 ."],
+    }) as server:
+        yield server
+
+
+async def test_mx_fallbacks_implicit_mx_null_mx_and_unknown_domain(
+    store: SqliteStore, sink: SmtpSink, dns_fallbacks: DnsServer,
+) -> None:
+    worker = _worker(store, sink, dns_fallbacks, Clock())
+    await worker.submit("m1", SENDER, ["a@two.test", "b@plain.test", "c@nomail.test",
+                                       "d@unknown.test"], _message("fallbacks"))
+    assert await _pass(worker) == 1
+    assert sorted(r for m in sink.messages for r in m.recipients) == ["a@two.test",
+                                                                      "b@plain.test"]
+    queries = dns_fallbacks.queries
+    assert "plain.test. MX" in queries and "plain.test. A" in queries
+    assert "dead.two.test. A" in queries and "live.two.test. A" in queries
+    [report] = await _inbox(store)
+    text = report.decode()
+    assert "Final-Recipient: rfc822; c@nomail.test" in text and "Status: 5.1.10" in text
+    assert "Final-Recipient: rfc822; d@unknown.test" in text and "Status: 5.1.2" in text
+    assert "a@two.test" not in text.split("original")[0]

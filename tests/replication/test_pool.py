@@ -108,7 +108,9 @@ def inbox(node: NodeProcess) -> dict[int, tuple[bytes, bytes]]:
                 head = item[0]
                 uid = int(head.split(b"UID ")[1].split()[0])
                 flags = head.split(b"FLAGS (")[1].split(b")")[0]
-                out[uid] = (b" ".join(sorted(flags.split())), item[1])
+                # \Recent belongs to the node's sessions (RFC 3501), not to the replicated state
+                kept = sorted(f for f in flags.split() if f != b"\\Recent")
+                out[uid] = (b" ".join(kept), item[1])
         return out
 
 

@@ -13,7 +13,8 @@ import dns.rrset
 
 
 class DnsServer:
-    """Answers from a zone given as {(name, type): [rdata text, ...]}; NXDOMAIN otherwise."""
+    """Answers from a zone given as {(name, type): [rdata text, ...]}; an empty answer for a
+    known name asked about a type it lacks; NXDOMAIN for unknown names."""
 
     def __init__(self, records: dict[tuple[str, str], list[str]]) -> None:
         self.records = {
@@ -53,8 +54,9 @@ class DnsServer:
             values = self.records.get((name, kind))
             if values:
                 response.answer.append(dns.rrset.from_text(name, 30, "IN", kind, *values))
-            else:
+            elif not any(n == name for n, _ in self.records):
                 response.set_rcode(dns.rcode.NXDOMAIN)
+            # else: the name exists with other types only: NOERROR, no answer (RFC 2308 NODATA)
             try:
                 self.sock.sendto(response.to_wire(), peer)
             except OSError:

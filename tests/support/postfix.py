@@ -90,7 +90,9 @@ class Postfix:
             "myhostname = relay.test\nmydomain = relay.test\nmydestination =\n"
             "mynetworks = 127.0.0.0/8\n"
             "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n"
-            + (f"relayhost = [{self.relay[0]}]:{self.relay[1]}\n" if self.relay else
+            # virtual_mailbox_domains defaults to the (static, match-all) mailbox map: say it.
+            + (f"relayhost = [{self.relay[0]}]:{self.relay[1]}\nvirtual_mailbox_domains =\n"
+               if self.relay else
                "virtual_mailbox_domains = remote.test\n")
             +
             f"virtual_mailbox_base = {self.root / 'mail'}\n"

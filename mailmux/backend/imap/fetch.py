@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import base64
 
 from mailmux.backend.message.bodystructure import bodystructure
 from mailmux.backend.message.envelope import envelope
@@ -14,6 +14,7 @@ from mailmux.protocol.imap.commands import FetchAttr, Section
 from mailmux.protocol.imap.response import (
     Atom,
     Literal,
+    Literal8,
     fetch_item_name,
     format_flags,
     format_internaldate,
@@ -25,6 +26,30 @@ _NEEDS_BODY = frozenset({"BODY[]", "BODY", "BODYSTRUCTURE", "ENVELOPE", "RFC822"
 
 def needs_body(attrs: tuple[FetchAttr, ...]) -> bool:
     return any(a.name in _NEEDS_BODY for a in attrs)
+
+
+_LIGHT = frozenset({"FLAGS", "UID", "MODSEQ"})
+
+
+def light_template(attrs: tuple[FetchAttr, ...], *, with_uid: bool,
+                   with_modseq: bool) -> tuple[str, tuple[str, ...]] | None:
+    """For FETCHes of nothing but FLAGS, UID and MODSEQ (what clients send for every folder
+    sync, over every message): a %-format for one response line and the row fields it takes,
+    in order, from ("seq", "uid", "flags", "modseq"). The same bytes `render` would make, in
+    a fraction of the time. None for any other FETCH."""
+    names = [a.name for a in attrs]
+    if not set(names) <= _LIGHT:
+        return None
+    parts = {"FLAGS": ("FLAGS (%s)", "flags"), "UID": ("UID %d", "uid"),
+             "MODSEQ": ("MODSEQ (%d)", "modseq")}
+    items = []
+    if with_uid and "UID" not in names:
+        items.append(parts["UID"])
+    if with_modseq and "MODSEQ" not in names:
+        items.append(parts["MODSEQ"])
+    items += [parts[n] for n in names]
+    line = "* %d FETCH (" + " ".join(i[0] for i in items) + ")\r\n"
+    return line, ("seq", *(i[1] for i in items))
 
 
 def sets_seen(attrs: tuple[FetchAttr, ...]) -> bool:
@@ -43,12 +68,13 @@ class FetchError(Exception):
     pass
 
 
-async def render(
-    attrs: tuple[FetchAttr, ...], meta: MessageMeta, load: Callable[[], Awaitable[bytes]],
+def render(
+    attrs: tuple[FetchAttr, ...], meta: MessageMeta, raw: bytes | None,
     *, with_uid: bool, with_modseq: bool,
 ) -> list[object]:
+    """One message's FETCH items; `raw` is its body when `needs_body(attrs)`. The message is
+    parsed only for items that look inside it: the whole BODY[] or RFC822 is sent as stored."""
     items: list[object] = []
-    raw: bytes | None = None
     parsed: Part | None = None
     names = {a.name for a in attrs}
     if with_uid and "UID" not in names:
@@ -56,11 +82,19 @@ async def render(
     if with_modseq and "MODSEQ" not in names:
         items += [Atom("MODSEQ"), [meta.modseq]]
     for attr in attrs:
-        if attr.name in _NEEDS_BODY and raw is None:
-            raw = await load()
+        if raw is not None and parsed is None and not _whole(attr):
             parsed = ParsedMessage.from_bytes(raw)
         items += [Atom(fetch_item_name(attr)), _value(attr, meta, raw, parsed)]
     return items
+
+
+def _whole(attr: FetchAttr) -> bool:
+    """Items that are the stored bytes themselves (no header/body split needed)."""
+    if attr.name in ("RFC822", "FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"):
+        return True
+    section = attr.section
+    return attr.name in ("BODY[]", "BINARY") and (
+        section is None or (not section.part and section.text is None))
 
 
 def _value(attr: FetchAttr, meta: MessageMeta, raw: bytes | None, msg: Part | None) -> object:
@@ -75,20 +109,23 @@ def _value(attr: FetchAttr, meta: MessageMeta, raw: bytes | None, msg: Part | No
         return meta.size
     if name == "MODSEQ":
         return [meta.modseq]
-    assert raw is not None and msg is not None
+    assert raw is not None
+    if name == "RFC822":
+        return Literal(raw)
+    section = attr.section or Section()
+    if name in ("BODY[]", "BINARY") and not section.part and section.text is None:
+        return Literal(_partial(raw, attr.partial))
+    assert msg is not None
     if name == "ENVELOPE":
         return envelope(msg)
     if name == "BODYSTRUCTURE":
         return bodystructure(msg, extensible=True)
     if name == "BODY":
         return bodystructure(msg, extensible=False)
-    if name == "RFC822":
-        return Literal(raw)
     if name == "RFC822.HEADER":
         return Literal(msg.header)
     if name == "RFC822.TEXT":
         return Literal(msg.body)
-    section = attr.section or Section()
     if name in ("BINARY", "BINARY.SIZE"):
         part = resolve(msg, section.part) if section.part else msg
         if part is None:
@@ -96,5 +133,10 @@ def _value(attr: FetchAttr, meta: MessageMeta, raw: bytes | None, msg: Part | No
         content = decoded_content(part) if section.part else raw
         if name == "BINARY.SIZE":
             return len(content)
-        return Literal(_partial(content, attr.partial))
-    return Literal(_partial(section_bytes(msg, section), attr.partial))
+        return Literal8(_partial(content, attr.partial))
+    content = section_bytes(msg, section)
+    if section.part and section.text is None and content.find(0) >= 0:
+        # RFC 3516 4.3: NUL never goes out in a BODY literal; a binary part (APPENDed with
+        # a literal8) is sent base64-encoded instead, as Dovecot does
+        content = base64.encodebytes(content).replace(b"\n", b"\r\n")
+    return Literal(_partial(content, attr.partial))

@@ -9,6 +9,7 @@ import ssl
 
 from mailmux import metrics
 from mailmux.backend.config import BackendConfig
+from mailmux.backend.imap.recent import RecentClaims
 from mailmux.backend.imap.session import Closed, Session
 from mailmux.backend.load import LoadMeter
 from mailmux.backend.store.interface import MailStore
@@ -31,6 +32,7 @@ class ImapServer:
         self._tls_server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._unauthenticated: set[Session] = set()
+        self.recent = RecentClaims()
 
     async def start(self) -> list[Address]:
         self._server = await asyncio.start_server(self._serve, *self.config.listen_imap,

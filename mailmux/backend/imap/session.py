@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
+import dataclasses
 import logging
+import operator
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -31,6 +34,14 @@ from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING
 from mailmux.backend.imap.view import View
 from mailmux.backend.message.parsed import ParsedMessage, Part
 from mailmux.backend.message.search import SearchContext, matches
+from mailmux.backend.message.sort import Candidate, sort_order
+from mailmux.backend.store.interface import (
+    AppendResult,
+    FlagChange,
+    MailboxInfo,
+    MessageMeta,
+    ViewChanges,
+)
 from mailmux.protocol.imap.commands import (
     Append,
     Authenticate,
@@ -47,6 +58,9 @@ from mailmux.protocol.imap.commands import (
     Rename,
     Search,
     SearchKey,
+    SeqRange,
+    SequenceSet,
+    Sort,
     StatusArgs,
     Store,
 )
@@ -82,6 +96,12 @@ UNAUTHENTICATED_MAX_COMMAND = 8 * 1024  # every line and literal of one command,
 MAX_LOGIN_DELAY = 30.0
 PERMANENT_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\*")
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+FETCH_CHUNK = 5000  # messages whose metadata one FETCH reads per query
+FETCH_BODY_CHUNK = 64  # messages, and
+BODY_BATCH_BYTES = 4 * 1024 * 1024  # bytes of bodies, read per query
+OUTPUT_CHUNK = 64 * 1024  # bytes of responses written (and drained) at a time
+SEARCH_CHECK_CHUNK = 256
+_ROW_FIELDS = ("seq", "uid", "flags", "modseq")  # messages a SEARCH reads and checks at a time
 
 Lines = list[bytes]
 
@@ -107,6 +127,7 @@ class Session:
         self.view: View | None = None
         self.feed: asyncio.Queue[int] | None = None
         self.enabled: set[str] = set()
+        self.known_flags: set[str] = set()  # flags announced by the last untagged FLAGS
         self.failed_logins = 0
         self.tls = False
         self.started = asyncio.get_running_loop().time()
@@ -222,15 +243,50 @@ class Session:
         while not self.feed.empty():
             self.feed.get_nowait()
             drained = True
-        if not drained:
+        if not drained and not (allow_expunge and self.view.pending_expunge):
             return []
         assert self.user is not None
         try:
-            metas = await self.store.messages(self.user, self.view.mailbox_id)
+            changes = await self.store.changes_since_modseq(self.user, self.view.mailbox_id,
+                                                            self.view.modseq)
         except MailboxNotFound:
             self._unselect()
             return [untagged_status("BYE", "the selected mailbox was deleted")]
-        return self.view.refresh(metas, allow_expunge)
+        return self._applied(changes, allow_expunge)
+
+    def _applied(self, changes: ViewChanges, allow_expunge: bool) -> Lines:
+        """The view brought up to date, with FLAGS for new keywords and \\Recent for new mail."""
+        view = self.selected
+        last = view.uids[-1] if view.uids else 0
+        lines = view.apply(changes, allow_expunge)
+        if view.recent and changes.expunged:
+            view.recent.difference_update(changes.expunged)
+        new = view.uids[bisect.bisect_right(view.uids, last):]
+        if new:
+            claims = self.server.recent
+            key = (view.mailbox_id, view.uidvalidity)
+            view.recent.update(claims.peek(key, new) if view.readonly else claims.claim(key, new))
+            lines.append(untagged(len(view.recent), Atom("RECENT")))
+        used = {f for _, flags, _ in changes.changed for f in flags}
+        return [*self._announce_flags(used), *lines]
+
+    def _announce_flags(self, used: set[str]) -> Lines:
+        """An untagged FLAGS before the first response that uses a keyword not yet in it."""
+        if used <= self.known_flags:
+            return []
+        self.known_flags |= used
+        return [untagged(Atom("FLAGS"), format_flags(sorted(self.known_flags)))]
+
+    async def _condstore_on(self) -> Lines:
+        """RFC 7162 3.1: the first CONDSTORE-enabling command reports HIGHESTMODSEQ."""
+        view = self.selected
+        first = "CONDSTORE" not in self.enabled or not view.condstore
+        self.enabled.add("CONDSTORE")
+        view.condstore = True
+        if not first:
+            return []
+        info = await self.store.get_mailbox(self.me, view.name)
+        return [untagged_status("OK", "highest", f"HIGHESTMODSEQ {info.highestmodseq}")]
 
     async def ok(self, command: Command, text: str, code: str | None = None,
                  before: Lines | None = None) -> Lines:
@@ -336,10 +392,9 @@ class Session:
         assert isinstance(command.args, Enable)
         newly = [c for c in command.args.capabilities if c == "CONDSTORE"
                  and c not in self.enabled]
+        highest = await self._condstore_on() if newly and self.view is not None else []
         self.enabled.update(newly)
-        if "CONDSTORE" in self.enabled and self.view is not None:
-            self.view.condstore = True
-        return [untagged(Atom("ENABLED"), *[Atom(c) for c in newly]),
+        return [untagged(Atom("ENABLED"), *[Atom(c) for c in newly]), *highest,
                 tagged(command.tag, "OK", "ENABLE completed")]
 
     async def do_NAMESPACE(self, command: Command) -> Lines:
@@ -368,24 +423,28 @@ class Session:
             self._unselect()
         if args.condstore:
             self.enabled.add("CONDSTORE")
-        info = await self.store.get_mailbox(self.me, args.mailbox)
+        state = await self.store.select_state(self.me, args.mailbox)
+        info = state.info
+        # Listen first: a change committed after the snapshot still wakes this view.
         feed = self.store.listen(info.id)
-        metas = await self.store.messages(self.me, info.id)
-        view = View(info.id, info.name, readonly, info.uidvalidity,
-                    condstore="CONDSTORE" in self.enabled)
-        view.load(metas)
+        view = View(info.id, info.name, readonly, info.uidvalidity, state.uids,
+                    modseq=info.highestmodseq, condstore="CONDSTORE" in self.enabled)
+        claims = self.server.recent
+        key = (info.id, info.uidvalidity)
+        view.recent = set(claims.peek(key, view.uids) if readonly else claims.claim(key, view.uids))
         self.view, self.feed = view, feed
         self.state = State.SELECTED
-        first_unseen = next((i + 1 for i, m in enumerate(metas) if "\\Seen" not in m.flags),
-                            None)
-        flags = sorted(set(SYSTEM_FLAGS) | {f for m in metas for f in m.flags})
+        first_unseen = (view.seq_of(state.first_unseen) or None
+                        if state.first_unseen is not None else None)
+        flags = sorted(set(SYSTEM_FLAGS) | set(state.keywords))
+        self.known_flags = set(flags)
         lines = [
             *closed,
             untagged(Atom("FLAGS"), format_flags(flags)),
             untagged_status("OK", "flags clients may set", "PERMANENTFLAGS ("
                             + " ".join(PERMANENT_FLAGS if not readonly else ()) + ")"),
-            untagged(len(metas), Atom("EXISTS")),
-            untagged(0, Atom("RECENT")),
+            untagged(view.exists, Atom("EXISTS")),
+            untagged(len(view.recent), Atom("RECENT")),
         ]
         if first_unseen is not None:
             lines.append(untagged_status("OK", "first unseen", f"UNSEEN {first_unseen}"))
@@ -452,7 +511,8 @@ class Session:
         args = command.args
         assert isinstance(args, StatusArgs)
         info = await self.store.get_mailbox(self.me, args.mailbox)
-        values = {"MESSAGES": info.messages, "RECENT": 0, "UIDNEXT": info.uidnext,
+        values = {"MESSAGES": info.messages, "RECENT": await self._recent_count(args, info),
+                  "UIDNEXT": info.uidnext,
                   "UIDVALIDITY": info.uidvalidity, "UNSEEN": info.unseen,
                   "HIGHESTMODSEQ": info.highestmodseq, "SIZE": info.size}
         items: list[object] = []
@@ -462,21 +522,42 @@ class Session:
         line = untagged(Atom("STATUS"), encode_mailbox(info.name), items)
         return await self.ok(command, "STATUS completed", before=[line])
 
+    async def _recent_count(self, args: StatusArgs, info: MailboxInfo) -> int:
+        if "RECENT" not in args.items:
+            return 0
+        if self.view is not None and self.view.mailbox_id == info.id:
+            return len(self.view.recent)
+        key = (info.id, info.uidvalidity)
+        if self.server.recent.marker(key) >= info.uidnext - 1:
+            return 0  # nothing above the marker: no need to read the UIDs
+        state = await self.store.select_state(self.me, info.name)
+        return len(self.server.recent.peek(key, state.uids))
+
     async def do_APPEND(self, command: Command) -> Lines:
         args = command.args
         assert isinstance(args, Append)
-        if len(args.message) > self.config.max_message_size:
+        messages = [(args.flags, args.date, args.message, args.binary), *args.more]
+        if any(len(m[2]) > self.config.max_message_size for m in messages):
             return [tagged(command.tag, "NO", "message too large", "TOOBIG")]
+        results: list[AppendResult] = []
         try:
-            result = await self.store.append(
-                self.me, args.mailbox, args.message,
-                flags=[f for f in args.flags if f != "\\Recent"],
-                internaldate=args.date or datetime.now(UTC),
-            )
-        except MailboxNotFound:
-            return [tagged(command.tag, "NO", f"no mailbox {args.mailbox}", "TRYCREATE")]
+            for flags, when, message, _ in messages:
+                results.append(await self.store.append(
+                    self.me, args.mailbox, message,
+                    flags=[f for f in flags if f != "\\Recent"],
+                    internaldate=when or datetime.now(UTC),
+                ))
+        except BackendError as exc:
+            # MULTIAPPEND is all or nothing (RFC 3502): take back the ones already stored
+            if results:
+                await self.store.expunge(self.me, results[0].mailbox_id,
+                                         [r.uid for r in results])
+            if isinstance(exc, MailboxNotFound):
+                return [tagged(command.tag, "NO", f"no mailbox {args.mailbox}", "TRYCREATE")]
+            raise
+        uids = format_sequence_set([r.uid for r in results])
         return await self.ok(command, "APPEND completed",
-                             f"APPENDUID {result.uidvalidity} {result.uid}")
+                             f"APPENDUID {results[0].uidvalidity} {uids}")
 
     async def do_IDLE(self, command: Command) -> Lines:
         await self.send([continuation("idling")])
@@ -522,7 +603,7 @@ class Session:
     async def do_CLOSE(self, command: Command) -> Lines:
         view = self.selected
         if not view.readonly:
-            deleted = [u for u in view.uids if "\\Deleted" in view.meta[u].flags]
+            deleted = await self._deleted(view.uids)
             if deleted:
                 with contextlib.suppress(NotPermitted):
                     await self.store.expunge(self.me, view.mailbox_id, deleted)
@@ -537,60 +618,101 @@ class Session:
         view = self.selected
         if view.readonly:
             return [tagged(command.tag, "NO", "mailbox is read-only", "READ-ONLY")]
-        await self._refresh_now()
+        pending = await self._refresh_now()
         args = command.args
         assert isinstance(args, Expunge)
         candidates = view.uids if args.sequence is None else view.resolve(args.sequence, True)
-        deleted = [u for u in candidates if "\\Deleted" in view.meta[u].flags]
+        deleted = await self._deleted(candidates)
         if deleted:
             await self.store.expunge(self.me, view.mailbox_id, deleted)
-        return await self.ok(command, "EXPUNGE completed", before=await self._refresh_now())
+        return await self.ok(command, "EXPUNGE completed",
+                             before=[*pending, *await self._refresh_now()])
+
+    async def _deleted(self, candidates: Sequence[int]) -> list[int]:
+        """The candidates (UIDs in the view) flagged \\Deleted, read from the store."""
+        view = self.selected
+        marked = await self.store.uids_with_flag(self.me, view.mailbox_id, "\\Deleted")
+        wanted = set(candidates) if len(candidates) != view.exists else None
+        return [u for u in marked if view.seq_of(u) and (wanted is None or u in wanted)]
 
     async def _refresh_now(self, allow_expunge: bool = True) -> Lines:
         view = self.selected
-        metas = await self.store.messages(self.me, view.mailbox_id)
         if self.feed is not None:
             while not self.feed.empty():
                 self.feed.get_nowait()
-        return view.refresh(metas, allow_expunge)
+        changes = await self.store.changes_since_modseq(self.me, view.mailbox_id, view.modseq)
+        return self._applied(changes, allow_expunge)
 
     async def do_SEARCH(self, command: Command) -> Lines:
         args = command.args
         assert isinstance(args, Search)
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
-        largest_uid = view.uids[-1] if view.uids else 0
-        hits: list[int] = []
-        needs_message = _needs_message(args.key)
-        budget = Budget(self.config.command_cpu_budget)
-        for seq, uid in enumerate(view.uids, start=1):
-            budget.check()
-            if seq % 64 == 0:
-                await asyncio.sleep(0)  # let other sessions run between chunks of work
-            meta = view.meta[uid]
-            parsed: Part | None = None
-            if needs_message:
-                try:
-                    parsed = ParsedMessage.from_bytes(
-                        await self.store.body(view.mailbox_id, uid))
-                except MailboxNotFound:
-                    continue  # expunged meanwhile
-            ctx = SearchContext(seq, meta, _constant(parsed), largest_seq=len(view.uids),
-                                largest_uid=largest_uid)
-            if matches(args.key, ctx):
-                hits.append(uid if command.uid else seq)
-        modseq = None
-        if _uses_modseq(args.key) and hits:
-            uids = hits if command.uid else [view.uids[s - 1] for s in hits]
-            modseq = max(view.meta[u].modseq for u in uids)
+        if _uses_modseq(args.key):
+            before += await self._condstore_on()
+        found = await self._search_uids(args.key)
+        uids = sorted(found)
+        hits = uids if command.uid else [view.seq_of(u) for u in uids]
+        highest = None
+        if _uses_modseq(args.key) and uids:
+            # RFC 7162 3.1.5: with only MIN and/or MAX asked, the MODSEQ of those messages
+            reported = uids
+            options = set(args.return_options or ())
+            if options and options <= {"MIN", "MAX"}:
+                reported = [uids[0]] * ("MIN" in options) + [uids[-1]] * ("MAX" in options)
+            highest = max(found[u] for u in reported)
         if args.return_options is not None:
-            line = self._esearch(command, args.return_options, hits, modseq)
+            line = self._esearch(command, args.return_options, hits, highest)
         else:
             values: list[object] = [Atom("SEARCH"), *hits]
-            if modseq is not None:
-                values.append([Atom("MODSEQ"), modseq])
+            if highest is not None:
+                values.append([Atom("MODSEQ"), highest])
             line = untagged(*values)
         return [*before, line, tagged(command.tag, "OK", "SEARCH completed")]
+
+    async def _search_uids(self, program: SearchKey) -> dict[int, int]:
+        """UID -> MODSEQ of the messages in the view that a SEARCH program matches."""
+        view = self.selected
+        largest_uid = view.uids[-1] if view.uids else 0
+        key = _seqsets_as_uids(program, view)
+        found: dict[int, int] = {}
+        check: list[int] = []
+        for uid, modseq, unsure in await self.store.search(self.me, view.mailbox_id, key,
+                                                           largest_uid):
+            if view.seq_of(uid):  # not yet announced to this client: not searched
+                if unsure:
+                    check.append(uid)
+                else:
+                    found[uid] = modseq
+        budget = Budget(self.config.command_cpu_budget)
+        for start in range(0, len(check), SEARCH_CHECK_CHUNK):
+            budget.check()
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               check[start:start + SEARCH_CHECK_CHUNK],
+                                               with_body=True)
+            # Parsing and matching run in a worker thread: never on the event loop.
+            found.update(await asyncio.to_thread(_confirm, key, rows, largest_uid, budget))
+        return found
+
+    async def do_SORT(self, command: Command) -> Lines:
+        args = command.args
+        assert isinstance(args, Sort)
+        view = self.selected
+        before = await self._refresh_now(allow_expunge=command.uid)
+        found = sorted(await self._search_uids(args.key))
+        budget = Budget(self.config.command_cpu_budget)
+        candidates: list[Candidate] = []
+        for start in range(0, len(found), SEARCH_CHECK_CHUNK):
+            budget.check()
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               found[start:start + SEARCH_CHECK_CHUNK],
+                                               with_body=True)
+            candidates += await asyncio.to_thread(_sort_candidates, rows, budget)
+        # Sorting many messages is CPU work: never on the event loop.
+        ordered = await asyncio.to_thread(sort_order, candidates, args.criteria)
+        hits = ordered if command.uid else [view.seq_of(u) for u in ordered]
+        return [*before, untagged(Atom("SORT"), *hits),
+                tagged(command.tag, "OK", "SORT completed")]
 
     def _esearch(self, command: Command, options: tuple[str, ...], hits: list[int],
                  modseq: int | None) -> bytes:
@@ -612,46 +734,106 @@ class Session:
         args = command.args
         assert isinstance(args, Fetch)
         view = self.selected
-        before = await self.updates(allow_expunge=command.uid)
+        await self.send(await self.updates(allow_expunge=command.uid))
         uids = view.resolve(args.sequence, command.uid)
         attrs = args.attrs
         with_modseq = args.changed_since is not None
         if with_modseq or any(a.name == "MODSEQ" for a in attrs):
-            self.enabled.add("CONDSTORE")
-            view.condstore = True
-        if args.changed_since is not None:
-            uids = [u for u in uids if view.meta[u].modseq > args.changed_since]
-        if fetching.sets_seen(attrs) and not view.readonly:
-            unseen = [u for u in uids if "\\Seen" not in view.meta[u].flags]
-            if unseen:
-                result = await self.store.store_flags(self.me, view.mailbox_id, unseen, "add",
-                                                      ["\\Seen"])
-                for change in result.changed:
-                    old = view.meta[change.uid]
-                    view.meta[change.uid] = type(old)(old.uid, old.guid, change.flags,
-                                                      change.modseq, old.size, old.internaldate)
-                if not any(a.name == "FLAGS" for a in attrs):
-                    attrs = (*attrs, FetchAttr("FLAGS"))
-        lines: Lines = list(before)
-        for uid in uids:
-            meta = view.meta[uid]
-            try:
-                items = await fetching.render(
-                    attrs, meta, self._body_loader(view.mailbox_id, uid),
-                    with_uid=command.uid, with_modseq=with_modseq,
-                )
-            except MailboxNotFound:
-                continue  # expunged by another session meanwhile; RFC 2180 4.1.2
-            except fetching.FetchError:
+            await self.send(await self._condstore_on())
+        mark_seen = fetching.sets_seen(attrs) and not view.readonly
+        if mark_seen and not any(a.name == "FLAGS" for a in attrs):
+            attrs = (*attrs, FetchAttr("FLAGS"))
+        with_body = fetching.needs_body(attrs)
+        template = fetching.light_template(attrs, with_uid=command.uid, with_modseq=with_modseq)
+        if template is not None and not mark_seen:
+            await self._fetch_light(template, uids, args.changed_since)
+            return [tagged(command.tag, "OK", "FETCH completed")]
+        out = _Output(self)
+        for start in range(0, len(uids), FETCH_CHUNK):
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               uids[start:start + FETCH_CHUNK])
+            if args.changed_since is not None:
+                rows = [r for r in rows if r[0].modseq > args.changed_since]
+            if mark_seen:
+                rows = await self._mark_seen(rows)
+            if with_body:
+                await self._fetch_bodies(command.uid, with_modseq, attrs, [r[0] for r in rows],
+                                         out)
                 continue
-            lines.append(untagged(view.seq_of(uid), Atom("FETCH"), items))
-            if len(lines) >= 64:
-                await self.send(lines)
-                lines = []
-        return [*lines, tagged(command.tag, "OK", "FETCH completed")]
+            for meta, _ in rows:
+                items = fetching.render(attrs, self._recent(meta), None, with_uid=command.uid,
+                                        with_modseq=with_modseq)
+                await out.add(untagged(view.seq_of(meta.uid), Atom("FETCH"), items))
+        await out.flush()
+        return [tagged(command.tag, "OK", "FETCH completed")]
 
-    def _body_loader(self, mailbox_id: int, uid: int) -> Callable[[], Awaitable[bytes]]:
-        return lambda: self.store.body(mailbox_id, uid)
+    def _recent(self, meta: MessageMeta) -> MessageMeta:
+        if meta.uid not in self.selected.recent:
+            return meta
+        return dataclasses.replace(meta, flags=meta.flags | {"\\Recent"})
+
+    async def _fetch_light(self, template: tuple[str, tuple[str, ...]], uids: list[int],
+                           changed_since: int | None) -> None:
+        view = self.selected
+        line, fields = template
+        pick = operator.itemgetter(*(_ROW_FIELDS.index(f) for f in fields))
+        known = view.uids
+        recent = view.recent
+        for start in range(0, len(uids), FETCH_CHUNK):
+            rows = await self.store.flag_rows(self.me, view.mailbox_id,
+                                              uids[start:start + FETCH_CHUNK])
+            out = []
+            i = -1
+            for uid, flags, modseq in rows:
+                if changed_since is not None and modseq <= changed_since:
+                    continue
+                if uid in recent:
+                    flags = f"{flags} \\Recent" if flags else "\\Recent"
+                i += 1  # a range of the view is mostly contiguous: try the next position first
+                if i >= len(known) or known[i] != uid:
+                    i = bisect.bisect_left(known, uid)
+                out.append(line % pick((i + 1, uid, flags, modseq)))
+            await self.send(["".join(out).encode()])  # a chunk at a time, drained
+
+    async def _fetch_bodies(self, with_uid: bool, with_modseq: bool,
+                            attrs: tuple[FetchAttr, ...], metas: list[MessageMeta],
+                            out: _Output) -> None:
+        """Bodies are read a bounded batch at a time (by bytes), never a whole range."""
+        view = self.selected
+        batch: list[MessageMeta] = []
+        size = 0
+        for i, meta in enumerate(metas):
+            batch.append(meta)
+            size += meta.size
+            if size < BODY_BATCH_BYTES and len(batch) < FETCH_BODY_CHUNK and i + 1 < len(metas):
+                continue
+            fresh = {m.uid: m for m in batch}
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id, [m.uid for m in batch],
+                                               with_body=True)
+            for row, raw in rows:
+                try:
+                    items = fetching.render(attrs, self._recent(fresh[row.uid]), raw,
+                                            with_uid=with_uid,
+                                            with_modseq=with_modseq)
+                except fetching.FetchError:
+                    continue
+                await out.add(untagged(view.seq_of(row.uid), Atom("FETCH"), items))
+            batch, size = [], 0
+
+    async def _mark_seen(self, rows: list[tuple[MessageMeta, bytes | None]]
+                         ) -> list[tuple[MessageMeta, bytes | None]]:
+        view = self.selected
+        unseen = [m.uid for m, _ in rows if "\\Seen" not in m.flags]
+        if not unseen:
+            return rows
+        result = await self.store.store_flags(self.me, view.mailbox_id, unseen, "add",
+                                              ["\\Seen"])
+        changed = {c.uid: c for c in result.changed}
+        for change in result.changed:
+            view.reported(change.uid, change.modseq)
+        return [(dataclasses.replace(m, flags=changed[m.uid].flags,
+                                     modseq=changed[m.uid].modseq) if m.uid in changed else m,
+                 raw) for m, raw in rows]
 
     async def do_STORE(self, command: Command) -> Lines:
         args = command.args
@@ -662,28 +844,32 @@ class Session:
         before = await self.updates(allow_expunge=command.uid)
         uids = view.resolve(args.sequence, command.uid)
         if args.unchanged_since is not None:
-            self.enabled.add("CONDSTORE")
-            view.condstore = True
+            before += await self._condstore_on()
+        # \\Recent is the server's to set (RFC 3501 2.3.2)
+        flags = [f for f in args.flags if f != "\\Recent"]
         result = await self.store.store_flags(self.me, view.mailbox_id, uids, args.mode,
-                                              list(args.flags), args.unchanged_since)
-        lines: Lines = list(before)
-        changed = {c.uid for c in result.changed}
+                                              flags, args.unchanged_since)
+        lines: Lines = [*before, *self._announce_flags(set(flags))]
+        changed = {c.uid: c for c in result.changed}
         for change in result.changed:
-            old = view.meta[change.uid]
-            view.meta[change.uid] = type(old)(old.uid, old.guid, change.flags, change.modseq,
-                                              old.size, old.internaldate)
-        for uid in uids:
-            if args.silent and not (view.condstore and uid in changed):
-                continue
-            if uid in changed or not args.silent:
-                if uid in result.failed_unchanged_since:
-                    continue
-                lines.append(view.flags_response(view.meta[uid], with_uid=command.uid))
+            view.reported(change.uid, change.modseq)
+        failed = set(result.failed_unchanged_since)
+        if args.silent:
+            # RFC 7162 3.2: with CONDSTORE, a silent STORE still reports the new MODSEQs.
+            report = [changed[u] for u in uids if view.condstore and u in changed]
+        else:
+            unchanged = [u for u in uids if u not in changed and u not in failed]
+            current = {m.uid: FlagChange(m.uid, m.flags, m.modseq) for m, _ in
+                       await self.store.fetch_rows(self.me, view.mailbox_id, unchanged)}
+            report = [changed.get(u) or current[u] for u in uids
+                      if u in changed or u in current]
+        for c in report:
+            lines.append(view.flags_response(c.uid, c.flags, c.modseq, with_uid=command.uid))
         code = None
         if result.failed_unchanged_since:
-            failed = result.failed_unchanged_since if command.uid else [
+            failed_numbers = result.failed_unchanged_since if command.uid else [
                 view.seq_of(u) for u in result.failed_unchanged_since]
-            code = f"MODIFIED {format_sequence_set(list(failed))}"
+            code = f"MODIFIED {format_sequence_set(list(failed_numbers))}"
         return [*lines, tagged(command.tag, "OK", "STORE completed", code)]
 
     async def do_COPY(self, command: Command) -> Lines:
@@ -718,6 +904,84 @@ class Session:
         return [*lines, tagged(command.tag, "OK", "MOVE completed")]
 
 
+class _Output:
+    """FETCH responses leave in chunks as they are made, waiting for the client to read
+    (drain) before making more: a large FETCH holds one chunk in memory, not the answer."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.lines: Lines = []
+        self.size = 0
+
+    async def add(self, line: bytes) -> None:
+        self.lines.append(line)
+        self.size += len(line)
+        if self.size >= OUTPUT_CHUNK:
+            await self.flush()
+
+    async def flush(self) -> None:
+        lines, self.lines, self.size = self.lines, [], 0
+        await self.session.send(lines)
+
+
+def _sort_candidates(rows: list[tuple[MessageMeta, bytes | None]],
+                     budget: Budget) -> list[Candidate]:
+    out = []
+    for meta, raw in rows:
+        budget.check()
+        out.append(Candidate(meta.uid, meta, ParsedMessage.from_bytes(raw or b"")))
+    return out
+
+
+def _confirm(key: SearchKey, rows: list[tuple[MessageMeta, bytes | None]],
+             largest_uid: int, budget: Budget) -> dict[int, int]:
+    """The RFC 3501 matcher on candidates the index could only narrow down."""
+    out = {}
+    for meta, raw in rows:
+        budget.check()
+        parsed = ParsedMessage.from_bytes(raw or b"")
+        # Sequence-number keys were turned into UID keys: the number is not needed here.
+        if matches(key, SearchContext(0, meta, _constant(parsed), largest_uid=largest_uid)):
+            out[meta.uid] = meta.modseq
+    return out
+
+
+def _runs(uids: list[int]) -> SequenceSet:
+    """Ascending UIDs as ranges of consecutive ones (recent mail is mostly one run)."""
+    ranges: list[SeqRange] = []
+    for uid in uids:
+        if ranges and ranges[-1].high == uid - 1:
+            ranges[-1] = SeqRange(ranges[-1].low, uid)
+        else:
+            ranges.append(SeqRange(uid, uid))
+    return SequenceSet(tuple(ranges))
+
+
+def _seqsets_as_uids(key: SearchKey, view: View) -> SearchKey:
+    """SEQSET keys as the UID ranges they name in this view, so the store can answer them;
+    RECENT, NEW and OLD as the UIDs whose \\Recent this session owns."""
+    if key.name in ("RECENT", "NEW", "OLD"):
+        mine = SearchKey("UID", (_runs(sorted(view.recent)),))
+        if key.name == "NEW":
+            return SearchKey("AND", (), (mine, SearchKey("UNSEEN")))
+        return mine if key.name == "RECENT" else SearchKey("NOT", (), (mine,))
+    if key.name == "SEQSET":
+        seqset = key.args[0]
+        assert isinstance(seqset, SequenceSet)
+        count = len(view.uids)
+        ranges = []
+        for r in seqset.ranges:
+            lo, hi = r.bounds(count)
+            lo, hi = max(lo, 1), min(hi, count)
+            if lo <= hi:
+                ranges.append(SeqRange(view.uids[lo - 1], view.uids[hi - 1]))
+        return SearchKey("UID", (SequenceSet(tuple(ranges)),))
+    if not key.children:
+        return key
+    return dataclasses.replace(key, children=tuple(_seqsets_as_uids(c, view)
+                                                   for c in key.children))
+
+
 def _constant(parsed: Part | None) -> Callable[[], Part]:
     def load() -> Part:
         assert parsed is not None, "a key needing the message was not planned for"
@@ -731,14 +995,6 @@ def _walk(key: SearchKey) -> list[SearchKey]:
     for child in key.children:
         out += _walk(child)
     return out
-
-
-_MESSAGE_KEYS = {"BCC", "CC", "FROM", "TO", "SUBJECT", "HEADER", "BODY", "TEXT", "SENTBEFORE",
-                 "SENTON", "SENTSINCE"}
-
-
-def _needs_message(key: SearchKey) -> bool:
-    return any(k.name in _MESSAGE_KEYS for k in _walk(key))
 
 
 def _uses_modseq(key: SearchKey) -> bool:

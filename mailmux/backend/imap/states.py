@@ -19,7 +19,7 @@ AUTHENTICATED = ANY_STATE | {
     "UNSUBSCRIBE", "LIST", "LSUB", "STATUS", "APPEND", "IDLE",
 }
 SELECTED = AUTHENTICATED | {
-    "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE",
+    "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "SORT", "FETCH", "STORE", "COPY", "MOVE",
 }
 
 ALLOWED: dict[State, frozenset[str]] = {
@@ -31,9 +31,10 @@ ALLOWED: dict[State, frozenset[str]] = {
 
 # RFC 3501 7.4.1: EXPUNGE responses may not be sent while these (non-UID) commands run, because
 # the client's sequence numbers must stay valid for them.
-NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH"})
+NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH", "SORT"})
 
 CAPABILITIES = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
-    "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH",
+    "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH", "BINARY",
+    "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
 )

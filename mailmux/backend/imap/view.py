@@ -1,17 +1,24 @@
-"""The selected mailbox as one session sees it: sequence numbers, reported flags, pending news.
+"""The selected mailbox as one session sees it: sequence numbers and the MODSEQ it was told.
 
-The store is the truth; the view is what this client has been told. `refresh` compares the two
-and returns the untagged responses that bring the client up to date — EXPUNGE (only where the
-command allows it), EXISTS, and FETCH FLAGS for changes made by other sessions — so that two
-sessions on one mailbox see each other's work at the points IMAP permits.
+The store is the truth; the view is what this client has been told. It holds only the UIDs
+(ascending, in an array: a sequence number is a binary search away) and the HIGHESTMODSEQ it
+has caught up to. Flags stay in the store and are read per command for the messages it names.
+
+`apply` takes what the store says changed since that MODSEQ (`changes_since_modseq`) and
+returns the untagged responses that bring the client up to date — EXPUNGE (only where the
+command allows it; otherwise they wait), FETCH FLAGS for changes this session did not report
+itself, and EXISTS — so two sessions on one mailbox see each other's work at the points IMAP
+permits, and catching up costs what changed, not what the mailbox holds.
 """
 
 from __future__ import annotations
 
-import bisect
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mailmux.backend.store.interface import MessageMeta
+from mailmux.backend.store.interface import ViewChanges
 from mailmux.protocol.imap.commands import SequenceSet
 from mailmux.protocol.imap.response import Atom, format_flags, untagged
 
@@ -22,75 +29,97 @@ class View:
     name: str
     readonly: bool
     uidvalidity: int
-    uids: list[int] = field(default_factory=list)
-    meta: dict[int, MessageMeta] = field(default_factory=dict)
+    uids: array[int] = field(default_factory=lambda: array("q"))
+    modseq: int = 0  # the store's HIGHESTMODSEQ this view has caught up to
     condstore: bool = False
-
-    def load(self, metas: list[MessageMeta]) -> None:
-        self.uids = [m.uid for m in metas]
-        self.meta = {m.uid: m for m in metas}
+    # Changes this session made and already reported (uid -> modseq): not reported twice.
+    own: dict[int, int] = field(default_factory=dict)
+    # Expunges seen while the command in progress forbade EXPUNGE responses.
+    pending_expunge: set[int] = field(default_factory=set)
+    recent: set[int] = field(default_factory=set)  # UIDs whose \Recent this session owns
 
     @property
     def exists(self) -> int:
         return len(self.uids)
 
-    def seq_of(self, uid: int) -> int:
-        index = bisect.bisect_left(self.uids, uid)  # uids ascend
-        if index == len(self.uids) or self.uids[index] != uid:
-            raise ValueError(f"{uid} is not in the view")
-        return index + 1
+    def seq_of(self, uid: int, lo: int = 0) -> int:
+        """Sequence number of a UID in the view (0 if it is not there); `lo` is a hint."""
+        i = bisect_left(self.uids, uid, lo)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else 0
 
     def resolve(self, sequence: SequenceSet, uid: bool) -> list[int]:
-        """UIDs named by a sequence set, ascending; numbers beyond the view are ignored.
-
-        Works range by range (binary search into the sorted UIDs), so a set of thousands of
-        ranges over thousands of messages costs O((ranges + result) log n), not their product."""
-        if not self.uids:
+        """UIDs named by a sequence set, ascending; numbers beyond the view are ignored."""
+        uids = self.uids
+        if not uids:
             return []
-        count = len(self.uids)
-        largest = self.uids[-1] if uid else count
-        out: list[int] = []
-        done = 0  # index into uids below which everything is already in `out`
-        for lo, hi in sorted(r.bounds(largest) for r in sequence.ranges):
+        spans: list[tuple[int, int]] = []  # index ranges [start, stop)
+        for r in sequence.ranges:
             if uid:
-                start, stop = bisect.bisect_left(self.uids, lo), bisect.bisect_right(self.uids, hi)
+                lo, hi = r.bounds(uids[-1])
+                spans.append((bisect_left(uids, lo), bisect_right(uids, hi)))
             else:
-                start, stop = max(lo, 1) - 1, min(hi, count)
-            start = max(start, done)
+                lo, hi = r.bounds(len(uids))
+                spans.append((max(lo, 1) - 1, min(hi, len(uids))))
+        spans.sort()
+        out: list[int] = []
+        reached = 0
+        for start, stop in spans:
+            start = max(start, reached)
             if start < stop:
-                out.extend(self.uids[start:stop])
-                done = stop
+                out.extend(uids[start:stop])
+                reached = stop
         return out
 
-    def flags_response(self, meta: MessageMeta, with_uid: bool) -> bytes:
-        items: list[object] = [Atom("FLAGS"), format_flags(meta.flags)]
+    def flags_response(self, uid: int, flags: Iterable[str], modseq: int, with_uid: bool,
+                       seq: int = 0) -> bytes:
+        if uid in self.recent:
+            flags = [*flags, "\\Recent"]
+        items: list[object] = [Atom("FLAGS"), format_flags(flags)]
         if with_uid:
-            items += [Atom("UID"), meta.uid]
+            items += [Atom("UID"), uid]
         if self.condstore:
-            items += [Atom("MODSEQ"), [meta.modseq]]
-        return untagged(self.seq_of(meta.uid), Atom("FETCH"), items)
+            items += [Atom("MODSEQ"), [modseq]]
+        return untagged(seq or self.seq_of(uid), Atom("FETCH"), items)
 
-    def refresh(self, metas: list[MessageMeta], allow_expunge: bool) -> list[bytes]:
-        fresh = {m.uid: m for m in metas}
+    def reported(self, uid: int, modseq: int) -> None:
+        """This session told its client about this change itself."""
+        self.own[uid] = modseq
+
+    def apply(self, changes: ViewChanges, allow_expunge: bool) -> list[bytes]:
         out: list[bytes] = []
-        if allow_expunge:
-            for uid in [u for u in self.uids if u not in fresh]:
-                out.append(untagged(self.seq_of(uid), Atom("EXPUNGE")))
-                self.uids.remove(uid)
-                del self.meta[uid]
-        known = set(self.uids)
-        added = [m for m in metas if m.uid not in known and m.uid > (self.uids[-1] if self.uids
-                                                                   else 0)]
-        for uid in self.uids:
-            new = fresh.get(uid)
-            old = self.meta[uid]
-            if new is not None and (new.flags != old.flags or new.modseq != old.modseq):
-                self.meta[uid] = new
-                if new.flags != old.flags:
-                    out.append(self.flags_response(new, with_uid=True))
+        last = self.uids[-1] if self.uids else 0
+        self.pending_expunge.update(u for u in changes.expunged if u <= last)
+        if allow_expunge and self.pending_expunge:
+            out += self._expunge(sorted(self.pending_expunge))
+            self.pending_expunge.clear()
+        added: list[int] = []
+        for uid, flags, modseq in changes.changed:
+            if uid > last:
+                added.append(uid)
+                continue
+            if self.own.get(uid) == modseq or uid in self.pending_expunge:
+                continue
+            seq = self.seq_of(uid)
+            if seq:
+                out.append(self.flags_response(uid, flags, modseq, with_uid=True, seq=seq))
         if added:
-            for m in added:
-                self.uids.append(m.uid)
-                self.meta[m.uid] = m
+            self.uids.extend(added)
             out.append(untagged(len(self.uids), Atom("EXISTS")))
+        self.modseq = max(self.modseq, changes.highestmodseq)
+        self.own = {u: m for u, m in self.own.items() if m > self.modseq}
+        return out
+
+    def _expunge(self, gone: list[int]) -> list[bytes]:
+        """EXPUNGE responses in ascending order, each numbered after the ones before it,
+        and the UID array rebuilt once (not shifted once per message)."""
+        out: list[bytes] = []
+        removed: set[int] = set()
+        for uid in gone:
+            seq = self.seq_of(uid)
+            if seq:
+                out.append(untagged(seq - len(removed), Atom("EXPUNGE")))
+                removed.add(uid)
+                self.own.pop(uid, None)
+        if removed:
+            self.uids = array("q", (u for u in self.uids if u not in removed))
         return out

@@ -178,7 +178,8 @@ def parse_addresses(text: str) -> list[Address]:
         parser.seen = []
         address = parser.mailbox()
         if address is None:
-            parser.next()  # a stray special: skip it
+            if parser.peek() is not None:
+                parser.next()  # a stray special: skip it
             continue
         out.append(address)
     if in_group:

@@ -6,6 +6,7 @@ import base64
 import binascii
 import email.header
 import quopri
+import re
 
 from mailmux.backend.message.parsed import Part
 
@@ -18,6 +19,9 @@ def decode_header_text(raw: bytes) -> str:
         return text
 
 
+_TRAILING_SPACE = re.compile(rb"[ \t]+(\r?\n|$)")
+
+
 def decoded_content(part: Part) -> bytes:
     data = part.body
     encoding = part.encoding
@@ -25,7 +29,9 @@ def decoded_content(part: Part) -> bytes:
         if encoding == "BASE64":
             return base64.b64decode(b"".join(data.split()), validate=False)
         if encoding == "QUOTED-PRINTABLE":
-            return quopri.decodestring(data)
+            # RFC 2045 6.7 (3): whitespace at the end of an encoded line is padding, so "= \t"
+            # before the line break is still a soft break
+            return quopri.decodestring(_TRAILING_SPACE.sub(rb"\1", data))
     except (binascii.Error, ValueError):
         return data
     return data

@@ -1,7 +1,13 @@
-"""Evaluating a SEARCH program against one message (RFC 3501 6.4.4).
+"""Evaluating a SEARCH program against one message (RFC 3501 6.4.4), and what the store
+caches at delivery so most searches never parse a message.
 
 Flag, size, UID and date keys only look at the metadata; the message is parsed (through the
 context's loader) only when a header or body key needs it, and at most once per message.
+
+`index_entry` computes, from the same functions the matcher uses, the casefolded decoded
+header fields and texts the store keeps per body (`body_index` columns and the FTS5 trigram
+table): a header key is then an exact `instr` on a column, and BODY/TEXT a trigram match that
+narrows the candidates the matcher confirms. Keep the two in step.
 """
 
 from __future__ import annotations
@@ -61,16 +67,56 @@ def _address_contains(msg: Part, name: str, needle: str) -> bool:
             continue
         if not needle:
             return True
-        text = value.decode("utf-8", "replace")
-        rendered = ", ".join(a.searchable() for a in parse_addresses(text))
-        if folded in decode_header_text(rendered.encode()).casefold():
+        if folded in _address_text(value):
             return True
     return False
+
+
+def _address_text(value: bytes) -> str:
+    """What FROM/TO/CC/BCC search in one field (and the index caches): casefolded."""
+    text = value.decode("utf-8", "replace")
+    rendered = ", ".join(a.searchable() for a in parse_addresses(text))
+    return decode_header_text(rendered.encode()).casefold()
 
 
 def _body_contains(msg: Part, needle: str) -> bool:
     folded = needle.casefold()
     return any(folded in decoded_text(p).casefold() for p in text_parts(msg))
+
+
+INDEXED_HEADERS = ("subject", "from", "to", "cc", "bcc", "message-id")
+_ADDRESS_HEADERS = ("from", "to", "cc", "bcc")  # "@from" etc.: as FROM/TO/CC/BCC search them
+MAX_INDEXED_TEXT = 1 << 20  # characters of body text in the FTS index; more is marked partial
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    # name -> its values decoded, casefolded, joined by "\n" (HEADER name); "@from" etc.: the
+    # parsed address lists FROM/TO/CC/BCC match
+    headers: dict[str, str | None]
+    sent: str | None  # ISO date of the Date: header, as SENTON compares it
+    header_text: str
+    body_text: str
+    partial: bool  # body_text was cut at MAX_INDEXED_TEXT
+
+
+def index_entry(msg: Part) -> IndexEntry:
+    headers: dict[str, list[str]] = {}
+    for key, value in msg.fields:
+        if key in INDEXED_HEADERS:
+            headers.setdefault(key, []).append(decode_header_text(value).casefold())
+        if key in _ADDRESS_HEADERS:
+            headers.setdefault("@" + key, []).append(_address_text(value))
+    body = "\n".join(decoded_text(p).casefold() for p in text_parts(msg))
+    sent = _sent_date(msg)
+    return IndexEntry(
+        headers={name: "\n".join(headers[name]) if name in headers else None
+                 for name in (*INDEXED_HEADERS, *("@" + h for h in _ADDRESS_HEADERS))},
+        sent=sent.isoformat() if sent else None,
+        header_text=decode_header_text(msg.header).casefold()[:MAX_INDEXED_TEXT],
+        body_text=body[:MAX_INDEXED_TEXT],
+        partial=len(body) > MAX_INDEXED_TEXT or len(msg.header) > MAX_INDEXED_TEXT,
+    )
 
 
 def _sent_date(msg: Part) -> date | None:

@@ -99,7 +99,8 @@ class IntakeHandler:
     ) -> str:
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return replies.TOO_MANY_RECIPIENTS
-        if (self.outbound is not None and outbound_intake.from_gateway(session)
+        if (self.outbound is not None and not server.reply_per_recipient
+                and outbound_intake.from_gateway(session)
                 and "@" in address and not self.config.serves_domain(address)):
             envelope.rcpt_tos.append(address)
             return replies.RECIPIENT_OK

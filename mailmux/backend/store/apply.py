@@ -47,7 +47,7 @@ def apply_records(store: SqliteStore, tx: Tx, records: list[ChangeRecord],
         if handler is not None:
             handler(store, tx, record)
         elif record.kind in outbound_records.KINDS:
-            outbound_records.apply(conn, record.kind, record.payload, record.origin, record.seq)
+            outbound_records.apply(conn, record.kind, record.payload, bodies)
         applied += 1
     return applied
 
@@ -150,6 +150,7 @@ def _message_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
         if body is None:
             return  # expunged at the origin before it shipped: a later expunge follows
         conn.execute("INSERT OR IGNORE INTO bodies VALUES (?, ?)", (body_hash, body))
+        store.index_body(conn, body_hash, body)
     uid = int(_p(record, "uid"))
     taken = conn.execute("SELECT guid FROM messages WHERE mailbox_id = ? AND uid = ?",
                          (mailbox[0], uid)).fetchone()

@@ -12,10 +12,13 @@ records in the same transaction, and then wakes `ChangeFeed` listeners of the ma
 from __future__ import annotations
 
 import asyncio
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
+
+from mailmux.protocol.imap.commands import SearchKey
 
 BOARD_OWNER = "@boards"
 BOARD_PREFIX = "Boards/"
@@ -55,6 +58,21 @@ class MessageMeta:
     modseq: int
     size: int
     internaldate: datetime  # timezone-aware
+
+
+@dataclass(frozen=True)
+class SelectState:
+    info: MailboxInfo
+    uids: array[int]  # ascending; an array, not a list: 8 bytes a message at 100k messages
+    first_unseen: int | None  # its UID
+    keywords: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ViewChanges:
+    highestmodseq: int
+    changed: tuple[tuple[int, frozenset[str], int], ...]  # (uid, flags, modseq), new or changed
+    expunged: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -136,6 +154,21 @@ class MailStore(Protocol):
     ) -> list[AppendResult]: ...
     async def messages(self, user: str, mailbox_id: int) -> list[MessageMeta]: ...
     async def body(self, mailbox_id: int, uid: int) -> bytes: ...
+    # a selected session's reads, each a constant number of statements whatever the size
+    async def select_state(self, user: str, name: str) -> SelectState: ...
+    async def changes_since_modseq(
+        self, user: str, mailbox_id: int, modseq: int
+    ) -> ViewChanges: ...
+    async def fetch_rows(
+        self, user: str, mailbox_id: int, uids: Sequence[int], with_body: bool = False
+    ) -> list[tuple[MessageMeta, bytes | None]]: ...
+    async def flag_rows(
+        self, user: str, mailbox_id: int, uids: Sequence[int]
+    ) -> list[tuple[int, str, int]]: ...
+    async def uids_with_flag(self, user: str, mailbox_id: int, flag: str) -> list[int]: ...
+    async def search(
+        self, user: str, mailbox_id: int, key: SearchKey, largest_uid: int
+    ) -> list[tuple[int, int, bool]]: ...
     async def store_flags(
         self,
         user: str,

@@ -11,7 +11,7 @@ import sqlite3
 
 from mailmux.outbound import schema as outbound_schema
 
-VERSION = 1
+VERSION = 2
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -85,6 +85,110 @@ CREATE TABLE IF NOT EXISTS changelog (
 """
 
 
+# Version 2: what makes a command's cost independent of the mailbox's size. Triggers, not
+# code, keep the summaries current, so every path that writes messages (local commands, the
+# replica apply path, undo) maintains them without having to remember to:
+# - mailbox_counts: EXISTS, shared \Seen count and total size, read by SELECT/STATUS/LIST;
+# - mailbox_keywords: every keyword ever set in a mailbox (SELECT's FLAGS line), never pruned,
+#   as Dovecot does;
+# - expunged: (uid, modseq) of each expunge, so that a session's view catches up from the
+#   modseq it knows (`changes_since_modseq`) instead of re-reading every row. An expunge is
+#   stamped with highestmodseq + 1: every writer bumps highestmodseq once after deleting.
+# - messages_modseq / messages_unseen: the change feed's and first-unseen's indexes.
+# - body_index / body_fts: SEARCH's cached header fields and an FTS5 trigram index of the
+#   decoded text, one row per distinct body (filled by `SqliteStore.index_body`).
+PERF_DDL = r"""
+CREATE TABLE IF NOT EXISTS mailbox_counts (
+    mailbox_id INTEGER PRIMARY KEY,
+    messages INTEGER NOT NULL DEFAULT 0,
+    seen INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS mailbox_keywords (
+    mailbox_id INTEGER NOT NULL,
+    keyword TEXT NOT NULL,
+    PRIMARY KEY (mailbox_id, keyword)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS expunged (
+    mailbox_id INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    modseq INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, uid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged(mailbox_id, modseq);
+CREATE INDEX IF NOT EXISTS messages_modseq ON messages(mailbox_id, modseq);
+CREATE INDEX IF NOT EXISTS messages_unseen ON messages(mailbox_id, uid)
+    WHERE instr(' ' || flags || ' ', ' \Seen ') = 0;
+CREATE TABLE IF NOT EXISTS body_index (
+    id INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    subject TEXT, from_ TEXT, to_ TEXT, cc TEXT, bcc TEXT, message_id TEXT,
+    from_addr TEXT, to_addr TEXT, cc_addr TEXT, bcc_addr TEXT,  -- as FROM/TO/CC/BCC match
+    sent TEXT,
+    partial INTEGER NOT NULL DEFAULT 0  -- text too long: only part of it is in body_fts
+);
+CREATE TRIGGER IF NOT EXISTS body_index_gone AFTER DELETE ON bodies BEGIN
+    DELETE FROM body_fts WHERE rowid = (SELECT id FROM body_index WHERE hash = old.hash);
+    DELETE FROM body_index WHERE hash = old.hash;
+END;
+CREATE VIRTUAL TABLE IF NOT EXISTS body_fts USING fts5(header, body, tokenize='trigram');
+
+CREATE TRIGGER IF NOT EXISTS mailbox_counts_new AFTER INSERT ON mailboxes BEGIN
+    INSERT OR IGNORE INTO mailbox_counts (mailbox_id) VALUES (new.id);
+END;
+CREATE TRIGGER IF NOT EXISTS mailbox_summaries_gone AFTER DELETE ON mailboxes BEGIN
+    DELETE FROM mailbox_counts WHERE mailbox_id = old.id;
+    DELETE FROM mailbox_keywords WHERE mailbox_id = old.id;
+    DELETE FROM expunged WHERE mailbox_id = old.id;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_counted AFTER INSERT ON messages BEGIN
+    UPDATE mailbox_counts SET messages = messages + 1, size = size + new.size,
+        seen = seen + (instr(' ' || new.flags || ' ', ' \Seen ') > 0)
+        WHERE mailbox_id = new.mailbox_id;
+    DELETE FROM expunged WHERE mailbox_id = new.mailbox_id AND uid = new.uid;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_uncounted AFTER DELETE ON messages BEGIN
+    UPDATE mailbox_counts SET messages = messages - 1, size = size - old.size,
+        seen = seen - (instr(' ' || old.flags || ' ', ' \Seen ') > 0)
+        WHERE mailbox_id = old.mailbox_id;
+    INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq)
+        SELECT id, old.uid, highestmodseq + 1 FROM mailboxes WHERE id = old.mailbox_id;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_seen_counted AFTER UPDATE OF flags ON messages BEGIN
+    UPDATE mailbox_counts SET
+        seen = seen + (instr(' ' || new.flags || ' ', ' \Seen ') > 0)
+                    - (instr(' ' || old.flags || ' ', ' \Seen ') > 0)
+        WHERE mailbox_id = new.mailbox_id;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_keywords_new AFTER INSERT ON messages
+    WHEN (' ' || new.flags) GLOB '* [^\]*' BEGIN
+    INSERT OR IGNORE INTO mailbox_keywords
+        SELECT new.mailbox_id, value FROM json_each(
+            '["' || replace(replace(new.flags, '\', '\\'), ' ', '","') || '"]')
+        WHERE value NOT LIKE '\%';
+END;
+CREATE TRIGGER IF NOT EXISTS messages_keywords_set AFTER UPDATE OF flags ON messages
+    WHEN (' ' || new.flags) GLOB '* [^\]*' BEGIN
+    INSERT OR IGNORE INTO mailbox_keywords
+        SELECT new.mailbox_id, value FROM json_each(
+            '["' || replace(replace(new.flags, '\', '\\'), ' ', '","') || '"]')
+        WHERE value NOT LIKE '\%';
+END;
+"""
+
+# Summaries of a database written by version 1 (rebuilt once, in the migrating transaction).
+_BACKFILL = r"""
+INSERT OR REPLACE INTO mailbox_counts
+    SELECT b.id, count(m.uid), coalesce(sum(instr(' ' || m.flags || ' ', ' \Seen ') > 0), 0),
+           coalesce(sum(m.size), 0)
+    FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id GROUP BY b.id;
+INSERT OR IGNORE INTO mailbox_keywords
+    SELECT m.mailbox_id, j.value FROM messages m, json_each(
+        '["' || replace(replace(m.flags, '\', '\\'), ' ', '","') || '"]') j
+    WHERE m.flags <> '' AND j.value NOT LIKE '\%';
+"""
+
+
 class SchemaError(Exception):
     pass
 
@@ -93,7 +197,32 @@ def prepare(conn: sqlite3.Connection) -> None:
     conn.executescript(DDL)
     outbound_schema.prepare(conn)
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None:
-        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(VERSION),))
-    elif int(row[0]) != VERSION:
+    if row is not None and int(row[0]) not in (1, VERSION):
         raise SchemaError(f"database schema version {row[0]}, this mailmux expects {VERSION}")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _statements(PERF_DDL):
+            conn.execute(statement)
+        if row is None:
+            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(VERSION),))
+        elif int(row[0]) == 1:
+            for statement in _statements(_BACKFILL):
+                conn.execute(statement)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                         (str(VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into statements (triggers hold `;` inside BEGIN ... END)."""
+    out: list[str] = []
+    current = ""
+    for line in script.strip().splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            out.append(current.strip())
+            current = ""
+    return out

@@ -22,7 +22,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from array import array
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +37,8 @@ from mailmux.backend.errors import (
     UserExists,
     UserNotFound,
 )
+from mailmux.backend.message.parsed import ParsedMessage
+from mailmux.backend.message.search import IndexEntry, index_entry
 from mailmux.backend.store import names
 from mailmux.backend.store.hlc import HybridClock
 from mailmux.backend.store.interface import (
@@ -48,11 +51,16 @@ from mailmux.backend.store.interface import (
     FlagChange,
     MailboxInfo,
     MessageMeta,
+    SelectState,
     StoreResult,
+    ViewChanges,
 )
+from mailmux.backend.store.login_cache import LoginCache
 from mailmux.backend.store.passwords import hash_password, verify_password
 from mailmux.backend.store.schema import prepare
+from mailmux.backend.store.search_sql import compile_key
 from mailmux.backend.store.writer import Tx, Writer
+from mailmux.protocol.imap.commands import SearchKey
 
 T = TypeVar("T")
 SEEN = "\\Seen"
@@ -73,6 +81,42 @@ def _body_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+DEFAULT_LOGIN_CACHE_TTL = 60.0
+_IN_LIMIT = 256  # beyond this many UIDs, one range scan beats a long IN list
+
+
+def _index_of(body: bytes) -> IndexEntry:
+    return index_entry(ParsedMessage.from_bytes(body))
+
+
+def _rows_of(conn: sqlite3.Connection, select: str, params: tuple[Any, ...], mailbox_id: int,
+             uids: Sequence[int]) -> Iterator[tuple[Any, ...]]:
+    """Rows (`select` over `messages m`) of ascending `uids`, in one statement: an IN list
+    for a few, one range scan filtered here for many (a FETCH 1:* is one contiguous range)."""
+    if not uids:
+        return
+    if len(uids) <= _IN_LIMIT:
+        yield from conn.execute(
+            f"{select} WHERE m.mailbox_id = ? AND m.uid IN ({','.join('?' * len(uids))}) "
+            "ORDER BY m.uid", (*params, mailbox_id, *uids))
+        return
+    wanted = set(uids) if len(uids) < uids[-1] - uids[0] + 1 else None
+    for row in conn.execute(f"{select} WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? "
+                            "ORDER BY m.uid", (*params, mailbox_id, uids[0], uids[-1])):
+        if wanted is None or row[0] in wanted:
+            yield row
+
+
+def _board_seen(owner: str) -> str:
+    """A column saying whether the asking user (the first parameter) has seen a board post;
+    the parameter stays in place for ordinary mailboxes so callers bind the same values."""
+    if owner == BOARD_OWNER:
+        return ("EXISTS (SELECT 1 FROM board_seen b WHERE b.user = ? AND "
+                "b.mailbox_id = m.mailbox_id AND b.uid = m.uid)")
+    return "(? IS NULL)"
+
+
+
 class SqliteStore:
     def __init__(self, db_path: Path, node_id: str, domains: tuple[str, ...]) -> None:
         self.db_path = db_path
@@ -84,6 +128,10 @@ class SqliteStore:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._writer: Writer | None = None
+        self._trace: Callable[[str], None] | None = None
+        # Successful logins, for `auth_cache_ttl` (the node sets it from its config).
+        self.logins = LoginCache(DEFAULT_LOGIN_CACHE_TTL)
+        self._steps: Callable[[], int] | None = None
         self.origin = node_id
         # Replication installs these: called after every commit, and before acknowledging an
         # append/delivery (raising Unavailable when the required copies cannot be made).
@@ -151,10 +199,26 @@ class SqliteStore:
                 check_same_thread=False,
             )
             conn.execute("PRAGMA busy_timeout=10000")
+            self._instrument(conn)
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
         return conn
+
+    def trace(self, callback: Callable[[str], None] | None,
+              steps: Callable[[], int] | None = None) -> None:
+        """Call `callback` with every SQL statement any connection of this store runs, and
+        `steps` every 100 SQLite VM instructions (tests count both: a hot path's statements
+        and work must not grow with the mailbox)."""
+        self._trace, self._steps = callback, steps
+        with self._readers_lock:
+            conns = [*self._readers, *([self._writer.conn] if self._writer else [])]
+        for conn in conns:
+            self._instrument(conn)
+
+    def _instrument(self, conn: sqlite3.Connection) -> None:
+        conn.set_trace_callback(self._trace)
+        conn.set_progress_handler(self._steps, 100)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:
@@ -231,6 +295,7 @@ class SqliteStore:
             self._log(tx, "user.passwd", {"user": user, "hash": hashed})
 
         await self._write(job)
+        self.logins.drop(user)
 
     async def delete_user(self, user: str) -> None:
         user = user.lower()
@@ -249,6 +314,7 @@ class SqliteStore:
             self._log(tx, "user.del", {"user": user})
 
         await self._write(job)
+        self.logins.drop(user)
 
     async def list_users(self) -> list[str]:
         return await self._read(
@@ -262,12 +328,19 @@ class SqliteStore:
         )
 
     async def authenticate(self, user: str, password: str) -> bool:
+        user = user.lower()
         row = await self._read(
             lambda c: c.execute(
-                "SELECT password_hash FROM users WHERE name = ?", (user.lower(),)
+                "SELECT password_hash FROM users WHERE name = ?", (user,)
             ).fetchone()
         )
-        return await verify_password(row[0] if row else None, password)
+        stored = str(row[0]) if row else None
+        if self.logins.hit(user, password, stored):
+            return True
+        ok = await verify_password(stored, password)
+        if ok and stored is not None:
+            self.logins.remember(user, password, stored)
+        return ok
 
     # boards -----------------------------------------------------------------------------------
 
@@ -339,10 +412,10 @@ class SqliteStore:
 
     def _info(self, conn: sqlite3.Connection, user: str, row: tuple[Any, ...]) -> MailboxInfo:
         mailbox_id, owner, name = row[0], row[1], row[2]
-        count, size = conn.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE mailbox_id = ?",
+        count, shared_seen, size = conn.execute(
+            "SELECT messages, seen, size FROM mailbox_counts WHERE mailbox_id = ?",
             (mailbox_id,),
-        ).fetchone()
+        ).fetchone() or (0, 0, 0)
         if owner == BOARD_OWNER:
             seen = conn.execute(
                 "SELECT count(*) FROM board_seen b JOIN messages m ON m.mailbox_id = b.mailbox_id"
@@ -350,11 +423,7 @@ class SqliteStore:
                 (user.lower(), mailbox_id),
             ).fetchone()[0]
         else:
-            seen = conn.execute(
-                "SELECT count(*) FROM messages WHERE mailbox_id = ? AND "
-                "(' ' || flags || ' ') LIKE '% \\Seen %'",
-                (mailbox_id,),
-            ).fetchone()[0]
+            seen = shared_seen
         subscribed = conn.execute(
             "SELECT 1 FROM subscriptions WHERE user = ? AND name = ?", (user.lower(), name)
         ).fetchone() is not None
@@ -469,6 +538,7 @@ class SqliteStore:
     def _add_message(
         self, tx: Tx, mailbox: tuple[Any, ...], body: bytes | None, body_hash: str,
         flags: frozenset[str], internaldate: datetime, guid: str, user: str | None,
+        index: IndexEntry | None = None,
     ) -> AppendResult:
         mailbox_id, owner = mailbox[0], mailbox[1]
         conn = tx.conn
@@ -483,6 +553,7 @@ class SqliteStore:
         ).fetchone()
         if body is not None:
             conn.execute("INSERT OR IGNORE INTO bodies VALUES (?, ?)", (body_hash, body))
+            self.index_body(conn, body_hash, body, index)
         size = conn.execute("SELECT length(data) FROM bodies WHERE hash = ?",
                             (body_hash,)).fetchone()[0]
         shared = flags - {SEEN} if owner == BOARD_OWNER else flags
@@ -514,10 +585,12 @@ class SqliteStore:
         message_guid = guid or hashlib.sha256(
             f"{user.lower()}\0{mailbox}\0".encode() + body).hexdigest()[:32]
 
+        index = await asyncio.to_thread(_index_of, body)
+
         def job(tx: Tx) -> tuple[AppendResult, int]:
             row = self._mailbox_row(tx.conn, user, mailbox)
             result = self._add_message(tx, row, body, body_hash, frozenset(flags), when,
-                                       message_guid, user)
+                                       message_guid, user, index)
             return result, tx.logged
 
         result, seq = await self._write(job)
@@ -548,10 +621,12 @@ class SqliteStore:
         now = datetime.now(UTC)
         body_hash = _body_hash(body)
 
+        index = await asyncio.to_thread(_index_of, body)
+
         def job(tx: Tx) -> tuple[list[AppendResult], int]:
             rows = [self._recipient_mailbox(tx.conn, r) for r in recipients]
-            results = [self._add_message(tx, row, body, body_hash, frozenset(), now, guid, None)
-                       for row in rows]
+            results = [self._add_message(tx, row, body, body_hash, frozenset(), now, guid, None,
+                                         index) for row in rows]
             return results, tx.logged
 
         results, seq = await self._write(job)
@@ -612,6 +687,154 @@ class SqliteStore:
 
         return await self._read(read)
 
+    # search -----------------------------------------------------------------------------
+
+    @staticmethod
+    def index_body(conn: sqlite3.Connection, body_hash: str, body: bytes,
+                   index: IndexEntry | None = None) -> None:
+        """Cache a new body's SEARCH fields and text (once per distinct body). Every path
+        that stores a body calls this in the same transaction: local delivery and APPEND
+        (with `index` computed off the writer thread) and the replica apply path."""
+        if conn.execute("SELECT 1 FROM body_index WHERE hash = ?", (body_hash,)).fetchone():
+            return
+        entry = index or _index_of(body)
+        h = entry.headers
+        row_id = conn.execute(
+            "INSERT INTO body_index (hash, subject, from_, to_, cc, bcc, message_id, from_addr, "
+            "to_addr, cc_addr, bcc_addr, sent, partial) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "?, ?) RETURNING id",
+            (body_hash, h["subject"], h["from"], h["to"], h["cc"], h["bcc"], h["message-id"],
+             h["@from"], h["@to"], h["@cc"], h["@bcc"], entry.sent,
+             int(entry.partial))).fetchone()[0]
+        conn.execute("INSERT INTO body_fts (rowid, header, body) VALUES (?, ?, ?)",
+                     (row_id, entry.header_text, entry.body_text))
+
+    async def search(self, user: str, mailbox_id: int, key: SearchKey,
+                     largest_uid: int) -> list[tuple[int, int, bool]]:
+        """(uid, modseq, to confirm) of the messages a SEARCH program may match: exact rows
+        need no further look; the caller runs the matcher on the others (search_sql.py)."""
+        def read(conn: sqlite3.Connection) -> list[tuple[int, int, bool]]:
+            owner = conn.execute("SELECT owner FROM mailboxes WHERE id = ?",
+                                 (mailbox_id,)).fetchone()
+            if owner is None:
+                raise MailboxNotFound("the mailbox no longer exists")
+            cond = compile_key(key, user.lower() if owner[0] == BOARD_OWNER else None,
+                               largest_uid)
+            if not cond.uses_index:
+                return [(uid, modseq, not cond.exact) for uid, modseq in conn.execute(
+                    f"SELECT m.uid, m.modseq FROM messages m WHERE m.mailbox_id = ? AND "
+                    f"{cond.sql} ORDER BY m.uid", (mailbox_id, *cond.params))]
+            # Bodies not (yet) indexed are candidates whatever the program says.
+            return [(uid, modseq, not cond.exact or indexed is None) for uid, modseq, indexed
+                    in conn.execute(
+                        "SELECT m.uid, m.modseq, bi.id FROM messages m LEFT JOIN body_index bi "
+                        f"ON bi.hash = m.body_hash WHERE m.mailbox_id = ? AND (bi.id IS NULL OR "
+                        f"{cond.sql}) ORDER BY m.uid", (mailbox_id, *cond.params))]
+
+        return await self._read(read)
+
+    # views: what a selected session reads, each in a constant number of statements --------
+
+    async def select_state(self, user: str, name: str) -> SelectState:
+        """Everything SELECT answers, from summaries, plus the mailbox's UIDs in one query."""
+        def read(conn: sqlite3.Connection) -> SelectState:
+            row = self._mailbox_row(conn, user, name)
+            info = self._info(conn, user, row)
+            mailbox_id = info.id
+            if info.is_board:
+                first = conn.execute(
+                    "SELECT min(m.uid) FROM messages m WHERE m.mailbox_id = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM board_seen b WHERE b.user = ? AND b.mailbox_id = ? "
+                    "AND b.uid = m.uid)", (mailbox_id, user.lower(), mailbox_id)).fetchone()[0]
+            else:
+                first = conn.execute(
+                    "SELECT min(uid) FROM messages WHERE mailbox_id = ? AND "
+                    "instr(' ' || flags || ' ', ' \\Seen ') = 0", (mailbox_id,)).fetchone()[0]
+            keywords = tuple(r[0] for r in conn.execute(
+                "SELECT keyword FROM mailbox_keywords WHERE mailbox_id = ?", (mailbox_id,)))
+            text = conn.execute(
+                "SELECT group_concat(uid) FROM (SELECT uid FROM messages WHERE mailbox_id = ? "
+                "ORDER BY uid)", (mailbox_id,)).fetchone()[0]
+            uids = array("q", map(int, text.split(","))) if text else array("q")
+            return SelectState(info, uids, first, keywords)
+
+        return await self._read(read)
+
+    async def changes_since_modseq(self, user: str, mailbox_id: int, modseq: int) -> ViewChanges:
+        """What changed in a mailbox after `modseq`: flag/new rows and expunged UIDs."""
+        def read(conn: sqlite3.Connection) -> ViewChanges:
+            row = conn.execute("SELECT owner, highestmodseq FROM mailboxes WHERE id = ?",
+                               (mailbox_id,)).fetchone()
+            if row is None:
+                raise MailboxNotFound("the mailbox no longer exists")
+            if row[1] <= modseq:
+                return ViewChanges(row[1], (), ())
+            changed = tuple(
+                (uid, _flags_set(flags) | ({SEEN} if seen else frozenset()), m)
+                for uid, flags, m, seen in conn.execute(
+                    f"SELECT m.uid, m.flags, m.modseq, {_board_seen(row[0])} FROM messages m "
+                    "WHERE m.mailbox_id = ? AND m.modseq > ? ORDER BY m.uid",
+                    (user.lower(), mailbox_id, modseq)))
+            gone = tuple(r[0] for r in conn.execute(
+                "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+                (mailbox_id, modseq)))
+            return ViewChanges(row[1], changed, gone)
+
+        return await self._read(read)
+
+    async def fetch_rows(self, user: str, mailbox_id: int, uids: Sequence[int],
+                         with_body: bool = False) -> list[tuple[MessageMeta, bytes | None]]:
+        """The rows of ascending `uids` (missing ones left out), read in one query."""
+        if not uids:
+            return []
+
+        def read(conn: sqlite3.Connection) -> list[tuple[MessageMeta, bytes | None]]:
+            owner = conn.execute("SELECT owner FROM mailboxes WHERE id = ?",
+                                 (mailbox_id,)).fetchone()
+            if owner is None:
+                raise MailboxNotFound("the mailbox no longer exists")
+            body = "(SELECT data FROM bodies WHERE hash = m.body_hash)" if with_body else "NULL"
+            columns = (f"SELECT m.uid, m.guid, m.flags, m.modseq, m.size, m.internaldate, "
+                       f"{_board_seen(owner[0])}, {body} FROM messages m")
+            out = []
+            for uid, guid, flags, modseq, size, date, seen, data in _rows_of(
+                conn, columns, (user.lower(),), mailbox_id, uids,
+            ):
+                flag_set = _flags_set(flags) | ({SEEN} if seen else frozenset())
+                meta = MessageMeta(uid, guid, flag_set, modseq, size,
+                                   datetime.fromisoformat(date))
+                out.append((meta, bytes(data) if data is not None else None))
+            return out
+
+        return await self._read(read)
+
+    async def flag_rows(self, user: str, mailbox_id: int,
+                        uids: Sequence[int]) -> list[tuple[int, str, int]]:
+        """(uid, flags as sorted space-separated text, modseq) of ascending `uids`, in one
+        query: what FETCH (FLAGS) needs, without building a MessageMeta per message."""
+        if not uids:
+            return []
+
+        def read(conn: sqlite3.Connection) -> list[tuple[int, str, int]]:
+            owner = conn.execute("SELECT owner FROM mailboxes WHERE id = ?",
+                                 (mailbox_id,)).fetchone()
+            if owner is None:
+                raise MailboxNotFound("the mailbox no longer exists")
+            rows = _rows_of(conn, f"SELECT m.uid, m.flags, m.modseq, {_board_seen(owner[0])} "
+                            "FROM messages m", (user.lower(),), mailbox_id, uids)
+            if owner[0] != BOARD_OWNER:
+                return [(uid, flags, modseq) for uid, flags, modseq, _ in rows]
+            return [(uid, _flags_text(_flags_set(flags) | {SEEN}) if seen else flags, modseq)
+                    for uid, flags, modseq, seen in rows]
+
+        return await self._read(read)
+
+    async def uids_with_flag(self, user: str, mailbox_id: int, flag: str) -> list[int]:
+        """UIDs carrying a shared flag (EXPUNGE and CLOSE look for \\Deleted)."""
+        return await self._read(lambda c: [r[0] for r in c.execute(
+            "SELECT uid FROM messages WHERE mailbox_id = ? AND "
+            "instr(' ' || flags || ' ', ?) > 0 ORDER BY uid", (mailbox_id, f" {flag} "))])
+
     async def store_flags(
         self, user: str, mailbox_id: int, uids: Sequence[int], mode: str, flags: Sequence[str],
         unchanged_since: int | None = None,
@@ -630,21 +853,17 @@ class SqliteStore:
             changed: list[FlagChange] = []
             failed: list[int] = []
             modseq: int | None = None
-            for uid in uids:
-                row = conn.execute(
-                    "SELECT flags, modseq, guid FROM messages WHERE mailbox_id = ? AND uid = ?",
-                    (mailbox_id, uid),
-                ).fetchone()
-                if row is None:
-                    continue
+            owner_name = self._mailbox_key(conn, mailbox_id)
+            for uid, flags, row_modseq, guid, seen in list(_rows_of(
+                conn, f"SELECT m.uid, m.flags, m.modseq, m.guid, {_board_seen(board[0])} "
+                "FROM messages m", (user.lower(),), mailbox_id, sorted(set(uids)),
+            )):
+                row = (flags, row_modseq, guid)
                 if unchanged_since is not None and row[1] > unchanged_since:
                     failed.append(uid)
                     continue
                 old = _flags_set(row[0])
-                if is_board and conn.execute(
-                    "SELECT 1 FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
-                    (user.lower(), mailbox_id, uid),
-                ).fetchone():
+                if seen:
                     old |= {SEEN}
                 new = (wanted if mode == "replace" else old | wanted if mode == "add"
                        else old - wanted)
@@ -669,7 +888,6 @@ class SqliteStore:
                             (user.lower(), mailbox_id, uid))
                 assert modseq is not None
                 changed.append(FlagChange(uid, frozenset(new), modseq))
-                owner_name = self._mailbox_key(conn, mailbox_id)
                 self._log(tx, "message.flags", {
                     "owner": owner_name[0], "mailbox": owner_name[1], "uid": uid,
                     "guid": row[2], "added": sorted(new - old), "removed": sorted(old - new),
@@ -697,14 +915,16 @@ class SqliteStore:
 
     def _delete_rows(self, tx: Tx, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         removed = []
+        hashes = set()
+        owner, name = self._mailbox_key(tx.conn, mailbox_id)
         for uid in sorted(set(uids)):
             row = tx.conn.execute(
-                "DELETE FROM messages WHERE mailbox_id = ? AND uid = ? RETURNING guid",
+                "DELETE FROM messages WHERE mailbox_id = ? AND uid = ? RETURNING guid, body_hash",
                 (mailbox_id, uid),
             ).fetchone()
             if row is not None:
                 removed.append(uid)
-                owner, name = self._mailbox_key(tx.conn, mailbox_id)
+                hashes.add(row[1])
                 tx.conn.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?, ?)",
                                 (owner, name, row[0], self.clock.now()))
                 self._log(tx, "message.expunge",
@@ -713,7 +933,7 @@ class SqliteStore:
             tx.conn.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?",
                             (mailbox_id,))
             tx.touched.add(mailbox_id)
-            self._collect_bodies(tx)
+            self._collect_bodies(tx, hashes)
         return removed
 
     @staticmethod
@@ -732,10 +952,19 @@ class SqliteStore:
                 (mailbox_id, guid, flag, hlc, self.origin, present),
             )
 
-    def _collect_bodies(self, tx: Tx) -> None:
+    def _collect_bodies(self, tx: Tx, hashes: set[str] | None = None) -> None:
+        if hashes is not None:
+            # Only the bodies of the rows just deleted can have lost their last message: a
+            # look-up each, not a scan of every body on the node per EXPUNGE.
+            for body_hash in hashes:
+                tx.conn.execute(
+                    "DELETE FROM bodies WHERE hash = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM messages m WHERE m.body_hash = ?)", (body_hash, body_hash))
+            return
         tx.conn.execute(
             "DELETE FROM bodies WHERE NOT EXISTS "
-            "(SELECT 1 FROM messages m WHERE m.body_hash = bodies.hash)"
+            "(SELECT 1 FROM messages m WHERE m.body_hash = bodies.hash) "
+            "AND NOT EXISTS (SELECT 1 FROM outbound_queue o WHERE o.body_hash = bodies.hash)"
         )
 
     def _copy_rows(self, tx: Tx, user: str, source: int, uids: Sequence[int], dest: int,

@@ -56,6 +56,10 @@ class Writer:
         self.jobs = 0
         self._thread.start()
 
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self._conn
+
     async def run(self, fn: Callable[[Tx], T]) -> T:
         future: asyncio.Future[T] = self._loop.create_future()
         self._queue.put(_Job(fn, future))

@@ -11,17 +11,19 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 import time
 from collections import deque
 from typing import TYPE_CHECKING
 
 from mailmux import metrics
 from mailmux.gateway.config import GatewayConfig
-from mailmux.gateway.connector import BackendSession
-from mailmux.gateway.errors import BackendLost
+from mailmux.gateway.connector import BackendSession, connect
+from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
 from mailmux.gateway.responses import Response, read_response
 from mailmux.gateway.session import prelogin
 from mailmux.gateway.session import relay as relaying
+from mailmux.gateway.session.heartbeat import Registration
 from mailmux.gateway.session.states import Input, SessionState, step
 from mailmux.gateway.session.view import MailboxView
 from mailmux.protocol.imap.errors import ParseError
@@ -41,11 +43,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
-# What the gateway can relay faithfully; the client sees this intersected with the backend's.
-RELAYABLE = (
+# Before login the gateway cannot know the backends' lists: it offers what every mailmux node
+# offers. After login the client sees the serving backend's list less DENIED, plus what the
+# gateway answers itself.
+BEFORE_LOGIN = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
-    "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE",
+    "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH", "BINARY",
+    "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
 )
+GATEWAY_OWN = ("ID",)  # answered by the gateway in every state
+# Extensions a backend may offer that the gateway must not pass on, and why:
+DENIED_PREFIXES = (
+    "STARTTLS",  # TLS is between the client and the gateway, handled locally before login
+    "LOGINDISABLED",  # login happens at the gateway, which always accepts it
+    "AUTH=",  # authentication happens at the gateway (AUTH=PLAIN, offered before login)
+    "COMPRESS=",  # a compressed stream could no longer be framed, tracked or replayed
+    "XREPLAY",  # the gateway's own replay ids (pool-internal), never the client's
+    "NOTIFY",  # events arrive between commands, when the gateway is not reading the backend
+    "UNAUTHENTICATE",  # would leave the gateway logged in with another user's failover state
+)
+
+
+def relayable(capability: str) -> bool:
+    return not capability.upper().startswith(DENIED_PREFIXES)
 
 
 class ClientGone(Exception):
@@ -70,20 +90,94 @@ class ClientSession:
         self.tls = False
         self.idling = False
         self._tags = itertools.count(1)
+        self._replays = itertools.count(1)
+        self._token = secrets.token_hex(8)
         self.queued: deque[CommandBytes] = deque()
+        self.watch: Registration | None = None
+        self.standby: BackendSession | None = None  # logged in on another node, kept ready
+        self._standby_task: asyncio.Task[None] | None = None
 
     def transition(self, event: Input) -> None:
         self.state = step(self.state, event)
 
     def attach(self, backend: BackendSession, user: str, password: str) -> None:
         """The first backend login succeeded: the session is serving."""
-        self.backend, self.user, self.password = backend, user, password
+        self.user, self.password = user, password
+        self.use(backend)
         self.transition(Input.LOGGED_IN)
+
+    def use(self, backend: BackendSession) -> None:
+        """Serve from this backend from now on, with its node watched for hangs."""
+        self.backend = backend
+        if self.watch is not None:
+            self.watch.cancel()
+        self.watch = self.proxy.pool.heartbeat.register(
+            backend.node_id, backend.candidate.control, backend.abort
+        )
+
+    async def drop_backend(self) -> None:
+        if self.watch is not None:
+            self.watch.cancel()
+            self.watch = None
+        if self.backend is not None:
+            backend, self.backend = self.backend, None
+            await backend.close()
+
+    # the standby: a second node logged in ahead of need, so failover skips discovery and login
+
+    def want_standby(self) -> None:
+        if (self.standby is not None and self.backend is not None
+                and self.standby.node_id == self.backend.node_id):
+            self.drop_standby()  # a standby on the serving node is no standby
+        if self.backend is None or self.standby is not None or (
+            self._standby_task is not None and not self._standby_task.done()
+        ):
+            return
+        self._standby_task = asyncio.get_running_loop().create_task(
+            self._prepare_standby(self.backend.node_id)
+        )
+
+    async def _prepare_standby(self, serving: str) -> None:
+        assert self.user is not None and self.password is not None
+        try:
+            standby = await connect(
+                self.proxy.pool, self.user, self.password, policy=self.config.selection,
+                timeout=self.config.request_timeout, exclude=[serving], standby=True,
+            )
+        except (NoBackend, AuthenticationFailed, BackendLost) as exc:
+            log.debug("imap %s (%s): no standby: %s", self.peer, self.user, exc)
+            return
+        if self.state is SessionState.CLOSED or self.standby is not None:
+            await standby.close()
+            return
+        self.standby = standby
+
+    def take_standby(self, excluded: list[str]) -> BackendSession | None:
+        """The standby, if it is still worth trying (its node not excluded nor quarantined)."""
+        standby, self.standby = self.standby, None
+        if standby is None:
+            return None
+        if (standby.node_id in excluded or standby.reader.at_eof()
+                or self.proxy.pool.health.is_quarantined(standby.node_id)):
+            standby.writer.transport.abort()
+            return None
+        return standby
+
+    def drop_standby(self) -> None:
+        if self._standby_task is not None:
+            self._standby_task.cancel()
+        if self.standby is not None:
+            self.standby.writer.transport.abort()
+            self.standby = None
 
     def new_framer(self) -> CommandFramer:
         return CommandFramer(
             max_line=self.config.max_line_length, max_literal=self.config.max_message_size
         )
+
+    def replay_id(self) -> str:
+        """A replay id unique per gateway session and command (the pool's XREPLAY contract)."""
+        return f"g{self._token}-{next(self._replays)}"
 
     def internal_tag(self) -> bytes:
         return b"gw%d" % next(self._tags)
@@ -91,8 +185,12 @@ class ClientSession:
     # the client's side ------------------------------------------------------------------
 
     async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
+        """Write to the client. Its failure is the client's: it ends this session, nothing else."""
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except OSError as exc:
+            raise ClientGone(f"writing to the client: {exc!r}") from exc
 
     async def next_client_event(self) -> CommandBytes | FramingError:
         if self.queued:
@@ -100,9 +198,12 @@ class ClientSession:
         while True:
             event = self.framer.next_event()
             if isinstance(event, NeedData):
-                data = await self.reader.read(READ_SIZE)
+                try:
+                    data = await self.reader.read(READ_SIZE)
+                except OSError as exc:
+                    raise ClientGone(f"reading from the client: {exc!r}") from exc
                 if not data:
-                    raise ClientGone()
+                    raise ClientGone("the client closed the connection")
                 self.framer.receive_data(data)
                 quickack(self.writer)
                 continue
@@ -112,26 +213,41 @@ class ClientSession:
             return event
 
     def capabilities(self) -> str:
-        caps = list(RELAYABLE)
         if self.backend is not None:
-            offered = self.backend.capabilities
-            caps = [c for c in caps if c.upper() in offered]
-        elif not self.tls and self.proxy.tls_context is not None:
+            offered = [c for c in sorted(self.backend.capabilities)
+                       if relayable(c) and c != "IMAP4REV1"]
+            own = [c for c in GATEWAY_OWN if c not in offered]
+            return " ".join(["IMAP4rev1", *offered, *own])
+        caps = list(BEFORE_LOGIN)
+        if not self.tls and self.proxy.tls_context is not None:
             caps.append("STARTTLS")
-        if self.backend is None:
-            caps.append("AUTH=PLAIN")
+        caps.append("AUTH=PLAIN")
         return " ".join(caps)
 
     # the backend's side -----------------------------------------------------------------
 
     async def read_backend(self, backend: BackendSession) -> Response:
+        """One whole response. The deadline measures silence: arriving bytes push it back."""
+        timeout = self.response_timeout()
+        loop = asyncio.get_running_loop()
+        watch = self.watch
         try:
-            async with asyncio.timeout(self.response_timeout()):
-                return await read_response(backend.reader, self.config.max_message_size)
+            async with asyncio.timeout(timeout) as deadline:
+                def progress() -> None:
+                    if timeout is not None:
+                        deadline.reschedule(loop.time() + timeout)
+                    if watch is not None:
+                        watch.heard()
+
+                return await read_response(backend.reader, self.config.max_message_size,
+                                           progress)
         except TimeoutError as exc:
-            raise BackendLost(f"{backend.candidate.node_id} did not answer in time") from exc
+            raise BackendLost(f"{backend.node_id} did not answer in time") from exc
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            raise BackendLost(f"{backend.candidate.node_id}: {exc!r}") from exc
+            raise BackendLost(backend.lost or f"{backend.node_id}: {exc!r}") from exc
+
+    async def write_backend(self, backend: BackendSession, data: bytes) -> None:
+        await backend.send(data, self.config.request_timeout)
 
     def response_timeout(self) -> float | None:
         # IDLE waits for the user, not for the backend: measured by progress elsewhere.
@@ -150,12 +266,13 @@ class ClientSession:
                     continue
                 if not await self.command(event.raw):
                     return
-        except (ClientGone, ConnectionError):
+        except ClientGone as exc:
+            log.info("imap %s (%s): client gone: %s", self.peer, self.user, exc)
             self.transition(Input.CLIENT_GONE)
             return
         finally:
-            if self.backend is not None:
-                await self.backend.close()
+            self.drop_standby()
+            await self.drop_backend()
 
     async def framing_error(self, error: FramingError) -> None:
         code = f"[{error.code}] " if error.code else ""
@@ -199,7 +316,7 @@ class ClientSession:
     async def bye(self, reason: str) -> bool:
         log.warning("imap %s (%s): ending the session: %s", self.peer, self.user, reason)
         self.transition(Input.VIEW_LOST)
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(ClientGone):
             await self.send(b"* BYE [UNAVAILABLE] mail server unavailable, please reconnect\r\n")
         return False
 

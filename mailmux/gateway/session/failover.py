@@ -1,23 +1,33 @@
-"""Moving a session to another node (patent S31-S41) and re-sending the command in flight.
+"""Moving a session to another node (patent S31-S41) before the command in flight is re-sent.
 
-If the backend connection fails, or a response does not start arriving within `request_timeout`,
-the gateway logs in to another candidate, restores ENABLE and the selected mailbox, checks that
-the client's view still holds (same UIDVALIDITY, no message the client knows of is missing), and
-the relay re-sends the command; the client sees nothing. When the view cannot be kept the session
-ends with `* BYE [UNAVAILABLE]` so the client resynchronises: it is never answered with a
-different message than the one it meant.
+If the backend connection fails, hangs (the heartbeat aborts it) or a response does not start
+arriving within `request_timeout`, the gateway logs in to another candidate, restores ENABLE and
+the selected mailbox, and the relay re-sends the command; the client sees nothing.
+
+Restoring the selected mailbox keeps the client's view exact:
+1. Catch up: the new node must hold every message the client knows of, none the client saw
+   expunged, the new messages the client was told of, and (with CONDSTORE) a HIGHESTMODSEQ at
+   least the client's. A lagging replica is polled for up to `catchup_timeout`.
+2. Reconcile: messages still missing after that were expunged meanwhile (or by the command in
+   flight itself, as a MOVE that committed before its node died): the client gets EXPUNGE, where
+   RFC 3501 allows one; new messages get EXISTS; changed flags get FETCH FLAGS.
+Afterwards the client's sequence numbers mean on the new node what they meant on the old one.
+When that cannot be had the session ends with `* BYE [UNAVAILABLE]`: the client is never answered
+with a different message than the one it meant.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mailmux import metrics
 from mailmux.gateway.connector import connect
+from mailmux.gateway.errors import BackendLost, NoBackend
 from mailmux.gateway.responses import Response
 from mailmux.gateway.session.states import Input
-from mailmux.gateway.session.view import MailboxView
+from mailmux.gateway.session.view import MailboxView, flag_key
 
 if TYPE_CHECKING:
     from mailmux.gateway.session.client import ClientSession
@@ -25,37 +35,74 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_RESTORE_ATTEMPTS = 3
+CATCHUP_POLL = 0.05  # seconds between looks at a lagging replica
+
 
 class ViewLost(Exception):
     """After failover the new backend cannot show the client the mailbox it was looking at."""
+
+
+@dataclass
+class Lag:
+    reason: str
+    hard: bool  # True: serving now would show the client wrong messages
 
 
 async def failover(session: ClientSession, current: Relay, cause: BaseException) -> None:
     old = session.backend
     assert old is not None and session.user is not None and session.password is not None
     session.transition(Input.BACKEND_LOST)
-    started = metrics.failover_started()
-    node = old.candidate.node_id
+    node = old.node_id
     log.warning("imap %s (%s): backend %s lost during %s (%s); failing over",
                 session.peer, session.user, node, current.name or "command", cause)
-    session.proxy.pool.failed(node, str(cause))
-    await old.close()
-    session.backend = None
+    metrics = session.proxy.pool.metrics
+    metrics.failover(node)
+    if old.lost is None:  # a hang was already reported by the heartbeat
+        session.proxy.pool.failed(node, str(cause))
+    await session.drop_backend()
     config = session.config
-    session.backend = await connect(
-        session.proxy.pool, session.user, session.password,
-        policy=config.selection, timeout=config.request_timeout, exclude=[node],
-    )
-    for enable in session.enabled:
-        await internal(session, enable)
-    if session.view is not None:
-        await restore_view(session, session.view)
+    excluded = [node]
+    for _ in range(MAX_RESTORE_ATTEMPTS):
+        backend = session.take_standby(excluded)
+        if backend is not None:
+            log.info("imap %s (%s): taking the standby on %s", session.peer, session.user,
+                     backend.node_id)
+        else:
+            backend = await connect(
+                session.proxy.pool, session.user, session.password,
+                policy=config.selection, timeout=config.request_timeout, exclude=excluded,
+            )
+        session.use(backend)
+        try:
+            for enable in session.enabled:
+                await internal(session, enable)
+            # A SELECT in flight replaces the selected mailbox: restoring the old one is moot.
+            if session.view is not None and current.view is None:
+                await restore_view(session, session.view, current)
+            break
+        except BackendLost as exc:
+            # The replacement failed too while being restored: try the next one.
+            assert session.backend is not None
+            lost = session.backend.node_id
+            log.warning("imap %s (%s): %s failed during restore: %s",
+                        session.peer, session.user, lost, exc)
+            if session.backend.lost is None:
+                session.proxy.pool.failed(lost, str(exc))
+            excluded.append(lost)
+            await session.drop_backend()
+            session.transition(Input.BACKEND_LOST)
+    else:
+        raise NoBackend(f"no node could be restored ({', '.join(excluded)} failed)")
+    assert session.backend is not None
     if current.view is not None:
         current.view = MailboxView(select=current.view.select)
+    if current.replay_id is not None:
+        metrics.replay(session.backend.node_id)
     session.transition(Input.RESTORED)
-    metrics.failover_recovered(started)
-    log.info("imap %s (%s): now on %s", session.peer, session.user,
-             session.backend.candidate.node_id)
+    if session.view is not None:
+        session.want_standby()
+    log.info("imap %s (%s): now on %s", session.peer, session.user, session.backend.node_id)
 
 
 async def internal(session: ClientSession, command: bytes) -> list[Response]:
@@ -63,11 +110,12 @@ async def internal(session: ClientSession, command: bytes) -> list[Response]:
     backend = session.backend
     assert backend is not None
     tag = session.internal_tag()
-    backend.writer.write(tag + b" " + command)
-    await backend.writer.drain()
+    await session.write_backend(backend, tag + b" " + command)
     responses = []
     while True:
         response = await session.read_backend(backend)
+        if response.raw.startswith(b"* BYE"):
+            raise BackendLost(f"backend said {response.raw[:80]!r}")
         responses.append(response)
         if response.tagged_as(tag):
             if response.status != b"OK":
@@ -76,14 +124,103 @@ async def internal(session: ClientSession, command: bytes) -> list[Response]:
             return responses
 
 
-async def restore_view(session: ClientSession, view: MailboxView) -> None:
-    fresh = MailboxView(select=view.select)
+async def examine(session: ClientSession, view: MailboxView) -> MailboxView:
+    """The new node's mailbox as a fresh view: select it, then list every UID and its flags."""
+    node = MailboxView(select=view.select)
     for response in await internal(session, view.select):
-        fresh.observe(response)
-    if fresh.uidvalidity != view.uidvalidity:
-        raise ViewLost(f"UIDVALIDITY changed ({view.uidvalidity} → {fresh.uidvalidity})")
-    if fresh.exists < view.exists:
-        raise ViewLost(f"the replica lacks messages ({fresh.exists} < {view.exists})")
-    if fresh.exists > view.exists:
-        await session.send(b"* %d EXISTS\r\n" % fresh.exists)  # new mail: allowed any time
-        view.exists = fresh.exists
+        node.observe(response)
+    if node.exists:
+        for response in await internal(session, b"FETCH 1:* (UID FLAGS)\r\n"):
+            node.observe(response)
+    if node.confused or node.unknown():
+        raise ViewLost("the new node's listing of the mailbox is incomplete")
+    return node
+
+
+def behind(view: MailboxView, node: MailboxView, expected: set[int]) -> Lag | None:
+    """Why the new node cannot serve the client's view yet; None when it has caught up."""
+    present = {u for u in node.uids if u is not None}
+    stale = view.gone & present
+    if stale:
+        return Lag(f"it still holds {len(stale)} message(s) the client saw expunged", True)
+    known = [u for u in view.uids if u is not None]
+    newest = max(known, default=0)
+    unknown = len(view.uids) - len(known)
+    if unknown and sum(1 for u in present if u > newest) < unknown:
+        return Lag("it lacks new messages the client was told of", True)
+    if (view.highestmodseq is not None and node.highestmodseq is not None
+            and node.highestmodseq < view.highestmodseq):
+        return Lag(f"HIGHESTMODSEQ {node.highestmodseq} < {view.highestmodseq}", False)
+    missing = [u for u in known if u not in present and u not in expected]
+    caught_up_by_modseq = (view.highestmodseq is not None and node.highestmodseq is not None)
+    if missing and not caught_up_by_modseq:
+        return Lag(f"it lacks {len(missing)} message(s) the client knows of", False)
+    return None
+
+
+async def restore_view(session: ClientSession, view: MailboxView, current: Relay) -> None:
+    if view.confused:
+        raise ViewLost("the gateway lost track of the client's view")
+    assert session.backend is not None
+    node_id = session.backend.node_id
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + session.config.catchup_timeout
+    while True:
+        node = await examine(session, view)
+        if node.uidvalidity != view.uidvalidity:
+            raise ViewLost(f"UIDVALIDITY changed ({view.uidvalidity} → {node.uidvalidity})")
+        lag = behind(view, node, current.may_remove)
+        if lag is None:
+            break
+        if loop.time() >= deadline:
+            if lag.hard:
+                raise ViewLost(f"{node_id} has not caught up with the client: {lag.reason}")
+            log.info("imap %s (%s): %s still differs after catch-up (%s); reconciling",
+                     session.peer, session.user, node_id, lag.reason)
+            break
+        await asyncio.sleep(CATCHUP_POLL)  # a poll interval: the replica is catching up
+    await reconcile(session, view, node, current)
+
+
+async def reconcile(session: ClientSession, view: MailboxView, node: MailboxView,
+                    current: Relay) -> None:
+    """Tell the client what differs between its view and the new node, as IMAP allows."""
+    present = {u for u in node.uids if u is not None}
+    gone = [i + 1 for i, u in enumerate(view.uids) if u is not None and u not in present]
+    if gone and not current.allows_expunge:
+        raise ViewLost(f"{len(gone)} message(s) were expunged meanwhile, and no EXPUNGE may be "
+                       f"sent during {current.name}")
+    for seq in reversed(gone):
+        await _tell(session, view, b"* %d EXPUNGE\r\n" % seq)
+    if gone:
+        current.view_changed = True
+    if len(node.uids) < len(view.uids):
+        raise ViewLost("the new node holds fewer messages than the client's view")
+    for i, uid in enumerate(view.uids):
+        if uid is None:
+            view.uids[i] = node.uids[i]
+        elif uid != node.uids[i]:
+            raise ViewLost(f"message {i + 1} is UID {node.uids[i]} on the new node, "
+                           f"not {uid}")
+    if len(node.uids) > len(view.uids):
+        await _tell(session, view, b"* %d EXISTS\r\n" % len(node.uids))
+        for i in range(len(view.uids)):
+            if view.uids[i] is None:
+                view.uids[i] = node.uids[i]
+    for i, uid in enumerate(view.uids):
+        assert uid is not None
+        shown, now = view.flags.get(uid), node.flags.get(uid)
+        if now is None:
+            continue
+        if shown is not None and flag_key(shown) != flag_key(now):
+            await _tell(session, view, b"* %d FETCH (FLAGS (%s))\r\n" % (i + 1, now))
+        view.flags[uid] = now
+    if node.uidnext is not None and (view.uidnext is None or node.uidnext > view.uidnext):
+        view.uidnext = node.uidnext
+    if node.highestmodseq is not None:
+        view.highestmodseq = max(view.highestmodseq or 0, node.highestmodseq)
+
+
+async def _tell(session: ClientSession, view: MailboxView, raw: bytes) -> None:
+    view.observe(Response(raw))
+    await session.send(raw)

@@ -3,7 +3,12 @@
 Commands are relayed one at a time, so the gateway always knows which command is in flight. The
 fast path only reads the backend; once the backend sends a continuation (IDLE), the client is read
 too, for DONE. A response is forwarded whole, so a failover never leaves half a response with the
-client.
+client. Before a command's tagged answer is passed on, the gateway asks the backend for the UIDs
+of messages the client was just told of (`learn_uids`), so its sequence↔UID map stays exact.
+
+On a lost backend the command is re-sent after failover (`failover.py`) in the form `replay.py`
+gives it: with its replay id, without what was already relayed, by UID if sequence numbers moved.
+A FETCH response the client already received is never passed on twice.
 """
 
 from __future__ import annotations
@@ -12,14 +17,22 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
 from mailmux.gateway.literals import non_synchronising
-from mailmux.gateway.responses import Response, ResponseTooLarge
+from mailmux.gateway.responses import Response, ResponseTooLarge, parse_fetch
 from mailmux.gateway.session.failover import ViewLost, failover
-from mailmux.gateway.session.view import MailboxView
+from mailmux.gateway.session.replay import (
+    NO_EXPUNGE_DURING,
+    REPLAYABLE,
+    SetCommand,
+    resolve,
+    with_replay_id,
+)
+from mailmux.gateway.session.view import MailboxView, flag_key
 from mailmux.protocol.imap.framing import CommandBytes, FramingError
 
 if TYPE_CHECKING:
@@ -28,28 +41,41 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_FAILOVERS = 3
+SET_COMMANDS = frozenset({"FETCH", "COPY", "MOVE", "STORE"})
 
 
 @dataclass
 class Relay:
-    """One command in flight: whether responses were already passed to the client."""
+    """One command in flight: what was already passed to the client, what a replay needs."""
 
     tag: bytes
-    raw: bytes
+    raw: bytes  # as the client sent it, literals made non-synchronising
     name: str
+    uid: bool = False  # the UID form of a command (UID FETCH, UID MOVE, ...)
     continued: bool = False  # a continuation was forwarded (IDLE is waiting for DONE)
     done_sent: bool = False
     forwarded: int = 0
     final: Response | None = None
     view: MailboxView | None = None  # SELECT/EXAMINE: the view being opened
+    replay_id: str | None = None
+    attempt: int = 0  # 0: first send; n: the n-th replay after failover
+    snapshot: list[int | None] | None = None  # the client's seq→UID map when it sent this
+    fetched: set[int] = field(default_factory=set)  # FETCH: seqs (UID FETCH: UIDs) relayed
+    may_remove: set[int] = field(default_factory=set)  # UIDs this command itself may expunge
+    view_changed: bool = False  # failover told the client of expunges: seqs moved
+
+    @property
+    def allows_expunge(self) -> bool:
+        return self.uid or self.name not in NO_EXPUNGE_DURING
 
 
 async def relay(session: ClientSession, tag: bytes, raw: bytes, name: str) -> bool:
     """Relay one command, failing over as needed; False when the session is over."""
-    current = Relay(tag=tag, raw=non_synchronising(raw), name=name)
-    if name in ("SELECT", "EXAMINE"):
-        current.view = MailboxView(select=current.raw.split(b" ", 1)[1])
+    current = prepare(session, tag, raw, name)
+    started: float | None = None
+    failed_node = ""
     for attempt in itertools.count():
+        current.attempt = attempt
         try:
             if current.name == "IDLE" and current.done_sent:
                 # The client ended IDLE before the old backend answered: nothing to replay.
@@ -57,22 +83,96 @@ async def relay(session: ClientSession, tag: bytes, raw: bytes, name: str) -> bo
                 break
             await exchange(session, current)
             break
-        except (BackendLost, OSError, asyncio.IncompleteReadError, ResponseTooLarge) as exc:
+        except ResponseTooLarge as exc:
+            # Every node holds the same message: failing over would not help, and the node
+            # did nothing wrong. The stream is mid-literal, so the session cannot go on.
+            return await session.bye(f"{exc} (over max_message_size)")
+        except BackendLost as exc:
             if attempt >= MAX_FAILOVERS:
                 return await session.bye(f"backend failed {attempt + 1} times: {exc}")
+            if started is None:
+                started = time.monotonic()
+                failed_node = session.backend.node_id if session.backend else ""
             try:
                 await failover(session, current, exc)
             except (NoBackend, ViewLost, AuthenticationFailed) as lost:
                 return await session.bye(str(lost))
+    if started is not None:
+        session.proxy.pool.metrics.recovered(failed_node, time.monotonic() - started)
     remember(session, current)
     return name != "LOGOUT"
+
+
+def prepare(session: ClientSession, tag: bytes, raw: bytes, name: str) -> Relay:
+    raw = non_synchronising(raw)
+    current = Relay(tag=tag, raw=raw, name=name)
+    words = raw.split(b" ", 2)
+    current.uid = len(words) > 1 and words[1].upper() == b"UID"
+    if name in ("SELECT", "EXAMINE"):
+        current.view = MailboxView(select=raw.split(b" ", 1)[1])
+    if name in REPLAYABLE:
+        current.replay_id = session.replay_id()
+    view = session.view
+    if view is not None and name in SET_COMMANDS | {"EXPUNGE"}:
+        current.snapshot = list(view.uids)
+        if name == "MOVE":
+            current.may_remove = set(SetCommand(raw).targets(current.snapshot) or ())
+        elif name == "EXPUNGE":
+            deleted = {u for u, f in view.flags.items() if b"\\deleted" in flag_key(f)}
+            command = SetCommand(raw)
+            if current.uid and command.ok:
+                deleted &= set(command.targets(current.snapshot) or ())
+            current.may_remove = deleted
+    return current
+
+
+def wire(session: ClientSession, current: Relay) -> bytes | None:
+    """The bytes to send for this attempt; None when nothing is left to ask (answer locally)."""
+    raw = current.raw
+    if current.attempt > 0 and current.snapshot is not None and current.name in SET_COMMANDS:
+        command = SetCommand(raw)
+        if command.ok:
+            raw = _rewritten(current, command) or b""
+            if not raw:
+                return None
+    backend = session.backend
+    if current.replay_id is not None and backend is not None and "XREPLAY" in (
+        backend.capabilities
+    ):
+        raw = with_replay_id(raw, current.replay_id)
+    return raw
+
+
+def _rewritten(current: Relay, command: SetCommand) -> bytes | None:
+    snapshot = current.snapshot
+    assert snapshot is not None and command.numbers is not None
+    if current.name == "FETCH" and current.fetched:
+        if command.uid:
+            targets = command.targets(snapshot)
+            if targets is None or None in snapshot:
+                return current.raw  # not all UIDs known: the response filter drops repeats
+            left = [u for u in targets if u not in current.fetched]
+        else:
+            seqs = resolve(command.numbers, range(1, len(snapshot) + 1), len(snapshot))
+            left = [s for s in seqs if s not in current.fetched]
+        return command.with_set(left) if left else None
+    if current.view_changed and not command.uid:
+        targets = command.targets(snapshot)
+        if not targets:
+            raise ViewLost("a command by sequence number cannot be translated after expunges")
+        return command.with_set(targets, uid=True)
+    return current.raw
 
 
 async def exchange(session: ClientSession, current: Relay) -> None:
     backend = session.backend
     assert backend is not None
-    backend.writer.write(current.raw)
-    await backend.writer.drain()
+    data = wire(session, current)
+    if data is None:
+        # Everything the command asked for was relayed before the node was lost.
+        await forward(session, current, Response(current.tag + b" OK FETCH completed\r\n"))
+        return
+    await session.write_backend(backend, data)
     # Fast path: nothing to read from the client until the backend asks for a continuation.
     while not current.continued:
         if await forward(session, current, await session.read_backend(backend)):
@@ -94,8 +194,7 @@ async def exchange(session: ClientSession, current: Relay) -> None:
                 event = client.result()
                 client = None
                 if isinstance(event, CommandBytes):
-                    backend.writer.write(event.raw)  # IDLE's DONE
-                    await backend.writer.drain()
+                    await session.write_backend(backend, event.raw)  # IDLE's DONE
                     current.done_sent = True
                 continue
             response = reader.result()
@@ -129,14 +228,63 @@ async def forward(session: ClientSession, current: Relay, response: Response) ->
             return False
         raise BackendLost(f"backend said {response.raw[:80]!r}")
     view = current.view or session.view
-    if view is not None:
-        view.observe(response)
+    if current.name == "FETCH" and response.raw.startswith(b"* "):
+        fetch = parse_fetch(response.raw)
+        key = None if fetch is None else (fetch.uid if current.uid else fetch.seq)
+        if key is not None:
+            if key in current.fetched and current.attempt > 0:
+                return False  # relayed before the failover: the client has it
+            current.fetched.add(key)
     if response.tagged_as(current.tag):
         session.idling = False
         current.final = response
+        if view is not None and response.status == b"OK":
+            view.observe(response)
+            await learn_uids(session, view)
+    elif view is not None:
+        view.observe(response)
     current.forwarded += 1
     await session.send(response.raw)
     return current.final is not None
+
+
+async def learn_uids(session: ClientSession, view: MailboxView) -> None:
+    """Ask the backend for the UIDs (and flags) of messages the client knows only by number.
+
+    Runs while the client's command is still in progress (its tagged answer is held), as a
+    non-UID FETCH, during which no server may send EXPUNGE: whatever else the backend says meanwhile
+    (new mail, flag changes) is passed on to the client, so its view and the backend's stay one.
+    """
+    unknown = view.unknown()
+    backend = session.backend
+    if not unknown or view.confused or backend is None:
+        return
+    low, high = unknown[0], unknown[-1]
+    tag = session.internal_tag()
+    try:
+        await session.write_backend(backend, b"%s FETCH %d:%d (UID FLAGS)\r\n" % (tag, low, high))
+        while True:
+            response = await session.read_backend(backend)
+            if response.tagged_as(tag):
+                return
+            if response.raw.startswith(b"* BYE"):
+                raise BackendLost(f"backend said {response.raw[:80]!r}")
+            fetch = parse_fetch(response.raw)
+            if fetch is not None and low <= fetch.seq <= high and fetch.uid is not None:
+                if fetch.seq <= view.exists and view.uids[fetch.seq - 1] is None:
+                    view.observe(response)  # a UID the client was never shown: kept here
+                    continue
+                shown = view.flags.get(fetch.uid)
+                if fetch.flags is None or (shown is not None
+                                           and flag_key(shown) == flag_key(fetch.flags)):
+                    continue
+                response = Response(b"* %d FETCH (FLAGS (%s))\r\n" % (fetch.seq, fetch.flags))
+            view.observe(response)
+            await session.send(response.raw)
+    except BackendLost as exc:
+        # The command itself was answered: its answer goes out; the next command fails over.
+        log.warning("imap %s (%s): learning UIDs failed: %s", session.peer, session.user, exc)
+        backend.abort(str(exc))
 
 
 def remember(session: ClientSession, current: Relay) -> None:
@@ -144,6 +292,8 @@ def remember(session: ClientSession, current: Relay) -> None:
     ok = current.final is not None and current.final.status == b"OK"
     if current.name in ("SELECT", "EXAMINE"):
         session.view = current.view if ok else None  # a failed SELECT leaves nothing selected
+        if ok:
+            session.want_standby()  # a session that works in a mailbox is worth a standby
     elif not ok:
         return
     elif current.name in ("CLOSE", "UNSELECT"):

@@ -1,29 +1,97 @@
-"""What the client has been shown of the selected mailbox, kept for failover."""
+"""What the client has been shown of the selected mailbox, kept exactly for failover.
+
+Per selected mailbox: the sequence-number → UID map, the flags the client was shown per UID, its
+HIGHESTMODSEQ, and the UIDs it saw expunged. Every response relayed to the client passes through
+`observe`, so the map follows EXISTS, EXPUNGE, VANISHED and FETCH exactly as the client does. A
+new message's UID is unknown (None) until a FETCH names it; the relay asks the backend for the
+missing UIDs before it passes on a command's tagged answer (`unknown`).
+
+After failover `failover.py` compares this with the new node's mailbox: the new node must have
+caught up (every UID the client knows, none it saw expunged), and what differs is then told to
+the client the way a server would have told it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from mailmux.gateway.responses import Response
+from mailmux.gateway.responses import Response, highestmodseq, parse_fetch, vanished
+
+
+def flag_key(flags: bytes) -> frozenset[bytes]:
+    """Flags compare case-insensitively and in any order."""
+    return frozenset(f.lower() for f in flags.split())
 
 
 @dataclass
 class MailboxView:
-    """What the client has been told about the selected mailbox."""
-
     select: bytes  # the SELECT/EXAMINE command as the client sent it, tag excluded
     uidvalidity: int | None = None
     uidnext: int | None = None
-    exists: int = 0
+    highestmodseq: int | None = None
+    uids: list[int | None] = field(default_factory=list)  # seq - 1 → UID
+    flags: dict[int, bytes] = field(default_factory=dict)  # UID → flags the client was shown
+    gone: set[int] = field(default_factory=set)  # UIDs the client saw expunged
+    confused: bool = False  # a response the map cannot follow: the view is no longer exact
+
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def unknown(self) -> list[int]:
+        """Sequence numbers whose UID the gateway does not know yet."""
+        return [i + 1 for i, uid in enumerate(self.uids) if uid is None]
+
+    def seq_of(self, uid: int) -> int | None:
+        try:
+            return self.uids.index(uid) + 1
+        except ValueError:
+            return None
 
     def observe(self, response: Response) -> None:
-        if not response.raw.startswith(b"* "):
+        raw = response.raw
+        if (modseq := highestmodseq(raw)) is not None:
+            self._modseq(modseq)
+        if not raw.startswith(b"* "):
             return
         if (n := response.exists) is not None:
-            self.exists = n
-        elif response.expunge is not None:
-            self.exists = max(0, self.exists - 1)
+            if n < len(self.uids):
+                self.confused = True  # EXISTS may not shrink the mailbox
+                del self.uids[n:]
+            self.uids.extend([None] * (n - len(self.uids)))
+        elif (n := response.expunge) is not None:
+            if not 1 <= n <= len(self.uids):
+                self.confused = True
+                return
+            uid = self.uids.pop(n - 1)
+            if uid is not None:
+                self.gone.add(uid)
+                self.flags.pop(uid, None)
+        elif (fetch := parse_fetch(raw)) is not None:
+            if not 1 <= fetch.seq <= len(self.uids):
+                self.confused = True
+                return
+            uid = self.uids[fetch.seq - 1]
+            if fetch.uid is not None:
+                if uid is not None and uid != fetch.uid:
+                    self.confused = True
+                uid = self.uids[fetch.seq - 1] = fetch.uid
+            if uid is not None and fetch.flags is not None:
+                self.flags[uid] = fetch.flags
+            if fetch.modseq is not None:
+                self._modseq(fetch.modseq)
+        elif (uids := vanished(raw)) is not None:
+            dropped = set(uids)
+            known = {u for u in self.uids if u in dropped}
+            self.gone |= known  # only what the client knew of matters after failover
+            for uid in known:
+                self.flags.pop(uid, None)
+            self.uids = [u for u in self.uids if u not in dropped]
         elif (v := response.uidvalidity) is not None:
             self.uidvalidity = v
         elif (u := response.uidnext) is not None:
             self.uidnext = u
+
+    def _modseq(self, value: int) -> None:
+        if self.highestmodseq is None or value > self.highestmodseq:
+            self.highestmodseq = value

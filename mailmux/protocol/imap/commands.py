@@ -155,6 +155,8 @@ class Append:
     date: datetime | None  # timezone-aware
     message: bytes
     binary: bool = False  # sent as ~{n}
+    # MULTIAPPEND (RFC 3502): the messages after the first, each (flags, date, bytes, binary)
+    more: tuple[tuple[tuple[str, ...], datetime | None, bytes, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,15 @@ class Search:
     key: SearchKey  # always an AND at the top
     charset: str | None = None  # upper-cased
     return_options: tuple[str, ...] | None = None  # ESEARCH RETURN (...); None if absent
+
+
+@dataclass(frozen=True)
+class Sort:
+    """SORT (RFC 5256): `criteria` are (reverse, name) pairs, most significant first."""
+
+    criteria: tuple[tuple[bool, str], ...]
+    key: SearchKey
+    charset: str
 
 
 @dataclass(frozen=True)
@@ -207,7 +218,7 @@ class Enable:
 
 Args = (
     NoArgs | Login | Authenticate | MailboxArg | Rename | ListArgs | StatusArgs | Append
-    | Search | Fetch | Store | CopyMove | Expunge | Id | Enable
+    | Search | Sort | Fetch | Store | CopyMove | Expunge | Id | Enable
 )
 
 

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 
 _LITERAL = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\r?\n$")
+# Public so the gateway rewrites exactly the literals this framer saw, never other braces.
+LITERAL_ANNOUNCEMENT = _LITERAL
 _TAG = re.compile(rb"^([\x21-\x7e]+?)[ \r\n]")
 
 

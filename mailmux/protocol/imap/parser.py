@@ -33,6 +33,7 @@ from mailmux.protocol.imap.commands import (
     Section,
     SeqRange,
     SequenceSet,
+    Sort,
     StatusArgs,
     Store,
 )
@@ -501,6 +502,36 @@ def _search(r: _Reader) -> Search:
     return Search(SearchKey("AND", (), tuple(keys)), charset, return_options)
 
 
+_SORT_CRITERIA = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM",
+                  "DISPLAYTO"}
+
+
+def _sort(r: _Reader) -> Sort:
+    r.sp()
+    words = r.paren_atoms()
+    criteria: list[tuple[bool, str]] = []
+    reverse = False
+    for word in words:
+        if word == "REVERSE" and not reverse:
+            reverse = True
+            continue
+        if word not in _SORT_CRITERIA:
+            raise _Fail(f"unknown sort criterion {word}")
+        criteria.append((reverse, word))
+        reverse = False
+    if reverse or not criteria:
+        raise _Fail("sort criteria must end with a key")
+    r.sp()
+    charset = r.astring().decode("ascii", "replace").upper()
+    if charset not in ("UTF-8", "US-ASCII"):
+        raise _Fail(f"charset {charset} not supported", "BADCHARSET (UTF-8 US-ASCII)")
+    r.sp()
+    keys = [_search_key(r, charset)]
+    while r.take(b" "):
+        keys.append(_search_key(r, charset))
+    return Sort(tuple(criteria), SearchKey("AND", (), tuple(keys)), charset)
+
+
 def _list(r: _Reader) -> ListArgs:
     r.sp()
     select: tuple[str, ...] = ()
@@ -522,10 +553,10 @@ def _list(r: _Reader) -> ListArgs:
     return ListArgs(reference, tuple(patterns), select, returns)
 
 
-def _append(r: _Reader) -> Append:
-    r.sp()
-    mailbox = r.mailbox()
-    r.sp()
+MAX_MULTIAPPEND = 1000
+
+
+def _append_message(r: _Reader) -> tuple[tuple[str, ...], datetime | None, bytes, bool]:
     flags: tuple[str, ...] = ()
     when = None
     if r.peek() == b"(":
@@ -535,7 +566,20 @@ def _append(r: _Reader) -> Append:
         when = r.date_time()
         r.sp()
     data, binary = r.literal()
-    return Append(mailbox, flags, when, data, binary)
+    return flags, when, data, binary
+
+
+def _append(r: _Reader) -> Append:
+    r.sp()
+    mailbox = r.mailbox()
+    r.sp()
+    flags, when, data, binary = _append_message(r)
+    more: list[tuple[tuple[str, ...], datetime | None, bytes, bool]] = []
+    while r.take(b" "):  # MULTIAPPEND (RFC 3502)
+        if len(more) >= MAX_MULTIAPPEND:
+            raise _Fail(f"at most {MAX_MULTIAPPEND + 1} messages in one APPEND", "LIMIT")
+        more.append(_append_message(r))
+    return Append(mailbox, flags, when, data, binary, tuple(more))
 
 
 def _id(r: _Reader) -> Id:
@@ -625,6 +669,8 @@ def _args(r: _Reader, name: str, uid: bool) -> Args:
         return _append(r)
     if name == "SEARCH":
         return _search(r)
+    if name == "SORT":
+        return _sort(r)
     if name == "FETCH":
         return _fetch(r)
     if name == "STORE":
@@ -646,7 +692,7 @@ def _args(r: _Reader, name: str, uid: bool) -> Args:
     raise _Fail(f"unknown command {name}")
 
 
-_UID_COMMANDS = {"COPY", "MOVE", "FETCH", "SEARCH", "STORE", "EXPUNGE"}
+_UID_COMMANDS = {"COPY", "MOVE", "FETCH", "SEARCH", "SORT", "STORE", "EXPUNGE"}
 
 
 def parse_command(raw: bytes) -> Command:

@@ -23,6 +23,10 @@ class Literal(bytes):
     """Always sent as a {n} literal."""
 
 
+class Literal8(bytes):
+    """BINARY content (RFC 3516): a ~{n} literal when it holds a NUL, else a {n} literal."""
+
+
 class Adjacent(list[object]):
     """Values written one after another with no separator: the "1*body" of a multipart
     BODYSTRUCTURE is `(...)(...)`, not `(...) (...)` (RFC 3501 body-type-mpart)."""
@@ -51,6 +55,9 @@ def encode_value(value: Value) -> bytes:
         return value.encode()
     if isinstance(value, Literal):
         return b"{%d}\r\n" % len(value) + bytes(value)
+    if isinstance(value, Literal8):
+        prefix = b"~" if bytes(value).find(0) >= 0 else b""
+        return prefix + b"{%d}\r\n" % len(value) + bytes(value)
     if isinstance(value, str | bytes):
         data = value.encode() if isinstance(value, str) else value
         if _quotable(data):

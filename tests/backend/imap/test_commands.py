@@ -100,12 +100,14 @@ def test_append_select_status_and_fetch_items(alice: imapclient.IMAPClient) -> N
     assert status[b"MESSAGES"] == 2 and status[b"UNSEEN"] == 2 and status[b"UIDNEXT"] == uid + 2
     info = alice.select_folder("INBOX")
     assert info[b"EXISTS"] == 2 and info[b"UIDVALIDITY"] == status[b"UIDVALIDITY"]
+    # the first session to select new mail owns its \Recent (RFC 3501 2.3.2)
+    assert info[b"RECENT"] == 2
     assert b"\\*" in info[b"PERMANENTFLAGS"] and info[b"READ-WRITE"]
     data = alice.fetch([uid], ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE",
                                 "BODYSTRUCTURE", "BODY", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]",
                                 "BODY.PEEK[1]", "BODY.PEEK[2.MIME]", "BODY.PEEK[TEXT]<0.7>",
                                 "RFC822.HEADER"])[uid]
-    assert data[b"FLAGS"] == (b"\\Flagged",)
+    assert data[b"FLAGS"] == (b"\\Flagged", b"\\Recent")
     assert data[b"RFC822.SIZE"] == len(MULTIPART)
     envelope = data[b"ENVELOPE"]
     assert envelope.subject == b"=?utf-8?q?caf=C3=A9?= report"
@@ -156,10 +158,13 @@ def test_search_keys_and_charset(alice: imapclient.IMAPClient) -> None:
 
 def test_store_copy_move_expunge(alice: imapclient.IMAPClient) -> None:
     uids = [_append(alice, f"Subject: m{i}\r\n\r\nx\r\n".encode()) for i in range(4)]
-    alice.select_folder("INBOX")
-    assert alice.add_flags(uids[:2], [b"\\Flagged", b"$Work"])[uids[0]] == (b"$Work", b"\\Flagged")
-    assert alice.remove_flags(uids[:1], [b"$Work"])[uids[0]] == (b"\\Flagged",)
-    assert alice.set_flags(uids[3:], [b"\\Draft"])[uids[3]] == (b"\\Draft",)
+    alice.select_folder("INBOX", readonly=True)  # looks without claiming (RFC 3501 2.3.2)
+    alice.close_folder()
+    alice.select_folder("INBOX")  # claims \\Recent: every FLAGS below carries \\Recent
+    assert alice.add_flags(uids[:2], [b"\\Flagged", b"$Work"])[uids[0]] == (
+        b"$Work", b"\\Flagged", b"\\Recent")
+    assert alice.remove_flags(uids[:1], [b"$Work"])[uids[0]] == (b"\\Flagged", b"\\Recent")
+    assert alice.set_flags(uids[3:], [b"\\Draft"])[uids[3]] == (b"\\Draft", b"\\Recent")
     alice.copy(uids[:2], "Archive")
     assert alice.folder_status("Archive", ["MESSAGES"])[b"MESSAGES"] == 2
     alice.move(uids[2:3], "Trash")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailmux.backend.message.addresses import parse_addresses
 from mailmux.backend.message.envelope import envelope
@@ -93,3 +95,10 @@ def test_sections_inside_message_rfc822(raw: bytes, part: tuple[int, ...], text:
                                         expected: bytes) -> None:
     msg = ParsedMessage.from_bytes(raw)
     assert section_bytes(msg, Section(part, text)) == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='ab@<>(),;:"\\[] .x\t', max_size=80))
+def test_address_parser_never_raises(text: str) -> None:
+    for address in parse_addresses(text):
+        address.searchable()

@@ -217,3 +217,37 @@ async def test_identical_append_is_one_message(store: SqliteStore) -> None:
     assert replay.duplicate and replay.uid == first.uid
     other = await store.append(ALICE, "Archive", b"Subject: draft\r\n\r\nx\r\n")
     assert not other.duplicate
+
+
+async def test_login_cache_skips_argon2_for_repeat_logins_and_forgets_changes(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mailmux.backend.store import sqlite as sqlite_module
+
+    verified: list[str] = []
+    real = sqlite_module.verify_password
+
+    async def counting(stored: str | None, password: str) -> bool:
+        verified.append(password)
+        return await real(stored, password)
+
+    monkeypatch.setattr(sqlite_module, "verify_password", counting)
+    assert await store.authenticate(ALICE, "alice-secret-pw")
+    assert await store.authenticate(ALICE.upper(), "alice-secret-pw")
+    assert len(verified) == 1  # the second login was a cache hit
+    assert not await store.authenticate(ALICE, "wrong-pw")  # a miss: verified, not cached
+    assert not await store.authenticate(ALICE, "wrong-pw")
+    assert len(verified) == 3
+    await store.set_password(ALICE, "new-pw")
+    assert not await store.authenticate(ALICE, "alice-secret-pw")
+    assert await store.authenticate(ALICE, "new-pw")
+    # A password change that arrives by replication changes the stored hash: no stale hit.
+    assert await store.authenticate(ALICE, "new-pw")
+    before = len(verified)
+    store.logins.remember(ALICE, "stale-pw", "not-the-stored-hash")
+    assert not await store.authenticate(ALICE, "stale-pw")
+    assert len(verified) == before + 1
+    await store.delete_user(BOB)
+    assert not await store.authenticate(BOB, "bob-pw")
+    store.logins.ttl = 0
+    assert await store.authenticate(ALICE, "new-pw") and await store.authenticate(ALICE, "new-pw")

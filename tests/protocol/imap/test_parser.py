@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -230,3 +230,12 @@ def test_invalid_modified_utf7_name_is_no_not_bad() -> None:
     # as a LIST pattern it is well-formed and simply matches nothing
     listed = args(b"a LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*\r\n")
     assert isinstance(listed, ListArgs) and listed.patterns[0].startswith("!#$&'")
+
+
+def test_multiappend_parses_every_message() -> None:
+    parsed = args(b'a APPEND box (\\Seen) {2}\r\nm1 "01-Jan-2026 00:00:00 +0000" {2}\r\nm2'
+                  b" ~{2}\r\nm3\r\n")
+    assert isinstance(parsed, Append)
+    assert (parsed.flags, parsed.message) == (("\\Seen",), b"m1")
+    assert [(m[0], m[2], m[3]) for m in parsed.more] == [((), b"m2", False), ((), b"m3", True)]
+    assert parsed.more[0][1] == datetime(2026, 1, 1, tzinfo=UTC)

@@ -72,3 +72,10 @@ def test_mutf7_round_trip(name: str) -> None:
     encoded = encode_mailbox(name)
     assert all(0x20 <= ord(c) <= 0x7E for c in encoded)
     assert decode_mailbox(encoded) == name
+
+
+def test_binary_content_uses_literal8_only_with_a_nul() -> None:
+    from mailmux.protocol.imap.response import Literal8
+
+    assert encode_value(Literal8(b"ab\x00c")) == b"~{4}\r\nab\x00c"
+    assert encode_value(Literal8(b"abc")) == b"{3}\r\nabc"

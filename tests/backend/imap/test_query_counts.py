@@ -1,0 +1,159 @@
+"""Hot IMAP paths run a constant number of SQL statements, whatever the mailbox's size.
+
+A real store file and a real IMAP server on 127.0.0.1:0 in this process (so the test can count
+the statements every store connection runs), driven by a raw client over a real socket. Each
+command runs against a 100-message and a 2000-message INBOX; the counts must be equal. A
+regression to a per-message query or a full rescan (the old `View.refresh`) fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from mailmux.backend.config import from_dict
+from mailmux.backend.imap.server import ImapServer
+from mailmux.backend.load import LoadMeter
+from mailmux.backend.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.timeout(300)
+
+USER, PASSWORD = "alice@example.test", "alice-pw"
+
+
+@dataclass
+class Counter:
+    statements: list[str] = field(default_factory=list)
+    kilosteps: int = 0  # hundreds of SQLite VM instructions: the work behind the statements
+
+    def __call__(self, sql: str) -> None:
+        self.statements.append(sql)
+
+    def step(self) -> int:
+        self.kilosteps += 1
+        return 0  # carry on
+
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.n = 0
+
+    async def command(self, text: str) -> list[bytes]:
+        self.n += 1
+        tag = f"t{self.n}".encode()
+        self.writer.write(tag + b" " + text.encode() + b"\r\n")
+        lines = []
+        async with asyncio.timeout(60):
+            while True:
+                line = await self.reader.readline()
+                assert line, "server closed the connection"
+                lines.append(line)
+                if line.startswith(tag + b" "):
+                    assert line.startswith(tag + b" OK"), line
+                    return lines
+
+
+@dataclass
+class Rig:
+    store: SqliteStore
+    server: ImapServer
+    counter: Counter
+    work: dict[str, int] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[Client]:
+        reader, writer = await asyncio.open_connection(*self.server.address)
+        await reader.readline()
+        client = Client(reader, writer)
+        await client.command(f'LOGIN "{USER}" "{PASSWORD}"')
+        try:
+            yield client
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def count(self, client: Client, command: str, label: str = "") -> tuple[int, list[bytes]]:
+        self.counter.statements.clear()
+        self.counter.kilosteps = 0
+        lines = await client.command(command)
+        self.work[label or command] = self.counter.kilosteps
+        return len(self.counter.statements), lines
+
+
+def _message(i: int) -> bytes:
+    return (f"From: sender{i}@example.org\r\nTo: {USER}\r\nSubject: message {i}\r\n\r\n"
+            f"body of message {i}\r\n").encode()
+
+
+@contextlib.asynccontextmanager
+async def rig(tmp_path: Path, messages: int) -> AsyncIterator[Rig]:
+    config = from_dict({
+        "node_id": "q", "data_dir": str(tmp_path), "domains": ["example.test"],
+        "pool_secret": "query-count-secret", "listen_imap": "127.0.0.1:0",
+        "listen_smtp": "127.0.0.1:0", "listen_control": "127.0.0.1:0",
+    }, tmp_path)
+    async with SqliteStore.open(config.db_path, "q", config.domains) as store:
+        await store.add_user(USER, PASSWORD)
+        for start in range(0, messages, 250):  # concurrent appends share group commits
+            await asyncio.gather(*(store.append(USER, "INBOX", _message(i), flags=(
+                ["\\Seen"] if i % 3 else [])) for i in range(start, min(messages, start + 250))))
+        server = ImapServer(config, store, LoadMeter())
+        address = (await server.start())[0]
+        server.address = address  # type: ignore[attr-defined]
+        counter = Counter()
+        store.trace(counter, counter.step)
+        try:
+            yield Rig(store, server, counter)
+        finally:
+            store.trace(None)
+            await server.close()
+
+
+async def _counts(tmp_path: Path, messages: int) -> tuple[dict[str, int], dict[str, int]]:
+    out: dict[str, int] = {}
+    async with rig(tmp_path, messages) as r, r.client() as a, r.client() as b:
+        out["SELECT"], lines = await r.count(a, "SELECT INBOX")
+        assert f"* {messages} EXISTS\r\n".encode() in lines
+        out["FETCH 1:* (FLAGS)"], lines = await r.count(a, "FETCH 1:* (FLAGS)")
+        assert len([x for x in lines if x.startswith(b"* ")]) == messages
+        out["UID FETCH 1:* (UID FLAGS)"], _ = await r.count(a, "UID FETCH 1:* (UID FLAGS)")
+        out["UID FETCH n (FLAGS)"], lines = await r.count(a, "UID FETCH 50 (FLAGS)")
+        assert lines[0].startswith(b"* 50 FETCH (UID 50 FLAGS (")
+        out["UID FETCH n BODY.PEEK[]"], _ = await r.count(a, "UID FETCH 50 BODY.PEEK[]")
+        await r.count(b, "SELECT INBOX")
+        out["UID STORE n +FLAGS"], lines = await r.count(a, "UID STORE 7 +FLAGS (\\Flagged)")
+        assert b"\\Flagged" in lines[0]
+        # The other session catches up on the change: one small read, not a rescan.
+        out["NOOP after another session's STORE"], lines = await r.count(b, "NOOP", "catch-up")
+        assert lines[0].startswith(b"* 7 FETCH (FLAGS (") and b"\\Flagged" in lines[0]
+        out["NOOP, nothing new"], _ = await r.count(b, "NOOP")
+        out["STATUS"], _ = await r.count(b, "STATUS INBOX (MESSAGES UNSEEN UIDNEXT)")
+    return out, r.work
+
+
+# Commands that name one message or catch up on one change: their SQLite work must not grow
+# with the mailbox (SELECT and FETCH 1:* read every UID/row once, so theirs does, linearly).
+CONSTANT_WORK = ("UID FETCH 50 (FLAGS)", "UID FETCH 50 BODY.PEEK[]",
+                 "UID STORE 7 +FLAGS (\\Flagged)", "NOOP", "catch-up",
+                 "STATUS INBOX (MESSAGES UNSEEN UIDNEXT)")
+
+
+async def test_hot_paths_cost_the_same_statements_at_100_and_2000_messages(
+    tmp_path: Path,
+) -> None:
+    small, small_work = await _counts(tmp_path / "small", 100)
+    large, large_work = await _counts(tmp_path / "large", 2000)
+    assert small == large, f"statement counts grow with the mailbox: {small} vs {large}"
+    assert all(n <= 30 for n in small.values()), small
+    for command in CONSTANT_WORK:
+        # x20 the messages; allow a B-tree level or two of difference, not a scan.
+        assert large_work[command] <= small_work[command] + 5, (
+            command, small_work[command], large_work[command])
+    assert large_work["SELECT INBOX"] <= 40 * max(1, small_work["SELECT INBOX"])

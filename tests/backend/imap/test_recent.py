@@ -1,0 +1,16 @@
+"""The node-local \\Recent marker (pure: no server)."""
+
+from __future__ import annotations
+
+from mailmux.backend.imap.recent import RecentClaims
+
+
+def test_first_claim_wins_and_peek_does_not_claim() -> None:
+    claims = RecentClaims()
+    assert claims.peek((1, 10), [1, 2, 3]) == [1, 2, 3]
+    assert claims.claim((1, 10), [1, 2, 3]) == [1, 2, 3]
+    assert claims.claim((1, 10), [1, 2, 3]) == []
+    assert claims.peek((1, 10), [1, 2, 3, 4]) == [4]
+    assert claims.claim((1, 10), [1, 2, 3, 4, 5]) == [4, 5]
+    assert claims.peek((2, 10), [7]) == [7]  # per mailbox
+    assert claims.peek((1, 11), [1]) == [1]  # a re-created mailbox that reuses the id

@@ -1,0 +1,141 @@
+"""The client's view survives failover exactly: the same message under the same number, and no
+response relayed twice. Real nodes, real signals, a raw-socket client."""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import signal
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.gateway.conftest import ALICE
+from tests.gateway.rawimap import RawImap
+from tests.gateway.test_failover import gateway_with, message, serving
+from tests.replication.test_pool import Pool, inbox, make_pool, wait_for  # noqa: F401
+from tests.support.gateway import GatewayProcess
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def raw() -> Iterator[Callable[[tuple[str, int]], RawImap]]:
+    made: list[RawImap] = []
+
+    def connect(address: tuple[str, int]) -> RawImap:
+        made.append(RawImap(address))
+        return made[-1]
+
+    try:
+        yield connect
+    finally:
+        for client in made:
+            client.close()
+
+
+@pytest.fixture
+def pool(make_pool: Callable[..., Pool]) -> Iterator[Pool]:  # noqa: F811
+    made = make_pool("abc")
+    try:
+        yield made
+    finally:
+        for node in made.nodes.values():
+            if node.proc is not None and node.proc.poll() is None:
+                node.signal(signal.SIGCONT)
+
+
+def _append(client: RawImap, tag: str, body: bytes) -> None:
+    answer = client.command(tag, b"APPEND INBOX {%d+}\r\n%s" % (len(body), body))
+    assert answer[-1].startswith(tag.encode() + b" OK"), answer
+
+
+def test_a_lagged_replica_serves_the_messages_the_client_means(
+    pool: Pool, gateway_factory: Callable[..., GatewayProcess],
+    raw: Callable[[tuple[str, int]], RawImap],
+) -> None:
+    s, lagging, m = pool.nodes["a"], pool.nodes["b"], pool.nodes["c"]
+    # The gateway knows S and L only; M holds the second copy of everything S acknowledges.
+    gw = gateway_with(gateway_factory, [s, lagging], extra="catchup_timeout = 30")
+    with imaplib.IMAP4(*s.imap, timeout=60) as direct:
+        direct.login(*ALICE)
+        for i in range(1, 11):
+            assert direct.append("INBOX", "", None, message(f"m{i}"))[0] == "OK"
+    wait_for(lambda: len(inbox(lagging)) == 11, "L to hold UIDs 1-10")
+    lagging.signal(signal.SIGSTOP)
+    client = raw(gw.imap)
+    client.login(*ALICE)
+    assert serving(gw, ALICE[0], pool.nodes) is s
+    assert b"* 10 EXISTS\r\n" in client.command("s", "SELECT INBOX")
+    client.command("d", "STORE 3 +FLAGS.SILENT (\\Deleted)")
+    assert client.command("e", "EXPUNGE")[:1] == [b"* 3 EXPUNGE\r\n"]
+    _append(client, "a", message("m11"))
+    assert client.command("n", "NOOP")[-1].startswith(b"n OK")
+    s.kill()
+    lagging.signal(signal.SIGCONT)
+    fetched = client.command("f", "FETCH 3 (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert fetched[0].startswith(b"* 3 FETCH (UID 4 "), fetched
+    assert b"Subject: m4" in fetched[0]
+    assert not any(b"EXISTS" in r or b"EXPUNGE" in r for r in fetched), fetched
+    stored = client.command("t", "STORE 3 +FLAGS (\\Flagged)")
+    assert stored[-1].startswith(b"t OK"), stored
+    assert re.match(rb"\* 3 FETCH \(FLAGS \(.*\\Flagged", stored[0]), stored
+    assert not any(b"EXISTS" in r for r in stored), stored
+    last = client.command("l", "FETCH 10 (UID)")
+    assert last[0] == b"* 10 FETCH (UID 11)\r\n", last
+    assert "now on b" in gw.log()
+    flagged = {uid for uid, (flags, _) in inbox(m).items() if uid and b"\\Flagged" in flags}
+    wait_for(lambda: {uid for uid, (flags, _) in inbox(lagging).items()
+                      if uid and b"\\Flagged" in flags} == {4}, "the flag on UID 4")
+    assert flagged <= {4}
+
+
+def test_an_expunge_alone_invents_no_exists(
+    pool: Pool, gateway_factory: Callable[..., GatewayProcess],
+    raw: Callable[[tuple[str, int]], RawImap],
+) -> None:
+    s, lagging = pool.nodes["a"], pool.nodes["b"]
+    gw = gateway_with(gateway_factory, [s, lagging], extra="catchup_timeout = 30")
+    with imaplib.IMAP4(*s.imap, timeout=60) as direct:
+        direct.login(*ALICE)
+        for i in range(1, 11):
+            assert direct.append("INBOX", "", None, message(f"m{i}"))[0] == "OK"
+    wait_for(lambda: len(inbox(lagging)) == 11, "L to hold UIDs 1-10")
+    lagging.signal(signal.SIGSTOP)
+    client = raw(gw.imap)
+    client.login(*ALICE)
+    assert b"* 10 EXISTS\r\n" in client.command("s", "SELECT INBOX")
+    client.command("d", "STORE 3 +FLAGS.SILENT (\\Deleted)")
+    assert client.command("e", "EXPUNGE")[:1] == [b"* 3 EXPUNGE\r\n"]
+    # The expunge must be durable beyond S (M has it) for the view to be keepable at all.
+    wait_for(lambda: 3 not in inbox(pool.nodes["c"]), "M to hold the expunge")
+    s.kill()
+    lagging.signal(signal.SIGCONT)
+    answer = client.command("f", "FETCH 9 (UID)")
+    assert answer == [b"* 9 FETCH (UID 10)\r\n", b"f OK FETCH completed\r\n"], answer
+
+
+def test_fetch_replayed_after_a_partial_relay_sends_each_message_once(
+    pool: Pool, gateway_factory: Callable[..., GatewayProcess],
+    raw: Callable[[tuple[str, int]], RawImap],
+) -> None:
+    nodes = pool.nodes
+    gw = gateway_with(gateway_factory, list(nodes.values()), extra="catchup_timeout = 30")
+    client = raw(gw.imap)
+    client.login(*ALICE)
+    filler = b"z" * (100 * 1024) + b"\r\n"
+    for i in range(1, 301):
+        _append(client, "a", message(f"n{i}") + filler)
+    assert b"* 300 EXISTS\r\n" in client.command("s", "SELECT INBOX")
+    client.send(b"f FETCH 1:300 (UID BODY.PEEK[])\r\n")
+    got = [client.response() for _ in range(10)]
+    serving(gw, ALICE[0], nodes).kill()
+    got += client.until("f")
+    fetches = [r for r in got if re.match(rb"\* \d+ FETCH", r)]
+    seqs = [int(r.split()[1]) for r in fetches]
+    assert sorted(seqs) == list(range(1, 301)), (len(seqs), got[-1])
+    for r in fetches:
+        seq = int(r.split()[1])
+        assert b"UID %d " % seq in r and b"Subject: n%d\r\n" % seq in r
+    assert got[-1].startswith(b"f OK")
+    assert "failing over" in gw.log()

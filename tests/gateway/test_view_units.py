@@ -1,0 +1,105 @@
+"""Pure parts of view continuity: the client's map, catch-up verdicts, replay rewriting."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailmux.gateway.responses import Response, parse_fetch, vanished
+from mailmux.gateway.session.failover import behind
+from mailmux.gateway.session.relay import Relay, _rewritten
+from mailmux.gateway.session.replay import SetCommand, parse_set, with_replay_id
+from mailmux.gateway.session.view import MailboxView
+
+
+def view_of(uids: list[int | None], gone: set[int] = frozenset()) -> MailboxView:  # type: ignore[assignment]
+    return MailboxView(select=b"SELECT INBOX\r\n", uidvalidity=1, uids=list(uids),
+                       gone=set(gone))
+
+
+def test_fetch_items_are_found_past_literals_and_strings() -> None:
+    raw = (b'* 7 FETCH (ENVELOPE ("UID 99" NIL) BODY[HEADER.FIELDS (SUBJECT)] {13}\r\n'
+           b"UID 5 FLAGS\r\n UID 42 FLAGS (\\Seen $Junk) MODSEQ (17))\r\n")
+    fetch = parse_fetch(raw)
+    assert fetch is not None
+    assert (fetch.seq, fetch.uid, fetch.flags, fetch.modseq) == (7, 42, b"\\Seen $Junk", 17)
+    assert parse_fetch(b"* 3 EXISTS\r\n") is None
+    parse_fetch(b"* 3 FETCH (UID \r\n")  # garbled: never raises
+
+
+def test_the_view_follows_exists_expunge_fetch_and_vanished() -> None:
+    view = view_of([])
+    for raw in (b"* 3 EXISTS\r\n", b"* 1 FETCH (UID 10 FLAGS ())\r\n",
+                b"* 2 FETCH (UID 11 FLAGS (\\Seen))\r\n", b"* 3 FETCH (FLAGS () UID 12)\r\n",
+                b"* 2 EXPUNGE\r\n", b"* 3 EXISTS\r\n", b"* OK [HIGHESTMODSEQ 9] x\r\n"):
+        view.observe(Response(raw))
+    assert view.uids == [10, 12, None] and view.gone == {11} and view.highestmodseq == 9
+    assert view.unknown() == [3]
+    view.observe(Response(b"* VANISHED 10,30:40\r\n"))
+    assert view.uids == [12, None] and view.gone == {10, 11}
+    assert not view.confused
+    view.observe(Response(b"* 9 EXPUNGE\r\n"))
+    assert view.confused
+
+
+def test_a_replica_that_still_holds_an_expunged_uid_is_behind() -> None:
+    client = view_of([1, 2, 4, 5], gone={3})
+    lagging = view_of([1, 2, 3, 4, 5])
+    lag = behind(client, lagging, set())
+    assert lag is not None and lag.hard
+    assert behind(client, view_of([1, 2, 4, 5, 6]), set()) is None
+
+
+def test_missing_messages_the_command_itself_removes_are_not_waited_for() -> None:
+    client = view_of([1, 2, 3])
+    moved_away = view_of([1, 3])
+    lag = behind(client, moved_away, set())
+    assert lag is not None and not lag.hard
+    assert behind(client, moved_away, {2}) is None
+
+
+def test_new_messages_the_client_was_told_of_must_be_there() -> None:
+    client = view_of([1, 2, None])
+    lag = behind(client, view_of([1, 2]), set())
+    assert lag is not None and lag.hard
+    assert behind(client, view_of([1, 2, 7]), set()) is None
+
+
+def test_replay_ids_go_right_after_the_tag() -> None:
+    assert with_replay_id(b"a1 UID MOVE 3 Archive\r\n", "gx-1") == (
+        b"a1 XREPLAY gx-1 UID MOVE 3 Archive\r\n")
+
+
+def test_a_partly_relayed_fetch_asks_only_for_the_rest() -> None:
+    relay = Relay(tag=b"f", raw=b"f FETCH 1:* (UID BODY.PEEK[])\r\n", name="FETCH",
+                  snapshot=list(range(1, 301)), fetched=set(range(1, 65)), attempt=1)
+    assert _rewritten(relay, SetCommand(relay.raw)) == b"f FETCH 65:300 (UID BODY.PEEK[])\r\n"
+    relay.fetched = set(range(1, 301))
+    assert _rewritten(relay, SetCommand(relay.raw)) is None
+    by_uid = Relay(tag=b"u", raw=b"u UID FETCH 10:* (FLAGS)\r\n", name="FETCH", uid=True,
+                   snapshot=[5, 10, 11, 12], fetched={10, 12}, attempt=1)
+    assert _rewritten(by_uid, SetCommand(by_uid.raw)) == b"u UID FETCH 11 (FLAGS)\r\n"
+
+
+def test_a_move_by_number_resent_after_expunges_goes_by_uid() -> None:
+    relay = Relay(tag=b"m", raw=b"m MOVE 2:3 Archive\r\n", name="MOVE",
+                  snapshot=[7, 8, 9], view_changed=True, attempt=1)
+    assert _rewritten(relay, SetCommand(relay.raw)) == b"m UID MOVE 8:9 Archive\r\n"
+
+
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=20))
+def test_sequence_sets_round_trip(numbers: list[int]) -> None:
+    text = ",".join(str(n) for n in numbers).encode()
+    parsed = parse_set(text)
+    assert parsed is not None
+    assert [n for n in range(1, 51) if parsed.contains(n, 50)] == sorted(set(numbers))
+
+
+def test_vanished_ranges() -> None:
+    assert vanished(b"* VANISHED (EARLIER) 3:1,9\r\n") == [1, 2, 3, 9]
+    assert vanished(b"* VANISHED 1:99999999\r\n") is None
+
+
+@given(st.binary(max_size=200))
+def test_parse_fetch_never_raises(tail: bytes) -> None:
+    parse_fetch(b"* 1 FETCH (" + tail)
