@@ -34,7 +34,8 @@ from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING
 from mailmux.backend.imap.view import View
 from mailmux.backend.message.parsed import ParsedMessage, Part
 from mailmux.backend.message.search import SearchContext, matches
-from mailmux.backend.message.sort import Candidate, sort_order
+from mailmux.backend.message.sort import Candidate, sent_time, sort_order
+from mailmux.backend.message.threading import ThreadInput, format_threads, message_ids, thread
 from mailmux.backend.store.interface import (
     AppendResult,
     FlagChange,
@@ -63,6 +64,7 @@ from mailmux.protocol.imap.commands import (
     Sort,
     StatusArgs,
     Store,
+    Thread,
 )
 from mailmux.protocol.imap.errors import ParseError
 from mailmux.protocol.imap.framing import (
@@ -711,8 +713,31 @@ class Session:
         # Sorting many messages is CPU work: never on the event loop.
         ordered = await asyncio.to_thread(sort_order, candidates, args.criteria)
         hits = ordered if command.uid else [view.seq_of(u) for u in ordered]
-        return [*before, untagged(Atom("SORT"), *hits),
-                tagged(command.tag, "OK", "SORT completed")]
+        line = untagged(Atom("SORT"), *hits)
+        if args.return_options is not None:
+            line = _esort(command, args.return_options, hits)
+        return [*before, line, tagged(command.tag, "OK", "SORT completed")]
+
+    async def do_THREAD(self, command: Command) -> Lines:
+        args = command.args
+        assert isinstance(args, Thread)
+        view = self.selected
+        before = await self._refresh_now(allow_expunge=command.uid)
+        found = sorted(await self._search_uids(args.key))
+        budget = Budget(self.config.command_cpu_budget)
+        inputs: list[ThreadInput] = []
+        for start in range(0, len(found), SEARCH_CHECK_CHUNK):
+            budget.check()
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               found[start:start + SEARCH_CHECK_CHUNK],
+                                               with_body=True)
+            inputs += await asyncio.to_thread(_thread_inputs, rows, budget)
+        name: Callable[[int], int] = (lambda u: u) if command.uid else view.seq_of
+        # Threading many messages is CPU work: never on the event loop.
+        text = await asyncio.to_thread(
+            lambda: format_threads(thread(args.algorithm, inputs), name))
+        return [*before, f"* THREAD {text}".rstrip().encode() + b"\r\n",
+                tagged(command.tag, "OK", "THREAD completed")]
 
     def _esearch(self, command: Command, options: tuple[str, ...], hits: list[int],
                  modseq: int | None) -> bytes:
@@ -779,16 +804,26 @@ class Session:
         pick = operator.itemgetter(*(_ROW_FIELDS.index(f) for f in fields))
         known = view.uids
         recent = view.recent
+        low, high = (min(recent), max(recent)) if recent else (0, -1)
         for start in range(0, len(uids), FETCH_CHUNK):
-            rows = await self.store.flag_rows(self.me, view.mailbox_id,
-                                              uids[start:start + FETCH_CHUNK])
+            chunk = uids[start:start + FETCH_CHUNK]
+            first = view.seq_of(chunk[0])
+            no_recent = high < chunk[0] or low > chunk[-1]  # SQLite knows nothing of \Recent
+            if (changed_since is None and no_recent
+                    and view.seq_of(chunk[-1]) - first == len(chunk) - 1):
+                # A gapless stretch of the view (1:* is one): SQLite writes the lines.
+                made = await self.store.flag_lines(view.mailbox_id, chunk, first, fields)
+                if made is not None:
+                    await self.send([made])
+                    continue
+            rows = await self.store.flag_rows(self.me, view.mailbox_id, chunk)
             out = []
             i = -1
             for uid, flags, modseq in rows:
                 if changed_since is not None and modseq <= changed_since:
                     continue
                 if uid in recent:
-                    flags = f"{flags} \\Recent" if flags else "\\Recent"
+                    flags = " ".join(sorted([*flags.split(), "\\Recent"]))
                 i += 1  # a range of the view is mostly contiguous: try the next position first
                 if i >= len(known) or known[i] != uid:
                     i = bisect.bisect_left(known, uid)
@@ -924,12 +959,52 @@ class _Output:
         await self.session.send(lines)
 
 
+def _esort(command: Command, options: tuple[str, ...], hits: list[int]) -> bytes:
+    """RFC 5267 ESORT: MIN and MAX are the first and last in sort order, ALL keeps it."""
+    wanted = set(options) or {"ALL"}
+    parts = f'* ESEARCH (TAG "{command.tag}")' + (" UID" if command.uid else "")
+    if hits and "MIN" in wanted:
+        parts += f" MIN {hits[0]}"
+    if hits and "MAX" in wanted:
+        parts += f" MAX {hits[-1]}"
+    if "COUNT" in wanted:
+        parts += f" COUNT {len(hits)}"
+    if hits and "ALL" in wanted:
+        parts += f" ALL {_ordered_set(hits)}"
+    return parts.encode() + b"\r\n"
+
+
+def _ordered_set(numbers: list[int]) -> str:
+    """A sequence set in the given order: only ascending runs are folded into ranges."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and runs[-1][1] == n - 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
+
+
 def _sort_candidates(rows: list[tuple[MessageMeta, bytes | None]],
                      budget: Budget) -> list[Candidate]:
     out = []
     for meta, raw in rows:
         budget.check()
         out.append(Candidate(meta.uid, meta, ParsedMessage.from_bytes(raw or b"")))
+    return out
+
+
+def _thread_inputs(rows: list[tuple[MessageMeta, bytes | None]],
+                   budget: Budget) -> list[ThreadInput]:
+    out = []
+    for meta, raw in rows:
+        budget.check()
+        msg = ParsedMessage.from_bytes(raw or b"")
+        references = message_ids(msg.text("references")) or message_ids(
+            msg.text("in-reply-to"))[:1]
+        own = message_ids(msg.text("message-id"))
+        out.append(ThreadInput(meta.uid, sent_time(msg, meta), msg.text("subject") or "",
+                               own[0] if own else None, tuple(references)))
     return out
 
 

@@ -19,7 +19,8 @@ AUTHENTICATED = ANY_STATE | {
     "UNSUBSCRIBE", "LIST", "LSUB", "STATUS", "APPEND", "IDLE",
 }
 SELECTED = AUTHENTICATED | {
-    "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "SORT", "FETCH", "STORE", "COPY", "MOVE",
+    "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "SORT", "THREAD", "FETCH", "STORE",
+    "COPY", "MOVE",
 }
 
 ALLOWED: dict[State, frozenset[str]] = {
@@ -31,10 +32,12 @@ ALLOWED: dict[State, frozenset[str]] = {
 
 # RFC 3501 7.4.1: EXPUNGE responses may not be sent while these (non-UID) commands run, because
 # the client's sequence numbers must stay valid for them.
-NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH", "SORT"})
+NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH", "SORT", "THREAD"})
 
 CAPABILITIES = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
     "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH", "BINARY",
     "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
+    "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT",
+    "WITHIN",
 )

@@ -75,7 +75,8 @@ def _display_key(msg: Part, field: str) -> str:
     return (f"{spec}@{address.host}" if address.host is not None else spec).upper()
 
 
-def _sent(msg: Part, meta: MessageMeta) -> float:
+def sent_time(msg: Part, meta: MessageMeta) -> float:
+    """The Date: header as a timestamp, else INTERNALDATE (RFC 5256 SORT DATE)."""
     value = msg.text("date")
     if value:
         try:
@@ -98,7 +99,7 @@ def _key(criterion: str, c: Candidate) -> object:
     if criterion == "SIZE":
         return c.meta.size
     if criterion == "DATE":
-        return _sent(c.msg, c.meta)
+        return sent_time(c.msg, c.meta)
     if criterion == "SUBJECT":
         return base_subject(c.msg.text("subject") or "")
     if criterion in ("FROM", "TO", "CC"):

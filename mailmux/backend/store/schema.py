@@ -131,7 +131,8 @@ CREATE TRIGGER IF NOT EXISTS body_index_gone AFTER DELETE ON bodies BEGIN
     DELETE FROM body_fts WHERE rowid = (SELECT id FROM body_index WHERE hash = old.hash);
     DELETE FROM body_index WHERE hash = old.hash;
 END;
-CREATE VIRTUAL TABLE IF NOT EXISTS body_fts USING fts5(header, body, tokenize='trigram');
+CREATE VIRTUAL TABLE IF NOT EXISTS body_fts USING fts5(header, body, tokenize='trigram',
+    detail='column');
 
 CREATE TRIGGER IF NOT EXISTS mailbox_counts_new AFTER INSERT ON mailboxes BEGIN
     INSERT OR IGNORE INTO mailbox_counts (mailbox_id) VALUES (new.id);

@@ -22,7 +22,6 @@ import sqlite3
 import threading
 import time
 import uuid
-from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +58,7 @@ from mailmux.backend.store.login_cache import LoginCache
 from mailmux.backend.store.passwords import hash_password, verify_password
 from mailmux.backend.store.schema import prepare
 from mailmux.backend.store.search_sql import compile_key
+from mailmux.backend.store.uid_cache import UidCache
 from mailmux.backend.store.writer import Tx, Writer
 from mailmux.protocol.imap.commands import SearchKey
 
@@ -83,6 +83,8 @@ def _body_hash(body: bytes) -> str:
 
 DEFAULT_LOGIN_CACHE_TTL = 60.0
 _IN_LIMIT = 256  # beyond this many UIDs, one range scan beats a long IN list
+_LINE_ITEMS = {"uid": "'UID ' || m.uid", "flags": "'FLAGS (' || m.flags || ')'",
+               "modseq": "'MODSEQ (' || m.modseq || ')'"}
 
 
 def _index_of(body: bytes) -> IndexEntry:
@@ -132,6 +134,7 @@ class SqliteStore:
         # Successful logins, for `auth_cache_ttl` (the node sets it from its config).
         self.logins = LoginCache(DEFAULT_LOGIN_CACHE_TTL)
         self._steps: Callable[[], int] | None = None
+        self._uid_cache = UidCache()
         self.origin = node_id
         # Replication installs these: called after every commit, and before acknowledging an
         # append/delivery (raising Unavailable when the required copies cannot be made).
@@ -752,10 +755,7 @@ class SqliteStore:
                     "instr(' ' || flags || ' ', ' \\Seen ') = 0", (mailbox_id,)).fetchone()[0]
             keywords = tuple(r[0] for r in conn.execute(
                 "SELECT keyword FROM mailbox_keywords WHERE mailbox_id = ?", (mailbox_id,)))
-            text = conn.execute(
-                "SELECT group_concat(uid) FROM (SELECT uid FROM messages WHERE mailbox_id = ? "
-                "ORDER BY uid)", (mailbox_id,)).fetchone()[0]
-            uids = array("q", map(int, text.split(","))) if text else array("q")
+            uids = self._uid_cache.uids(conn, mailbox_id, info.uidvalidity, info.highestmodseq)
             return SelectState(info, uids, first, keywords)
 
         return await self._read(read)
@@ -826,6 +826,32 @@ class SqliteStore:
                 return [(uid, flags, modseq) for uid, flags, modseq, _ in rows]
             return [(uid, _flags_text(_flags_set(flags) | {SEEN}) if seen else flags, modseq)
                     for uid, flags, modseq, seen in rows]
+
+        return await self._read(read)
+
+    async def flag_lines(self, mailbox_id: int, uids: Sequence[int], first_seq: int,
+                         fields: tuple[str, ...]) -> bytes | None:
+        """FETCH response lines for `uids` (ascending, numbered from `first_seq` on, without
+        gaps: a stretch of the view), made by SQLite in one statement. The fields after "seq"
+        are "uid", "flags", "modseq" in response order. None when the mailbox does not hold
+        exactly those UIDs (an expunge or a renumbering not yet in the view) or is a board:
+        the caller then renders row by row."""
+        if not uids:
+            return b""
+        items = " || ' ' || ".join(_LINE_ITEMS[f] for f in fields[1:])
+        sql = (
+            "SELECT group_concat(line, char(13, 10)), group_concat(uid), count(*) FROM ("
+            "SELECT m.uid AS uid, '* ' || (? - 1 + row_number() OVER (ORDER BY m.uid)) || "
+            f"' FETCH (' || {items} || ')' AS line FROM messages m, mailboxes b "
+            "WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? AND b.id = m.mailbox_id "
+            "AND b.owner <> ? ORDER BY m.uid)")
+
+        def read(conn: sqlite3.Connection) -> bytes | None:
+            lines, got, count = conn.execute(
+                sql, (first_seq, mailbox_id, uids[0], uids[-1], BOARD_OWNER)).fetchone()
+            if count != len(uids) or got != ",".join(map(str, uids)):
+                return None
+            return str(lines).encode() + b"\r\n"
 
         return await self._read(read)
 

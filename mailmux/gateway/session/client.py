@@ -50,6 +50,7 @@ BEFORE_LOGIN = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
     "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH", "BINARY",
     "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
+    "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT", "WITHIN",
 )
 GATEWAY_OWN = ("ID",)  # answered by the gateway in every state
 # Extensions a backend may offer that the gateway must not pass on, and why:

@@ -173,6 +173,16 @@ class Sort:
     criteria: tuple[tuple[bool, str], ...]
     key: SearchKey
     charset: str
+    return_options: tuple[str, ...] | None = None  # ESORT (RFC 5267) RETURN (...)
+
+
+@dataclass(frozen=True)
+class Thread:
+    """THREAD (RFC 5256): `algorithm` is REFERENCES or ORDEREDSUBJECT."""
+
+    algorithm: str
+    key: SearchKey
+    charset: str
 
 
 @dataclass(frozen=True)
@@ -218,7 +228,7 @@ class Enable:
 
 Args = (
     NoArgs | Login | Authenticate | MailboxArg | Rename | ListArgs | StatusArgs | Append
-    | Search | Sort | Fetch | Store | CopyMove | Expunge | Id | Enable
+    | Search | Sort | Thread | Fetch | Store | CopyMove | Expunge | Id | Enable
 )
 
 

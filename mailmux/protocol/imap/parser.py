@@ -36,6 +36,7 @@ from mailmux.protocol.imap.commands import (
     Sort,
     StatusArgs,
     Store,
+    Thread,
 )
 from mailmux.protocol.imap.errors import ParseError
 from mailmux.protocol.imap.mutf7 import decode_mailbox
@@ -464,6 +465,8 @@ def _search_key(r: _Reader, charset: str) -> SearchKey:
             return SearchKey(word, (field, r.text(r.astring(), charset)))
         if word in _SEARCH_DATE_KEYS:
             return SearchKey(word, (r.search_date(),))
+        if word in ("OLDER", "YOUNGER"):  # WITHIN (RFC 5032): seconds before now
+            return SearchKey(word, (r.nz_number(),))
         if word in ("LARGER", "SMALLER", "MODSEQ"):
             if word == "MODSEQ" and r.peek() == b'"':
                 r.quoted()  # entry name and type (RFC 7162) carry no meaning for us
@@ -506,8 +509,17 @@ _SORT_CRITERIA = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DIS
                   "DISPLAYTO"}
 
 
+_ESORT_OPTIONS = {"MIN", "MAX", "ALL", "COUNT"}
+
+
 def _sort(r: _Reader) -> Sort:
     r.sp()
+    return_options: tuple[str, ...] | None = None
+    if r.take(b"RETURN "):
+        return_options = r.paren_atoms()
+        if set(return_options) - _ESORT_OPTIONS:
+            raise _Fail(f"unknown SORT RETURN option in {' '.join(return_options)}")
+        r.sp()
     words = r.paren_atoms()
     criteria: list[tuple[bool, str]] = []
     reverse = False
@@ -522,6 +534,11 @@ def _sort(r: _Reader) -> Sort:
     if reverse or not criteria:
         raise _Fail("sort criteria must end with a key")
     r.sp()
+    charset, key = _charset_and_program(r)
+    return Sort(tuple(criteria), key, charset, return_options)
+
+
+def _charset_and_program(r: _Reader) -> tuple[str, SearchKey]:
     charset = r.astring().decode("ascii", "replace").upper()
     if charset not in ("UTF-8", "US-ASCII"):
         raise _Fail(f"charset {charset} not supported", "BADCHARSET (UTF-8 US-ASCII)")
@@ -529,7 +546,17 @@ def _sort(r: _Reader) -> Sort:
     keys = [_search_key(r, charset)]
     while r.take(b" "):
         keys.append(_search_key(r, charset))
-    return Sort(tuple(criteria), SearchKey("AND", (), tuple(keys)), charset)
+    return charset, SearchKey("AND", (), tuple(keys))
+
+
+def _thread(r: _Reader) -> Thread:
+    r.sp()
+    algorithm = r.atom().upper()
+    if algorithm not in ("REFERENCES", "ORDEREDSUBJECT"):
+        raise _Fail(f"unknown threading algorithm {algorithm}")
+    r.sp()
+    charset, key = _charset_and_program(r)
+    return Thread(algorithm, key, charset)
 
 
 def _list(r: _Reader) -> ListArgs:
@@ -671,6 +698,8 @@ def _args(r: _Reader, name: str, uid: bool) -> Args:
         return _search(r)
     if name == "SORT":
         return _sort(r)
+    if name == "THREAD":
+        return _thread(r)
     if name == "FETCH":
         return _fetch(r)
     if name == "STORE":
@@ -692,7 +721,7 @@ def _args(r: _Reader, name: str, uid: bool) -> Args:
     raise _Fail(f"unknown command {name}")
 
 
-_UID_COMMANDS = {"COPY", "MOVE", "FETCH", "SEARCH", "SORT", "STORE", "EXPUNGE"}
+_UID_COMMANDS = {"COPY", "MOVE", "FETCH", "SEARCH", "SORT", "THREAD", "STORE", "EXPUNGE"}
 
 
 def parse_command(raw: bytes) -> Command:

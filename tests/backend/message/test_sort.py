@@ -8,6 +8,7 @@ import pytest
 
 from mailmux.backend.message.parsed import ParsedMessage
 from mailmux.backend.message.sort import Candidate, base_subject, sort_order
+from mailmux.backend.message.threading import ThreadInput, format_threads, thread
 from mailmux.backend.store.interface import MessageMeta
 from mailmux.protocol.imap.commands import SearchKey, Sort
 from mailmux.protocol.imap.errors import ParseError
@@ -55,3 +56,28 @@ def test_sort_command_parses() -> None:
                 b"a SORT (DATE) KOI8-R ALL\r\n"):
         with pytest.raises(ParseError):
             parse_command(bad)
+
+
+def _msg(uid: int, subject: str, own: str | None, refs: tuple[str, ...] = ()) -> ThreadInput:
+    return ThreadInput(uid, float(uid), subject, own, refs)
+
+
+def test_references_threads_replies_and_breaks_loops() -> None:
+    # imaptest "thread": 2 refers to 1 via a dummy (3's id); 3 then says it answers 2
+    roots = thread("REFERENCES", [_msg(1, "x", "a@b"), _msg(2, "y", "b@b", ("a@b", "c@b")),
+                                  _msg(3, "z", "c@b", ("b@b",))])
+    assert format_threads(roots, lambda u: u) == "(1)(3 2)"
+
+
+def test_references_groups_siblings_and_subjects() -> None:
+    roots = thread("REFERENCES", [_msg(1, "hello", "1@x"), _msg(2, "Re: hello", "2@x", ("1@x",)),
+                                  _msg(3, "Re: hello", "3@x", ("1@x",)),
+                                  _msg(4, "Re: hello", "4@x", ("9@x",))])
+    assert format_threads(roots, lambda u: u) == "(1 (2)(3)(4))"
+
+
+def test_ordered_subject() -> None:
+    roots = thread("ORDEREDSUBJECT", [_msg(1, "b", None), _msg(2, "a", None),
+                                      _msg(3, "Re: a", None), _msg(4, "re: b", None),
+                                      _msg(5, "Fwd: a", None)])
+    assert format_threads(roots, lambda u: u) == "(1 4)(2 (3)(5))"
