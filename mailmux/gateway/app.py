@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
 from types import TracebackType
 
 from mailmux import metrics
@@ -40,7 +39,6 @@ class Gateway:
             submission = SubmissionServer(self.config, self.pool, context)
             submission_address = await submission.start()
             self._stack.push_async_callback(submission.close)
-            self._export_failover_figures()
             metrics_server = None
             if self.config.metrics_listen is not None:
                 metrics_server = metrics.start_metrics_server(self.config.metrics_listen)
@@ -62,43 +60,3 @@ class Gateway:
         traceback: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
-
-    def _export_failover_figures(self) -> None:
-        """The failover figures the gateway keeps (FailoverMetrics, heartbeat hangs), per node."""
-        figures = self.pool.metrics
-        hangs = self.pool.heartbeat.hangs
-
-        def field(name: str) -> Callable[[], dict[tuple[str, ...], float]]:
-            return lambda: {(node,): _number(row[name])
-                            for node, row in figures.snapshot().items()}
-
-        def quantiles() -> dict[tuple[str, ...], float]:
-            out: dict[tuple[str, ...], float] = {}
-            for node, row in figures.snapshot().items():
-                for q, key in (("0.5", "recovery_p50"), ("0.99", "recovery_p99")):
-                    if row[key] is not None:
-                        out[(node, q)] = _number(row[key])
-            return out
-
-        for name, doc, key in (
-            ("mailmux_gateway_failovers", "sessions that lost this node and moved elsewhere",
-             "failovers"),
-            ("mailmux_gateway_replays", "commands re-sent to this node with their replay id "
-             "after a failover", "replays"),
-            ("mailmux_gateway_failover_recoveries", "failovers whose command in flight got "
-             "its answer (the node is the one lost)", "recoveries"),
-        ):
-            self._stack.callback(metrics.register_source(
-                name, doc, ("node",), "gateway", field(key), kind="counter"))
-        self._stack.callback(metrics.register_source(
-            "mailmux_gateway_hangs", "times this node was found hung (silent heartbeat)",
-            ("node",), "gateway", lambda: {(n,): float(c) for n, c in list(hangs.items())},
-            kind="counter"))
-        self._stack.callback(metrics.register_source(
-            "mailmux_gateway_failover_recovery_seconds",
-            "recovery time (failure to answer) of the last 256 failovers, by quantile",
-            ("node", "quantile"), "gateway", quantiles))
-
-
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, int | float) else 0.0
