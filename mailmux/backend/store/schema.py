@@ -227,3 +227,9 @@ def _statements(script: str) -> list[str]:
             out.append(current.strip())
             current = ""
     return out
+
+
+# A mailbox and everything below it, matched exactly and case-sensitively: LIKE would treat
+# `_` and `%` in names as wildcards and fold ASCII case, reaching unrelated mailboxes.
+SUBTREE = ("SELECT id, name FROM mailboxes WHERE owner = ? AND "
+           "(name = ? OR substr(name, 1, length(?3)) = ?3)")

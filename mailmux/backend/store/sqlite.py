@@ -36,6 +36,7 @@ from mailmux.backend.errors import (
     UserExists,
     UserNotFound,
 )
+from mailmux.backend.message.limits import check_keywords
 from mailmux.backend.message.parsed import ParsedMessage
 from mailmux.backend.message.search import IndexEntry, index_entry
 from mailmux.backend.store import names
@@ -56,7 +57,7 @@ from mailmux.backend.store.interface import (
 )
 from mailmux.backend.store.login_cache import LoginCache
 from mailmux.backend.store.passwords import hash_password, verify_password
-from mailmux.backend.store.schema import prepare
+from mailmux.backend.store.schema import SUBTREE, prepare
 from mailmux.backend.store.search_sql import compile_key
 from mailmux.backend.store.uid_cache import UidCache
 from mailmux.backend.store.writer import Tx, Writer
@@ -500,10 +501,12 @@ class SqliteStore:
             if old == "INBOX":
                 self._rename_inbox(tx, owner, row, new)
                 return
-            children = tx.conn.execute(
-                "SELECT id, name FROM mailboxes WHERE owner = ? AND (name = ? OR name LIKE ?)",
-                (owner, old, old.replace("%", r"\%") + "/%"),
-            ).fetchall()
+            children = tx.conn.execute(SUBTREE, (owner, old, old + "/")).fetchall()
+            clashes = [new + name[len(old):] for _, name in children if tx.conn.execute(
+                "SELECT 1 FROM mailboxes WHERE owner = ? AND name = ?",
+                (owner, new + name[len(old):])).fetchone()]
+            if clashes:
+                raise MailboxExists(f"mailbox {clashes[0]} already exists")
             for mailbox_id, name in children:
                 renamed = new + name[len(old):]
                 tx.conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (renamed, mailbox_id))
@@ -895,6 +898,7 @@ class SqliteStore:
                        else old - wanted)
                 if new == old:
                     continue
+                check_keywords(new)
                 if modseq is None:
                     modseq = conn.execute(
                         "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? "
