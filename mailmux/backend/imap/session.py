@@ -818,11 +818,11 @@ class Session:
         pick = operator.itemgetter(*(_ROW_FIELDS.index(f) for f in fields))
         known = view.uids
         recent = view.recent
-        low, high = (min(recent), max(recent)) if recent else (0, -1)
         for start in range(0, len(uids), FETCH_CHUNK):
             chunk = uids[start:start + FETCH_CHUNK]
             first = view.seq_of(chunk[0])
-            no_recent = high < chunk[0] or low > chunk[-1]  # SQLite knows nothing of \Recent
+            # SQLite knows nothing of \Recent: look at the chunk's UIDs, never all of `recent`
+            no_recent = not recent or not any(u in recent for u in chunk)
             if (changed_since is None and no_recent
                     and view.seq_of(chunk[-1]) - first == len(chunk) - 1):
                 # A gapless stretch of the view (1:* is one): SQLite writes the lines.
