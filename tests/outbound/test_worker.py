@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailmux.backend.config import from_dict
+from mailmux.backend.load import LoadMeter
 from mailmux.backend.store.sqlite import SqliteStore
 from mailmux.outbound.worker import OutboundWorker
 from tests.support.certs import self_signed
@@ -53,7 +54,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 
 def _worker(store: SqliteStore, sink: SmtpSink, dns: DnsServer, clock: Clock,
-            **outbound: object) -> OutboundWorker:
+            meter: LoadMeter | None = None, **outbound: object) -> OutboundWorker:
     config = from_dict({
         "node_id": "a", "data_dir": "d", "domains": ["example.test"],
         "pool_secret": "secret-secret", "listen_imap": "127.0.0.1:0",
@@ -61,7 +62,7 @@ def _worker(store: SqliteStore, sink: SmtpSink, dns: DnsServer, clock: Clock,
         "outbound": {"mx_port": sink.port, "dns_servers": [f"127.0.0.1:{dns.address[1]}"],
                      "timeout": "10s", **outbound},
     })
-    return OutboundWorker(config, store, clock=clock)
+    return OutboundWorker(config, store, meter, clock=clock)
 
 
 def _message(subject: str = "hello") -> bytes:
@@ -107,10 +108,19 @@ async def test_4xx_is_retried_on_schedule(store: SqliteStore, sink: SmtpSink,
     clock = Clock()
     sink.handler.scripted[REMOTE] = ["451 4.7.1 greylisted, come back later",
                                      "452 4.2.2 mailbox full"]
-    worker = _worker(store, sink, dns, clock, retry_intervals=["5m", "15m", "30m"])
+    meter = LoadMeter()
+    worker = _worker(store, sink, dns, clock, meter, retry_intervals=["5m", "15m", "30m"])
+    await worker.start()
+    await worker.close()  # installs the meter's sources; the test drives passes itself
+    idle_score = meter.score()
     await worker.submit("m1", SENDER, [REMOTE], _message())
     start = clock.now
     assert await _pass(worker) == 1
+    clock.now = start + 60
+    await worker.run_once()  # refreshes the queue figures
+    # The delivery backlog is in the LOAD report and weighs on the load score.
+    assert meter.snapshot()["outbound.queued"] == 1 and meter.snapshot()["outbound.oldest_s"] == 60
+    assert meter.score() == pytest.approx(idle_score + 1 / 100)
     queued = await worker.queue.get("m1")
     assert queued is not None and queued.pending == [REMOTE] and queued.attempts == 1
     assert queued.next_attempt == start + 300

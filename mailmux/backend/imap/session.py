@@ -18,18 +18,23 @@ import binascii
 import bisect
 import contextlib
 import dataclasses
+import functools
 import logging
 import operator
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from mailmux import metrics
+from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted
 from mailmux.backend.imap import fetch as fetching
 from mailmux.backend.imap.budget import Budget, run_bounded
 from mailmux.backend.imap.listing import list_responses
 from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING, State
 from mailmux.backend.imap.view import View
+from mailmux.backend.message.limits import check_keywords, check_structure
 from mailmux.backend.message.parsed import ParsedMessage, Part
 from mailmux.backend.message.search import SearchContext, matches
 from mailmux.backend.message.sort import Candidate, sent_time, sort_order
@@ -79,6 +84,7 @@ from mailmux.protocol.imap.replay import split_replay
 from mailmux.protocol.imap.response import (
     Atom,
     continuation,
+    encode_value,
     format_flags,
     format_sequence_set,
     tagged,
@@ -101,6 +107,8 @@ SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 FETCH_CHUNK = 5000  # messages whose metadata one FETCH reads per query
 FETCH_BODY_CHUNK = 64  # messages, and
 BODY_BATCH_BYTES = 4 * 1024 * 1024  # bytes of bodies, read per query
+MAX_FETCH_BODY_ITEMS = 50  # items of one FETCH that each carry message content
+MAX_FETCH_ITEMS = 100
 OUTPUT_CHUNK = 64 * 1024  # bytes of responses written (and drained) at a time
 SEARCH_CHECK_CHUNK = 256
 _ROW_FIELDS = ("seq", "uid", "flags", "modseq")  # messages a SEARCH reads and checks at a time
@@ -220,6 +228,7 @@ class Session:
         handler: Callable[[Command], Awaitable[Lines]] = getattr(self, "do_" + command.name)
         log.debug("imap %s (%s): %s%s", self.peer, self.user, "UID " if command.uid else "",
                   command.name)
+        started = time.monotonic()
         with self.server.meter.transaction():
             try:
                 lines = await handler(command)
@@ -231,6 +240,10 @@ class Session:
                 log.exception("imap %s (%s): %s failed", self.peer, self.user, command.name)
                 lines = [tagged(command.tag, "NO", f"internal error: {type(exc).__name__}",
                                 "SERVERBUG")]
+            finally:
+                metrics.observe_command(
+                    f"UID {command.name}" if command.uid else command.name,
+                    time.monotonic() - started)
         return lines
 
     async def _dispatch_replay(self, command: Command, replay_id: str) -> Lines:
@@ -410,9 +423,11 @@ class Session:
             self.framer.max_literal = self.config.max_message_size
             self.framer.max_command = self.config.max_command_size
             log.info("imap %s: %s logged in", self.peer, user)
+            metrics.login("imap", True)
             caps = " ".join(self.capabilities())
             return [tagged(tag, "OK", "logged in", f"CAPABILITY {caps}")]
         self.failed_logins += 1
+        metrics.login("imap", False)
         log.info("imap %s: failed login for %s (%d)", self.peer, user, self.failed_logins)
         delay = min(self.config.failed_login_delay * 2 ** (self.failed_logins - 1),
                     MAX_LOGIN_DELAY)
@@ -581,6 +596,10 @@ class Session:
         messages = [(args.flags, args.date, args.message, args.binary), *args.more]
         if any(len(m[2]) > self.config.max_message_size for m in messages):
             return [tagged(command.tag, "NO", "message too large", "TOOBIG")]
+        for flags, _, message, _ in messages:
+            check_keywords(flags)
+            await run_bounded(functools.partial(_check_structure, message, self.config),
+                              self.config.command_cpu_budget)
         results: list[AppendResult] = []
         try:
             for flags, when, message, _ in messages:
@@ -753,8 +772,10 @@ class Session:
         # Sorting many messages is CPU work: never on the event loop.
         ordered = await asyncio.to_thread(sort_order, candidates, args.criteria)
         hits = ordered if command.uid else [view.seq_of(u) for u in ordered]
-        return [*before, untagged(Atom("SORT"), *hits),
-                tagged(command.tag, "OK", "SORT completed")]
+        line = untagged(Atom("SORT"), *hits)
+        if args.return_options is not None:
+            line = _esort(command, args.return_options, hits)
+        return [*before, line, tagged(command.tag, "OK", "SORT completed")]
 
     async def do_THREAD(self, command: Command) -> Lines:
         args = command.args
@@ -796,6 +817,10 @@ class Session:
     async def do_FETCH(self, command: Command) -> Lines:
         args = command.args
         assert isinstance(args, Fetch)
+        if (fetching.body_items(args.attrs) > MAX_FETCH_BODY_ITEMS
+                or len(args.attrs) > MAX_FETCH_ITEMS):
+            return [tagged(command.tag, "NO", f"at most {MAX_FETCH_BODY_ITEMS} body items and "
+                           f"{MAX_FETCH_ITEMS} items in one FETCH", "LIMIT")]
         view = self.selected
         await self.send(await self.updates(allow_expunge=command.uid))
         uids = view.resolve(args.sequence, command.uid)
@@ -824,6 +849,8 @@ class Session:
                                          out)
                 continue
             for meta, _ in rows:
+                for announce in self._announce_flags(set(meta.flags)):
+                    await out.add(announce)
                 items = fetching.render(attrs, self._recent(meta), None, with_uid=command.uid,
                                         with_modseq=with_modseq)
                 await out.add(untagged(view.seq_of(meta.uid), Atom("FETCH"), items))
@@ -843,15 +870,28 @@ class Session:
         known = view.uids
         recent = view.recent
         for start in range(0, len(uids), FETCH_CHUNK):
-            rows = await self.store.flag_rows(self.me, view.mailbox_id,
-                                              uids[start:start + FETCH_CHUNK])
+            chunk = uids[start:start + FETCH_CHUNK]
+            first = view.seq_of(chunk[0])
+            # SQLite knows nothing of \Recent: look at the chunk's UIDs, never all of `recent`
+            no_recent = not recent or not any(u in recent for u in chunk)
+            if (changed_since is None and no_recent
+                    and view.seq_of(chunk[-1]) - first == len(chunk) - 1):
+                # A gapless stretch of the view (1:* is one): SQLite writes the lines.
+                made = await self.store.flag_lines(view.mailbox_id, chunk, first, fields)
+                if made is not None:
+                    await self.send([made])
+                    continue
+            rows = await self.store.flag_rows(self.me, view.mailbox_id, chunk)
+            if "flags" in fields:
+                await self.send(self._announce_flags(
+                    {f for _, text, _ in rows for f in text.split()}))
             out = []
             i = -1
             for uid, flags, modseq in rows:
                 if changed_since is not None and modseq <= changed_since:
                     continue
                 if uid in recent:
-                    flags = f"{flags} \\Recent" if flags else "\\Recent"
+                    flags = " ".join(sorted([*flags.split(), "\\Recent"]))
                 i += 1  # a range of the view is mostly contiguous: try the next position first
                 if i >= len(known) or known[i] != uid:
                     i = bisect.bisect_left(known, uid)
@@ -874,13 +914,11 @@ class Session:
             rows = await self.store.fetch_rows(self.me, view.mailbox_id, [m.uid for m in batch],
                                                with_body=True)
             for row, raw in rows:
-                try:
-                    items = fetching.render(attrs, self._recent(fresh[row.uid]), raw,
-                                            with_uid=with_uid,
-                                            with_modseq=with_modseq)
-                except fetching.FetchError:
-                    continue
-                await out.add(untagged(view.seq_of(row.uid), Atom("FETCH"), items))
+                for announce in self._announce_flags(set(row.flags)):
+                    await out.add(announce)
+                items = fetching.render_items(attrs, self._recent(fresh[row.uid]), raw,
+                                              with_uid=with_uid, with_modseq=with_modseq)
+                await out.message(view.seq_of(row.uid), items)
             batch, size = [], 0
 
     async def _mark_seen(self, rows: list[tuple[MessageMeta, bytes | None]]
@@ -910,6 +948,7 @@ class Session:
             before += await self._condstore_on()
         # \\Recent is the server's to set (RFC 3501 2.3.2)
         flags = [f for f in args.flags if f != "\\Recent"]
+        check_keywords(flags)
         result = await self.store.store_flags(self.me, view.mailbox_id, uids, args.mode,
                                               flags, args.unchanged_since)
         lines: Lines = [*before, *self._announce_flags(set(flags))]
@@ -926,6 +965,8 @@ class Session:
                        await self.store.fetch_rows(self.me, view.mailbox_id, unchanged)}
             report = [changed.get(u) or current[u] for u in uids
                       if u in changed or u in current]
+        # another session's keyword may be on these messages before this one announced it
+        lines += self._announce_flags({f for c in report for f in c.flags})
         for c in report:
             lines.append(view.flags_response(c.uid, c.flags, c.modseq, with_uid=command.uid))
         code = None
@@ -967,6 +1008,15 @@ class Session:
         return [*lines, tagged(command.tag, "OK", "MOVE completed")]
 
 
+def _encoded_item(items: Iterator[tuple[Atom, object]]) -> bytes | None:
+    item = next(items, None)
+    return None if item is None else encode_value(item[0]) + b" " + encode_value(item[1])
+
+
+def _check_structure(message: bytes, config: BackendConfig, _: Budget) -> None:
+    check_structure(message, config.max_mime_parts, config.max_mime_depth)
+
+
 class _Output:
     """FETCH responses leave in chunks as they are made, waiting for the client to read
     (drain) before making more: a large FETCH holds one chunk in memory, not the answer."""
@@ -985,6 +1035,56 @@ class _Output:
     async def flush(self) -> None:
         lines, self.lines, self.size = self.lines, [], 0
         await self.session.send(lines)
+
+    async def message(self, seq: int, items: Iterator[tuple[Atom, object]]) -> None:
+        """One `* n FETCH (...)` made and sent item by item: 50 copies of a big body are
+        never held at once. A part the message lacks (FetchError) leaves the message out when
+        nothing of it was sent yet, else ends its list early."""
+        pending: list[bytes] = [b"* %d FETCH (" % seq]
+        size, first, written = len(pending[0]), True, False
+        try:
+            # Each item is made in a worker thread: parsing a poison message (a header of
+            # megabytes, thousands of parts) must not stall the event loop.
+            while (item := await asyncio.to_thread(_encoded_item, items)) is not None:
+                piece = item if first else b" " + item
+                first = False
+                pending.append(piece)
+                size += len(piece)
+                if size >= OUTPUT_CHUNK:
+                    for chunk in pending:
+                        await self.add(chunk)
+                    pending, size, written = [], 0, True
+        except fetching.FetchError:
+            if not written:
+                return
+        pending.append(b")\r\n")
+        await self.add(b"".join(pending))
+
+
+def _esort(command: Command, options: tuple[str, ...], hits: list[int]) -> bytes:
+    """RFC 5267 ESORT: MIN and MAX are the first and last in sort order, ALL keeps it."""
+    wanted = set(options) or {"ALL"}
+    parts = f'* ESEARCH (TAG "{command.tag}")' + (" UID" if command.uid else "")
+    if hits and "MIN" in wanted:
+        parts += f" MIN {hits[0]}"
+    if hits and "MAX" in wanted:
+        parts += f" MAX {hits[-1]}"
+    if "COUNT" in wanted:
+        parts += f" COUNT {len(hits)}"
+    if hits and "ALL" in wanted:
+        parts += f" ALL {_ordered_set(hits)}"
+    return parts.encode() + b"\r\n"
+
+
+def _ordered_set(numbers: list[int]) -> str:
+    """A sequence set in the given order: only ascending runs are folded into ranges."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and runs[-1][1] == n - 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
 
 
 def _sort_candidates(rows: list[tuple[MessageMeta, bytes | None]],

@@ -38,6 +38,7 @@ CAPABILITIES = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
     "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH", "BINARY",
     "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
-    "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT",
+    "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT",
+    "WITHIN",
     "XREPLAY",  # gateway-only (mailmux.protocol.imap.replay); the gateway never shows it
 )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 
 from mailmux.backend.message.addresses import parse_addresses
 from mailmux.backend.message.headers import decode_header_text, decoded_text, text_parts
@@ -163,6 +163,10 @@ def matches(key: SearchKey, ctx: SearchContext) -> bool:
         return ctx.recent and "\\Seen" not in flags
     if name == "OLD":
         return not ctx.recent
+    if name in ("OLDER", "YOUNGER"):  # WITHIN (RFC 5032)
+        age = (datetime.now(UTC) - ctx.meta.internaldate).total_seconds()
+        limit = int(str(key.args[0]))
+        return age > limit if name == "OLDER" else age <= limit
     if name == "LARGER":
         return ctx.meta.size > int(str(key.args[0]))
     if name == "SMALLER":

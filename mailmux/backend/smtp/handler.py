@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from mailmux.backend.config import BackendConfig
-from mailmux.backend.errors import BackendError
+from mailmux.backend.errors import BackendError, LimitExceeded
 from mailmux.backend.load import LoadMeter
+from mailmux.backend.message.limits import check_structure
 from mailmux.backend.smtp import replies
 from mailmux.backend.smtp.headers import Trace, new_guid, received_header, with_protocol
 from mailmux.backend.smtp.protocol import IntakeSMTP
@@ -123,6 +124,12 @@ class IntakeHandler:
 
     async def handle_DATA(self, server: IntakeSMTP, session: Session, envelope: Envelope) -> str:
         body = envelope.original_content or b""
+        try:
+            await asyncio.to_thread(check_structure, body, self.config.max_mime_parts,
+                                    self.config.max_mime_depth)
+        except LimitExceeded as exc:
+            log.info("%s: refused a message: %s", _peer(session), exc.message)
+            return f"554 5.6.0 {exc.message}"
         recipients = list(envelope.rcpt_tos)
         # Every transaction is a new message; a gateway's replay is known by its XREPLAY id,
         # never by a header the sender could copy (an X-Mailmux-GUID is just a header now).

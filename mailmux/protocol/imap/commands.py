@@ -173,6 +173,7 @@ class Sort:
     criteria: tuple[tuple[bool, str], ...]
     key: SearchKey
     charset: str
+    return_options: tuple[str, ...] | None = None  # ESORT (RFC 5267) RETURN (...)
 
 
 @dataclass(frozen=True)

@@ -465,6 +465,8 @@ def _search_key(r: _Reader, charset: str) -> SearchKey:
             return SearchKey(word, (field, r.text(r.astring(), charset)))
         if word in _SEARCH_DATE_KEYS:
             return SearchKey(word, (r.search_date(),))
+        if word in ("OLDER", "YOUNGER"):  # WITHIN (RFC 5032): seconds before now
+            return SearchKey(word, (r.nz_number(),))
         if word in ("LARGER", "SMALLER", "MODSEQ"):
             if word == "MODSEQ" and r.peek() == b'"':
                 r.quoted()  # entry name and type (RFC 7162) carry no meaning for us
@@ -507,8 +509,17 @@ _SORT_CRITERIA = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DIS
                   "DISPLAYTO"}
 
 
+_ESORT_OPTIONS = {"MIN", "MAX", "ALL", "COUNT"}
+
+
 def _sort(r: _Reader) -> Sort:
     r.sp()
+    return_options: tuple[str, ...] | None = None
+    if r.take(b"RETURN "):
+        return_options = r.paren_atoms()
+        if set(return_options) - _ESORT_OPTIONS:
+            raise _Fail(f"unknown SORT RETURN option in {' '.join(return_options)}")
+        r.sp()
     words = r.paren_atoms()
     criteria: list[tuple[bool, str]] = []
     reverse = False
@@ -524,7 +535,7 @@ def _sort(r: _Reader) -> Sort:
         raise _Fail("sort criteria must end with a key")
     r.sp()
     charset, key = _charset_and_program(r)
-    return Sort(tuple(criteria), key, charset)
+    return Sort(tuple(criteria), key, charset, return_options)
 
 
 def _charset_and_program(r: _Reader) -> tuple[str, SearchKey]:

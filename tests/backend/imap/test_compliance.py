@@ -121,3 +121,25 @@ def test_multiappend_and_status_size(node: NodeProcess) -> None:
         reply = one.reader.readline()
         assert reply.startswith(b"m1 OK [APPENDUID ") and b" 1:2]" in reply
         assert one.run("STATUS INBOX (MESSAGES SIZE)") == ['* STATUS "INBOX" (MESSAGES 2 SIZE 7)']
+
+
+def test_within_older_and_younger(node: NodeProcess) -> None:
+    with client(node) as one:
+        for when in ('"01-Jan-2020 10:00:00 +0200" ', ""):
+            body = f"Subject: w\r\n\r\n{uuid.uuid4()}\r\n"
+            one.run(f"APPEND INBOX {when}{{{len(body)}+}}\r\n{body}")
+        one.run("SELECT INBOX")
+        assert one.run("SEARCH YOUNGER 3600") == ["* SEARCH 2"]
+        assert one.run("SEARCH OLDER 3600") == ["* SEARCH 1"]
+        assert one.run("SEARCH NOT YOUNGER 3600 SUBJECT w") == ["* SEARCH 1"]
+
+
+def test_esort_returns_in_sort_order(node: NodeProcess) -> None:
+    with client(node) as one:
+        for subject in ("b", "a", "c"):
+            body = f"Subject: {subject}\r\n\r\n{uuid.uuid4()}\r\n"
+            one.run(f"APPEND INBOX {{{len(body)}+}}\r\n{body}")
+        one.run("SELECT INBOX")
+        assert one.run("SORT (SUBJECT) UTF-8 ALL") == ["* SORT 2 1 3"]
+        assert one.run("SORT RETURN (MIN MAX ALL COUNT) (SUBJECT) UTF-8 ALL")[0].endswith(
+            "MIN 2 MAX 3 COUNT 3 ALL 2,1,3")
