@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailmux.backend.message.parsed import MAX_DEPTH
 from mailmux.configfile import (
     ConfigError,
     parse_address,
@@ -70,6 +71,8 @@ class BackendConfig:
     failed_login_delay: float = 1.0
     auth_cache_ttl: float = 60.0  # seconds a verified login is remembered; 0: never
     max_command_size: int = 50 * 1024 * 1024 + 128 * 1024  # one command's lines and literals
+    max_mime_parts: int = 1000
+    max_mime_depth: int = 16
     command_cpu_budget: float = 5.0  # user-controlled work per command (LIST patterns, SEARCH)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
@@ -98,7 +101,7 @@ _KNOWN = {
     "listen_smtp", "listen_lmtp", "listen_imaps", "listen_control", "tls_cert", "tls_key",
     "max_message_size", "max_line_length", "idle_timeout", "login_timeout", "max_unauthenticated",
     "max_failed_logins", "failed_login_delay", "auth_cache_ttl", "replication",
-    "command_cpu_budget", "max_command_size", "outbound",
+    "command_cpu_budget", "max_command_size", "max_mime_parts", "max_mime_depth", "outbound",
 }
 _KNOWN_REPLICATION = {
     "listen", "peers", "mode", "batch_window", "batch_backlog", "copies", "copy_timeout",
@@ -147,6 +150,8 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
             raw, "max_command_size",
             _positive_int(raw, "max_message_size", 50 * 1024 * 1024)
             + _positive_int(raw, "max_line_length", 64 * 1024) * 2),
+        max_mime_parts=_positive_int(raw, "max_mime_parts", 1000),
+        max_mime_depth=_mime_depth(raw),
         command_cpu_budget=parse_duration(raw.get("command_cpu_budget", 5.0),
                                           "command_cpu_budget"),
         replication=_replication(raw.get("replication", {})),
@@ -160,6 +165,13 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
     if config.listen_imaps is not None and not config.tls_enabled:
         raise ConfigError("listen_imaps: implicit TLS needs tls_cert and tls_key")
     return config
+
+
+def _mime_depth(raw: dict[str, Any]) -> int:
+    depth = _positive_int(raw, "max_mime_depth", 16)
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"max_mime_depth: at most {MAX_DEPTH}, got {depth}")
+    return depth
 
 
 def _required_str(raw: dict[str, Any], key: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 _LITERAL_AT_END = re.compile(rb"~?\{(\d+)\+?\}\r\n$")
@@ -27,6 +27,7 @@ class ResponseTooLarge(Exception):
 @dataclass(frozen=True)
 class Response:
     raw: bytes
+    streamed: bool = False  # the start of this response already went to the client
 
     @property
     def is_continuation(self) -> bool:
@@ -63,37 +64,78 @@ class Response:
 
 
 LITERAL_CHUNK = 256 * 1024
+STREAM_AFTER = 256 * 1024  # bytes of one response held before it is passed on in pieces
+MAX_HELD = 16 * 1024 * 1024  # a response nobody can stream (the gateway's own commands)
+Spill = Callable[[bytes], Awaitable[None]]
 
 
 async def read_response(
     reader: asyncio.StreamReader, max_literal: int,
-    progress: Callable[[], None] | None = None,
+    progress: Callable[[], None] | None = None, spill: Spill | None = None,
 ) -> Response:
     """One whole response; EOF raises ConnectionResetError (the backend is gone).
 
     `progress` is called whenever bytes arrive, so a caller's deadline can measure silence
     rather than the length of a big literal.
+
+    Memory stays bounded whatever a message holds: lines longer than the reader's limit are
+    read in pieces, literals in chunks, and once more than STREAM_AFTER bytes are held they go
+    to `spill` (the client) as they come; the Response returned then holds only the rest and
+    says `streamed`. Without `spill`, a response over MAX_HELD raises ResponseTooLarge.
     """
-    parts: list[bytes] = []
+    held = _Held(spill)
+    tail = b""  # the end of a line read in pieces, where a literal announcement may start
     while True:
-        line = await reader.readline()
-        if not line.endswith(b"\n"):
-            raise ConnectionResetError("backend closed the connection")
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            piece = await reader.readexactly(max(1, exc.consumed))
+            tail = (tail + piece)[-40:]
+            if progress is not None:
+                progress()
+            await held.keep(piece)
+            continue
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionResetError("backend closed the connection") from exc
         if progress is not None:
             progress()
-        parts.append(line)
-        match = _LITERAL_AT_END.search(line)
+        await held.keep(line)
+        match = _LITERAL_AT_END.search((tail + line)[-40:])
+        tail = b""
         if match is None:
-            return Response(b"".join(parts))
+            return held.response()
         size = int(match.group(1))
         if size > max_literal:
             raise ResponseTooLarge(f"backend literal of {size} octets")
         while size > 0:
             chunk = await reader.readexactly(min(size, LITERAL_CHUNK))
             size -= len(chunk)
-            parts.append(chunk)
             if progress is not None:
                 progress()
+            await held.keep(chunk)
+
+
+class _Held:
+    def __init__(self, spill: Spill | None) -> None:
+        self.spill = spill
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.streamed = False
+
+    async def keep(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        if self.spill is None:
+            if self.size > MAX_HELD:
+                raise ResponseTooLarge(f"response over {MAX_HELD} octets")
+        elif self.size > STREAM_AFTER:
+            await self.spill(b"".join(self.parts))
+            self.parts.clear()
+            self.size = 0
+            self.streamed = True
+
+    def response(self) -> Response:
+        return Response(b"".join(self.parts), streamed=self.streamed)
 
 
 # What the gateway reads out of untagged responses to keep the client's view -----------------

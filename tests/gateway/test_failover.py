@@ -17,7 +17,7 @@ import pytest
 
 from tests.gateway.conftest import ALICE, BOB
 from tests.gateway.rawimap import RawImap, wait_until
-from tests.replication.test_pool import Pool, make_pool  # noqa: F401  (fixture)
+from tests.gateway.replicated import Pool, replicated  # noqa: F401  (fixture)
 from tests.support.gateway import GatewayProcess
 from tests.support.nodes import NodeProcess
 
@@ -66,14 +66,8 @@ def raw() -> Iterator[Callable[[tuple[str, int]], RawImap]]:
 
 
 @pytest.fixture
-def pool(make_pool: Callable[..., Pool]) -> Iterator[Pool]:  # noqa: F811
-    made = make_pool("abc")
-    try:
-        yield made
-    finally:
-        for node in made.nodes.values():
-            if node.proc is not None and node.proc.poll() is None:
-                node.signal(signal.SIGCONT)
+def pool(replicated: Callable[..., Pool]) -> Pool:  # noqa: F811
+    return replicated("abc")
 
 
 # client faults are the client's ---------------------------------------------------------------
@@ -226,6 +220,13 @@ def test_capability_relays_what_the_backend_offers_less_the_deny_list(
     caps = client.command("c", "CAPABILITY")[0].split()
     assert b"ESEARCH" in caps and b"IMAP4rev1" in caps and b"ID" in caps
     assert not any(c.startswith((b"AUTH=", b"STARTTLS", b"XREPLAY", b"COMPRESS")) for c in caps)
+    refused = client.command("x", "XREPLAY forged-1 CREATE Forged")
+    assert refused == [b"x BAD [CLIENTBUG] unknown command XREPLAY\r\n"]
+    for i in range(3):  # a backend's NO or BAD is the client's answer, never a node failure
+        assert client.command(f"n{i}", "SELECT NoSuchBox")[-1].startswith(f"n{i} NO".encode())
+        assert client.command(f"b{i}", "FETCH x:y FLAGS")[-1].startswith(f"b{i} BAD".encode())
+    assert client.command("z", "NOOP")[-1].startswith(b"z OK")
+    assert "failing over" not in gw.log() and "failed twice" not in gw.log()
 
 
 def test_a_synchronising_literal_is_asked_for_once_across_a_failover(

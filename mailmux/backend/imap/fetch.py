@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 
 from mailmux.backend.message.bodystructure import bodystructure
 from mailmux.backend.message.envelope import envelope
@@ -75,17 +76,33 @@ def render(
     """One message's FETCH items; `raw` is its body when `needs_body(attrs)`. The message is
     parsed only for items that look inside it: the whole BODY[] or RFC822 is sent as stored."""
     items: list[object] = []
+    for name, value in render_items(attrs, meta, raw, with_uid=with_uid,
+                                    with_modseq=with_modseq):
+        items += [name, value]
+    return items
+
+
+def render_items(
+    attrs: tuple[FetchAttr, ...], meta: MessageMeta, raw: bytes | None,
+    *, with_uid: bool, with_modseq: bool,
+) -> Iterator[tuple[Atom, object]]:
+    """The (name, value) items one at a time, so a caller can send each before the next is
+    made: a FETCH of many sections of a big message never exists whole in memory."""
     parsed: Part | None = None
     names = {a.name for a in attrs}
     if with_uid and "UID" not in names:
-        items += [Atom("UID"), meta.uid]
+        yield Atom("UID"), meta.uid
     if with_modseq and "MODSEQ" not in names:
-        items += [Atom("MODSEQ"), [meta.modseq]]
+        yield Atom("MODSEQ"), [meta.modseq]
     for attr in attrs:
         if raw is not None and parsed is None and not _whole(attr):
             parsed = ParsedMessage.from_bytes(raw)
-        items += [Atom(fetch_item_name(attr)), _value(attr, meta, raw, parsed)]
-    return items
+        yield Atom(fetch_item_name(attr)), _value(attr, meta, raw, parsed)
+
+
+def body_items(attrs: tuple[FetchAttr, ...]) -> int:
+    """How many items of a FETCH send message content (each can be as big as the message)."""
+    return sum(1 for a in attrs if a.name in _NEEDS_BODY)
 
 
 def _whole(attr: FetchAttr) -> bool:

@@ -18,18 +18,21 @@ import binascii
 import bisect
 import contextlib
 import dataclasses
+import functools
 import logging
 import operator
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted
 from mailmux.backend.imap import fetch as fetching
 from mailmux.backend.imap.budget import Budget, run_bounded
 from mailmux.backend.imap.listing import list_responses
 from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING, State
 from mailmux.backend.imap.view import View
+from mailmux.backend.message.limits import check_keywords, check_structure
 from mailmux.backend.message.parsed import ParsedMessage, Part
 from mailmux.backend.message.search import SearchContext, matches
 from mailmux.backend.message.sort import Candidate, sent_time, sort_order
@@ -77,6 +80,7 @@ from mailmux.protocol.imap.parser import parse_command
 from mailmux.protocol.imap.response import (
     Atom,
     continuation,
+    encode_value,
     format_flags,
     format_sequence_set,
     tagged,
@@ -99,6 +103,8 @@ SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 FETCH_CHUNK = 5000  # messages whose metadata one FETCH reads per query
 FETCH_BODY_CHUNK = 64  # messages, and
 BODY_BATCH_BYTES = 4 * 1024 * 1024  # bytes of bodies, read per query
+MAX_FETCH_BODY_ITEMS = 50  # items of one FETCH that each carry message content
+MAX_FETCH_ITEMS = 100
 OUTPUT_CHUNK = 64 * 1024  # bytes of responses written (and drained) at a time
 SEARCH_CHECK_CHUNK = 256
 _ROW_FIELDS = ("seq", "uid", "flags", "modseq")  # messages a SEARCH reads and checks at a time
@@ -532,6 +538,10 @@ class Session:
         messages = [(args.flags, args.date, args.message, args.binary), *args.more]
         if any(len(m[2]) > self.config.max_message_size for m in messages):
             return [tagged(command.tag, "NO", "message too large", "TOOBIG")]
+        for flags, _, message, _ in messages:
+            check_keywords(flags)
+            await run_bounded(functools.partial(_check_structure, message, self.config),
+                              self.config.command_cpu_budget)
         results: list[AppendResult] = []
         try:
             for flags, when, message, _ in messages:
@@ -749,6 +759,10 @@ class Session:
     async def do_FETCH(self, command: Command) -> Lines:
         args = command.args
         assert isinstance(args, Fetch)
+        if (fetching.body_items(args.attrs) > MAX_FETCH_BODY_ITEMS
+                or len(args.attrs) > MAX_FETCH_ITEMS):
+            return [tagged(command.tag, "NO", f"at most {MAX_FETCH_BODY_ITEMS} body items and "
+                           f"{MAX_FETCH_ITEMS} items in one FETCH", "LIMIT")]
         view = self.selected
         await self.send(await self.updates(allow_expunge=command.uid))
         uids = view.resolve(args.sequence, command.uid)
@@ -795,16 +809,26 @@ class Session:
         pick = operator.itemgetter(*(_ROW_FIELDS.index(f) for f in fields))
         known = view.uids
         recent = view.recent
+        low, high = (min(recent), max(recent)) if recent else (0, -1)
         for start in range(0, len(uids), FETCH_CHUNK):
-            rows = await self.store.flag_rows(self.me, view.mailbox_id,
-                                              uids[start:start + FETCH_CHUNK])
+            chunk = uids[start:start + FETCH_CHUNK]
+            first = view.seq_of(chunk[0])
+            no_recent = high < chunk[0] or low > chunk[-1]  # SQLite knows nothing of \Recent
+            if (changed_since is None and no_recent
+                    and view.seq_of(chunk[-1]) - first == len(chunk) - 1):
+                # A gapless stretch of the view (1:* is one): SQLite writes the lines.
+                made = await self.store.flag_lines(view.mailbox_id, chunk, first, fields)
+                if made is not None:
+                    await self.send([made])
+                    continue
+            rows = await self.store.flag_rows(self.me, view.mailbox_id, chunk)
             out = []
             i = -1
             for uid, flags, modseq in rows:
                 if changed_since is not None and modseq <= changed_since:
                     continue
                 if uid in recent:
-                    flags = f"{flags} \\Recent" if flags else "\\Recent"
+                    flags = " ".join(sorted([*flags.split(), "\\Recent"]))
                 i += 1  # a range of the view is mostly contiguous: try the next position first
                 if i >= len(known) or known[i] != uid:
                     i = bisect.bisect_left(known, uid)
@@ -827,13 +851,9 @@ class Session:
             rows = await self.store.fetch_rows(self.me, view.mailbox_id, [m.uid for m in batch],
                                                with_body=True)
             for row, raw in rows:
-                try:
-                    items = fetching.render(attrs, self._recent(fresh[row.uid]), raw,
-                                            with_uid=with_uid,
-                                            with_modseq=with_modseq)
-                except fetching.FetchError:
-                    continue
-                await out.add(untagged(view.seq_of(row.uid), Atom("FETCH"), items))
+                items = fetching.render_items(attrs, self._recent(fresh[row.uid]), raw,
+                                              with_uid=with_uid, with_modseq=with_modseq)
+                await out.message(view.seq_of(row.uid), items)
             batch, size = [], 0
 
     async def _mark_seen(self, rows: list[tuple[MessageMeta, bytes | None]]
@@ -863,6 +883,7 @@ class Session:
             before += await self._condstore_on()
         # \\Recent is the server's to set (RFC 3501 2.3.2)
         flags = [f for f in args.flags if f != "\\Recent"]
+        check_keywords(flags)
         result = await self.store.store_flags(self.me, view.mailbox_id, uids, args.mode,
                                               flags, args.unchanged_since)
         lines: Lines = [*before, *self._announce_flags(set(flags))]
@@ -920,6 +941,10 @@ class Session:
         return [*lines, tagged(command.tag, "OK", "MOVE completed")]
 
 
+def _check_structure(message: bytes, config: BackendConfig, _: Budget) -> None:
+    check_structure(message, config.max_mime_parts, config.max_mime_depth)
+
+
 class _Output:
     """FETCH responses leave in chunks as they are made, waiting for the client to read
     (drain) before making more: a large FETCH holds one chunk in memory, not the answer."""
@@ -938,6 +963,28 @@ class _Output:
     async def flush(self) -> None:
         lines, self.lines, self.size = self.lines, [], 0
         await self.session.send(lines)
+
+    async def message(self, seq: int, items: Iterator[tuple[Atom, object]]) -> None:
+        """One `* n FETCH (...)` made and sent item by item: 50 copies of a big body are
+        never held at once. A part the message lacks (FetchError) leaves the message out when
+        nothing of it was sent yet, else ends its list early."""
+        pending: list[bytes] = [b"* %d FETCH (" % seq]
+        size, first, written = len(pending[0]), True, False
+        try:
+            for name, value in items:
+                piece = (b"" if first else b" ") + encode_value(name) + b" " + encode_value(value)
+                first = False
+                pending.append(piece)
+                size += len(piece)
+                if size >= OUTPUT_CHUNK:
+                    for chunk in pending:
+                        await self.add(chunk)
+                    pending, size, written = [], 0, True
+        except fetching.FetchError:
+            if not written:
+                return
+        pending.append(b")\r\n")
+        await self.add(b"".join(pending))
 
 
 def _esort(command: Command, options: tuple[str, ...], hits: list[int]) -> bytes:

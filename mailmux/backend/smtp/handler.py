@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from mailmux.backend.config import BackendConfig
-from mailmux.backend.errors import BackendError
+from mailmux.backend.errors import BackendError, LimitExceeded
 from mailmux.backend.load import LoadMeter
+from mailmux.backend.message.limits import check_structure
 from mailmux.backend.smtp import replies
 from mailmux.backend.smtp.headers import Trace, message_guid, received_header, with_protocol
 from mailmux.backend.smtp.protocol import IntakeSMTP
@@ -122,6 +123,12 @@ class IntakeHandler:
 
     async def handle_DATA(self, server: IntakeSMTP, session: Session, envelope: Envelope) -> str:
         body = envelope.original_content or b""
+        try:
+            await asyncio.to_thread(check_structure, body, self.config.max_mime_parts,
+                                    self.config.max_mime_depth)
+        except LimitExceeded as exc:
+            log.info("%s: refused a message: %s", _peer(session), exc.message)
+            return f"554 5.6.0 {exc.message}"
         recipients = list(envelope.rcpt_tos)
         guid = message_guid(body, self.config.pool_secret)
         message = received_header(self._trace(server, session, envelope, guid)) + body

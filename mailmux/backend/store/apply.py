@@ -19,6 +19,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from mailmux.backend.store.interface import BOARD_OWNER, ChangeRecord
+from mailmux.backend.store.schema import SUBTREE
 from mailmux.backend.store.writer import Tx
 from mailmux.outbound import records as outbound_records
 
@@ -110,10 +111,7 @@ def _mailbox_rename(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
     owner, old, new = _p(record, "owner"), _p(record, "old"), _p(record, "new")
     if old == "INBOX":
         return  # RENAME INBOX is logged as a create plus message moves
-    for mailbox_id, name in tx.conn.execute(
-        "SELECT id, name FROM mailboxes WHERE owner = ? AND (name = ? OR name LIKE ?)",
-        (owner, old, old + "/%"),
-    ).fetchall():
+    for mailbox_id, name in tx.conn.execute(SUBTREE, (owner, old, old + "/")).fetchall():
         tx.conn.execute("UPDATE OR IGNORE mailboxes SET name = ? WHERE id = ?",
                         (new + name[len(old):], mailbox_id))
 

@@ -165,6 +165,9 @@ class MailStore(Protocol):
     async def flag_rows(
         self, user: str, mailbox_id: int, uids: Sequence[int]
     ) -> list[tuple[int, str, int]]: ...
+    async def flag_lines(
+        self, mailbox_id: int, uids: Sequence[int], first_seq: int, fields: tuple[str, ...]
+    ) -> bytes | None: ...
     async def uids_with_flag(self, user: str, mailbox_id: int, flag: str) -> list[int]: ...
     async def search(
         self, user: str, mailbox_id: int, key: SearchKey, largest_uid: int

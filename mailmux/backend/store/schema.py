@@ -131,7 +131,8 @@ CREATE TRIGGER IF NOT EXISTS body_index_gone AFTER DELETE ON bodies BEGIN
     DELETE FROM body_fts WHERE rowid = (SELECT id FROM body_index WHERE hash = old.hash);
     DELETE FROM body_index WHERE hash = old.hash;
 END;
-CREATE VIRTUAL TABLE IF NOT EXISTS body_fts USING fts5(header, body, tokenize='trigram');
+CREATE VIRTUAL TABLE IF NOT EXISTS body_fts USING fts5(header, body, tokenize='trigram',
+    detail='column');
 
 CREATE TRIGGER IF NOT EXISTS mailbox_counts_new AFTER INSERT ON mailboxes BEGIN
     INSERT OR IGNORE INTO mailbox_counts (mailbox_id) VALUES (new.id);
@@ -226,3 +227,9 @@ def _statements(script: str) -> list[str]:
             out.append(current.strip())
             current = ""
     return out
+
+
+# A mailbox and everything below it, matched exactly and case-sensitively: LIKE would treat
+# `_` and `%` in names as wildcards and fold ASCII case, reaching unrelated mailboxes.
+SUBTREE = ("SELECT id, name FROM mailboxes WHERE owner = ? AND "
+           "(name = ? OR substr(name, 1, length(?3)) = ?3)")

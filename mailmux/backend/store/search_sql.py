@@ -2,7 +2,7 @@
 
 Each key becomes a two-valued condition (NULLs folded to false, so NOT means what it says),
 and says whether it is exact. Flags, sizes, dates, UIDs, MODSEQ and the cached header fields
-are exact; BODY/TEXT are a trigram FTS5 match that only narrows (tokens of fewer than three
+are exact; BODY/TEXT are an FTS5 trigram match that only narrows (tokens of fewer than three
 characters cannot be matched that way at all, and an over-long text is indexed in part), and
 a key the index cannot answer becomes "true, check later". AND and OR of supersets are
 supersets; NOT of an inexact key is "true, check later". The caller runs the RFC 3501 matcher
@@ -31,6 +31,7 @@ _COLUMNS = {"subject": "bi.subject", "from": "bi.from_", "to": "bi.to_", "cc": "
 _DATE_OPS = {"BEFORE": "<", "ON": "=", "SINCE": ">="}
 MAX_UID_RANGES = 200
 MIN_TRIGRAM = 3
+MAX_TRIGRAMS = 16  # of a long needle: enough to narrow, the matcher confirms anyway
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,11 @@ def _text(needle: str, only_body: bool) -> Condition:
     folded = needle.casefold()
     if len(folded) < MIN_TRIGRAM:
         return UNKNOWN
-    phrase = '"' + folded.replace('"', '""') + '"'
-    query = f"body : {phrase}" if only_body else phrase
+    # The index keeps which column a trigram is in, not where (detail=column: half the size),
+    # so a needle is asked for as all of its trigrams, anywhere in the column: a superset.
+    grams = list(dict.fromkeys(folded[i:i + MIN_TRIGRAM]
+                               for i in range(len(folded) - MIN_TRIGRAM + 1)))[:MAX_TRIGRAMS]
+    every = " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
+    query = f"body : ({every})" if only_body else every
     return Condition("(bi.partial OR bi.id IN (SELECT rowid FROM body_fts WHERE body_fts "
                      "MATCH ?))", (query,), False, True)

@@ -22,7 +22,6 @@ import sqlite3
 import threading
 import time
 import uuid
-from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +36,7 @@ from mailmux.backend.errors import (
     UserExists,
     UserNotFound,
 )
+from mailmux.backend.message.limits import check_keywords
 from mailmux.backend.message.parsed import ParsedMessage
 from mailmux.backend.message.search import IndexEntry, index_entry
 from mailmux.backend.store import names
@@ -57,8 +57,9 @@ from mailmux.backend.store.interface import (
 )
 from mailmux.backend.store.login_cache import LoginCache
 from mailmux.backend.store.passwords import hash_password, verify_password
-from mailmux.backend.store.schema import prepare
+from mailmux.backend.store.schema import SUBTREE, prepare
 from mailmux.backend.store.search_sql import compile_key
+from mailmux.backend.store.uid_cache import UidCache
 from mailmux.backend.store.writer import Tx, Writer
 from mailmux.protocol.imap.commands import SearchKey
 
@@ -83,6 +84,8 @@ def _body_hash(body: bytes) -> str:
 
 DEFAULT_LOGIN_CACHE_TTL = 60.0
 _IN_LIMIT = 256  # beyond this many UIDs, one range scan beats a long IN list
+_LINE_ITEMS = {"uid": "'UID ' || m.uid", "flags": "'FLAGS (' || m.flags || ')'",
+               "modseq": "'MODSEQ (' || m.modseq || ')'"}
 
 
 def _index_of(body: bytes) -> IndexEntry:
@@ -132,6 +135,7 @@ class SqliteStore:
         # Successful logins, for `auth_cache_ttl` (the node sets it from its config).
         self.logins = LoginCache(DEFAULT_LOGIN_CACHE_TTL)
         self._steps: Callable[[], int] | None = None
+        self._uid_cache = UidCache()
         self.origin = node_id
         # Replication installs these: called after every commit, and before acknowledging an
         # append/delivery (raising Unavailable when the required copies cannot be made).
@@ -497,10 +501,12 @@ class SqliteStore:
             if old == "INBOX":
                 self._rename_inbox(tx, owner, row, new)
                 return
-            children = tx.conn.execute(
-                "SELECT id, name FROM mailboxes WHERE owner = ? AND (name = ? OR name LIKE ?)",
-                (owner, old, old.replace("%", r"\%") + "/%"),
-            ).fetchall()
+            children = tx.conn.execute(SUBTREE, (owner, old, old + "/")).fetchall()
+            clashes = [new + name[len(old):] for _, name in children if tx.conn.execute(
+                "SELECT 1 FROM mailboxes WHERE owner = ? AND name = ?",
+                (owner, new + name[len(old):])).fetchone()]
+            if clashes:
+                raise MailboxExists(f"mailbox {clashes[0]} already exists")
             for mailbox_id, name in children:
                 renamed = new + name[len(old):]
                 tx.conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (renamed, mailbox_id))
@@ -752,10 +758,7 @@ class SqliteStore:
                     "instr(' ' || flags || ' ', ' \\Seen ') = 0", (mailbox_id,)).fetchone()[0]
             keywords = tuple(r[0] for r in conn.execute(
                 "SELECT keyword FROM mailbox_keywords WHERE mailbox_id = ?", (mailbox_id,)))
-            text = conn.execute(
-                "SELECT group_concat(uid) FROM (SELECT uid FROM messages WHERE mailbox_id = ? "
-                "ORDER BY uid)", (mailbox_id,)).fetchone()[0]
-            uids = array("q", map(int, text.split(","))) if text else array("q")
+            uids = self._uid_cache.uids(conn, mailbox_id, info.uidvalidity, info.highestmodseq)
             return SelectState(info, uids, first, keywords)
 
         return await self._read(read)
@@ -829,6 +832,32 @@ class SqliteStore:
 
         return await self._read(read)
 
+    async def flag_lines(self, mailbox_id: int, uids: Sequence[int], first_seq: int,
+                         fields: tuple[str, ...]) -> bytes | None:
+        """FETCH response lines for `uids` (ascending, numbered from `first_seq` on, without
+        gaps: a stretch of the view), made by SQLite in one statement. The fields after "seq"
+        are "uid", "flags", "modseq" in response order. None when the mailbox does not hold
+        exactly those UIDs (an expunge or a renumbering not yet in the view) or is a board:
+        the caller then renders row by row."""
+        if not uids:
+            return b""
+        items = " || ' ' || ".join(_LINE_ITEMS[f] for f in fields[1:])
+        sql = (
+            "SELECT group_concat(line, char(13, 10)), group_concat(uid), count(*) FROM ("
+            "SELECT m.uid AS uid, '* ' || (? - 1 + row_number() OVER (ORDER BY m.uid)) || "
+            f"' FETCH (' || {items} || ')' AS line FROM messages m, mailboxes b "
+            "WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? AND b.id = m.mailbox_id "
+            "AND b.owner <> ? ORDER BY m.uid)")
+
+        def read(conn: sqlite3.Connection) -> bytes | None:
+            lines, got, count = conn.execute(
+                sql, (first_seq, mailbox_id, uids[0], uids[-1], BOARD_OWNER)).fetchone()
+            if count != len(uids) or got != ",".join(map(str, uids)):
+                return None
+            return str(lines).encode() + b"\r\n"
+
+        return await self._read(read)
+
     async def uids_with_flag(self, user: str, mailbox_id: int, flag: str) -> list[int]:
         """UIDs carrying a shared flag (EXPUNGE and CLOSE look for \\Deleted)."""
         return await self._read(lambda c: [r[0] for r in c.execute(
@@ -869,6 +898,7 @@ class SqliteStore:
                        else old - wanted)
                 if new == old:
                     continue
+                check_keywords(new)
                 if modseq is None:
                     modseq = conn.execute(
                         "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? "

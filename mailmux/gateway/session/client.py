@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.connector import BackendSession, connect
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
-from mailmux.gateway.responses import Response, read_response
+from mailmux.gateway.responses import Response, Spill, read_response
 from mailmux.gateway.session import prelogin
 from mailmux.gateway.session import relay as relaying
 from mailmux.gateway.session.heartbeat import Registration
@@ -225,8 +225,9 @@ class ClientSession:
 
     # the backend's side -----------------------------------------------------------------
 
-    async def read_backend(self, backend: BackendSession) -> Response:
-        """One whole response. The deadline measures silence: arriving bytes push it back."""
+    async def read_backend(self, backend: BackendSession, spill: Spill | None = None) -> Response:
+        """One whole response. The deadline measures silence: arriving bytes push it back,
+        and it stops while a slow client takes a streamed piece of a large response."""
         timeout = self.response_timeout()
         loop = asyncio.get_running_loop()
         watch = self.watch
@@ -238,8 +239,14 @@ class ClientSession:
                     if watch is not None:
                         watch.heard()
 
+                async def paused(data: bytes) -> None:
+                    assert spill is not None
+                    deadline.reschedule(None)
+                    await spill(data)
+                    progress()
+
                 return await read_response(backend.reader, self.config.max_message_size,
-                                           progress)
+                                           progress, paused if spill is not None else None)
         except TimeoutError as exc:
             raise BackendLost(f"{backend.node_id} did not answer in time") from exc
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -286,6 +293,11 @@ class ClientSession:
         if self.backend is not None:
             # Relayed commands need only their tag and name; the backend parses the rest.
             tag, name = _tag_and_name(raw)
+            if tag is not None and name == "XREPLAY":
+                # Replay ids are the gateway's own: a client's would let it claim the effect of
+                # another of its commands.
+                await self.send(tag + b" BAD [CLIENTBUG] unknown command XREPLAY\r\n")
+                return True
             if tag is not None and name not in prelogin.LOCAL_BEFORE_LOGIN:
                 return await self.relay(tag, raw, name)
         try:

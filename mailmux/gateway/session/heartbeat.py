@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mailmux.backend.control.client import query
+from mailmux.gateway.session.metrics import HANGS
 from mailmux.protocol.control.codec import ControlError
 from mailmux.protocol.control.messages import HealthRequest
 
@@ -124,6 +125,7 @@ class Heartbeat:
         watchers = list(node.watchers.values())
         node.watchers.clear()
         self.hangs[node_id] = self.hangs.get(node_id, 0) + 1
+        HANGS.labels(node_id).inc()
         log.warning("heartbeat: %s; failing over its %d session(s)", reason, len(watchers))
         if self._on_hung is not None:
             self._on_hung(node_id, reason)

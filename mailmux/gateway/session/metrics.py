@@ -11,7 +11,21 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailmux import metrics as prometheus
+
 log = logging.getLogger(__name__)
+
+# The same figures for Prometheus, served wherever the process serves /metrics (mailmux.metrics).
+FAILOVERS = prometheus.counter(
+    "mailmux_gateway_failovers_total", "Sessions that lost this node and moved elsewhere",
+    ["node"])
+REPLAYS = prometheus.counter(
+    "mailmux_gateway_replays_total", "Commands with a replay id re-sent to this node", ["node"])
+HANGS = prometheus.counter(
+    "mailmux_gateway_hangs_total", "Times the heartbeat found this node hung", ["node"])
+RECOVERY = prometheus.histogram(
+    "mailmux_gateway_recovery_seconds",
+    "From losing this node to the in-flight command's tagged answer", ["node"])
 
 RECENT = 256  # recovery times kept per node for the percentiles
 
@@ -35,12 +49,15 @@ class FailoverMetrics:
 
     def failover(self, node_id: str) -> None:
         self.nodes[node_id].failovers += 1
+        FAILOVERS.labels(node_id).inc()
 
     def replay(self, node_id: str) -> None:
         self.nodes[node_id].replays += 1
+        REPLAYS.labels(node_id).inc()
 
     def recovered(self, lost_node: str, seconds: float) -> None:
         """The command in flight when `lost_node` failed got its answer `seconds` later."""
+        RECOVERY.labels(lost_node).observe(seconds)
         kept = self.nodes[lost_node].recoveries
         kept.append(seconds)
         del kept[:-RECENT]

@@ -3,7 +3,9 @@
 Commands are relayed one at a time, so the gateway always knows which command is in flight. The
 fast path only reads the backend; once the backend sends a continuation (IDLE), the client is read
 too, for DONE. A response is forwarded whole, so a failover never leaves half a response with the
-client. Before a command's tagged answer is passed on, the gateway asks the backend for the UIDs
+client — except a response too large to hold (a FETCH of big bodies, a huge ENVELOPE line): it
+is passed on in pieces as it arrives, and if the backend fails in its middle the session ends
+with BYE. Before a command's tagged answer is passed on, the gateway asks the backend for the UIDs
 of messages the client was just told of (`learn_uids`), so its sequence↔UID map stays exact.
 
 On a lost backend the command is re-sent after failover (`failover.py`) in the form `replay.py`
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
 from mailmux.gateway.literals import non_synchronising
-from mailmux.gateway.responses import Response, ResponseTooLarge, parse_fetch
+from mailmux.gateway.responses import Response, ResponseTooLarge, Spill, parse_fetch
 from mailmux.gateway.session.failover import ViewLost, failover
 from mailmux.gateway.session.replay import (
     NO_EXPUNGE_DURING,
@@ -63,6 +65,7 @@ class Relay:
     fetched: set[int] = field(default_factory=set)  # FETCH: seqs (UID FETCH: UIDs) relayed
     may_remove: set[int] = field(default_factory=set)  # UIDs this command itself may expunge
     view_changed: bool = False  # failover told the client of expunges: seqs moved
+    partial: bool = False  # part of a large response reached the client: no replay possible
 
     @property
     def allows_expunge(self) -> bool:
@@ -88,6 +91,8 @@ async def relay(session: ClientSession, tag: bytes, raw: bytes, name: str) -> bo
             # did nothing wrong. The stream is mid-literal, so the session cannot go on.
             return await session.bye(f"{exc} (over max_message_size)")
         except BackendLost as exc:
+            if current.partial:
+                return await session.bye(f"backend failed in the middle of a response: {exc}")
             if attempt >= MAX_FAILOVERS:
                 return await session.bye(f"backend failed {attempt + 1} times: {exc}")
             if started is None:
@@ -172,16 +177,17 @@ async def exchange(session: ClientSession, current: Relay) -> None:
         # Everything the command asked for was relayed before the node was lost.
         await forward(session, current, Response(current.tag + b" OK FETCH completed\r\n"))
         return
+    spill = _spill(session, current)
     await session.write_backend(backend, data)
     # Fast path: nothing to read from the client until the backend asks for a continuation.
     while not current.continued:
-        if await forward(session, current, await session.read_backend(backend)):
+        if await forward(session, current, await session.read_backend(backend, spill)):
             return
     if current.done_sent:
-        while not await forward(session, current, await session.read_backend(backend)):
+        while not await forward(session, current, await session.read_backend(backend, spill)):
             pass
         return
-    reader = asyncio.ensure_future(session.read_backend(backend))
+    reader = asyncio.ensure_future(session.read_backend(backend, spill))
     client: asyncio.Future[CommandBytes | FramingError] | None = None
     try:
         while True:
@@ -198,7 +204,7 @@ async def exchange(session: ClientSession, current: Relay) -> None:
                     current.done_sent = True
                 continue
             response = reader.result()
-            reader = asyncio.ensure_future(session.read_backend(backend))
+            reader = asyncio.ensure_future(session.read_backend(backend, spill))
             if await forward(session, current, response):
                 return
     finally:
@@ -215,8 +221,24 @@ async def exchange(session: ClientSession, current: Relay) -> None:
                 client.cancel()
 
 
+def _spill(session: ClientSession, current: Relay) -> Spill:
+    """Where the start of a large response goes: straight to the client."""
+
+    async def send(data: bytes) -> None:
+        current.partial = True
+        await session.send(data)
+
+    return send
+
+
 async def forward(session: ClientSession, current: Relay, response: Response) -> bool:
     """Pass one response to the client; True when it was the command's tagged answer."""
+    if response.streamed:
+        # The rest of a large response: never a status, continuation or EXISTS; its UID and
+        # FLAGS go unobserved (a failover during it ends the session anyway).
+        current.forwarded += 1
+        await session.send(response.raw)
+        return False
     if response.is_continuation:
         if current.continued:
             return False  # the replayed IDLE's "+": the client already has one

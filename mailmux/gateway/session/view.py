@@ -19,8 +19,9 @@ from mailmux.gateway.responses import Response, highestmodseq, parse_fetch, vani
 
 
 def flag_key(flags: bytes) -> frozenset[bytes]:
-    """Flags compare case-insensitively and in any order."""
-    return frozenset(f.lower() for f in flags.split())
+    r"""Flags compare case-insensitively and in any order. \Recent belongs to one session on one
+    node (RFC 3501 2.3.2), so another node's session differing there is no change to report."""
+    return frozenset(f.lower() for f in flags.split()) - {b"\\recent"}
 
 
 @dataclass

@@ -92,3 +92,34 @@ async def test_select_counters_follow_appends_flags_and_expunges(tmp_path: Path)
         assert any(x.startswith(b"* FLAGS (") and b"$Important" in x for x in lines)
         status = untagged(await a.command("STATUS INBOX (MESSAGES UNSEEN)"))
         assert status == [b'* STATUS "INBOX" (MESSAGES 8 UNSEEN 1)']
+
+
+async def test_select_after_changes_sees_what_a_fresh_read_sees(tmp_path: Path) -> None:
+    """SELECT reuses the UIDs the last SELECT read, caught up by MODSEQ: appends, expunges and
+    flag changes by another session in between must all show."""
+    async with rig(tmp_path, 8) as r, r.client() as a, r.client() as b:
+        await a.command("SELECT INBOX")
+        await b.command("SELECT INBOX")
+        await b.command("STORE 2,5 +FLAGS.SILENT (\\Deleted)")
+        await b.command("EXPUNGE")
+        await b.command("STORE 1 +FLAGS.SILENT (\\Flagged)")
+        await r.store.append("alice@example.test", "INBOX", b"Subject: new\r\n\r\nx\r\n")
+        lines = untagged(await a.command("SELECT INBOX"))
+        assert b"* 7 EXISTS" in lines
+        fetched = untagged(await a.command("FETCH 1:* (UID)"))
+        assert [int(x.split(b"UID ")[1].rstrip(b")")) for x in fetched] == [1, 3, 4, 6, 7, 8, 9]
+
+
+async def test_fetch_all_flags_shows_recent_only_to_the_session_that_owns_it(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path, 5) as r, r.client() as a, r.client() as b:
+        await a.command("SELECT INBOX")
+        await b.command("SELECT INBOX")
+        mine = untagged(await a.command("FETCH 1:* (FLAGS)"))
+        theirs = untagged(await b.command("FETCH 1:* (FLAGS)"))
+        assert len(mine) == len(theirs) == 5
+        assert all(b"\\Recent" in x for x in mine)
+        assert not any(b"\\Recent" in x for x in theirs)
+        assert mine[1] == b"* 2 FETCH (FLAGS (\\Recent \\Seen))"
+        assert theirs[1] == b"* 2 FETCH (FLAGS (\\Seen))"
