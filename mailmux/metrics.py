@@ -26,7 +26,7 @@ from typing import TypeVar
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from mailmux.configfile import ConfigError, parse_address
@@ -79,14 +79,20 @@ Reading = Mapping[tuple[str, ...], float]
 
 
 class _SourceGauge(Collector):
-    """A gauge family whose samples come from callbacks, one per registered source."""
+    """A gauge (or counter) family whose samples come from callbacks, one per source."""
 
-    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+    def __init__(self, name: str, documentation: str, labels: Sequence[str],
+                 kind: str = "gauge") -> None:
         self.name, self.documentation, self.labels = name, documentation, list(labels)
+        self.kind = kind
         self.sources: dict[str, Callable[[], Reading]] = {}
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+    def _family(self) -> GaugeMetricFamily | CounterMetricFamily:
+        make = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        return make(self.name, self.documentation, labels=self.labels)
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        family = self._family()
         for key, source in list(self.sources.items()):
             try:
                 reading = source()
@@ -97,8 +103,8 @@ class _SourceGauge(Collector):
                 family.add_metric(list(label_values), value)
         yield family
 
-    def describe(self) -> Iterable[GaugeMetricFamily]:
-        yield GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+    def describe(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        yield self._family()
 
 
 _sources: dict[str, _SourceGauge] = {}
@@ -106,9 +112,11 @@ _sources: dict[str, _SourceGauge] = {}
 
 def register_source(
     name: str, documentation: str, labels: Sequence[str], key: str,
-    source: Callable[[], Reading],
+    source: Callable[[], Reading], kind: str = "gauge",
 ) -> Callable[[], None]:
     """Read gauge `name` from `source()` at scrape time: {label values: value}.
+
+    `kind="counter"` exports a counter kept elsewhere (name without `_total`).
 
     `key` names the source (e.g. the node id), so a restarted component replaces its old
     callback. Returns a function that unregisters it (call it when the component closes).
@@ -116,7 +124,7 @@ def register_source(
     with _lock:
         family = _sources.get(name)
         if family is None:
-            family = _sources[name] = _SourceGauge(name, documentation, labels)
+            family = _sources[name] = _SourceGauge(name, documentation, labels, kind)
             REGISTRY.register(family)
         family.sources[key] = source
 
@@ -161,11 +169,56 @@ def _register_outbound_zero() -> None:
 _register_outbound_zero()
 
 
+# What nodes and gateways count ----------------------------------------------------------
+
+# Command names come from clients: only these become label values, anything else is "OTHER",
+# so a client cannot grow the registry without bound.
+IMAP_COMMANDS = frozenset({
+    "CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "AUTHENTICATE", "LOGIN", "ID", "ENABLE",
+    "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST",
+    "LSUB", "NAMESPACE", "STATUS", "APPEND", "IDLE", "CHECK", "CLOSE", "UNSELECT", "EXPUNGE",
+    "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID", "UID FETCH", "UID SEARCH", "UID STORE",
+    "UID COPY", "UID MOVE", "UID EXPUNGE", "GETQUOTA", "GETQUOTAROOT", "SORT", "THREAD",
+    "XREPLAY",
+})
+
+SESSIONS = gauge("mailmux_sessions", "client sessions open now", ["protocol"])
+SESSIONS_OPENED = counter("mailmux_sessions_opened", "client sessions opened", ["protocol"])
+COMMANDS = histogram(
+    "mailmux_imap_command_seconds", "IMAP commands by name: count and latency in seconds",
+    ["command"],
+)
+LOGINS = counter("mailmux_logins", "logins by protocol and result (ok, failed)",
+                 ["protocol", "result"])
+
+
+def command_label(name: str) -> str:
+    upper = name.upper()
+    return upper if upper in IMAP_COMMANDS else "OTHER"
+
+
+def session_opened(protocol: str) -> None:
+    SESSIONS.labels(protocol).inc()
+    SESSIONS_OPENED.labels(protocol).inc()
+
+
+def session_closed(protocol: str) -> None:
+    SESSIONS.labels(protocol).dec()
+
+
+def observe_command(name: str, seconds: float) -> None:
+    COMMANDS.labels(command_label(name)).observe(seconds)
+
+
+def login(protocol: str, ok: bool) -> None:
+    LOGINS.labels(protocol, "ok" if ok else "failed").inc()
+
+
 # The HTTP endpoint ------------------------------------------------------------------------
 
 
-class MetricsError(Exception):
-    """The metrics endpoint could not be started."""
+class MetricsError(OSError):
+    """The metrics endpoint could not be started (its port is taken, say)."""
 
 
 def parse_metrics_listen(value: object, key: str = "metrics_listen") -> tuple[str, int] | None:
@@ -202,7 +255,8 @@ def start_metrics_server(listen: str | tuple[str, int]) -> MetricsServer:
     try:
         server, thread = start_http_server(port, addr=host, registry=REGISTRY)
     except OSError as exc:
-        raise MetricsError(f"metrics endpoint {host}:{port}: {exc.strerror or exc}") from exc
+        raise MetricsError(
+            exc.errno, f"metrics endpoint {host}:{port}: {exc.strerror or exc}") from exc
     metrics = MetricsServer(server, thread)
     log.info("metrics on http://%s:%d/metrics", *metrics.address)
     return metrics

@@ -24,7 +24,8 @@ import click
 
 from mailmux.backend.config import BackendConfig, ConfigError, load
 from mailmux.backend.errors import BackendError
-from mailmux.backend.store.interface import MailStore
+from mailmux.backend.store.interface import BOARD_PREFIX, MailStore
+from mailmux.backend.store.names import board_name
 from mailmux.logsetup import LOG_FORMATS, setup_logging
 from mailmux.outbound import cli as outbound_cli
 from mailmux.privatefiles import NotPrivateError, make_private_dir, open_to_others, require_private
@@ -110,6 +111,59 @@ def _require_private_files(config: BackendConfig, config_path: Path) -> None:
                     "the secret to pool_secret_file", config_path)
 
 
+# setting up -------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="the node's data directory (created with mode 0700)")
+@click.option("--node-id", default="a", show_default=True, help="this node's id in the pool")
+@click.option("--domain", "domains", multiple=True, default=["example.test"], show_default=True,
+              help="a mail domain the pool serves (repeat for more)")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="where to write the config [default: DATA_DIR/node.toml]")
+@click.option("--secret-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="the pool secret file; reused if it exists (the pool's other nodes) "
+                   "[default: pool.key beside the config]")
+@click.option("--force", is_flag=True, help="overwrite an existing config")
+def init(data_dir: Path, node_id: str, domains: tuple[str, ...], config_path: Path | None,
+         secret_file: Path | None, force: bool) -> None:
+    """Write a first config for a node, with a fresh random pool secret and private files."""
+    from mailmux.backend.initconfig import InitError, init_node
+
+    try:
+        result = init_node(data_dir, node_id, list(domains), config_path, secret_file, force)
+    except (InitError, NotPrivateError) as exc:
+        _fail(f"error: {exc}")
+    except OSError as exc:
+        _fail(f"error: {exc}")
+    what = "new random pool secret" if result.secret_created else "existing pool secret"
+    click.echo(f"wrote {result.config_path} (mode 0600)")
+    click.echo(f"{what} in {result.secret_path} (mode 0600): copy it to the pool's other nodes")
+    click.echo(f"next: mailmux-backend run --config {result.config_path}")
+
+
+@main.command("check-config")
+@config_option
+def check_config(config_path: Path) -> None:
+    """Validate a node's config (and its files' permissions); exit 2 naming the bad key."""
+    config = _load_config(config_path)
+    problems = []
+    checked = ((config.data_dir, "data_dir"), (config.pool_secret_file, "pool_secret_file"))
+    for path, what in checked:
+        if path is None or not path.exists():
+            continue
+        try:
+            require_private(path, what)
+        except NotPrivateError as exc:
+            problems.append(str(exc))
+    if problems:
+        for problem in problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(EXIT_FAILURE)
+    click.echo(f"config OK: {config_path} (node {config.node_id})")
+
+
 # users ------------------------------------------------------------------------------------
 
 
@@ -124,7 +178,8 @@ def user() -> None:
 def user_add(name: str, config_path: Path) -> None:
     """Add user NAME; the password is read from stdin (one line)."""
     password = _read_password()
-    _with_store(config_path, lambda store: store.add_user(name, password))
+    config = _load_config(config_path)
+    _with_store(config_path, lambda store: _add_user(store, config, name, password))
     click.echo(f"added user {name}")
 
 
@@ -168,8 +223,24 @@ def board() -> None:
 @config_option
 def board_add(name: str, config_path: Path) -> None:
     """Add board NAME."""
-    _with_store(config_path, lambda store: store.add_board(name))
+    config = _load_config(config_path)
+    _with_store(config_path, lambda store: _add_board(store, config, name))
     click.echo(f"added board {name}")
+
+
+async def _add_user(store: MailStore, config: BackendConfig, name: str, password: str) -> None:
+    await store.add_user(name, password)
+    if config.boards_autosubscribe:
+        # So that clients that show subscribed folders only (Thunderbird) show the boards.
+        for board in await store.list_boards():
+            await store.set_subscribed(name.lower(), BOARD_PREFIX + board, True)
+
+
+async def _add_board(store: MailStore, config: BackendConfig, name: str) -> None:
+    await store.add_board(name)
+    if config.boards_autosubscribe:
+        for user_name in await store.list_users():
+            await store.set_subscribed(user_name, BOARD_PREFIX + board_name(name), True)
 
 
 @board.command("list")

@@ -22,6 +22,7 @@ from mailmux.configfile import (
     require_tls_off_loopback,
     tls_paths,
 )
+from mailmux.metrics import parse_metrics_listen
 from mailmux.outbound.config import OutboundConfig
 from mailmux.outbound.config import parse as parse_outbound
 
@@ -77,6 +78,8 @@ class BackendConfig:
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     pool_secret_file: Path | None = None  # where pool_secret came from, for its permission check
+    metrics_listen: tuple[str, int] | None = None  # Prometheus /metrics endpoint
+    boards_autosubscribe: bool = True  # every user is subscribed to every board
 
     @property
     def tls_enabled(self) -> bool:
@@ -102,6 +105,7 @@ _KNOWN = {
     "max_message_size", "max_line_length", "idle_timeout", "login_timeout", "max_unauthenticated",
     "max_failed_logins", "failed_login_delay", "auth_cache_ttl", "replication",
     "command_cpu_budget", "max_command_size", "max_mime_parts", "max_mime_depth", "outbound",
+    "metrics_listen", "boards_autosubscribe",
 }
 _KNOWN_REPLICATION = {
     "listen", "peers", "mode", "batch_window", "batch_backlog", "copies", "copy_timeout",
@@ -159,6 +163,8 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
         pool_secret_file=(
             base / str(raw["pool_secret_file"]) if "pool_secret_file" in raw else None
         ),
+        metrics_listen=parse_metrics_listen(raw.get("metrics_listen")),
+        boards_autosubscribe=_bool(raw, "boards_autosubscribe", True),
     )
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_smtp", "listen_control")}
     require_tls_off_loopback(listeners, config.tls_enabled)
@@ -178,6 +184,13 @@ def _required_str(raw: dict[str, Any], key: str) -> str:
     value = raw.get(key)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key}: required, expected a non-empty string")
+    return value
+
+
+def _bool(raw: dict[str, Any], key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
     return value
 
 

@@ -123,6 +123,8 @@ class Node:
         control_address = (await control.start())[0]
         self._stack.push_async_callback(control.close)
 
+        metrics_address = self._start_metrics()
+
         self.ready = {
             "node": config.node_id,
             "pid": os.getpid(),
@@ -132,9 +134,37 @@ class Node:
             "control": format_address(control_address),
             "replication": format_address(replication_address) if replication_address else None,
             "imaps": format_address(imaps[0]) if imaps else None,
+            "metrics": format_address(metrics_address) if metrics_address else None,
         }
         self._write_ready()
         log.info("node %s ready: %s", config.node_id, self.ready)
+
+    def _start_metrics(self) -> Address | None:
+        """Gauges read at scrape time, and the /metrics endpoint when `metrics_listen` is set."""
+        from mailmux import metrics
+
+        key = self.config.node_id
+        db = self.config.db_path
+        self._stack.callback(metrics.register_source(
+            "mailmux_store_bytes", "size of the node's SQLite database with its WAL", (), key,
+            lambda: {(): float(_store_bytes(db))},
+        ))
+        replicator = self.replicator
+        if replicator is not None:
+            self._stack.callback(metrics.register_source(
+                "mailmux_replication_backlog", "changes not yet acknowledged, per peer",
+                ("peer",), key, lambda: _per_peer(replicator.details(), "backlog"),
+            ))
+            self._stack.callback(metrics.register_source(
+                "mailmux_replication_lag_seconds",
+                "how long the oldest unacknowledged change has waited, per peer", ("peer",),
+                key, lambda: _per_peer(replicator.details(), "lag_s"),
+            ))
+        if self.config.metrics_listen is None:
+            return None
+        server = metrics.start_metrics_server(self.config.metrics_listen)
+        self._stack.callback(server.close)
+        return server.address
 
     def _write_ready(self) -> None:
         # Written whole then renamed, so a reader never sees half a file; removed on a clean stop
@@ -148,3 +178,22 @@ class Node:
     def _remove_ready(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.ready_path.unlink()
+
+
+def _store_bytes(db: Path) -> int:
+    total = 0
+    for path in (db, db.with_name(db.name + "-wal")):
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
+
+
+def _per_peer(details: dict[str, float], field: str) -> dict[tuple[str, ...], float]:
+    """{"peer.b.backlog": 3.0, ...} → {("b",): 3.0} for one field."""
+    out: dict[tuple[str, ...], float] = {}
+    for name, value in details.items():
+        prefix, _, rest = name.partition(".")
+        peer, _, what = rest.rpartition(".")
+        if prefix == "peer" and what == field:
+            out[(peer,)] = value
+    return out

@@ -6,6 +6,7 @@ import contextlib
 import logging
 from types import TracebackType
 
+from mailmux import metrics
 from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.imap_proxy import ImapProxy
 from mailmux.gateway.pool import Pool
@@ -38,6 +39,10 @@ class Gateway:
             submission = SubmissionServer(self.config, self.pool, context)
             submission_address = await submission.start()
             self._stack.push_async_callback(submission.close)
+            metrics_server = None
+            if self.config.metrics_listen is not None:
+                metrics_server = metrics.start_metrics_server(self.config.metrics_listen)
+                self._stack.callback(metrics_server.close)
         except BaseException:
             await self._stack.aclose()
             raise
@@ -45,6 +50,8 @@ class Gateway:
             "imap": format_address(imap_address),
             "submission": format_address(submission_address),
         }
+        if metrics_server is not None:
+            self.ready["metrics"] = format_address(metrics_server.address)
         log.info("gateway ready: %s", self.ready)
         return self
 

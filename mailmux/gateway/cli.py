@@ -72,6 +72,15 @@ async def _serve(config: GatewayConfig, config_path: Path) -> None:
         figures.cancel()
 
 
+@main.command("check-config")
+@config_option
+def check_config(config_path: Path) -> None:
+    """Validate a gateway's config; exit 2 naming the bad key."""
+    config = _load(config_path)
+    sources = len(config.pool) + (config.srv_domain is not None) + (config.broadcast is not None)
+    click.echo(f"config OK: {config_path} ({sources} pool source(s))")
+
+
 @main.command()
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of a table")

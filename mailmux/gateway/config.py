@@ -16,6 +16,7 @@ from mailmux.configfile import (
     require_tls_off_loopback,
     tls_paths,
 )
+from mailmux.metrics import parse_metrics_listen
 
 SELECTIONS = ("least-load", "first-responder", "p2c")
 
@@ -23,7 +24,7 @@ _KNOWN = {
     "pool_secret", "pool_secret_file", "listen_imap", "listen_submission", "selection",
     "discovery_timeout", "request_timeout", "pool", "srv_domain", "broadcast", "tls_cert",
     "tls_key", "discovery_cache_ttl", "dns_server", "domains", "max_line_length",
-    "max_message_size", "hang_timeout", "catchup_timeout",
+    "max_message_size", "hang_timeout", "catchup_timeout", "metrics_listen",
 }
 
 
@@ -47,6 +48,7 @@ class GatewayConfig:
     max_message_size: int = 50 * 1024 * 1024
     hang_timeout: float = 1.0  # a node silent this long (heartbeats and data) is hung
     catchup_timeout: float = 2.0  # how long a new node may take to reach the client's view
+    metrics_listen: tuple[str, int] | None = None  # Prometheus /metrics endpoint
 
 
 def load(path: str | Path) -> GatewayConfig:
@@ -95,6 +97,7 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
         max_message_size=_positive_int(raw, "max_message_size", 50 * 1024 * 1024),
         hang_timeout=parse_duration(raw.get("hang_timeout", 1.0), "hang_timeout"),
         catchup_timeout=parse_duration(raw.get("catchup_timeout", 2.0), "catchup_timeout"),
+        metrics_listen=parse_metrics_listen(raw.get("metrics_listen")),
     )
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_submission")}
     require_tls_off_loopback(listeners, config.tls_cert is not None)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import ssl
 
+from mailmux import metrics
 from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.pool import Pool
 from mailmux.gateway.session.client import ClientSession
@@ -40,12 +41,14 @@ class ImapProxy:
         assert task is not None
         self._sessions.add(task)
         session = ClientSession(self, reader, writer)
+        metrics.session_opened("imap")
         try:
             await session.run()
         except Exception:
             log.exception("imap %s: session failed", session.peer)
         finally:
             log.info("imap %s: session of %s ended", session.peer, session.user or "(nobody)")
+            metrics.session_closed("imap")
             self._sessions.discard(task)
             writer.close()
             with contextlib.suppress(OSError):

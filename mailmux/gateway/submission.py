@@ -29,6 +29,7 @@ from typing import AnyStr
 import aiosmtplib
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
+from mailmux import metrics
 from mailmux.backend.smtp.replies import with_enhanced_code
 from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.connector import connect
@@ -92,12 +93,14 @@ class SubmissionHandler:
             )
         except AuthenticationFailed:
             log.info("submission: authentication of %s failed", user)
+            metrics.login("submission", False)
             return AuthResult(success=False, handled=False,
                               message="535 5.7.8 Authentication credentials invalid")
         except NoBackend as exc:
             log.warning("submission: cannot check %s's credentials: %s", user, exc)
             return AuthResult(success=False, handled=False, message=UNAVAILABLE)
         await session.close()
+        metrics.login("submission", True)
         return AuthResult(success=True, auth_data=Credentials(user.lower()))
 
     # envelope -------------------------------------------------------------------------
@@ -274,6 +277,18 @@ class SubmissionSMTP(SMTP):
             timeout=SESSION_TIMEOUT,
             loop=loop,
         )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not getattr(self, "_counted", False):  # STARTTLS calls this again: same session
+            self._counted = True
+            metrics.session_opened("submission")
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        if getattr(self, "_counted", False):
+            self._counted = False
+            metrics.session_closed("submission")
 
     async def check_auth_needed(self, caller_method: str) -> bool:
         """aiosmtpd asks this before MAIL, RCPT, DATA, VRFY...: refuse them until AUTH."""

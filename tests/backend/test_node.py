@@ -37,7 +37,7 @@ def test_ready_line_ports_and_clean_sigterm(node_factory: Callable[..., NodeProc
     node.start()
     ready = node.ready
     assert set(ready) == {
-        "node", "pid", "imap", "smtp", "lmtp", "control", "replication", "imaps"}
+        "node", "pid", "imap", "smtp", "lmtp", "control", "replication", "imaps", "metrics"}
     assert ready["replication"] is None  # no [replication] listen in this config
     assert (ready["node"], ready["pid"]) == ("a", node.pid)
     assert json.loads((node.data_dir / "ready.json").read_text()) == ready

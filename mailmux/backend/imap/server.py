@@ -7,6 +7,7 @@ import contextlib
 import logging
 import ssl
 
+from mailmux import metrics
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.imap.recent import RecentClaims
 from mailmux.backend.imap.session import Closed, Session
@@ -73,6 +74,7 @@ class ImapServer:
         session = Session(self, reader, writer)
         session.tls = tls
         self.meter.session_opened()
+        metrics.session_opened("imap")
         try:
             if len(self._unauthenticated) >= self.config.max_unauthenticated:
                 log.warning("imap %s: refused, %d connections not yet logged in",
@@ -91,6 +93,7 @@ class ImapServer:
             self._unauthenticated.discard(session)
             session._unselect()
             self.meter.session_closed()
+            metrics.session_closed("imap")
             self._tasks.discard(task)
             log.info("imap %s: session of %s ended", session.peer, session.user or "(nobody)")
             writer.close()

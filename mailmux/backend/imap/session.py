@@ -21,10 +21,12 @@ import dataclasses
 import functools
 import logging
 import operator
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from mailmux import metrics
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted
 from mailmux.backend.imap import fetch as fetching
@@ -221,6 +223,7 @@ class Session:
         handler: Callable[[Command], Awaitable[Lines]] = getattr(self, "do_" + command.name)
         log.debug("imap %s (%s): %s%s", self.peer, self.user, "UID " if command.uid else "",
                   command.name)
+        started = time.monotonic()
         with self.server.meter.transaction():
             try:
                 lines = await handler(command)
@@ -232,6 +235,10 @@ class Session:
                 log.exception("imap %s (%s): %s failed", self.peer, self.user, command.name)
                 lines = [tagged(command.tag, "NO", f"internal error: {type(exc).__name__}",
                                 "SERVERBUG")]
+            finally:
+                metrics.observe_command(
+                    f"UID {command.name}" if command.uid else command.name,
+                    time.monotonic() - started)
         return lines
 
     # pending updates ----------------------------------------------------------------------
@@ -367,9 +374,11 @@ class Session:
             self.framer.max_literal = self.config.max_message_size
             self.framer.max_command = self.config.max_command_size
             log.info("imap %s: %s logged in", self.peer, user)
+            metrics.login("imap", True)
             caps = " ".join(self.capabilities())
             return [tagged(tag, "OK", "logged in", f"CAPABILITY {caps}")]
         self.failed_logins += 1
+        metrics.login("imap", False)
         log.info("imap %s: failed login for %s (%d)", self.peer, user, self.failed_logins)
         delay = min(self.config.failed_login_delay * 2 ** (self.failed_logins - 1),
                     MAX_LOGIN_DELAY)
@@ -389,9 +398,10 @@ class Session:
 
     async def do_ENABLE(self, command: Command) -> Lines:
         assert isinstance(command.args, Enable)
-        newly = [c for c in command.args.capabilities if c == "CONDSTORE"
+        newly = [c for c in command.args.capabilities if c in ("CONDSTORE", "UTF8=ACCEPT")
                  and c not in self.enabled]
-        highest = await self._condstore_on() if newly and self.view is not None else []
+        highest = (await self._condstore_on()
+                   if "CONDSTORE" in newly and self.view is not None else [])
         self.enabled.update(newly)
         return [untagged(Atom("ENABLED"), *[Atom(c) for c in newly]), *highest,
                 tagged(command.tag, "OK", "ENABLE completed")]
@@ -494,7 +504,8 @@ class Session:
         assert isinstance(command.args, ListArgs)
         mailboxes = await self.store.list_mailboxes(self.me)
         args = command.args
-        lines = await run_bounded(lambda b: list_responses(args, mailboxes, False, b),
+        utf8 = "UTF8=ACCEPT" in self.enabled
+        lines = await run_bounded(lambda b: list_responses(args, mailboxes, False, b, utf8),
                                   self.config.command_cpu_budget)
         return await self.ok(command, "LIST completed", before=lines)
 
@@ -502,7 +513,8 @@ class Session:
         assert isinstance(command.args, ListArgs)
         mailboxes = await self.store.list_mailboxes(self.me)
         args = command.args
-        lines = await run_bounded(lambda b: list_responses(args, mailboxes, True, b),
+        utf8 = "UTF8=ACCEPT" in self.enabled
+        lines = await run_bounded(lambda b: list_responses(args, mailboxes, True, b, utf8),
                                   self.config.command_cpu_budget)
         return await self.ok(command, "LSUB completed", before=lines)
 
@@ -518,7 +530,8 @@ class Session:
         for item in args.items:
             items += [Atom(item), values[item]]
         # the name as the client wrote it: modified UTF-7 (RFC 3501 5.1.3)
-        line = untagged(Atom("STATUS"), encode_mailbox(info.name), items)
+        name = info.name if "UTF8=ACCEPT" in self.enabled else encode_mailbox(info.name)
+        line = untagged(Atom("STATUS"), name, items)
         return await self.ok(command, "STATUS completed", before=[line])
 
     async def _recent_count(self, args: StatusArgs, info: MailboxInfo) -> int:
@@ -791,6 +804,8 @@ class Session:
                                          out)
                 continue
             for meta, _ in rows:
+                for announce in self._announce_flags(set(meta.flags)):
+                    await out.add(announce)
                 items = fetching.render(attrs, self._recent(meta), None, with_uid=command.uid,
                                         with_modseq=with_modseq)
                 await out.add(untagged(view.seq_of(meta.uid), Atom("FETCH"), items))
@@ -809,11 +824,11 @@ class Session:
         pick = operator.itemgetter(*(_ROW_FIELDS.index(f) for f in fields))
         known = view.uids
         recent = view.recent
-        low, high = (min(recent), max(recent)) if recent else (0, -1)
         for start in range(0, len(uids), FETCH_CHUNK):
             chunk = uids[start:start + FETCH_CHUNK]
             first = view.seq_of(chunk[0])
-            no_recent = high < chunk[0] or low > chunk[-1]  # SQLite knows nothing of \Recent
+            # SQLite knows nothing of \Recent: look at the chunk's UIDs, never all of `recent`
+            no_recent = not recent or not any(u in recent for u in chunk)
             if (changed_since is None and no_recent
                     and view.seq_of(chunk[-1]) - first == len(chunk) - 1):
                 # A gapless stretch of the view (1:* is one): SQLite writes the lines.
@@ -822,6 +837,9 @@ class Session:
                     await self.send([made])
                     continue
             rows = await self.store.flag_rows(self.me, view.mailbox_id, chunk)
+            if "flags" in fields:
+                await self.send(self._announce_flags(
+                    {f for _, text, _ in rows for f in text.split()}))
             out = []
             i = -1
             for uid, flags, modseq in rows:
@@ -851,6 +869,8 @@ class Session:
             rows = await self.store.fetch_rows(self.me, view.mailbox_id, [m.uid for m in batch],
                                                with_body=True)
             for row, raw in rows:
+                for announce in self._announce_flags(set(row.flags)):
+                    await out.add(announce)
                 items = fetching.render_items(attrs, self._recent(fresh[row.uid]), raw,
                                               with_uid=with_uid, with_modseq=with_modseq)
                 await out.message(view.seq_of(row.uid), items)
@@ -900,6 +920,8 @@ class Session:
                        await self.store.fetch_rows(self.me, view.mailbox_id, unchanged)}
             report = [changed.get(u) or current[u] for u in uids
                       if u in changed or u in current]
+        # another session's keyword may be on these messages before this one announced it
+        lines += self._announce_flags({f for c in report for f in c.flags})
         for c in report:
             lines.append(view.flags_response(c.uid, c.flags, c.modseq, with_uid=command.uid))
         code = None
@@ -941,6 +963,11 @@ class Session:
         return [*lines, tagged(command.tag, "OK", "MOVE completed")]
 
 
+def _encoded_item(items: Iterator[tuple[Atom, object]]) -> bytes | None:
+    item = next(items, None)
+    return None if item is None else encode_value(item[0]) + b" " + encode_value(item[1])
+
+
 def _check_structure(message: bytes, config: BackendConfig, _: Budget) -> None:
     check_structure(message, config.max_mime_parts, config.max_mime_depth)
 
@@ -971,8 +998,10 @@ class _Output:
         pending: list[bytes] = [b"* %d FETCH (" % seq]
         size, first, written = len(pending[0]), True, False
         try:
-            for name, value in items:
-                piece = (b"" if first else b" ") + encode_value(name) + b" " + encode_value(value)
+            # Each item is made in a worker thread: parsing a poison message (a header of
+            # megabytes, thousands of parts) must not stall the event loop.
+            while (item := await asyncio.to_thread(_encoded_item, items)) is not None:
+                piece = item if first else b" " + item
                 first = False
                 pending.append(piece)
                 size += len(piece)

@@ -18,6 +18,7 @@ class IntakeLMTP(IntakeSMTP, LMTP):
     """HELO and EHLO reach aiosmtpd's LMTP class through IntakeSMTP, which refuses them."""
 
     reply_per_recipient = True
+    metrics_protocol = "lmtp"
     ident = "mailmux LMTP"
 
     @syntax("LHLO hostname")

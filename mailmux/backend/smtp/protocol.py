@@ -39,6 +39,7 @@ class SessionTracker(Protocol):
 
 class IntakeSMTP(SMTP):
     reply_per_recipient = False
+    metrics_protocol = "smtp"
     ident = "mailmux ESMTP"
 
     def __init__(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from mailmux import metrics
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.load import LoadMeter
 from mailmux.backend.smtp.handler import IntakeHandler
@@ -84,9 +85,11 @@ class SmtpIntake:
         self._sessions.add(protocol)
         self._no_sessions.clear()
         self.meter.session_opened()
+        metrics.session_opened(protocol.metrics_protocol)
 
     def closed(self, protocol: IntakeSMTP) -> None:
         self._sessions.discard(protocol)
         if not self._sessions:
             self._no_sessions.set()
         self.meter.session_closed()
+        metrics.session_closed(protocol.metrics_protocol)

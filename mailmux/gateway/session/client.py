@@ -12,9 +12,11 @@ import contextlib
 import itertools
 import logging
 import secrets
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from mailmux import metrics
 from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.connector import BackendSession, connect
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
@@ -49,6 +51,7 @@ BEFORE_LOGIN = (
     "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH", "BINARY",
     "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
     "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT", "WITHIN",
+    "UTF8=ACCEPT",
 )
 GATEWAY_OWN = ("ID",)  # answered by the gateway in every state
 # Extensions a backend may offer that the gateway must not pass on, and why:
@@ -319,7 +322,9 @@ class ClientSession:
         return await self.relay(command.tag.encode(), raw, command.name)
 
     async def relay(self, tag: bytes, raw: bytes, name: str) -> bool:
+        started = time.monotonic()
         going_on = await relaying.relay(self, tag, raw, name)
+        metrics.observe_command(name, time.monotonic() - started)
         if not going_on and self.state is not SessionState.CLOSED:
             self.transition(Input.LOGOUT)
         return going_on

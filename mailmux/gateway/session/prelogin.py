@@ -12,6 +12,7 @@ import binascii
 import logging
 from typing import TYPE_CHECKING
 
+from mailmux import metrics
 from mailmux.gateway.connector import connect
 from mailmux.gateway.errors import AuthenticationFailed, NoBackend
 from mailmux.gateway.session.states import Input
@@ -109,6 +110,7 @@ async def login(session: ClientSession, tag: str, user: str, password: str) -> N
         )
     except AuthenticationFailed:
         log.info("imap %s: login of %s refused", session.peer, user)
+        metrics.login("imap", False)
         session.transition(Input.LOGIN_REFUSED)
         await session.send(f"{tag} NO [AUTHENTICATIONFAILED] invalid credentials\r\n".encode())
         return
@@ -118,4 +120,5 @@ async def login(session: ClientSession, tag: str, user: str, password: str) -> N
         await session.send(f"{tag} NO [UNAVAILABLE] no mail server is available\r\n".encode())
         return
     session.attach(backend, user, password)
+    metrics.login("imap", True)
     await session.send(f"{tag} OK [CAPABILITY {session.capabilities()}] logged in\r\n".encode())
