@@ -447,9 +447,10 @@ class Session:
 
     async def do_ENABLE(self, command: Command) -> Lines:
         assert isinstance(command.args, Enable)
-        newly = [c for c in command.args.capabilities if c == "CONDSTORE"
+        newly = [c for c in command.args.capabilities if c in ("CONDSTORE", "UTF8=ACCEPT")
                  and c not in self.enabled]
-        highest = await self._condstore_on() if newly and self.view is not None else []
+        highest = (await self._condstore_on()
+                   if "CONDSTORE" in newly and self.view is not None else [])
         self.enabled.update(newly)
         return [untagged(Atom("ENABLED"), *[Atom(c) for c in newly]), *highest,
                 tagged(command.tag, "OK", "ENABLE completed")]
@@ -552,7 +553,8 @@ class Session:
         assert isinstance(command.args, ListArgs)
         mailboxes = await self.store.list_mailboxes(self.me)
         args = command.args
-        lines = await run_bounded(lambda b: list_responses(args, mailboxes, False, b),
+        utf8 = "UTF8=ACCEPT" in self.enabled
+        lines = await run_bounded(lambda b: list_responses(args, mailboxes, False, b, utf8),
                                   self.config.command_cpu_budget)
         return await self.ok(command, "LIST completed", before=lines)
 
@@ -560,7 +562,8 @@ class Session:
         assert isinstance(command.args, ListArgs)
         mailboxes = await self.store.list_mailboxes(self.me)
         args = command.args
-        lines = await run_bounded(lambda b: list_responses(args, mailboxes, True, b),
+        utf8 = "UTF8=ACCEPT" in self.enabled
+        lines = await run_bounded(lambda b: list_responses(args, mailboxes, True, b, utf8),
                                   self.config.command_cpu_budget)
         return await self.ok(command, "LSUB completed", before=lines)
 
@@ -576,7 +579,8 @@ class Session:
         for item in args.items:
             items += [Atom(item), values[item]]
         # the name as the client wrote it: modified UTF-7 (RFC 3501 5.1.3)
-        line = untagged(Atom("STATUS"), encode_mailbox(info.name), items)
+        name = info.name if "UTF8=ACCEPT" in self.enabled else encode_mailbox(info.name)
+        line = untagged(Atom("STATUS"), name, items)
         return await self.ok(command, "STATUS completed", before=[line])
 
     async def _recent_count(self, args: StatusArgs, info: MailboxInfo) -> int:

@@ -51,6 +51,7 @@ BEFORE_LOGIN = (
     "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH", "BINARY",
     "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
     "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT", "WITHIN",
+    "UTF8=ACCEPT",
 )
 GATEWAY_OWN = ("ID",)  # answered by the gateway in every state
 # Extensions a backend may offer that the gateway must not pass on, and why:
@@ -255,7 +256,9 @@ class ClientSession:
             raise BackendLost(backend.lost or f"{backend.node_id}: {exc!r}") from exc
 
     async def write_backend(self, backend: BackendSession, data: bytes) -> None:
-        await backend.send(data, self.config.request_timeout)
+        watch = self.watch
+        await backend.send(data, self.config.request_timeout,
+                           watch.heard if watch is not None else None)
 
     def response_timeout(self) -> float | None:
         # IDLE waits for the user, not for the backend: measured by progress elsewhere.
