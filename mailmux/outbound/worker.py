@@ -5,8 +5,8 @@ epoch. The node that queued it owns it first. Before each attempt the owner rene
 and keeps renewing it every `lease / 3` while the attempt runs; after an attempt the lease is
 extended to `next_attempt + lease`, so an owner holds its deferred messages without writing
 anything. Any other node may take a message over once its lease has expired, with epoch + 1 (a
-node that restarts waits one lease before touching older messages, so that replication tells it
-first about takeovers that happened while it was down);
+node that restarts waits a lease plus RESTART_HOLD before touching older messages, so that
+replication tells it first about takeovers that happened while it was down);
 the other nodes are ranked per message (a hash of message id and node id) and the k-th waits k
 half-leases more, so normally exactly one node takes over, a few seconds after the owner died
 or hung. Should two claim at once, the replicas agree on the larger (epoch, node) and the loser
@@ -71,7 +71,10 @@ class _Lease:
     lost: bool = False
 
 
-DSN_RETRY = 60.0  # seconds before another try at a report the sender's INBOX refused
+DSN_RETRY = 60.0
+# Extra wait after a restart before touching messages queued earlier: peers redial a node that
+# was down with a backoff of up to 5 s (replication/peers.py) before they push what it missed.
+RESTART_HOLD = 10.0  # seconds before another try at a report the sender's INBOX refused
 
 
 class OutboundWorker:
@@ -193,9 +196,11 @@ class OutboundWorker:
 
     def _claimable(self, message: QueuedMessage, now: float) -> int | None:
         """The epoch to claim with, or None when this node should leave the message alone."""
-        if message.created < self.started_at and now < self.started_at + self.oconfig.lease:
+        if (message.created < self.started_at
+                and now < self.started_at + self.oconfig.lease + RESTART_HOLD):
             # Just restarted: what this node believes about older messages may be stale (another
-            # node may have taken them over while it was down). Replication catches up first.
+            # node may have taken them over, even finished them, while it was down). Peers push
+            # their changes once they have redialled us: replication catches up first.
             return None
         if message.owner == self.node_id and now < message.lease_until:
             return message.epoch

@@ -203,6 +203,11 @@ def test_sigkill_of_the_owner_mid_delivery_another_node_delivers(
     print(f"takeover after SIGKILL: delivered {takeover:.2f}s after the kill by "
           f"{shown['owner']}; duplicates {duplicates}")
     assert [m.recipients for m in received] == [[REMOTE]] and duplicates == 0
+    # The killed owner comes back: it learns that the message is done and does not send again.
+    owner.start()
+    wait_for(lambda: queue_cli(owner, "show", queued["id"])["state"] == "done",
+             "the restarted owner to learn of the takeover")
+    assert len(sink.messages) == 1
 
 
 @pytest.mark.timeout(240)

@@ -98,7 +98,7 @@ def entries(mailboxes: Iterable[MailboxInfo]) -> dict[str, Entry]:
 
 
 def lsub_responses(args: ListArgs, mailboxes: list[MailboxInfo],
-                   budget: Budget | None = None) -> list[bytes]:
+                   budget: Budget | None = None, utf8: bool = False) -> list[bytes]:
     """RFC 3501 6.3.9: subscribed names matching a pattern; when `%` stops above a subscribed
     name, its unsubscribed parent at the pattern's level is listed as \\Noselect."""
     subscribed = {m.name for m in mailboxes if m.subscribed}
@@ -114,7 +114,7 @@ def lsub_responses(args: ListArgs, mailboxes: list[MailboxInfo],
             if parent not in subscribed and any(m.match(parent) for m, pct in matchers if pct):
                 found.setdefault(parent, ["\\Noselect"])
     return [untagged(Atom("LSUB"), [Atom(a) for a in found[name]], DELIMITER,
-                     encode_mailbox(name)) for name in sorted(found)]
+                     name if utf8 else encode_mailbox(name)) for name in sorted(found)]
 
 
 def _with_children(names: list[str]) -> set[str]:
@@ -122,9 +122,10 @@ def _with_children(names: list[str]) -> set[str]:
 
 
 def list_responses(args: ListArgs, mailboxes: list[MailboxInfo], lsub: bool,
-                   budget: Budget | None = None) -> list[bytes]:
+                   budget: Budget | None = None, utf8: bool = False) -> list[bytes]:
+    """`utf8`: the client ENABLEd UTF8=ACCEPT (RFC 6855), names go out in UTF-8."""
     if lsub:
-        return lsub_responses(args, mailboxes, budget)
+        return lsub_responses(args, mailboxes, budget, utf8)
     command = "LIST"
     if not lsub and args.patterns == ("",):
         return [untagged(Atom(command), [Atom("\\Noselect")], DELIMITER, "")]
@@ -153,5 +154,5 @@ def list_responses(args: ListArgs, mailboxes: list[MailboxInfo], lsub: bool,
         if entry.subscribed and ("SUBSCRIBED" in returns or "SUBSCRIBED" in select) and not lsub:
             attrs.append("\\Subscribed")
         out.append(untagged(Atom(command), [Atom(a) for a in attrs], DELIMITER,
-                            encode_mailbox(name)))
+                            name if utf8 else encode_mailbox(name)))
     return out

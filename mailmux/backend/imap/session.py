@@ -398,9 +398,10 @@ class Session:
 
     async def do_ENABLE(self, command: Command) -> Lines:
         assert isinstance(command.args, Enable)
-        newly = [c for c in command.args.capabilities if c == "CONDSTORE"
+        newly = [c for c in command.args.capabilities if c in ("CONDSTORE", "UTF8=ACCEPT")
                  and c not in self.enabled]
-        highest = await self._condstore_on() if newly and self.view is not None else []
+        highest = (await self._condstore_on()
+                   if "CONDSTORE" in newly and self.view is not None else [])
         self.enabled.update(newly)
         return [untagged(Atom("ENABLED"), *[Atom(c) for c in newly]), *highest,
                 tagged(command.tag, "OK", "ENABLE completed")]
@@ -503,7 +504,8 @@ class Session:
         assert isinstance(command.args, ListArgs)
         mailboxes = await self.store.list_mailboxes(self.me)
         args = command.args
-        lines = await run_bounded(lambda b: list_responses(args, mailboxes, False, b),
+        utf8 = "UTF8=ACCEPT" in self.enabled
+        lines = await run_bounded(lambda b: list_responses(args, mailboxes, False, b, utf8),
                                   self.config.command_cpu_budget)
         return await self.ok(command, "LIST completed", before=lines)
 
@@ -511,7 +513,8 @@ class Session:
         assert isinstance(command.args, ListArgs)
         mailboxes = await self.store.list_mailboxes(self.me)
         args = command.args
-        lines = await run_bounded(lambda b: list_responses(args, mailboxes, True, b),
+        utf8 = "UTF8=ACCEPT" in self.enabled
+        lines = await run_bounded(lambda b: list_responses(args, mailboxes, True, b, utf8),
                                   self.config.command_cpu_budget)
         return await self.ok(command, "LSUB completed", before=lines)
 
@@ -527,7 +530,8 @@ class Session:
         for item in args.items:
             items += [Atom(item), values[item]]
         # the name as the client wrote it: modified UTF-7 (RFC 3501 5.1.3)
-        line = untagged(Atom("STATUS"), encode_mailbox(info.name), items)
+        name = info.name if "UTF8=ACCEPT" in self.enabled else encode_mailbox(info.name)
+        line = untagged(Atom("STATUS"), name, items)
         return await self.ok(command, "STATUS completed", before=[line])
 
     async def _recent_count(self, args: StatusArgs, info: MailboxInfo) -> int:
@@ -800,6 +804,8 @@ class Session:
                                          out)
                 continue
             for meta, _ in rows:
+                for announce in self._announce_flags(set(meta.flags)):
+                    await out.add(announce)
                 items = fetching.render(attrs, self._recent(meta), None, with_uid=command.uid,
                                         with_modseq=with_modseq)
                 await out.add(untagged(view.seq_of(meta.uid), Atom("FETCH"), items))
@@ -831,6 +837,9 @@ class Session:
                     await self.send([made])
                     continue
             rows = await self.store.flag_rows(self.me, view.mailbox_id, chunk)
+            if "flags" in fields:
+                await self.send(self._announce_flags(
+                    {f for _, text, _ in rows for f in text.split()}))
             out = []
             i = -1
             for uid, flags, modseq in rows:
@@ -860,6 +869,8 @@ class Session:
             rows = await self.store.fetch_rows(self.me, view.mailbox_id, [m.uid for m in batch],
                                                with_body=True)
             for row, raw in rows:
+                for announce in self._announce_flags(set(row.flags)):
+                    await out.add(announce)
                 items = fetching.render_items(attrs, self._recent(fresh[row.uid]), raw,
                                               with_uid=with_uid, with_modseq=with_modseq)
                 await out.message(view.seq_of(row.uid), items)
@@ -909,6 +920,8 @@ class Session:
                        await self.store.fetch_rows(self.me, view.mailbox_id, unchanged)}
             report = [changed.get(u) or current[u] for u in uids
                       if u in changed or u in current]
+        # another session's keyword may be on these messages before this one announced it
+        lines += self._announce_flags({f for c in report for f in c.flags})
         for c in report:
             lines.append(view.flags_response(c.uid, c.flags, c.modseq, with_uid=command.uid))
         code = None

@@ -51,6 +51,7 @@ BEFORE_LOGIN = (
     "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH", "BINARY",
     "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
     "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT", "WITHIN",
+    "UTF8=ACCEPT",
 )
 GATEWAY_OWN = ("ID",)  # answered by the gateway in every state
 # Extensions a backend may offer that the gateway must not pass on, and why:

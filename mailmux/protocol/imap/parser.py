@@ -90,6 +90,13 @@ class _Fail(Exception):
         self.status = status
 
 
+def _utf8_or_mutf7(raw: bytes) -> str:
+    """A mailbox name: raw UTF-8 as UTF8=ACCEPT clients send it (RFC 6855; mbsync 1.4 sends
+    it even without), else modified UTF-7 (RFC 3501 5.1.3)."""
+    text = raw.decode("utf-8")
+    return text if not text.isascii() else decode_mailbox(text)
+
+
 class _Reader:
     """A cursor over one command's bytes."""
 
@@ -236,7 +243,7 @@ class _Reader:
     def mailbox(self) -> str:
         raw = self.astring()
         try:
-            name = decode_mailbox(raw.decode("utf-8"))
+            name = _utf8_or_mutf7(raw)
         except (UnicodeDecodeError, ValueError) as exc:
             # Well-formed syntax naming a mailbox that cannot exist: NO, as Dovecot answers.
             raise _Fail(f"invalid mailbox name: {exc}", "CANNOT", "NO") from exc
@@ -246,7 +253,7 @@ class _Reader:
         quoted_or_literal = self.peek() == b'"' or self.starts_literal()
         raw = self.string() if quoted_or_literal else self.atom_bytes(extra_ok=b"%*]")
         try:
-            return decode_mailbox(raw.decode("utf-8"))
+            return _utf8_or_mutf7(raw)
         except (UnicodeDecodeError, ValueError):
             # Not valid modified UTF-7: no mailbox name can match it, so LIST finds nothing.
             return raw.decode("utf-8", "replace")

@@ -143,3 +143,12 @@ def test_esort_returns_in_sort_order(node: NodeProcess) -> None:
         assert one.run("SORT (SUBJECT) UTF-8 ALL") == ["* SORT 2 1 3"]
         assert one.run("SORT RETURN (MIN MAX ALL COUNT) (SUBJECT) UTF-8 ALL")[0].endswith(
             "MIN 2 MAX 3 COUNT 3 ALL 2,1,3")
+
+
+def test_utf8_accept_names(node: NodeProcess) -> None:
+    with client(node) as plain, client(node) as utf8:
+        plain.run('CREATE "Äpfel"')  # raw UTF-8 on the wire, as mbsync 1.4 sends it
+        assert '* LIST (\\HasNoChildren) "/" "&AMQ-pfel"' in plain.run('LIST "" "*pfel"')
+        assert utf8.run("ENABLE UTF8=ACCEPT") == ["* ENABLED UTF8=ACCEPT"]
+        listed = utf8.run('LIST "" "*pfel"')
+        assert listed[0].endswith("{6}") and listed[1] == "Äpfel"

@@ -239,3 +239,9 @@ def test_multiappend_parses_every_message() -> None:
     assert (parsed.flags, parsed.message) == (("\\Seen",), b"m1")
     assert [(m[0], m[2], m[3]) for m in parsed.more] == [((), b"m2", False), ((), b"m3", True)]
     assert parsed.more[0][1] == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_utf8_mailbox_names_are_taken_as_they_are() -> None:
+    # RFC 6855 (UTF8=ACCEPT); mbsync 1.4 sends raw UTF-8 names
+    assert args('a CREATE "Äpfel/Öl"\r\n'.encode()) == MailboxArg("Äpfel/Öl")
+    assert args(b"a CREATE \"&AMQ-pfel\"\r\n") == MailboxArg("\u00c4pfel")
