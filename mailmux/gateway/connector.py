@@ -54,7 +54,8 @@ class BackendSession:
         self.lost = reason
         self.writer.transport.abort()
 
-    async def send(self, data: bytes, stall_timeout: float) -> None:
+    async def send(self, data: bytes, stall_timeout: float,
+                   progress: Callable[[], None] | None = None) -> None:
         """Write to the backend; fails when a chunk makes no progress for `stall_timeout`.
 
         Chunked so a 20 MB APPEND is judged by its progress, not by its length, and so a
@@ -65,6 +66,8 @@ class BackendSession:
                 self.writer.write(data[start : start + WRITE_CHUNK])
                 async with asyncio.timeout(stall_timeout):
                     await self.writer.drain()
+                if progress is not None:
+                    progress()  # the node is reading what we send: it is alive
         except TimeoutError as exc:
             raise BackendLost(f"{self.node_id}: a write made no progress in "
                               f"{stall_timeout:.1f}s") from exc

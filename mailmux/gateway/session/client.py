@@ -279,7 +279,9 @@ class ClientSession:
             raise BackendLost(backend.lost or f"{backend.node_id}: {exc!r}") from exc
 
     async def write_backend(self, backend: BackendSession, data: bytes) -> None:
-        await backend.send(data, self.config.request_timeout)
+        watch = self.watch
+        await backend.send(data, self.config.request_timeout,
+                           watch.heard if watch is not None else None)
 
     def response_timeout(self) -> float | None:
         # IDLE waits for the user, not for the backend: measured by progress elsewhere.

@@ -132,8 +132,6 @@ async def examine(session: ClientSession, view: MailboxView) -> MailboxView:
     if node.exists:
         for response in await internal(session, b"FETCH 1:* (UID FLAGS)\r\n"):
             node.observe(response)
-    if node.confused or node.unknown():
-        raise ViewLost("the new node's listing of the mailbox is incomplete")
     return node
 
 
@@ -169,7 +167,11 @@ async def restore_view(session: ClientSession, view: MailboxView, current: Relay
         node = await examine(session, view)
         if node.uidvalidity != view.uidvalidity:
             raise ViewLost(f"UIDVALIDITY changed ({view.uidvalidity} → {node.uidvalidity})")
-        lag = behind(view, node, current.may_remove)
+        if node.confused or node.unknown():
+            # The mailbox changed while it was being listed (replication catching up): look again.
+            lag: Lag | None = Lag("its mailbox changed while it was being listed", True)
+        else:
+            lag = behind(view, node, current.may_remove)
         if lag is None:
             break
         if loop.time() >= deadline:
