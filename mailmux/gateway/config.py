@@ -25,6 +25,8 @@ _KNOWN = {
     "discovery_timeout", "request_timeout", "pool", "srv_domain", "broadcast", "tls_cert",
     "tls_key", "discovery_cache_ttl", "dns_server", "domains", "max_line_length",
     "max_message_size", "hang_timeout", "catchup_timeout", "metrics_listen",
+    "login_timeout", "max_connections", "max_connections_per_ip", "max_unauthenticated",
+    "failed_login_delay",
 }
 
 
@@ -46,6 +48,11 @@ class GatewayConfig:
     domains: tuple[str, ...] = ()  # pool domains; empty: the domain of the logged-in user
     max_line_length: int = 64 * 1024
     max_message_size: int = 50 * 1024 * 1024
+    login_timeout: float = 60.0  # a client not logged in by then is disconnected
+    max_connections: int = 400  # IMAP and submission each; stays below the usual fd limit
+    max_connections_per_ip: int = 400
+    max_unauthenticated: int = 64
+    failed_login_delay: float = 1.0  # every failed login is answered after this, doubling
     hang_timeout: float = 1.0  # a node silent this long (heartbeats and data) is hung
     catchup_timeout: float = 2.0  # how long a new node may take to reach the client's view
     metrics_listen: tuple[str, int] | None = None  # Prometheus /metrics endpoint
@@ -95,6 +102,12 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
         domains=tuple(d.lower() for d in domains),
         max_line_length=_positive_int(raw, "max_line_length", 64 * 1024),
         max_message_size=_positive_int(raw, "max_message_size", 50 * 1024 * 1024),
+        login_timeout=parse_duration(raw.get("login_timeout", 60), "login_timeout"),
+        max_connections=_positive_int(raw, "max_connections", 400),
+        max_connections_per_ip=_positive_int(raw, "max_connections_per_ip", 400),
+        max_unauthenticated=_positive_int(raw, "max_unauthenticated", 64),
+        failed_login_delay=parse_duration(raw.get("failed_login_delay", 1.0),
+                                          "failed_login_delay"),
         hang_timeout=parse_duration(raw.get("hang_timeout", 1.0), "hang_timeout"),
         catchup_timeout=parse_duration(raw.get("catchup_timeout", 2.0), "catchup_timeout"),
         metrics_listen=parse_metrics_listen(raw.get("metrics_listen")),

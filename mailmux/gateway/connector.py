@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
+from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend, UnknownUser
 from mailmux.gateway.pool import Pool
 from mailmux.gateway.selection import Candidate, order
 
@@ -145,6 +145,11 @@ async def connect(
 ) -> BackendSession:
     """Discover, order, and log in to the first candidate that works."""
     candidates = [c for c in await pool.discover(user, policy) if c.node_id not in exclude]
+    if not candidates and not exclude and not standby:
+        answers = await pool.ask(user)
+        if answers and not any(a.reply.serves for a in answers):
+            log.info("login of %s: no pool member knows this user", user)
+            raise UnknownUser(f"no pool member serves {user}")
     if not candidates:
         # A standby is a nicety: no second node is not worth a warning.
         log.log(logging.DEBUG if standby else logging.WARNING,

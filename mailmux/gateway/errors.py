@@ -15,6 +15,11 @@ class NoBackend(GatewayError):
     smtp_reply = "451 4.3.0 No mail server is available right now, try again later"
 
 
+class UnknownUser(NoBackend):
+    """Pool members answered and none serves the user: told apart only in the log, answered
+    exactly like a wrong password so that nobody can probe which users exist."""
+
+
 class AuthenticationFailed(GatewayError):
     """The backend refused the credentials: final, never retried on another node."""
 

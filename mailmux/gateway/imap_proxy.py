@@ -13,6 +13,7 @@ import ssl
 
 from mailmux import metrics
 from mailmux.gateway.config import GatewayConfig
+from mailmux.gateway.guard import ConnectionGuard, peer_host, shared_penalty
 from mailmux.gateway.pool import Pool
 from mailmux.gateway.session.client import ClientSession
 
@@ -29,6 +30,9 @@ class ImapProxy:
         self.tls_context = tls_context
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        self.guard = ConnectionGuard(config.max_connections, config.max_connections_per_ip,
+                                     config.max_unauthenticated)
+        self.penalty = shared_penalty(pool, config.failed_login_delay)
 
     async def start(self) -> Address:
         self._server = await asyncio.start_server(self._serve, *self.config.listen_imap)
@@ -37,6 +41,14 @@ class ImapProxy:
         return bound
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        address = peer_host(writer.get_extra_info("peername"))
+        refused = self.guard.admit(address)
+        if refused is not None:
+            log.warning("imap %s: refused, %s", address, refused)
+            with contextlib.suppress(OSError):
+                writer.write(b"* BYE [UNAVAILABLE] too many connections\r\n")
+                writer.close()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._sessions.add(task)
@@ -49,6 +61,7 @@ class ImapProxy:
         finally:
             log.info("imap %s: session of %s ended", session.peer, session.user or "(nobody)")
             metrics.session_closed("imap")
+            self.guard.closed(address, session.user is not None)
             self._sessions.discard(task)
             writer.close()
             with contextlib.suppress(OSError):

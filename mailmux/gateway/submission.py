@@ -24,6 +24,7 @@ import collections
 import contextlib
 import logging
 import ssl
+import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ from mailmux import metrics
 from mailmux.backend.smtp.replies import with_enhanced_code
 from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.connector import connect
-from mailmux.gateway.errors import AuthenticationFailed, NoBackend
+from mailmux.gateway.errors import AuthenticationFailed, NoBackend, UnknownUser
+from mailmux.gateway.guard import peer_host, shared_penalty
 from mailmux.gateway.message_id import strip_guid_header
 from mailmux.gateway.pool import Pool
 from mailmux.gateway.selection import Candidate, order
@@ -73,7 +75,10 @@ class SubmissionHandler:
         parts = blob.split(b"\0")
         if len(parts) != 3:
             return AuthResult(success=False, handled=False, message="501 5.5.2 Bad AUTH data")
-        return await self._verify(parts[1], parts[2])
+        if parts[0] and parts[0].lower() != parts[1].lower():
+            return AuthResult(success=False, handled=False,
+                              message="535 5.7.8 Cannot act as another user")
+        return await self._verify(server, parts[1], parts[2])
 
     async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
         user = await _initial_or_challenge(server, args, "VXNlcm5hbWU6")  # "Username:"
@@ -82,26 +87,32 @@ class SubmissionHandler:
         password = await server.challenge_auth("Password:")
         if not isinstance(password, bytes):
             return AuthResult(success=False, handled=False, message="501 5.5.2 Bad AUTH data")
-        return await self._verify(user, password)
+        return await self._verify(server, user, password)
 
-    async def _verify(self, raw_user: bytes, raw_password: bytes) -> AuthResult:
+    async def _verify(self, server: SMTP, raw_user: bytes, raw_password: bytes) -> AuthResult:
         try:
             user, password = raw_user.decode(), raw_password.decode()
         except UnicodeDecodeError:
             return AuthResult(success=False, handled=False, message="501 5.5.2 Bad AUTH data")
+        penalty = shared_penalty(self.pool, self.config.failed_login_delay)
+        address = peer_host(server.session.peer if server.session is not None else None)
+        started = time.monotonic()
+        await asyncio.sleep(penalty.penalty(user, address))  # earned by earlier failures
         try:
             session = await connect(
                 self.pool, user, password,
                 policy=self.config.selection, timeout=self.config.request_timeout,
             )
-        except AuthenticationFailed:
-            log.info("submission: authentication of %s failed", user)
+        except (AuthenticationFailed, UnknownUser) as exc:
+            log.info("submission: authentication of %s failed: %s", user, exc)
+            await penalty.answer_failure(started, user, address)
             metrics.login("submission", False)
             return AuthResult(success=False, handled=False,
                               message="535 5.7.8 Authentication credentials invalid")
         except NoBackend as exc:
             log.warning("submission: cannot check %s's credentials: %s", user, exc)
             return AuthResult(success=False, handled=False, message=UNAVAILABLE)
+        penalty.succeeded(user, address)
         await session.close()
         metrics.login("submission", True)
         return AuthResult(success=True, auth_data=Credentials(user.lower()))

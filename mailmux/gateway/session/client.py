@@ -70,6 +70,10 @@ def relayable(capability: str) -> bool:
     return not capability.upper().startswith(DENIED_PREFIXES)
 
 
+UNAUTHENTICATED_MAX_LITERAL = 4 * 1024
+UNAUTHENTICATED_MAX_COMMAND = 8 * 1024
+
+
 class ClientGone(Exception):
     pass
 
@@ -82,10 +86,11 @@ class ClientSession:
         self.reader = reader
         self.writer = writer
         self.peer = writer.get_extra_info("peername")
+        self.user: str | None = None
+        self.started = time.monotonic()
         self.framer = self.new_framer()
         self.state = SessionState.CONNECTING
         self.backend: BackendSession | None = None
-        self.user: str | None = None
         self.password: str | None = None  # kept for failover logins; never logged
         self.enabled: list[bytes] = []  # ENABLE arguments, replayed after failover
         self.view: MailboxView | None = None
@@ -105,6 +110,9 @@ class ClientSession:
     def attach(self, backend: BackendSession, user: str, password: str) -> None:
         """The first backend login succeeded: the session is serving."""
         self.user, self.password = user, password
+        self.framer.max_literal = self.config.max_message_size
+        self.framer.max_command = None
+        self.proxy.guard.authenticated()
         self.use(backend)
         self.transition(Input.LOGGED_IN)
 
@@ -173,6 +181,11 @@ class ClientSession:
             self.standby = None
 
     def new_framer(self) -> CommandFramer:
+        if self.user is None:
+            # Before login a command is a LOGIN at most: a few KiB, never 50 MiB literals.
+            return CommandFramer(max_line=self.config.max_line_length,
+                                 max_literal=UNAUTHENTICATED_MAX_LITERAL,
+                                 max_command=UNAUTHENTICATED_MAX_COMMAND)
         return CommandFramer(
             max_line=self.config.max_line_length, max_literal=self.config.max_message_size
         )
@@ -201,7 +214,12 @@ class ClientSession:
             event = self.framer.next_event()
             if isinstance(event, NeedData):
                 try:
-                    data = await self.reader.read(READ_SIZE)
+                    async with asyncio.timeout(self._login_deadline()):
+                        data = await self.reader.read(READ_SIZE)
+                except TimeoutError:
+                    with contextlib.suppress(OSError):
+                        await self.send(b"* BYE login timeout\r\n")
+                    raise ClientGone("login timeout") from None
                 except OSError as exc:
                     raise ClientGone(f"reading from the client: {exc!r}") from exc
                 if not data:
@@ -213,6 +231,11 @@ class ClientSession:
                 await self.send(b"+ Ready for literal data\r\n")
                 continue
             return event
+
+    def _login_deadline(self) -> float | None:
+        if self.user is not None:
+            return None
+        return max(0.0, self.started + self.config.login_timeout - time.monotonic())
 
     def capabilities(self) -> str:
         if self.backend is not None:

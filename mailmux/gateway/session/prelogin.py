@@ -7,14 +7,17 @@ one place to live.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from mailmux import metrics
 from mailmux.gateway.connector import connect
-from mailmux.gateway.errors import AuthenticationFailed, NoBackend
+from mailmux.gateway.errors import AuthenticationFailed, NoBackend, UnknownUser
+from mailmux.gateway.guard import peer_host
 from mailmux.gateway.session.states import Input
 from mailmux.protocol.imap.commands import Authenticate, Command, Login
 from mailmux.protocol.imap.framing import CommandBytes
@@ -91,9 +94,14 @@ async def authenticate(session: ClientSession, tag: str, args: Authenticate) -> 
         await session.send(f"{tag} BAD [CLIENTBUG] malformed PLAIN response\r\n".encode())
         return
     try:
-        user, password = parts[1].decode(), parts[2].decode()
+        authzid, user, password = (p.decode() for p in parts)
     except UnicodeDecodeError:
         await session.send(f"{tag} BAD [CLIENTBUG] credentials must be UTF-8\r\n".encode())
+        return
+    if authzid and authzid.lower() != user.lower():
+        # As the nodes do: nobody acts as another user (RFC 4616 authorization identity).
+        await session.send(f"{tag} NO [AUTHORIZATIONFAILED] cannot act as another user\r\n"
+                           .encode())
         return
     await login(session, tag, user, password)
 
@@ -103,13 +111,18 @@ async def login(session: ClientSession, tag: str, user: str, password: str) -> N
         await session.send(f"{tag} BAD [CLIENTBUG] already authenticated\r\n".encode())
         return
     config = session.config
+    penalty = session.proxy.penalty
+    address = peer_host(session.peer)
+    started = time.monotonic()
+    await asyncio.sleep(penalty.penalty(user, address))  # earned by earlier failures
     try:
         backend = await connect(
             session.proxy.pool, user, password,
             policy=config.selection, timeout=config.request_timeout,
         )
-    except AuthenticationFailed:
-        log.info("imap %s: login of %s refused", session.peer, user)
+    except (AuthenticationFailed, UnknownUser) as exc:
+        log.info("imap %s: login of %s refused: %s", session.peer, user, exc)
+        await penalty.answer_failure(started, user, address)
         metrics.login("imap", False)
         session.transition(Input.LOGIN_REFUSED)
         await session.send(f"{tag} NO [AUTHENTICATIONFAILED] invalid credentials\r\n".encode())
@@ -119,6 +132,7 @@ async def login(session: ClientSession, tag: str, user: str, password: str) -> N
         session.transition(Input.LOGIN_REFUSED)
         await session.send(f"{tag} NO [UNAVAILABLE] no mail server is available\r\n".encode())
         return
+    penalty.succeeded(user, address)
     session.attach(backend, user, password)
     metrics.login("imap", True)
     await session.send(f"{tag} OK [CAPABILITY {session.capabilities()}] logged in\r\n".encode())
