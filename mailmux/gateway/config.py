@@ -26,7 +26,7 @@ _KNOWN = {
     "tls_key", "discovery_cache_ttl", "dns_server", "domains", "max_line_length",
     "max_message_size", "hang_timeout", "catchup_timeout", "metrics_listen",
     "login_timeout", "max_connections", "max_connections_per_ip", "max_unauthenticated",
-    "failed_login_delay",
+    "failed_login_delay", "sender_policy", "max_recipients",
 }
 
 
@@ -53,6 +53,8 @@ class GatewayConfig:
     max_connections_per_ip: int = 400
     max_unauthenticated: int = 64
     failed_login_delay: float = 1.0  # every failed login is answered after this, doubling
+    sender_policy: str = "strict"  # From: must be the user; "add-sender": add Sender: instead
+    max_recipients: int = 100
     hang_timeout: float = 1.0  # a node silent this long (heartbeats and data) is hung
     catchup_timeout: float = 2.0  # how long a new node may take to reach the client's view
     metrics_listen: tuple[str, int] | None = None  # Prometheus /metrics endpoint
@@ -108,6 +110,8 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
         max_unauthenticated=_positive_int(raw, "max_unauthenticated", 64),
         failed_login_delay=parse_duration(raw.get("failed_login_delay", 1.0),
                                           "failed_login_delay"),
+        sender_policy=_sender_policy(raw),
+        max_recipients=_positive_int(raw, "max_recipients", 100),
         hang_timeout=parse_duration(raw.get("hang_timeout", 1.0), "hang_timeout"),
         catchup_timeout=parse_duration(raw.get("catchup_timeout", 2.0), "catchup_timeout"),
         metrics_listen=parse_metrics_listen(raw.get("metrics_listen")),
@@ -115,6 +119,13 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_submission")}
     require_tls_off_loopback(listeners, config.tls_cert is not None)
     return config
+
+
+def _sender_policy(raw: dict[str, Any]) -> str:
+    policy = raw.get("sender_policy", "strict")
+    if policy not in ("strict", "add-sender"):
+        raise ConfigError(f"sender_policy: expected 'strict' or 'add-sender', got {policy!r}")
+    return str(policy)
 
 
 def _positive_int(raw: dict[str, Any], key: str, default: int) -> int:

@@ -28,6 +28,9 @@ import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
 from typing import AnyStr
 
 import aiosmtplib
@@ -58,6 +61,33 @@ class Credentials:
 
     def __repr__(self) -> str:
         return f"Credentials(user={self.user!r})"
+
+
+HEADER_ROOM = 4096  # what the gateway and the node add (stamp, Received, Sender)
+
+
+class DeliveryRefused(Exception):
+    """The pool refused the message or some recipients for good: the client's answer."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+def _refusal(refused: list[aiosmtplib.SMTPRecipientRefused]) -> Exception:
+    """Refused recipients: 451 when any refusal is temporary (the client retries and the
+    recipients already served store the same GUID once), else the 5xx naming them."""
+    if any(r.code < 500 for r in refused):
+        return NoBackend("recipients refused for now: " + ", ".join(
+            f"{r.recipient} ({r.code})" for r in refused))
+    names = ", ".join(f"<{r.recipient}>" for r in refused[:10])
+    return DeliveryRefused(f"554 5.5.0 Not delivered to {names}: {refused[0].message}")
+
+
+def from_addresses(content: bytes) -> list[str]:
+    """The addresses in the message's From: header(s)."""
+    headers = BytesHeaderParser(policy=compat32).parsebytes(content)
+    return [address for _, address in getaddresses(headers.get_all("From", [])) if address]
 
 
 class SubmissionHandler:
@@ -134,6 +164,8 @@ class SubmissionHandler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
         options: list[str],
     ) -> str:
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            return f"452 4.5.3 Too many recipients (at most {self.config.max_recipients})"
         domain = address.rpartition("@")[2].lower()
         domains = self.config.domains or (_user(session).rpartition("@")[2],)
         if domain not in domains:
@@ -153,6 +185,15 @@ class SubmissionHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         user = _user(session)
         content = envelope.original_content or b""
+        if len(content) > self.config.max_message_size - HEADER_ROOM:
+            return (f"552 5.3.4 Message too big (at most "
+                    f"{self.config.max_message_size - HEADER_ROOM} octets)")
+        strangers = [a for a in from_addresses(content) if a.lower() != user]
+        if strangers:
+            if self.config.sender_policy == "strict":
+                return (f"553 5.7.1 From: <{strangers[0]}> is not the authenticated user "
+                        f"<{user}>")
+            content = f"Sender: <{user}>\r\n".encode() + content
         # One replay id per transaction: a retry on another node after a failure carries it,
         # and a node that already stored the transaction answers 250 without storing again.
         guid = uuid.uuid4().hex
@@ -166,7 +207,7 @@ class SubmissionHandler:
             node = await self._queue_outbound(user, envelope.mail_from, outside, message, guid)
             if inside:
                 node = await self._deliver(envelope.mail_from, inside, message, guid)
-        except HandoffRefused as exc:
+        except (HandoffRefused, DeliveryRefused) as exc:
             return exc.reply
         except NoBackend as exc:
             log.warning("submission: %s from %s not delivered: %s", guid, user, exc)
@@ -200,7 +241,7 @@ class SubmissionHandler:
         reasons = []
         for candidate in candidates:
             try:
-                await self._watched(candidate, aiosmtplib.send(
+                result = await self._watched(candidate, aiosmtplib.send(
                     message,
                     sender=sender,
                     recipients=recipients,
@@ -212,17 +253,31 @@ class SubmissionHandler:
                     use_tls=False,
                 ))
             except aiosmtplib.SMTPRecipientsRefused as exc:
-                raise NoBackend(f"{candidate.node_id} refused recipients: {exc}") from exc
+                raise _refusal(exc.recipients) from exc
+            except aiosmtplib.SMTPResponseException as exc:
+                if exc.code >= 500:
+                    # The node judged the message, not its own health: the client gets the
+                    # permanent answer (no retries, no quarantine).
+                    raise DeliveryRefused(f"{exc.code} {exc.message}") from exc
+                reasons.append(f"{candidate.node_id}: {exc}")
+                log.warning("submission: %s to %s failed: %s", guid, candidate.node_id, exc)
+                self.pool.failed(candidate.node_id, str(exc))
+                continue
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 reasons.append(f"{candidate.node_id}: {exc}")
                 log.warning("submission: %s to %s failed: %s", guid, candidate.node_id, exc)
                 self.pool.failed(candidate.node_id, str(exc))
                 continue
             self.pool.succeeded(candidate.node_id)
+            refused = result[0] if isinstance(result, tuple) and result else {}
+            if refused:
+                # 250 means every recipient has it: a partial success is not one.
+                raise _refusal([aiosmtplib.SMTPRecipientRefused(r.code, r.message, str(rcpt))
+                                for rcpt, r in refused.items()])
             return candidate.node_id
         raise NoBackend("; ".join(reasons) or "no live node serves every recipient")
 
-    async def _watched(self, candidate: Candidate, send: Awaitable[object]) -> None:
+    async def _watched(self, candidate: Candidate, send: Awaitable[object]) -> object:
         """One transfer to one node, abandoned as soon as the heartbeat finds the node hung
         (a stopped node would otherwise hold the submission for the whole request_timeout)."""
         transfer = asyncio.ensure_future(send)
@@ -240,7 +295,7 @@ class SubmissionHandler:
             transfer.cancel()
         if hung:
             raise TimeoutError(hung[0])
-        transfer.result()
+        return transfer.result()
 
     async def _candidates(self, recipients: list[str]) -> list[Candidate]:
         """Live nodes that serve every recipient, in selection order."""
@@ -280,7 +335,7 @@ class SubmissionSMTP(SMTP):
         self.line_length_limit = max(config.max_line_length, SMTP.line_length_limit)
         super().__init__(
             handler,
-            data_size_limit=config.max_message_size,
+            data_size_limit=config.max_message_size - HEADER_ROOM,
             enable_SMTPUTF8=True,
             hostname="mailmux-gateway",
             ident="mailmux submission",
