@@ -1,0 +1,72 @@
+"""Exactly once across failover: a change whose node died before answering is answered with the
+original answer (the node-side XREPLAY contract), never done twice."""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from tests.gateway.conftest import ALICE
+from tests.gateway.rawimap import RawImap, wait_until
+from tests.gateway.replicated import Pool, replicated  # noqa: F401  (fixture)
+from tests.gateway.test_failover import gateway_with, message, serving
+from tests.support.gateway import GatewayProcess
+from tests.support.nodes import NodeProcess
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def slow_acks(replicated: Callable[..., Pool]) -> Pool:  # noqa: F811
+    """Three nodes whose acknowledgements may take long (a stopped peer is waited for)."""
+    return replicated("abc", copy_timeout="60s")
+
+
+def _archive_count(node: NodeProcess) -> int:
+    with imaplib.IMAP4(*node.imap, timeout=30) as direct:
+        direct.login(*ALICE)
+        typ, data = direct.select("Archive", readonly=True)
+        return int(data[0]) if typ == "OK" else -1
+
+
+def test_the_move_race_gets_the_original_answer_and_one_copy(
+    slow_acks: Pool, gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    nodes = slow_acks.nodes
+    # A long hang_timeout: the peer must have applied the MOVE before the gateway moves there
+    # (which node wins the race is the node side's business; this test is about the answer).
+    gw = gateway_with(gateway_factory, list(nodes.values()), extra="hang_timeout = 5")
+    client = RawImap(gw.imap)
+    try:
+        client.login(*ALICE)
+        body = message("to move")
+        answer = client.command("a", b"APPEND INBOX {%d+}\r\n%s" % (len(body), body))
+        assert answer[-1].startswith(b"a OK")
+        appended = re.search(rb"\[APPENDUID \d+ (\d+)\]", answer[-1])
+        assert appended is not None, answer
+        uid = appended.group(1)
+        assert b"* 1 EXISTS\r\n" in client.command("s", "SELECT INBOX")
+        s = serving(gw, ALICE[0], nodes)
+        peer, other = (n for n in nodes.values() if n is not s)
+        other.signal(signal.SIGSTOP)
+        peer.signal(signal.SIGSTOP)
+        # S commits the MOVE and ships it to the stopped peer, then waits for the ack.
+        client.send(b"m MOVE 1 Archive\r\n")
+        wait_until(lambda: _archive_count(s) == 1, "S to commit the MOVE")
+        s.signal(signal.SIGSTOP)  # it never answers: the gateway must find it hung
+        peer.signal(signal.SIGCONT)  # the peer applies the MOVE it was sent
+        other.signal(signal.SIGCONT)  # a majority is up again: changes can be acknowledged
+        wait_until(lambda: _archive_count(peer) == 1, "the peer to apply the MOVE")
+        answer = client.until("m")
+        assert answer.count(b"* 1 EXPUNGE\r\n") == 1, answer
+        assert any(re.search(rb"\[COPYUID \d+ %s \d+\]" % uid, r) for r in answer), answer
+        assert answer[-1].startswith(b"m OK"), answer
+        assert "hung" in gw.log()
+        selected = client.command("t", "SELECT Archive")
+        assert b"* 1 EXISTS\r\n" in selected, selected
+    finally:
+        client.close()
