@@ -6,11 +6,13 @@ failover and the same "wrong password is final" rule). The envelope sender must 
 authenticated user. Recipients must be in the pool's domains (relaying comes later: 550 5.7.1)
 and must be served by some pool member (550 5.1.1), which the gateway asks at RCPT time.
 
-After DATA the gateway holds the whole message, stamps its GUID (`message_id.py`) and hands it
-to the least-loaded live node serving the recipients. A node that fails mid-transfer or answers
-4xx is marked failed and the next candidate gets the same bytes; backends deduplicate on the
-GUID, so a replay is stored once. 250 goes to the client only after a backend said 250. Nobody
-left: 451 4.3.0, so the client keeps the message and retries.
+After DATA the gateway holds the whole message, gives the transaction a replay id (sent as
+`MAIL FROM:<..> XREPLAY=<id>`) and hands it to the least-loaded live node serving the
+recipients. A node that fails mid-transfer or answers 4xx is marked failed and the next
+candidate gets the same bytes and id; a node that already holds that id's effect (stored there
+or replicated to it) answers 250 without storing again, so a replay is stored once. 250 goes
+to the client only after a backend said 250. Nobody left: 451 4.3.0, so the client keeps the
+message and retries.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 import logging
 import ssl
 import time
+import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -39,7 +42,7 @@ from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.connector import connect
 from mailmux.gateway.errors import AuthenticationFailed, NoBackend, UnknownUser
 from mailmux.gateway.guard import peer_host, shared_penalty
-from mailmux.gateway.message_id import stamp
+from mailmux.gateway.message_id import strip_guid_header
 from mailmux.gateway.pool import Pool
 from mailmux.gateway.selection import Candidate, order
 from mailmux.outbound.handoff import HandoffFailed, HandoffRefused, hand_off
@@ -191,13 +194,16 @@ class SubmissionHandler:
                 return (f"553 5.7.1 From: <{strangers[0]}> is not the authenticated user "
                         f"<{user}>")
             content = f"Sender: <{user}>\r\n".encode() + content
-        guid, message = stamp(user, content, self.config.pool_secret)
+        # One replay id per transaction: a retry on another node after a failure carries it,
+        # and a node that already stored the transaction answers 250 without storing again.
+        guid = uuid.uuid4().hex
+        message = strip_guid_header(content)
         domains = self.config.domains or (user.rpartition("@")[2],)
         outside = [r for r in envelope.rcpt_tos if r.rpartition("@")[2].lower() not in domains]
         inside = [r for r in envelope.rcpt_tos if r not in outside]
         try:
-            # Outside first: if the queue cannot take it the client retries the whole message,
-            # and the pool recipients' copies of the retry are the same GUID, stored once.
+            # Outside first: if the queue cannot take it the client retries the whole message
+            # (nothing reached the pool recipients yet).
             node = await self._queue_outbound(user, envelope.mail_from, outside, message, guid)
             if inside:
                 node = await self._deliver(envelope.mail_from, inside, message, guid)
@@ -239,6 +245,7 @@ class SubmissionHandler:
                     message,
                     sender=sender,
                     recipients=recipients,
+                    mail_options=[f"XREPLAY={guid}"],
                     hostname=candidate.smtp[0],
                     port=candidate.smtp[1],
                     timeout=self.config.request_timeout,

@@ -44,6 +44,7 @@ from mailmux.protocol.peer.session import (
     plain,
     welcome,
 )
+from mailmux.replication import antientropy
 from mailmux.replication.importance import copies_required
 from mailmux.replication.window import BatchWindow, local_now
 from mailmux.tls import server_context
@@ -54,6 +55,7 @@ Address = tuple[str, int]
 BATCH_RECORDS = 500
 BATCH_BODY_BYTES = 8 * 1024 * 1024
 IDLE_RECHECK = 1.0
+RESPONSIVE = 3.0  # a peer not heard from for longer does not count for the precheck
 MAX_BACKOFF = 5.0
 READ_SIZE = 256 * 1024
 ACK_PERSIST_INTERVAL = 1.0
@@ -99,10 +101,17 @@ class Channel:
             raise PeerAuthError("handshake is not an object")
         return message
 
-    async def receive(self) -> dict[str, Any]:
+    async def receive(self, timeout: float | None = None) -> dict[str, Any]:
         assert self.sealer is not None
         self.decoder.max_frame = MAX_FRAME
-        return self.sealer.open(await self._frame())
+        try:
+            async with asyncio.timeout(timeout):
+                frame = await self._frame()
+        except TimeoutError:
+            # A hung peer (SIGSTOP, stuck disk) keeps its TCP link open: without a deadline
+            # the link would wait forever and never notice.
+            raise LinkClosed(f"no answer within {timeout:.1f}s") from None
+        return self.sealer.open(frame)
 
     async def send(self, message: dict[str, Any]) -> None:
         assert self.sealer is not None
@@ -135,6 +144,8 @@ class PeerState:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     persisted: float = float("-inf")  # when the acknowledged position was last saved
     rounds: int = 0  # shipping decisions taken (tests watch it instead of sleeping)
+    digested: float = float("-inf")  # when digests were last compared
+    repaired: int = 0  # mailboxes found different and repaired by digest comparison
 
 
 class Replicator:
@@ -154,6 +165,7 @@ class Replicator:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._local_seq = 0
+        self._answer_timeout = 2 * self.rconfig.copy_timeout
         self._handshaking = 0
         # TLS on peer links whenever the node has a certificate (DESIGN: off loopback, always).
         # Peers authenticate each other with the pool secret; TLS adds confidentiality, and the
@@ -175,6 +187,9 @@ class Replicator:
         bound: Address = self._server.sockets[0].getsockname()[:2]
         self.store.commit_hooks.append(self._committed)
         self.store.copies_hook = self.ensure_copies
+        self.store.precheck_hook = self.precheck
+        pool = sorted({self.config.node_id, *self.peers})
+        self.store.uid_slot = (pool.index(self.config.node_id), len(pool))
         self.meter.replication_backlog = self.backlog
         self.meter.replication_details = self.details
         for peer in self.peers.values():
@@ -190,6 +205,7 @@ class Replicator:
 
     async def close(self) -> None:
         self.store.copies_hook = None
+        self.store.precheck_hook = None
         if self._committed in self.store.commit_hooks:
             self.store.commit_hooks.remove(self._committed)
         if self._server is not None:
@@ -211,9 +227,26 @@ class Replicator:
     def live_peers(self) -> int:
         return sum(1 for p in self.peers.values() if p.connected)
 
-    async def ensure_copies(self, body: bytes, seq: int) -> None:
-        wanted = copies_required(body, self.rconfig.copies, 1 + self.live_peers())
-        needed = min(wanted, 1 + len(self.peers)) - 1
+    def _needed(self, body: bytes | None) -> int:
+        """Extra copies (peers) a change needs: by importance for a message, else normal."""
+        wanted = copies_required(body or b"", self.rconfig.copies, 1 + self.live_peers())
+        return min(wanted, 1 + len(self.peers)) - 1
+
+    def responsive_peers(self) -> int:
+        """Peers linked and heard from lately (a hung peer keeps its TCP link)."""
+        now = time.monotonic()
+        limit = max(RESPONSIVE, self.rconfig.copy_timeout)
+        return sum(1 for p in self.peers.values()
+                   if p.connected and p.last_ack is not None and now - p.last_ack <= limit)
+
+    def precheck(self, body: bytes | None) -> None:
+        needed = self._needed(body)
+        if needed > 0 and not self.rconfig.degrade and self.responsive_peers() < needed:
+            raise Unavailable("not enough mail servers reachable to make this change safely; "
+                              "try again later")
+
+    async def ensure_copies(self, body: bytes | None, seq: int) -> None:
+        needed = self._needed(body)
         if needed <= 0:
             return
         origin = self.store.origin
@@ -336,10 +369,24 @@ class Replicator:
             return True
         return pending and self.window.may_ship(self.clock(), self.backlog())
 
+    async def _ask(self, channel: Channel, message: dict[str, Any]) -> dict[str, Any]:
+        await channel.send(message)
+        reply = await channel.receive(self._answer_timeout)
+        if reply.get("t") != message.get("t"):
+            raise LinkClosed(f"expected {message.get('t')!r}, got {reply.get('t')!r}")
+        return reply
+
+    async def _reconcile(self, peer: PeerState, channel: Channel) -> None:
+        peer.digested = time.monotonic()
+        repaired = await antientropy.reconcile(
+            self.store, lambda m: self._ask(channel, m), peer.node_id)
+        peer.repaired += repaired
+
     async def _ship(self, peer: PeerState, channel: Channel) -> None:
         await channel.send({"t": "positions"})
-        reply = await channel.receive()
+        reply = await channel.receive(self._answer_timeout)
         await self._record_ack(peer, {k: int(v) for k, v in reply["positions"].items()})
+        await self._reconcile(peer, channel)
         while True:
             peer.wake.clear()
             records = await self.store.changes_after(peer.acked, BATCH_RECORDS)
@@ -357,8 +404,10 @@ class Replicator:
                 # link (no TCP traffic would) and a peer that lost its data (positions drop),
                 # which then gets everything again: the periodic anti-entropy pass.
                 await channel.send({"t": "positions"})
-                reply = await channel.receive()
+                reply = await channel.receive(self._answer_timeout)
                 await self._record_ack(peer, {k: int(v) for k, v in reply["positions"].items()})
+                if time.monotonic() - peer.digested >= antientropy.DIGEST_INTERVAL:
+                    await self._reconcile(peer, channel)
 
     async def _send_batch(self, peer: PeerState, channel: Channel,
                           records: list[ChangeRecord]) -> None:
@@ -377,7 +426,7 @@ class Replicator:
             "t": "batch", "records": _records_json(records),
             "bodies": {h: base64.b64encode(b).decode() for h, b in bodies.items()},
         })
-        reply = await channel.receive()
+        reply = await channel.receive(self._answer_timeout)
         if reply.get("t") != "ack":
             raise LinkClosed(f"expected ack, got {reply.get('t')!r}")
         peer.shipped += len(records)
@@ -420,6 +469,10 @@ class Replicator:
         while True:
             message = await channel.receive()
             kind = message.get("t")
+            answer = await antientropy.answer(self.store, message)
+            if answer is not None:
+                await channel.send(answer)
+                continue
             if kind == "batch":
                 records = _records_from(message["records"])
                 bodies = {h: base64.b64decode(b) for h, b in message["bodies"].items()}

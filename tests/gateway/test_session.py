@@ -81,7 +81,10 @@ def test_selected_session_fails_over_to_a_replica_without_the_client_noticing(
     for me, other in (("a", "b"), ("b", "a")):
         nodes.append(node_factory(me, replication=(
             f'[replication]\nlisten = "127.0.0.1:{ports[me]}"\n'
-            f'peers = ["{other}=127.0.0.1:{ports[other]}"]\n')))
+            f'peers = ["{other}=127.0.0.1:{ports[other]}"]\n'
+            # With one of two nodes left, changes (the STORE below) need degraded mode:
+            # acknowledged otherwise means on W=2 nodes (issue 7).
+            'copy_timeout = "1s"\ndegrade = true\n')))
     nodes[0].add_user(*ALICE)
     for n in nodes:
         n.start()

@@ -98,16 +98,17 @@ def test_backend_killed_mid_transaction_still_250_and_stored_once(
     assert total == 1
 
 
-def test_replayed_submission_is_stored_once(
+def test_two_identical_submissions_are_two_messages(
     pool3: list[NodeProcess], gateway_factory: Callable[..., GatewayProcess],
 ) -> None:
+    # Deduplication is by the gateway's replay id (XREPLAY), never by content (issue 7).
     gw = gateway_factory(pool3[:1])
     message = _message("sent twice")
     for _ in range(2):
         with smtplib.SMTP(*gw.submission, timeout=30) as smtp:
             smtp.login(*BOB)
             assert smtp.sendmail(BOB[0], [ALICE[0]], message) == {}
-    assert _count(gw.imap, "sent twice") == 1
+    assert _count(gw.imap, "sent twice") == 2
 
 
 def test_no_backend_gives_451(

@@ -46,6 +46,7 @@ from mailmux.backend.store.interface import (
     MessageMeta,
     ViewChanges,
 )
+from mailmux.backend.store.replay import REPLAY, Replayed
 from mailmux.protocol.imap.commands import (
     Append,
     Authenticate,
@@ -79,6 +80,7 @@ from mailmux.protocol.imap.framing import (
 )
 from mailmux.protocol.imap.mutf7 import encode_mailbox
 from mailmux.protocol.imap.parser import parse_command
+from mailmux.protocol.imap.replay import split_replay
 from mailmux.protocol.imap.response import (
     Atom,
     continuation,
@@ -188,7 +190,8 @@ class Session:
                     raise Closed(event.message)
                 continue
             try:
-                command = parse_command(event.raw)
+                raw, replay_id = split_replay(event.raw)
+                command = parse_command(raw)
             except ParseError as exc:
                 code = exc.code or "CLIENTBUG" if exc.tag else exc.code
                 if exc.tag is None:
@@ -196,7 +199,7 @@ class Session:
                 else:
                     await self.send([tagged(exc.tag, exc.status, exc.message, code)])
                 continue
-            await self.send(await self.dispatch(command))
+            await self.send(await self.dispatch(command, replay_id))
 
     def _framing_reply(self, error: FramingError) -> bytes:
         if error.tag is None:
@@ -212,7 +215,9 @@ class Session:
                 caps.append("STARTTLS")
         return caps
 
-    async def dispatch(self, command: Command) -> Lines:
+    async def dispatch(self, command: Command, replay_id: str | None = None) -> Lines:
+        if replay_id is not None:
+            return await self._dispatch_replay(command, replay_id)
         if command.name not in ALLOWED[self.state]:
             if self.state is State.NOT_AUTHENTICATED:
                 return [tagged(command.tag, "BAD", "log in first", "CLIENTBUG")]
@@ -240,6 +245,50 @@ class Session:
                     f"UID {command.name}" if command.uid else command.name,
                     time.monotonic() - started)
         return lines
+
+    async def _dispatch_replay(self, command: Command, replay_id: str) -> Lines:
+        """A command the gateway may send again: if this node already holds its effect (made
+        here or replicated from where it was made), answer what the original answered."""
+        if self.user is None or command.name not in ALLOWED[self.state]:
+            return await self.dispatch(command)
+        answer = await self.store.replay_answer(self.me, replay_id)
+        if answer is not None:
+            return await self._replayed(command, answer)
+        token = REPLAY.set(replay_id)
+        try:
+            return await self.dispatch(command)
+        except Replayed as exc:  # the same id raced in on another session
+            return await self._replayed(command, exc.answer)
+        finally:
+            REPLAY.reset(token)
+
+    async def _replayed(self, command: Command, answer: dict[str, object]) -> Lines:
+        name = command.name
+        code: str | None = None
+        if name == "APPEND":
+            code = f"APPENDUID {answer['uidvalidity']} {answer['uid']}"
+            return await self.ok(command, "APPEND completed", code)
+        if name in ("COPY", "MOVE"):
+            pairs = answer.get("pairs")
+            if isinstance(pairs, list) and pairs:
+                code = (f"COPYUID {answer['uidvalidity']} "
+                        f"{format_sequence_set([int(p[0]) for p in pairs])} "
+                        f"{format_sequence_set([int(p[1]) for p in pairs])}")
+            if name == "COPY":
+                return await self.ok(command, "COPY completed", code)
+            lines = [untagged_status("OK", "moved", code)] if code else []
+            lines += await self._refresh_now() if self.view is not None else []
+            return [*lines, tagged(command.tag, "OK", "MOVE completed")]
+        if name == "STORE":
+            failed = answer.get("failed")
+            modified: str | None = None
+            if isinstance(failed, list) and failed and self.view is not None:
+                view = self.view
+                shown = [int(u) for u in failed] if command.uid else [
+                    view.seq_of(int(u)) for u in failed if int(u) in view.uids]
+                modified = f"MODIFIED {format_sequence_set(shown)}" if shown else None
+            return await self.ok(command, "STORE completed", modified)
+        return await self.ok(command, f"{name} completed")
 
     # pending updates ----------------------------------------------------------------------
 

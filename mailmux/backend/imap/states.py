@@ -34,10 +34,12 @@ ALLOWED: dict[State, frozenset[str]] = {
 # the client's sequence numbers must stay valid for them.
 NO_EXPUNGE_DURING = frozenset({"FETCH", "STORE", "SEARCH", "SORT", "THREAD"})
 
-CAPABILITIES = (
+CAPABILITIES: tuple[str, ...] = (
     "IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UIDPLUS", "MOVE",
     "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH", "BINARY",
     "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
     "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT",
     "WITHIN", "UTF8=ACCEPT",
 )
+# Gateway-only (mailmux.protocol.imap.replay); the gateway never shows it to clients.
+CAPABILITIES += ("XREPLAY",)

@@ -25,9 +25,10 @@ from mailmux.backend.errors import BackendError, LimitExceeded
 from mailmux.backend.load import LoadMeter
 from mailmux.backend.message.limits import check_structure
 from mailmux.backend.smtp import replies
-from mailmux.backend.smtp.headers import Trace, message_guid, received_header, with_protocol
+from mailmux.backend.smtp.headers import Trace, new_guid, received_header, with_protocol
 from mailmux.backend.smtp.protocol import IntakeSMTP
 from mailmux.backend.store.interface import MailStore
+from mailmux.backend.store.replay import REPLAY, Replayed
 from mailmux.outbound import intake as outbound_intake
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class IntakeHandler:
         session.host_name = hostname
         # Drop aiosmtpd's "250 HELP" and its (empty: no mechanisms) AUTH line.
         kept = [line for line in responses[:-1] if not line.startswith("250-AUTH")]
-        return [*kept, "250-ENHANCEDSTATUSCODES", "250 PIPELINING"]
+        return [*kept, "250-ENHANCEDSTATUSCODES", "250-XREPLAY", "250 PIPELINING"]
 
     async def handle_MAIL(
         self,
@@ -130,9 +131,13 @@ class IntakeHandler:
             log.info("%s: refused a message: %s", _peer(session), exc.message)
             return f"554 5.6.0 {exc.message}"
         recipients = list(envelope.rcpt_tos)
-        guid = message_guid(body, self.config.pool_secret)
+        # Every transaction is a new message; a gateway's replay is known by its XREPLAY id,
+        # never by a header the sender could copy (an X-Mailmux-GUID is just a header now).
+        guid = new_guid()
         message = received_header(self._trace(server, session, envelope, guid)) + body
-        with self._delivery():
+        # LMTP stores per recipient, so one transaction id cannot name its effect there.
+        replayable = None if server.reply_per_recipient else envelope
+        with self._delivery(), _replay_id(replayable):
             outside = [r for r in recipients if not self.config.serves_domain(r)]
             if outside:
                 sender = envelope.mail_from or ""
@@ -212,6 +217,11 @@ class IntakeHandler:
         try:
             with self.meter.transaction():
                 results = await self.store.deliver(recipients, message, guid)
+        except Replayed as exc:
+            original = str(exc.answer.get("guid") or guid)
+            log.info("%s: replay of %s to %s: already stored", peer, original,
+                     ", ".join(recipients))
+            return replies.queued(original)  # the original answer
         except BackendError as exc:
             log.warning("%s: delivery of %s to %s failed: %s", peer, guid, recipients, exc)
             return exc.smtp_reply
@@ -274,6 +284,18 @@ async def _first_known(
         if await exists(candidate):
             return candidate
     return None
+
+
+@contextlib.contextmanager
+def _replay_id(envelope: Envelope | None) -> Iterator[None]:
+    """Makes the transaction's XREPLAY id (if the gateway sent one) the store's replay id."""
+    options = envelope.mail_options if envelope is not None else []
+    found = [o.partition("=")[2] for o in options if o.upper().startswith("XREPLAY=")]
+    token = REPLAY.set(found[-1] if found else None)
+    try:
+        yield
+    finally:
+        REPLAY.reset(token)
 
 
 def _peer(session: Session) -> str:

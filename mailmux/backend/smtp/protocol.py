@@ -27,6 +27,7 @@ from aiosmtpd.smtp import SMTP, syntax
 
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.smtp.replies import SHUTTING_DOWN, with_enhanced_code
+from mailmux.backend.store.replay import valid_id
 from mailmux.smtpsession import Session
 
 SESSION_TIMEOUT = 300.0  # RFC 5321 4.5.3.2.7: the server timeout should be at least 5 minutes
@@ -112,6 +113,17 @@ class IntakeSMTP(SMTP):
             yield
         finally:
             self._plain_replies = False
+
+    def _getparams(self, params: Any) -> dict[str, Any] | None:
+        # The gateway's `MAIL FROM:<a> XREPLAY=<id>` (mailmux.backend.store.replay): taken
+        # out here so that aiosmtpd does not refuse it as unknown; the handler reads it from
+        # the envelope's mail options. A malformed id is a syntax error (501).
+        found: dict[str, Any] | None = super()._getparams(params)
+        if found is not None and "XREPLAY" in found:
+            value = found.pop("XREPLAY")
+            if not isinstance(value, str) or not valid_id(value):
+                return None
+        return found
 
     @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str) -> None:

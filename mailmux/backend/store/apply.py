@@ -4,12 +4,12 @@ Records keep their origin and sequence: each is stored in the local change log a
 (a) a record is applied at most once, whatever the number of deliveries, and (b) this node can
 pass other origins' history on to a peer that lacks it (a wiped node catches up from anyone).
 
-Rules (DESIGN.md, Replication): a message keeps the UID its origin gave it when that UID is free
-here; if the UID already names a different message (both sides accepted mail during a
-partition), both messages get fresh UIDs above both sides' UIDNEXT, the smaller GUID first, as
-dsync does, and the renumbering is logged as local changes so every replica converges. Flags
-merge per flag by the latest (HLC, origin) stamp. An expunge leaves a tombstone and wins over
-any flag change or late copy of the message.
+Rules (docs/consistency.md): a message keeps the UID its origin gave it. Each node gives out
+only the UIDs in its own residue class (index modulo pool size), so two nodes never give one
+UID to two messages; the dsync-style renumbering below remains only for a pool whose
+membership changed under a message in flight. Flags merge per flag by the latest (HLC, origin)
+stamp. GUIDs name message instances, so an expunge leaves a tombstone that wins, forever, over
+any flag change or late copy of that message.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+from mailmux.backend.store import replay
 from mailmux.backend.store.interface import BOARD_OWNER, ChangeRecord
 from mailmux.backend.store.schema import SUBTREE
 from mailmux.backend.store.writer import Tx
@@ -134,11 +135,11 @@ def _message_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
     mailbox = _mailbox(conn, owner, name)
     if mailbox is None or mailbox[3] != _p(record, "uidvalidity"):
         return  # the mailbox is gone, or is another incarnation: nothing to add to
-    tombstone = conn.execute(
-        "SELECT hlc FROM tombstones WHERE owner = ? AND mailbox = ? AND guid = ?",
-        (owner, name, guid)).fetchone()
-    if tombstone is not None and tombstone[0] > record.hlc:
-        return  # expunged after this copy was made: the expunge wins
+    if conn.execute("SELECT 1 FROM tombstones WHERE owner = ? AND mailbox = ? AND guid = ?",
+                    (owner, name, guid)).fetchone():
+        # A GUID names one message instance (never its content), and an expunged message
+        # never comes back: whatever copy of the add arrives later, renumbered or relayed.
+        return
     if conn.execute("SELECT 1 FROM messages WHERE mailbox_id = ? AND guid = ?",
                     (mailbox[0], guid)).fetchone():
         return
@@ -156,7 +157,18 @@ def _message_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
         _resolve_uid_conflict(store, tx, mailbox, uid, str(taken[0]), record)
         return
     _insert(conn, tx, mailbox[0], uid, guid, body_hash, _p(record, "internaldate"),
-            _p(record, "size"), _p(record, "flags"))
+            _p(record, "size"), _p(record, "flags"), _modseq(store, conn, mailbox[0], record.hlc))
+
+
+def _modseq(store: SqliteStore, conn: sqlite3.Connection, mailbox_id: int, hlc: int) -> int:
+    """The MODSEQ a replicated change gets here: its record's HLC, verbatim, whenever it is
+    above the mailbox's HIGHESTMODSEQ (always so when one node at a time changes a mailbox).
+    A change made concurrently elsewhere can arrive below it; it then gets a fresh local value
+    above, or the sessions open here (which catch up from the MODSEQ they know) would never
+    see it. Anti-entropy later settles both replicas on the larger value."""
+    highest = int(conn.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?",
+                               (mailbox_id,)).fetchone()[0])
+    return hlc if hlc > highest else store.clock.update(highest)
 
 
 def bodies_present(conn: sqlite3.Connection, hashes: list[str]) -> set[str]:
@@ -165,10 +177,12 @@ def bodies_present(conn: sqlite3.Connection, hashes: list[str]) -> set[str]:
 
 
 def _insert(conn: sqlite3.Connection, tx: Tx, mailbox_id: int, uid: int, guid: str,
-            body_hash: str, internaldate: str, size: int, flags: list[str]) -> None:
-    modseq = conn.execute(
-        "UPDATE mailboxes SET uidnext = max(uidnext, ?), highestmodseq = highestmodseq + 1 "
-        "WHERE id = ? RETURNING highestmodseq", (uid + 1, mailbox_id)).fetchone()[0]
+            body_hash: str, internaldate: str, size: int, flags: list[str],
+            modseq: int) -> None:
+    """Add a message with its origin's UID and MODSEQ (the add record's HLC), verbatim."""
+    conn.execute(
+        "UPDATE mailboxes SET uidnext = max(uidnext, ?), highestmodseq = max(highestmodseq, ?) "
+        "WHERE id = ?", (uid + 1, modseq, mailbox_id))
     conn.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                  (mailbox_id, uid, guid, body_hash, internaldate, size,
                   " ".join(sorted(flags)), modseq))
@@ -197,12 +211,14 @@ def _resolve_uid_conflict(store: SqliteStore, tx: Tx, mailbox: tuple[Any, ...], 
     for offset, guid in enumerate(sorted(incoming)):
         body_hash, internaldate, size, flags = incoming[guid]
         new_uid = base + offset
-        _insert(conn, tx, mailbox_id, new_uid, guid, body_hash, internaldate, size, flags)
+        modseq = store.clock.now()
+        _insert(conn, tx, mailbox_id, new_uid, guid, body_hash, internaldate, size, flags,
+                modseq)
         store._log(tx, "message.add", {
             "owner": owner, "mailbox": name, "uidvalidity": mailbox[3], "uid": new_uid,
             "uidnext": base + len(incoming), "guid": guid, "flags": sorted(flags),
             "internaldate": internaldate, "body": body_hash, "size": size,
-        })
+        }, hlc=modseq)
 
 
 def _message_flags(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
@@ -219,7 +235,6 @@ def _message_flags(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
     user = _p(record, "user")
     changes = [(f, 1) for f in _p(record, "added") or []] + [
         (f, 0) for f in _p(record, "removed") or []]
-    changed = False
     for flag, present in changes:
         if user is not None and flag == SEEN:  # a board reader's own \Seen
             if present:
@@ -228,7 +243,6 @@ def _message_flags(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
             else:
                 conn.execute("DELETE FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
                              (user, mailbox[0], uid))
-            changed = True
             continue
         stamp = conn.execute(
             "SELECT hlc, origin, present FROM flag_stamps WHERE mailbox_id = ? AND guid = ? "
@@ -241,14 +255,14 @@ def _message_flags(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
             flags.add(flag)
         else:
             flags.discard(flag)
-        changed = True
-    if changed:
-        modseq = conn.execute(
-            "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? "
-            "RETURNING highestmodseq", (mailbox[0],)).fetchone()[0]
-        conn.execute("UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
-                     (" ".join(sorted(flags)), modseq, mailbox[0], uid))
-        tx.touched.add(mailbox[0])
+    # The message's MODSEQ is the latest change record that touched it, whether or not that
+    # record won the per-flag merge: so it is the same on every replica, whatever the order.
+    modseq = _modseq(store, conn, mailbox[0], record.hlc)
+    conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) WHERE id = ?",
+                 (modseq, mailbox[0]))
+    conn.execute("UPDATE messages SET flags = ?, modseq = max(modseq, ?) WHERE mailbox_id = ? "
+                 "AND uid = ?", (" ".join(sorted(flags)), modseq, mailbox[0], uid))
+    tx.touched.add(mailbox[0])
 
 
 def _message_expunge(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
@@ -267,12 +281,25 @@ def _message_expunge(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
             "max(hlc, excluded.hlc)", (owner, name, guid, record.hlc))
         conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND guid = ?",
                      (mailbox[0], guid))
-    conn.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?",
-                 (mailbox[0],))
+    # (The `expunged` trigger stamped it HIGHESTMODSEQ + 1; _modseq is at least that.)
+    conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) WHERE id = ?",
+                 (_modseq(store, conn, mailbox[0], record.hlc), mailbox[0]))
     tx.touched.add(mailbox[0])
 
 
+def _replay(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    answer = _p(record, "answer")
+    replay.insert(tx.conn, (str(_p(record, "scope")), str(_p(record, "id"))),
+                  dict(answer) if isinstance(answer, dict) else {}, record.hlc)
+
+
+def _replay_forget(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    replay.forget(tx.conn, (str(_p(record, "scope")), str(_p(record, "id"))))
+
+
 _HANDLERS = {
+    "replay": _replay,
+    "replay.forget": _replay_forget,
     "user.add": _user_add,
     "user.passwd": _user_passwd,
     "user.del": _user_del,

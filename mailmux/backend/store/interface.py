@@ -16,7 +16,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from mailmux.protocol.imap.commands import SearchKey
 
@@ -188,6 +188,9 @@ class MailStore(Protocol):
     async def move(
         self, user: str, mailbox_id: int, uids: Sequence[int], dest: str
     ) -> CopyResult: ...
+
+    # replay ids (store/replay.py): the answer recorded for a gateway replay id, if any
+    async def replay_answer(self, scope: str, replay_id: str) -> dict[str, Any] | None: ...
 
     # change log -------------------------------------------------------------------
     async def changes_since(

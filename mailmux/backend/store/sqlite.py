@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import secrets
 import sqlite3
 import threading
 import time
@@ -39,7 +38,7 @@ from mailmux.backend.errors import (
 from mailmux.backend.message.limits import check_keywords
 from mailmux.backend.message.parsed import ParsedMessage
 from mailmux.backend.message.search import IndexEntry, index_entry
-from mailmux.backend.store import names
+from mailmux.backend.store import names, replay
 from mailmux.backend.store.hlc import HybridClock
 from mailmux.backend.store.interface import (
     BOARD_OWNER,
@@ -80,6 +79,14 @@ def _flags_set(text: str) -> frozenset[str]:
 
 def _body_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
+
+
+def _new_guid() -> str:
+    return uuid.uuid4().hex
+
+
+def _copy_answer(result: CopyResult) -> dict[str, Any]:
+    return {"uidvalidity": result.uidvalidity, "pairs": [list(p) for p in result.pairs]}
 
 
 DEFAULT_LOGIN_CACHE_TTL = 60.0
@@ -140,7 +147,14 @@ class SqliteStore:
         # Replication installs these: called after every commit, and before acknowledging an
         # append/delivery (raising Unavailable when the required copies cannot be made).
         self.commit_hooks: list[Callable[[], None]] = []
-        self.copies_hook: Callable[[bytes, int], Awaitable[None]] | None = None
+        self.copies_hook: Callable[[bytes | None, int], Awaitable[None]] | None = None
+        # Refuses (raises Unavailable) before a change when its copies cannot be made anyway,
+        # so that a change which cannot be undone is not made at all.
+        self.precheck_hook: Callable[[bytes | None], None] | None = None
+        # (this node's index, pool size): the UIDs this node gives out are those equal to its
+        # index modulo the pool size, so two nodes can never give one UID to two messages
+        # (docs/consistency.md). Replication sets it; a lone node uses every UID.
+        self.uid_slot: tuple[int, int] = (0, 1)
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -168,6 +182,7 @@ class SqliteStore:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=10000")
         prepare(conn)  # executescript commits on its own; the DDL is idempotent
+        replay.prepare(conn)
         row = conn.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()
         if row is None:
             # A wiped node comes back as a new origin: peers still hold its old history
@@ -176,8 +191,10 @@ class SqliteStore:
                          (f"{self.node_id}-{uuid.uuid4().hex[:8]}",))
             row = conn.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()
         self.origin = str(row[0])
+        # MODSEQs come from this clock: it must start past every one already given out.
         row = conn.execute("SELECT max(hlc) FROM changelog").fetchone()
-        self.clock = HybridClock(last=int(row[0] or 0))
+        highest = conn.execute("SELECT max(highestmodseq) FROM mailboxes").fetchone()
+        self.clock = HybridClock(last=max(int(row[0] or 0), int(highest[0] or 0)))
         return conn
 
     async def _close(self) -> None:
@@ -239,14 +256,54 @@ class SqliteStore:
         assert self._writer is not None, "the store is closed"
         return await self._writer.run(fn)
 
-    def _log(self, tx: Tx, kind: str, payload: dict[str, Any]) -> None:
+    async def _change(self, job: Callable[[Tx], T], *, body: bytes | None = None,
+                      undo: Callable[[Tx, T], None] | None = None) -> T:
+        """Run a change and return only once as many nodes as it needs hold it (W copies:
+        by importance for a message `body`, `normal` otherwise). If the copies cannot be made
+        the change is undone where it can be — exactly its own rows, never anything matched
+        by content — and Unavailable is raised."""
+        if self.precheck_hook is not None:
+            self.precheck_hook(body)
+
+        def run(tx: Tx) -> tuple[T, int]:
+            return job(tx), tx.logged
+
+        result, seq = await self._write(run)
+        if seq and self.copies_hook is not None:
+            try:
+                await self.copies_hook(body, seq)
+            except Unavailable:
+                if undo is not None:
+                    await self._write(lambda tx: undo(tx, result))
+                raise
+        return result
+
+    def _remember(self, tx: Tx, key: replay.Key | None, answer: dict[str, Any]) -> None:
+        """Record a replay id's answer with the change, and ship it with the change."""
+        if key is not None:
+            replay.insert(tx.conn, key, answer, self.clock.now())
+            self._log(tx, "replay", {"scope": key[0], "id": key[1], "answer": answer})
+
+    def _forget(self, tx: Tx, key: replay.Key | None) -> None:
+        """An undone change has no answer to replay: a replay must do it afresh."""
+        if key is not None:
+            replay.forget(tx.conn, key)
+            self._log(tx, "replay.forget", {"scope": key[0], "id": key[1]})
+
+    async def replay_answer(self, scope: str, replay_id: str) -> dict[str, Any] | None:
+        return await self._read(lambda c: replay.lookup(c, (scope.lower(), replay_id)))
+
+    def _log(self, tx: Tx, kind: str, payload: dict[str, Any], hlc: int | None = None) -> None:
+        """Append a change record; `hlc` is the change's MODSEQ when it has one (a message
+        change's MODSEQ is its record's HLC, so every replica gives it the same one)."""
         conn = tx.conn
         row = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
         seq = int(row[0]) + 1 if row else 1
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
         conn.execute(
             "INSERT INTO changelog VALUES (?, ?, ?, ?, ?)",
-            (self.origin, seq, self.clock.now(), kind, json.dumps(payload, sort_keys=True)),
+            (self.origin, seq, self.clock.now() if hlc is None else hlc, kind,
+             json.dumps(payload, sort_keys=True)),
         )
         tx.logged = seq
 
@@ -459,12 +516,32 @@ class SqliteStore:
         if name == "INBOX":
             raise MailboxExists("INBOX always exists")
 
-        def job(tx: Tx) -> None:
+        key = replay.current(user)
+
+        def job(tx: Tx) -> int:
+            replay.check(tx, key)
             # RFC 3501 6.3.3: CREATE does not subscribe (only the mailboxes a new user starts
             # with are subscribed)
-            self._create(tx, user.lower(), name, special_use, subscribe=False)
+            mailbox_id = self._create(tx, user.lower(), name, special_use, subscribe=False)
+            self._remember(tx, key, {})
+            return mailbox_id
 
-        await self._write(job)
+        def undo(tx: Tx, mailbox_id: int) -> None:
+            # Only the incarnation this change made, and only while nothing was put in it.
+            if tx.conn.execute("SELECT 1 FROM messages WHERE mailbox_id = ?",
+                               (mailbox_id,)).fetchone() is None:
+                row = tx.conn.execute("SELECT uidvalidity FROM mailboxes WHERE id = ?",
+                                      (mailbox_id,)).fetchone()
+                if row is not None:
+                    tx.conn.execute("DELETE FROM mailboxes WHERE id = ?", (mailbox_id,))
+                    tx.conn.execute("DELETE FROM subscriptions WHERE user = ? AND name = ?",
+                                    (user.lower(), name))
+                    tx.touched.add(mailbox_id)
+                    self._log(tx, "mailbox.delete", {"owner": user.lower(), "name": name,
+                                                     "uidvalidity": row[0]})
+            self._forget(tx, key)
+
+        await self._change(job, undo=undo)
 
     async def delete_mailbox(self, user: str, name: str) -> None:
         if names.is_board(name):
@@ -473,8 +550,12 @@ class SqliteStore:
         if name == "INBOX":
             raise CannotDo("INBOX cannot be deleted")
 
+        key = replay.current(user)
+
         def job(tx: Tx) -> None:
+            replay.check(tx, key)
             row = self._mailbox_row(tx.conn, user, name)
+            self._remember(tx, key, {})
             tx.conn.execute("DELETE FROM mailboxes WHERE id = ?", (row[0],))
             tx.conn.execute("DELETE FROM subscriptions WHERE user = ? AND name = ?",
                             (user.lower(), name))
@@ -483,21 +564,24 @@ class SqliteStore:
             self._log(tx, "mailbox.delete", {"owner": user.lower(), "name": name,
                                              "uidvalidity": row[3]})
 
-        await self._write(job)
+        await self._change(job)
 
     async def rename_mailbox(self, user: str, old: str, new: str) -> None:
         if names.is_board(old) or names.is_board(new):
             raise NotPermitted("boards cannot be renamed by users")
         old, new = names.mailbox_name(old), names.mailbox_name(new)
         owner = user.lower()
+        key = replay.current(user)
 
         def job(tx: Tx) -> None:
+            replay.check(tx, key)
             row = self._mailbox_row(tx.conn, owner, old)
             if tx.conn.execute("SELECT 1 FROM mailboxes WHERE owner = ? AND name = ?",
                                (owner, new)).fetchone():
                 raise MailboxExists(f"mailbox {new} already exists")
             if new == old or new.startswith(old + "/"):
                 raise CannotDo("cannot rename a mailbox into itself")
+            self._remember(tx, key, {})
             if old == "INBOX":
                 self._rename_inbox(tx, owner, row, new)
                 return
@@ -515,7 +599,7 @@ class SqliteStore:
                 tx.touched.add(mailbox_id)
             self._log(tx, "mailbox.rename", {"owner": owner, "old": old, "new": new})
 
-        await self._write(job)
+        await self._change(job)
 
     def _rename_inbox(self, tx: Tx, owner: str, inbox: tuple[Any, ...], new: str) -> None:
         """RFC 3501: RENAME INBOX moves its messages to the new mailbox and leaves it empty."""
@@ -526,8 +610,12 @@ class SqliteStore:
 
     async def set_subscribed(self, user: str, name: str, subscribed: bool) -> None:
         name = name if names.is_board(name) else names.mailbox_name(name)
+        key = replay.current(user)
 
-        def job(tx: Tx) -> None:
+        def job(tx: Tx) -> bool:
+            replay.check(tx, key)
+            was = tx.conn.execute("SELECT 1 FROM subscriptions WHERE user = ? AND name = ?",
+                                  (user.lower(), name)).fetchone() is not None
             if subscribed:
                 tx.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)",
                                 (user.lower(), name))
@@ -536,8 +624,22 @@ class SqliteStore:
                                 (user.lower(), name))
             self._log(tx, "mailbox.subscribe",
                       {"user": user.lower(), "name": name, "subscribed": subscribed})
+            self._remember(tx, key, {})
+            return was
 
-        await self._write(job)
+        def undo(tx: Tx, was: bool) -> None:
+            if was != subscribed:
+                if was:
+                    tx.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)",
+                                    (user.lower(), name))
+                else:
+                    tx.conn.execute("DELETE FROM subscriptions WHERE user = ? AND name = ?",
+                                    (user.lower(), name))
+                self._log(tx, "mailbox.subscribe",
+                          {"user": user.lower(), "name": name, "subscribed": was})
+            self._forget(tx, key)
+
+        await self._change(job, undo=undo)
 
     # messages -----------------------------------------------------------------------------------
 
@@ -548,14 +650,12 @@ class SqliteStore:
     ) -> AppendResult:
         mailbox_id, owner = mailbox[0], mailbox[1]
         conn = tx.conn
-        existing = conn.execute(
-            "SELECT uid FROM messages WHERE mailbox_id = ? AND guid = ?", (mailbox_id, guid)
-        ).fetchone()
-        if existing is not None:
-            return AppendResult(mailbox_id, mailbox[3], existing[0], guid, duplicate=True)
-        uid, modseq = conn.execute(
-            "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 "
-            "WHERE id = ? RETURNING uidnext - 1, highestmodseq", (mailbox_id,)
+        slot, pool = self.uid_slot  # the next UID in this node's residue class
+        modseq = self.clock.now()
+        (uid,) = conn.execute(
+            "UPDATE mailboxes SET uidnext = uidnext + ((? - uidnext % ?) % ? + ?) % ? + 1, "
+            "highestmodseq = max(highestmodseq, ?) WHERE id = ? RETURNING uidnext - 1",
+            (slot, pool, pool, pool, pool, modseq, mailbox_id),
         ).fetchone()
         if body is not None:
             conn.execute("INSERT OR IGNORE INTO bodies VALUES (?, ?)", (body_hash, body))
@@ -576,7 +676,7 @@ class SqliteStore:
             "owner": owner, "mailbox": mailbox[2], "uidvalidity": mailbox[3], "uid": uid,
             "guid": guid, "flags": sorted(shared), "internaldate": internaldate.isoformat(),
             "body": body_hash, "size": size, "uidnext": uid + 1,
-        })
+        }, hlc=modseq)
         return AppendResult(mailbox_id, mailbox[3], uid, guid, duplicate=False)
 
     async def append(
@@ -585,23 +685,26 @@ class SqliteStore:
     ) -> AppendResult:
         when = internaldate or datetime.now(UTC)
         body_hash = _body_hash(body)
-        # Without a GUID from outside, the same bytes appended to the same mailbox by the same
-        # user name the same message: an APPEND the gateway replays after a failover is then
-        # stored once, on every replica (DESIGN.md, "no duplicate on replay").
-        message_guid = guid or hashlib.sha256(
-            f"{user.lower()}\0{mailbox}\0".encode() + body).hexdigest()[:32]
+        # Every APPEND makes a message (RFC 3501), so the GUID names this instance, never its
+        # content; a gateway replay is recognised by its replay id instead.
+        message_guid = guid or _new_guid()
+        key = replay.current(user)
 
         index = await asyncio.to_thread(_index_of, body)
 
-        def job(tx: Tx) -> tuple[AppendResult, int]:
+        def job(tx: Tx) -> AppendResult:
+            replay.check(tx, key)
             row = self._mailbox_row(tx.conn, user, mailbox)
             result = self._add_message(tx, row, body, body_hash, frozenset(flags), when,
                                        message_guid, user, index)
-            return result, tx.logged
+            self._remember(tx, key, {"uidvalidity": result.uidvalidity, "uid": result.uid})
+            return result
 
-        result, seq = await self._write(job)
-        await self._copies(body, seq, [result], user)
-        return result
+        def undo(tx: Tx, result: AppendResult) -> None:
+            self._take_back(tx, [result])
+            self._forget(tx, key)
+
+        return await self._change(job, body=body, undo=undo)
 
     def _recipient_mailbox(self, conn: sqlite3.Connection, recipient: str) -> tuple[Any, ...]:
         address = recipient.lower()
@@ -626,35 +729,42 @@ class SqliteStore:
     ) -> list[AppendResult]:
         now = datetime.now(UTC)
         body_hash = _body_hash(body)
+        key = replay.current(replay.SMTP_SCOPE)
 
         index = await asyncio.to_thread(_index_of, body)
 
-        def job(tx: Tx) -> tuple[list[AppendResult], int]:
-            rows = [self._recipient_mailbox(tx.conn, r) for r in recipients]
-            results = [self._add_message(tx, row, body, body_hash, frozenset(), now, guid, None,
-                                         index) for row in rows]
-            return results, tx.logged
+        def job(tx: Tx) -> list[AppendResult]:
+            replay.check(tx, key)
+            rows = {row[0]: row for row in
+                    (self._recipient_mailbox(tx.conn, r) for r in recipients)}
+            results = []
+            for row in rows.values():
+                # The GUID is this transaction's own (made by the intake, never taken from the
+                # message), so it only meets itself: LMTP's per-recipient delivery of a
+                # recipient named twice stores one copy.
+                held = tx.conn.execute("SELECT uid FROM messages WHERE mailbox_id = ? AND "
+                                       "guid = ?", (row[0], guid)).fetchone()
+                results.append(
+                    AppendResult(row[0], row[3], held[0], guid, duplicate=True) if held
+                    else self._add_message(tx, row, body, body_hash, frozenset(), now, guid,
+                                           None, index))
+            self._remember(tx, key, {"guid": guid})
+            return results
 
-        results, seq = await self._write(job)
-        await self._copies(body, seq, results, None)
-        return results
+        def undo(tx: Tx, results: list[AppendResult]) -> None:
+            self._take_back(tx, [r for r in results if not r.duplicate])
+            self._forget(tx, key)
 
-    async def _copies(self, body: bytes, seq: int, results: list[AppendResult],
-                      user: str | None) -> None:
-        """Wait until the message is durable on as many nodes as its importance requires;
-        if that cannot happen, take it back out and refuse (the sender keeps it)."""
-        added = [r for r in results if not r.duplicate]
-        if self.copies_hook is None or not added:
-            return
-        try:
-            await self.copies_hook(body, seq)
-        except Unavailable:
-            def undo(tx: Tx) -> None:
-                for r in added:
-                    self._delete_rows(tx, r.mailbox_id, [r.uid])
+        return await self._change(job, body=body, undo=undo)
 
-            await self._write(undo)
-            raise
+    def _take_back(self, tx: Tx, results: Sequence[AppendResult]) -> None:
+        """Remove exactly the messages a refused change added (their own GUIDs, which no
+        other message shares), so the compensation can never erase anything else."""
+        for r in results:
+            row = tx.conn.execute("SELECT guid FROM messages WHERE mailbox_id = ? AND uid = ?",
+                                  (r.mailbox_id, r.uid)).fetchone()
+            if row is not None and row[0] == r.guid:
+                self._delete_rows(tx, r.mailbox_id, [r.uid])
 
     async def messages(self, user: str, mailbox_id: int) -> list[MessageMeta]:
         def read(conn: sqlite3.Connection) -> list[MessageMeta]:
@@ -871,8 +981,11 @@ class SqliteStore:
         wanted = frozenset(flags) - {RECENT}
         if mode not in ("replace", "add", "remove"):
             raise ValueError(f"unknown STORE mode {mode!r}")
+        key = replay.current(user)
+        before: dict[int, frozenset[str]] = {}
 
         def job(tx: Tx) -> StoreResult:
+            replay.check(tx, key)
             conn = tx.conn
             board = conn.execute("SELECT owner FROM mailboxes WHERE id = ?",
                                  (mailbox_id,)).fetchone()
@@ -900,9 +1013,9 @@ class SqliteStore:
                     continue
                 check_keywords(new)
                 if modseq is None:
-                    modseq = conn.execute(
-                        "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ? "
-                        "RETURNING highestmodseq", (mailbox_id,)).fetchone()[0]
+                    modseq = self.clock.now()
+                    conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) "
+                                 "WHERE id = ?", (modseq, mailbox_id))
                 shared = new - {SEEN} if is_board else new
                 conn.execute(
                     "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
@@ -917,21 +1030,80 @@ class SqliteStore:
                             "DELETE FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
                             (user.lower(), mailbox_id, uid))
                 assert modseq is not None
+                before[uid] = old
                 changed.append(FlagChange(uid, frozenset(new), modseq))
                 self._log(tx, "message.flags", {
                     "owner": owner_name[0], "mailbox": owner_name[1], "uid": uid,
                     "guid": row[2], "added": sorted(new - old), "removed": sorted(old - new),
                     "user": user.lower() if is_board else None,
-                })
-                self._stamp_flags(tx, mailbox_id, row[2], new - old, old - new)
+                }, hlc=modseq)
+                self._stamp_flags(tx, mailbox_id, row[2], new - old, old - new, modseq)
             if changed:
                 tx.touched.add(mailbox_id)
+            self._remember(tx, key, {"failed": failed})
             return StoreResult(tuple(changed), tuple(failed))
 
-        return await self._write(job)
+        def undo(tx: Tx, result: StoreResult) -> None:
+            # Put back what this change altered, where nothing else has changed it since.
+            for change in result.changed:
+                now = self._current_flags(tx.conn, user, mailbox_id, change.uid)
+                if now == change.flags:
+                    self._set_flags(tx, user, mailbox_id, change.uid, before[change.uid])
+            self._forget(tx, key)
+
+        return await self._change(job, undo=undo)
+
+    def _current_flags(self, conn: sqlite3.Connection, user: str, mailbox_id: int,
+                       uid: int) -> frozenset[str] | None:
+        row = conn.execute("SELECT m.flags, b.owner FROM messages m JOIN mailboxes b "
+                           "ON b.id = m.mailbox_id WHERE m.mailbox_id = ? AND m.uid = ?",
+                           (mailbox_id, uid)).fetchone()
+        if row is None:
+            return None
+        flags = _flags_set(row[0])
+        if row[1] == BOARD_OWNER and conn.execute(
+            "SELECT 1 FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
+            (user.lower(), mailbox_id, uid),
+        ).fetchone():
+            flags |= {SEEN}
+        return flags
+
+    def _set_flags(self, tx: Tx, user: str, mailbox_id: int, uid: int,
+                   flags: frozenset[str]) -> None:
+        """A compensating flag change, logged (and so replicated) like any other."""
+        conn = tx.conn
+        old = self._current_flags(conn, user, mailbox_id, uid)
+        row = conn.execute("SELECT guid FROM messages WHERE mailbox_id = ? AND uid = ?",
+                           (mailbox_id, uid)).fetchone()
+        if old is None or row is None or old == flags:
+            return
+        is_board = self._mailbox_key(conn, mailbox_id)[0] == BOARD_OWNER
+        modseq = self.clock.now()
+        conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) WHERE id = ?",
+                     (modseq, mailbox_id))
+        shared = flags - {SEEN} if is_board else flags
+        conn.execute("UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+                     (_flags_text(set(shared)), modseq, mailbox_id, uid))
+        if is_board:
+            conn.execute("DELETE FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
+                         (user.lower(), mailbox_id, uid))
+            if SEEN in flags:
+                conn.execute("INSERT INTO board_seen VALUES (?, ?, ?)",
+                             (user.lower(), mailbox_id, uid))
+        owner, name = self._mailbox_key(conn, mailbox_id)
+        self._log(tx, "message.flags", {
+            "owner": owner, "mailbox": name, "uid": uid, "guid": row[0],
+            "added": sorted(flags - old), "removed": sorted(old - flags),
+            "user": user.lower() if is_board else None,
+        }, hlc=modseq)
+        self._stamp_flags(tx, mailbox_id, row[0], flags - old, old - flags, modseq)
+        tx.touched.add(mailbox_id)
 
     async def expunge(self, user: str, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        key = replay.current(user)
+
         def job(tx: Tx) -> list[int]:
+            replay.check(tx, key)
             conn = tx.conn
             row = conn.execute("SELECT owner FROM mailboxes WHERE id = ?",
                                (mailbox_id,)).fetchone()
@@ -939,12 +1111,16 @@ class SqliteStore:
                 raise MailboxNotFound("the mailbox no longer exists")
             if row[0] == BOARD_OWNER:
                 raise NotPermitted("board posts cannot be deleted by users")
+            self._remember(tx, key, {})
             return self._delete_rows(tx, mailbox_id, uids)
 
-        return await self._write(job)
+        # Not undone if the copies fail (the messages are gone here); the precheck refuses
+        # beforehand when too few peers are reachable. See docs/consistency.md.
+        return await self._change(job)
 
     def _delete_rows(self, tx: Tx, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         removed = []
+        modseq = self.clock.now()  # one MODSEQ for the whole expunge
         hashes = set()
         owner, name = self._mailbox_key(tx.conn, mailbox_id)
         for uid in sorted(set(uids)):
@@ -956,12 +1132,13 @@ class SqliteStore:
                 removed.append(uid)
                 hashes.add(row[1])
                 tx.conn.execute("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?, ?)",
-                                (owner, name, row[0], self.clock.now()))
+                                (owner, name, row[0], modseq))
                 self._log(tx, "message.expunge",
-                          {"owner": owner, "mailbox": name, "uid": uid, "guid": row[0]})
+                          {"owner": owner, "mailbox": name, "uid": uid, "guid": row[0]},
+                          hlc=modseq)
         if removed:
-            tx.conn.execute("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 WHERE id = ?",
-                            (mailbox_id,))
+            tx.conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) "
+                            "WHERE id = ?", (modseq, mailbox_id))
             tx.touched.add(mailbox_id)
             self._collect_bodies(tx, hashes)
         return removed
@@ -973,9 +1150,9 @@ class SqliteStore:
         return (str(row[0]), str(row[1])) if row else ("", "")
 
     def _stamp_flags(self, tx: Tx, mailbox_id: int, guid: str, added: frozenset[str],
-                     removed: frozenset[str]) -> None:
-        """Per-flag last-writer stamps, so that replicas merge concurrent changes per flag."""
-        hlc = self.clock.now()
+                     removed: frozenset[str], hlc: int) -> None:
+        """Per-flag last-writer stamps, so that replicas merge concurrent changes per flag;
+        the stamp is the change record's HLC (and MODSEQ)."""
         for flag, present in [(f, 1) for f in added] + [(f, 0) for f in removed]:
             tx.conn.execute(
                 "INSERT OR REPLACE INTO flag_stamps VALUES (?, ?, ?, ?, ?, ?)",
@@ -1007,6 +1184,7 @@ class SqliteStore:
         if move and source_owner == BOARD_OWNER:
             raise NotPermitted("board posts cannot be moved out of the board")
         pairs = []
+        added: list[AppendResult] = []
         for uid in sorted(set(uids)):
             row = conn.execute(
                 "SELECT guid, body_hash, flags, internaldate FROM messages "
@@ -1019,32 +1197,51 @@ class SqliteStore:
                 (user.lower(), source, uid),
             ).fetchone():
                 flags |= {SEEN}
-            # A mailbox holds a GUID once: a copy into the same mailbox is a new message.
-            guid = row[0] if dest != source else secrets.token_hex(16)
+            # A copy is a new message (RFC 3501): its own GUID, the same body row.
             result = self._add_message(tx, dest_row, None, row[1], flags,
-                                       datetime.fromisoformat(row[3]), guid, user)
+                                       datetime.fromisoformat(row[3]), _new_guid(), user)
+            added.append(result)
             pairs.append((uid, result.uid))
         if move:
             self._delete_rows(tx, source, [p[0] for p in pairs])
+        tx.added = added
         return CopyResult(dest_row[3], tuple(pairs))
 
     async def copy(
         self, user: str, mailbox_id: int, uids: Sequence[int], dest: str
     ) -> CopyResult:
-        def job(tx: Tx) -> CopyResult:
-            dest_row = self._mailbox_row(tx.conn, user, dest)
-            return self._copy_rows(tx, user, mailbox_id, uids, dest_row[0], move=False)
+        key = replay.current(user)
+        made: list[AppendResult] = []
 
-        return await self._write(job)
+        def job(tx: Tx) -> CopyResult:
+            replay.check(tx, key)
+            dest_row = self._mailbox_row(tx.conn, user, dest)
+            result = self._copy_rows(tx, user, mailbox_id, uids, dest_row[0], move=False)
+            made[:] = tx.added
+            self._remember(tx, key, _copy_answer(result))
+            return result
+
+        def undo(tx: Tx, result: CopyResult) -> None:
+            self._take_back(tx, made)
+            self._forget(tx, key)
+
+        return await self._change(job, undo=undo)
 
     async def move(
         self, user: str, mailbox_id: int, uids: Sequence[int], dest: str
     ) -> CopyResult:
-        def job(tx: Tx) -> CopyResult:
-            dest_row = self._mailbox_row(tx.conn, user, dest)
-            return self._copy_rows(tx, user, mailbox_id, uids, dest_row[0], move=True)
+        key = replay.current(user)
 
-        return await self._write(job)
+        def job(tx: Tx) -> CopyResult:
+            replay.check(tx, key)
+            dest_row = self._mailbox_row(tx.conn, user, dest)
+            result = self._copy_rows(tx, user, mailbox_id, uids, dest_row[0], move=True)
+            self._remember(tx, key, _copy_answer(result))
+            return result
+
+        # Not undone when the copies fail: taking the copies back would lose the messages
+        # (their sources are gone). The precheck refuses beforehand instead.
+        return await self._change(job)
 
     # change log -----------------------------------------------------------------------------------
 

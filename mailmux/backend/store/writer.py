@@ -33,6 +33,7 @@ class Tx:
     touched: set[int] = field(default_factory=set)
     logged: int = 0  # the last local change-log sequence this job wrote
     bodies: dict[str, bytes] = field(default_factory=dict)  # bodies shipped with remote changes
+    added: list[Any] = field(default_factory=list)  # messages a copy made (undone if refused)
 
 
 @dataclass

@@ -199,7 +199,8 @@ def test_condstore(alice: imapclient.IMAPClient) -> None:
 def test_store_unchangedsince_reports_modified(node: NodeProcess) -> None:
     out = raw_session(
         node, b"a APPEND INBOX {7+}\r\nS: x\r\n\r\n", b"b SELECT INBOX (CONDSTORE)\r\n",
-        b"c UID STORE 1 (UNCHANGEDSINCE 1000000) +FLAGS (\\Seen)\r\n",
+        # MODSEQs are hybrid-logical-clock stamps (docs/consistency.md): large numbers
+        b"c UID STORE 1 (UNCHANGEDSINCE 1000000000000000000) +FLAGS (\\Seen)\r\n",
         b"d UID STORE 1 (UNCHANGEDSINCE 1) +FLAGS (\\Flagged)\r\n",
     )
     assert b"c OK" in out and b"MODSEQ (" in out

@@ -153,19 +153,40 @@ async def test_data_too_big_is_refused(intake: SmtpIntake, store: MailStore) -> 
     assert await stored(store, ALICE) == []
 
 
-async def test_stamped_guid_is_used_and_a_replay_is_stored_once(
+async def test_a_replay_id_is_stored_once_and_answered_as_the_original(
     intake: SmtpIntake, store: MailStore
 ) -> None:
-    message = f"X-Mailmux-GUID: {sign(GUID, b'test-pool-secret')}\r\n".encode() + MESSAGE
     replies = []
     for _ in range(2):  # the gateway replaying a transaction after a failover
         client = client_for(intake)
         async with client:
-            replies.append((await client.sendmail("sender@example.org", [ALICE], message))[1])
-    assert [queued_guid(r) for r in replies] == [GUID, GUID]
+            replies.append((await client.sendmail(
+                "sender@example.org", [ALICE], MESSAGE, mail_options=["XREPLAY=gw1-7.a_b"]))[1])
+    assert queued_guid(replies[0]) == queued_guid(replies[1])
     [(guid, body)] = await stored(store, ALICE)
-    assert guid == GUID
-    assert body.endswith(message)
+    assert guid == queued_guid(replies[0])
+    assert body.endswith(MESSAGE)
+
+
+async def test_identical_transactions_and_signed_stamps_never_drop_a_message(
+    intake: SmtpIntake, store: MailStore
+) -> None:
+    # A stamp the pool signed once can be copied by anyone who received the message (issue 9,
+    # finding 12): it must not make the store drop a later message, nor may identical bytes.
+    message = f"X-Mailmux-GUID: {sign(GUID, b'test-pool-secret')}\r\n".encode() + MESSAGE
+    for _ in range(2):
+        await sendmail(intake, [ALICE], message)
+    assert len(await stored(store, ALICE)) == 2
+
+
+async def test_a_malformed_replay_id_is_a_syntax_error(intake: SmtpIntake) -> None:
+    client = client_for(intake)
+    async with client:
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as error:
+            await client.sendmail("sender@example.org", [ALICE], MESSAGE,
+                                  mail_options=["XREPLAY=a/b"])
+        assert error.value.code == 501
+        assert (await client.noop()).code == 250
 
 
 async def test_board_delivery(intake: SmtpIntake, store: MailStore) -> None:

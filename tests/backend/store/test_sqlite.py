@@ -20,6 +20,7 @@ from mailmux.backend.errors import (
     UserNotFound,
 )
 from mailmux.backend.store.hlc import HybridClock
+from mailmux.backend.store.replay import REPLAY, Replayed
 from mailmux.backend.store.sqlite import SqliteStore
 
 DOMAINS = ("example.test",)
@@ -90,9 +91,9 @@ async def test_append_uids_and_guid_dedup(store: SqliteStore) -> None:
     results = [await store.append(ALICE, "INBOX", f"Subject: {i}\r\n\r\n".encode())
                for i in range(3)]
     assert [r.uid for r in results] == [1, 2, 3]
-    first = await store.append(ALICE, "Archive", b"x", guid="g" * 32)
-    again = await store.append(ALICE, "Archive", b"x", guid="g" * 32)
-    assert again.duplicate and again.uid == first.uid
+    first = await store.append(ALICE, "Archive", b"x")
+    again = await store.append(ALICE, "Archive", b"x")
+    assert again.uid == first.uid + 1 and again.guid != first.guid
     info = await store.get_mailbox(ALICE, "INBOX")
     assert (info.messages, info.uidnext, info.unseen) == (3, 4, 3)
     body = await store.body(info.id, 2)
@@ -210,13 +211,25 @@ def test_hybrid_clock_is_monotonic_and_follows_peers() -> None:
     assert clock.update(remote) > remote and clock.now() > remote
 
 
-async def test_identical_append_is_one_message(store: SqliteStore) -> None:
-    """A replayed APPEND (same user, mailbox and bytes) is stored once, elsewhere it is not."""
+async def test_identical_appends_are_two_messages_and_a_replay_id_is_one(
+    store: SqliteStore,
+) -> None:
+    """RFC 3501: every APPEND makes a message; only a gateway replay id makes one of two."""
     first = await store.append(ALICE, "Drafts", b"Subject: draft\r\n\r\nx\r\n")
-    replay = await store.append(ALICE, "Drafts", b"Subject: draft\r\n\r\nx\r\n")
-    assert replay.duplicate and replay.uid == first.uid
-    other = await store.append(ALICE, "Archive", b"Subject: draft\r\n\r\nx\r\n")
-    assert not other.duplicate
+    second = await store.append(ALICE, "Drafts", b"Subject: draft\r\n\r\nx\r\n")
+    assert second.uid == first.uid + 1 and not second.duplicate
+    token = REPLAY.set("gw-1")
+    try:
+        original = await store.append(ALICE, "Drafts", b"Subject: draft\r\n\r\nx\r\n")
+        with pytest.raises(Replayed) as replayed:
+            await store.append(ALICE, "Drafts", b"Subject: draft\r\n\r\nx\r\n")
+    finally:
+        REPLAY.reset(token)
+    assert replayed.value.answer == {"uidvalidity": original.uidvalidity, "uid": original.uid}
+    assert (await store.get_mailbox(ALICE, "Drafts")).messages == 3
+    assert await store.replay_answer(ALICE, "gw-1") == replayed.value.answer
+    assert await store.replay_answer(BOB, "gw-1") is None  # ids are per user
+
 
 
 async def test_login_cache_skips_argon2_for_repeat_logins_and_forgets_changes(
