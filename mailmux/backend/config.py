@@ -6,6 +6,7 @@ administrator can fix the file without reading code.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,8 @@ class BackendConfig:
     auth_cache_ttl: float = 60.0  # seconds a verified login is remembered; 0: never
     max_command_size: int = 50 * 1024 * 1024 + 128 * 1024  # one command's lines and literals
     max_mime_parts: int = 1000
+    # Who may hand mail to the SMTP/LMTP intake (None: anybody, an MX port)
+    intake_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
     max_mime_depth: int = 16
     command_cpu_budget: float = 5.0  # user-controlled work per command (LIST patterns, SEARCH)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
@@ -104,7 +107,8 @@ _KNOWN = {
     "listen_smtp", "listen_lmtp", "listen_imaps", "listen_control", "tls_cert", "tls_key",
     "max_message_size", "max_line_length", "idle_timeout", "login_timeout", "max_unauthenticated",
     "max_failed_logins", "failed_login_delay", "auth_cache_ttl", "replication",
-    "command_cpu_budget", "max_command_size", "max_mime_parts", "max_mime_depth", "outbound",
+    "command_cpu_budget", "max_command_size", "max_mime_parts", "max_mime_depth",
+    "intake_networks", "outbound",
     "metrics_listen", "boards_autosubscribe",
 }
 _KNOWN_REPLICATION = {
@@ -155,6 +159,7 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
             _positive_int(raw, "max_message_size", 50 * 1024 * 1024)
             + _positive_int(raw, "max_line_length", 64 * 1024) * 2),
         max_mime_parts=_positive_int(raw, "max_mime_parts", 1000),
+        intake_networks=_networks(raw),
         max_mime_depth=_mime_depth(raw),
         command_cpu_budget=parse_duration(raw.get("command_cpu_budget", 5.0),
                                           "command_cpu_budget"),
@@ -171,6 +176,20 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
     if config.listen_imaps is not None and not config.tls_enabled:
         raise ConfigError("listen_imaps: implicit TLS needs tls_cert and tls_key")
     return config
+
+
+def _networks(
+    raw: dict[str, Any],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+    value = raw.get("intake_networks")
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ConfigError("intake_networks: expected a list of networks like '127.0.0.0/8'")
+    try:
+        return tuple(ipaddress.ip_network(str(v), strict=False) for v in value)
+    except ValueError as exc:
+        raise ConfigError(f"intake_networks: {exc}") from None
 
 
 def _mime_depth(raw: dict[str, Any]) -> int:

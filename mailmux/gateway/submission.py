@@ -95,6 +95,7 @@ class SubmissionHandler:
         self.config = config
         self.pool = pool
         self.delivered = 0
+        self.open = 0  # client connections
 
     # AUTH (handler hooks override aiosmtpd's built-in mechanisms) -------------------------
 
@@ -356,12 +357,37 @@ class SubmissionSMTP(SMTP):
         if not getattr(self, "_counted", False):  # STARTTLS calls this again: same session
             self._counted = True
             metrics.session_opened("submission")
+            handler = self.event_handler
+            assert isinstance(handler, SubmissionHandler)
+            handler.open += 1
+            if handler.open > handler.config.max_connections:
+                self._hang_up(b"421 4.7.0 Too many connections, try again later\r\n")
+                return
+            # A stranger who never authenticates is sent away, as the IMAP side does.
+            self._login_timer = self.loop.call_later(handler.config.login_timeout,
+                                                     self._login_expired)
+
+    def _login_expired(self) -> None:
+        if self.session is None or not self.session.authenticated:
+            self._hang_up(b"421 4.7.0 Login timeout\r\n")
+
+    def _hang_up(self, reply: bytes) -> None:
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(reply)
+            transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
         if getattr(self, "_counted", False):
             self._counted = False
             metrics.session_closed("submission")
+            handler = self.event_handler
+            assert isinstance(handler, SubmissionHandler)
+            handler.open -= 1
+            timer = getattr(self, "_login_timer", None)
+            if timer is not None:
+                timer.cancel()
 
     async def check_auth_needed(self, caller_method: str) -> bool:
         """aiosmtpd asks this before MAIL, RCPT, DATA, VRFY...: refuse them until AUTH."""

@@ -106,3 +106,22 @@ def test_plain_authzid_must_match_at_the_gateway(
             pass
         sock.sendall(b"AUTH PLAIN " + blob + b"\r\n")
         assert stream.readline().startswith(b"535 5.7.8")
+
+
+def test_submission_login_timeout_and_connection_cap(
+    victim: Callable[..., NodeProcess], gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    gateway = gateway_factory([victim()], 'login_timeout = "2s"\nmax_connections = 3')
+    held = [socket.create_connection(gateway.submission, timeout=30) for _ in range(3)]
+    try:
+        readers = [h.makefile("rb") for h in held]
+        assert all(r.readline().startswith(b"220") for r in readers)
+        with socket.create_connection(gateway.submission, timeout=30) as extra:
+            assert b"421 4.7.0" in extra.makefile("rb").read()
+        for r in readers:  # silent strangers are sent away: the server hangs up, we only read
+            assert r.readline().startswith(b"421 4.7.0 Login timeout")
+    finally:
+        for h in held:
+            h.close()
+    with smtplib.SMTP(*gateway.submission, timeout=60) as smtp:
+        smtp.login(*ALICE)

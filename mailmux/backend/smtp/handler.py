@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -87,9 +88,25 @@ class IntakeHandler:
     ) -> str:
         if self.closing:
             return replies.SHUTTING_DOWN
+        if not self._may_submit(session):
+            # Checked before any RCPT, so outsiders cannot probe which users exist either.
+            log.info("%s: refused, not in intake_networks", _peer(session))
+            return "550 5.7.1 Mail is not accepted from your address here"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return replies.SENDER_OK
+
+    def _may_submit(self, session: Session) -> bool:
+        networks = self.config.intake_networks
+        if networks is None:
+            return True  # an MX port: mail from anywhere
+        peer = session.peer
+        host = peer[0] if isinstance(peer, tuple) and peer else ""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in networks)
 
     async def handle_RCPT(
         self,
