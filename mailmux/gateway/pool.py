@@ -314,6 +314,7 @@ class Pool:
             return
         log.info("pool: %s answers again; back in the candidate list", node_id)
         self.health.succeeded(node_id)
+        self._answers.clear()  # cached answers may lack it: it was not waited for meanwhile
 
     async def close(self) -> None:
         await self.heartbeat.close()
