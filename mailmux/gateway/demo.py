@@ -30,9 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from mailmux.backend.control.client import query
 from mailmux.gateway import config as gateway_config
 from mailmux.gateway.app import Gateway
+from mailmux.gateway.pool import parse_endpoint
 from mailmux.privatefiles import make_private_dir, write_private
+from mailmux.protocol.control.codec import ControlError
+from mailmux.protocol.control.messages import LoadRequest
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ USERS = ("alice", "bob")
 NODE_IDS = "abcdefghij"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
+LINK_TIMEOUT = 15.0
 STATE_FILE = "demo.json"
 SECRET_FILE = "pool.key"
 
@@ -217,6 +222,29 @@ async def _start_nodes(nodes: list[DemoNode], logs: Sequence[IO[bytes]]) -> None
         raise failed.exceptions[0] from None
 
 
+async def wait_for_links(nodes: Sequence[DemoNode], secret: str, deadline: float = LINK_TIMEOUT,
+                         ) -> bool:
+    """Until every node hears from every peer: before that, a change that needs two copies
+    is refused with 451/NO [UNAVAILABLE], which a newcomer's first message must not meet."""
+    addresses = [parse_endpoint(str(n.ready["control"])) for n in nodes if n.ready]
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while loop.time() < end:
+        if all(await asyncio.gather(*(_linked(a, secret) for a in addresses))):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def _linked(address: tuple[str, int], secret: str) -> bool:
+    try:
+        reply = await query(address, LoadRequest(), secret.encode(), timeout=1.0)
+    except (TimeoutError, OSError, ControlError):
+        return False
+    flags = [v for k, v in reply.details.items() if k.endswith(".responsive")]
+    return all(v == 1.0 for v in flags)
+
+
 def stop_nodes(nodes: list[DemoNode], say: Say) -> None:
     running = [n for n in nodes if n.proc is not None and n.proc.poll() is None]
     for node in running:
@@ -265,6 +293,9 @@ async def run_demo(count: int, data_dir: Path, port_base: int | None,
     try:
         await prepare_users(nodes, state)
         await _start_nodes(nodes, logs)
+        if not await wait_for_links(nodes, state.secret):
+            say(f"warning: the nodes did not all link to each other within {LINK_TIMEOUT:.0f} s; "
+                "mail needing two copies is refused until they do (see the node logs)")
         config = gateway_config.from_dict({
             "pool_secret": state.secret,
             "listen_imap": f"127.0.0.1:{_port(port_base, 0)}",

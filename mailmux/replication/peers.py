@@ -235,9 +235,11 @@ class Replicator:
     def responsive_peers(self) -> int:
         """Peers linked and heard from lately (a hung peer keeps its TCP link)."""
         now = time.monotonic()
+        return sum(1 for p in self.peers.values() if self._responsive(p, now))
+
+    def _responsive(self, peer: PeerState, now: float) -> bool:
         limit = max(RESPONSIVE, self.rconfig.copy_timeout)
-        return sum(1 for p in self.peers.values()
-                   if p.connected and p.last_ack is not None and now - p.last_ack <= limit)
+        return peer.connected and peer.last_ack is not None and now - peer.last_ack <= limit
 
     def precheck(self, body: bytes | None) -> None:
         needed = self._needed(body)
@@ -285,6 +287,8 @@ class Replicator:
             backlog = max(0, self._local_seq - p.acked.get(origin, 0))
             out[f"peer.{p.node_id}.backlog"] = float(backlog)
             out[f"peer.{p.node_id}.connected"] = 1.0 if p.connected else 0.0
+            # Responsive peers are the ones a change can count on for its copies.
+            out[f"peer.{p.node_id}.responsive"] = 1.0 if self._responsive(p, now) else 0.0
             # Lag: how long the oldest unacknowledged change has waited (0 when caught up).
             out[f"peer.{p.node_id}.lag_s"] = (
                 0.0 if backlog == 0 or p.last_ack is None else round(now - p.last_ack, 3))
