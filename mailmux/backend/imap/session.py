@@ -605,24 +605,41 @@ class Session:
             await run_bounded(functools.partial(_check_structure, message, self.config),
                               self.config.command_cpu_budget)
         results: list[AppendResult] = []
+        assigned: list[tuple[int, int]] = []  # (uidvalidity, uid), stored now or before
+        # A replay id names one write; MULTIAPPEND makes one per message, so each gets its own.
+        base = REPLAY.get() if len(messages) > 1 else None
         try:
-            for flags, when, message, _ in messages:
-                results.append(await self.store.append(
-                    self.me, args.mailbox, message,
-                    flags=[f for f in flags if f != "\\Recent"],
-                    internaldate=when or datetime.now(UTC),
-                ))
+            for index, (flags, when, message, _) in enumerate(messages):
+                token = REPLAY.set(f"{base}.{index}") if base is not None else None
+                try:
+                    result = await self.store.append(
+                        self.me, args.mailbox, message,
+                        flags=[f for f in flags if f != "\\Recent"],
+                        internaldate=when or datetime.now(UTC),
+                    )
+                except Replayed as done:  # this message was stored under this id before
+                    assigned.append((int(done.answer["uidvalidity"]), int(done.answer["uid"])))
+                    continue
+                finally:
+                    if token is not None:
+                        REPLAY.reset(token)
+                results.append(result)
+                assigned.append((result.uidvalidity, result.uid))
         except BackendError as exc:
             # MULTIAPPEND is all or nothing (RFC 3502): take back the ones already stored
             if results:
-                await self.store.expunge(self.me, results[0].mailbox_id,
-                                         [r.uid for r in results])
+                token = REPLAY.set(None)
+                try:
+                    await self.store.expunge(self.me, results[0].mailbox_id,
+                                             [r.uid for r in results])
+                finally:
+                    REPLAY.reset(token)
             if isinstance(exc, MailboxNotFound):
                 return [tagged(command.tag, "NO", f"no mailbox {args.mailbox}", "TRYCREATE")]
             raise
-        uids = format_sequence_set([r.uid for r in results])
+        uids = format_sequence_set([uid for _, uid in assigned])
         return await self.ok(command, "APPEND completed",
-                             f"APPENDUID {results[0].uidvalidity} {uids}")
+                             f"APPENDUID {assigned[0][0]} {uids}")
 
     async def do_IDLE(self, command: Command) -> Lines:
         await self.send([continuation("idling")])

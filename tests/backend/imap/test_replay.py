@@ -90,3 +90,16 @@ def test_a_malformed_replay_prefix_is_bad_and_the_session_goes_on(node: NodeProc
     assert _tagged(out, b"x1").startswith(b"BAD")
     assert _tagged(out, b"x2").startswith(b"BAD")
     assert _tagged(out, b"x3").startswith(b"OK")
+
+
+def _multiappend(tag: bytes, replay: bytes) -> bytes:
+    part = b" {" + str(len(BODY)).encode() + b"+}\r\n" + BODY
+    return tag + b" " + replay + b"APPEND INBOX" + part + part + b"\r\n"
+
+
+def test_a_replayed_multiappend_stores_each_message_once(node: NodeProcess) -> None:
+    first = raw_session(node, _multiappend(b"m1", b"XREPLAY gw-2.m "))
+    again = raw_session(node, _multiappend(b"m2", b"XREPLAY gw-2.m "))
+    assert re.match(rb"OK \[APPENDUID \d+ 1:2\] APPEND completed", _tagged(first, b"m1"))
+    assert _tagged(first, b"m1") == _tagged(again, b"m2")
+    assert _uids(node) == [1, 2]
