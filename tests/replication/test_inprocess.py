@@ -164,5 +164,6 @@ async def test_per_peer_backlog_and_lag_in_the_load_report(pair: Pair) -> None:
         return link.shipped > 0 and figures["peer.b.backlog"] == 0.0
 
     await until(caught_up)
-    assert set(details) == {"peer.b.backlog", "peer.b.connected", "peer.b.lag_s"}
+    assert set(details) == {"peer.b.backlog", "peer.b.connected",
+                            "peer.b.responsive", "peer.b.lag_s"}
     assert pair.replicators["a"].details()["peer.b.connected"] == 1.0
