@@ -24,7 +24,7 @@ import operator
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from mailmux import metrics
 from mailmux.backend.config import BackendConfig
@@ -97,6 +97,8 @@ if TYPE_CHECKING:
     from mailmux.backend.imap.server import ImapServer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+Row = tuple[MessageMeta, bytes | None]  # a message and its body, as fetch_rows gives them
 
 READ_SIZE = 64 * 1024
 UNAUTHENTICATED_MAX_LITERAL = 4 * 1024
@@ -766,15 +768,25 @@ class Session:
                     check.append(uid)
                 else:
                     found[uid] = modseq
+        for confirmed in await self._over_bodies(
+                check, lambda rows, budget: _confirm(key, rows, largest_uid, budget)):
+            found.update(confirmed)
+        return found
+
+    async def _over_bodies(self, uids: list[int],
+                           work: Callable[[list[Row], Budget], T]) -> list[T]:
+        """WORK on the messages UIDS with their bodies, a chunk at a time, in a worker thread
+        (parsing and matching are CPU work: never on the event loop), within the CPU budget."""
+        view = self.selected
         budget = Budget(self.config.command_cpu_budget)
-        for start in range(0, len(check), SEARCH_CHECK_CHUNK):
+        out: list[T] = []
+        for start in range(0, len(uids), SEARCH_CHECK_CHUNK):
             budget.check()
             rows = await self.store.fetch_rows(self.me, view.mailbox_id,
-                                               check[start:start + SEARCH_CHECK_CHUNK],
+                                               uids[start:start + SEARCH_CHECK_CHUNK],
                                                with_body=True)
-            # Parsing and matching run in a worker thread: never on the event loop.
-            found.update(await asyncio.to_thread(_confirm, key, rows, largest_uid, budget))
-        return found
+            out.append(await asyncio.to_thread(work, rows, budget))
+        return out
 
     async def do_SORT(self, command: Command) -> Lines:
         args = command.args
@@ -782,14 +794,8 @@ class Session:
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
         found = sorted(await self._search_uids(args.key))
-        budget = Budget(self.config.command_cpu_budget)
-        candidates: list[Candidate] = []
-        for start in range(0, len(found), SEARCH_CHECK_CHUNK):
-            budget.check()
-            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
-                                               found[start:start + SEARCH_CHECK_CHUNK],
-                                               with_body=True)
-            candidates += await asyncio.to_thread(_sort_candidates, rows, budget)
+        candidates = [c for chunk in await self._over_bodies(found, _sort_candidates)
+                      for c in chunk]
         # Sorting many messages is CPU work: never on the event loop.
         ordered = await asyncio.to_thread(sort_order, candidates, args.criteria)
         hits = ordered if command.uid else [view.seq_of(u) for u in ordered]
@@ -804,14 +810,7 @@ class Session:
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
         found = sorted(await self._search_uids(args.key))
-        budget = Budget(self.config.command_cpu_budget)
-        inputs: list[ThreadInput] = []
-        for start in range(0, len(found), SEARCH_CHECK_CHUNK):
-            budget.check()
-            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
-                                               found[start:start + SEARCH_CHECK_CHUNK],
-                                               with_body=True)
-            inputs += await asyncio.to_thread(_thread_inputs, rows, budget)
+        inputs = [i for chunk in await self._over_bodies(found, _thread_inputs) for i in chunk]
         name: Callable[[int], int] = (lambda u: u) if command.uid else view.seq_of
         # Threading many messages is CPU work: never on the event loop.
         text = await asyncio.to_thread(

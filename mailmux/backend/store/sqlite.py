@@ -616,27 +616,23 @@ class SqliteStore:
             replay.check(tx, key)
             was = tx.conn.execute("SELECT 1 FROM subscriptions WHERE user = ? AND name = ?",
                                   (user.lower(), name)).fetchone() is not None
-            if subscribed:
+            subscribe(tx, subscribed)
+            self._remember(tx, key, {})
+            return was
+
+        def subscribe(tx: Tx, on: bool) -> None:
+            if on:
                 tx.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)",
                                 (user.lower(), name))
             else:
                 tx.conn.execute("DELETE FROM subscriptions WHERE user = ? AND name = ?",
                                 (user.lower(), name))
-            self._log(tx, "mailbox.subscribe",
-                      {"user": user.lower(), "name": name, "subscribed": subscribed})
-            self._remember(tx, key, {})
-            return was
+            self._log(tx, "mailbox.subscribe", {"user": user.lower(), "name": name,
+                                                "subscribed": on})
 
         def undo(tx: Tx, was: bool) -> None:
             if was != subscribed:
-                if was:
-                    tx.conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)",
-                                    (user.lower(), name))
-                else:
-                    tx.conn.execute("DELETE FROM subscriptions WHERE user = ? AND name = ?",
-                                    (user.lower(), name))
-                self._log(tx, "mailbox.subscribe",
-                          {"user": user.lower(), "name": name, "subscribed": was})
+                subscribe(tx, was)
             self._forget(tx, key)
 
         await self._change(job, undo=undo)
