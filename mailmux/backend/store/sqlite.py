@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -63,6 +64,8 @@ from mailmux.backend.store.writer import Tx, Writer
 from mailmux.protocol.imap.commands import SearchKey
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+READ_DRAIN_TIMEOUT = 10.0  # seconds closing waits for running reads
 SEEN = "\\Seen"
 RECENT = "\\Recent"
 BOARD_ADDRESS_PREFIX = "board+"
@@ -137,6 +140,11 @@ class SqliteStore:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        # Reads running in worker threads; closing waits for them, because closing a
+        # connection another thread is stepping crashes the process (seen on SIGINT).
+        self._reading = 0
+        self._reads_done = threading.Condition(self._readers_lock)
+        self._closed = False
         self._writer: Writer | None = None
         self._trace: Callable[[str], None] | None = None
         # Successful logins, for `auth_cache_ttl` (the node sets it from its config).
@@ -201,7 +209,18 @@ class SqliteStore:
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
+        await asyncio.to_thread(self._close_readers)
+
+    def _close_readers(self) -> None:
         with self._readers_lock:
+            self._closed = True
+            for conn in self._readers:
+                conn.interrupt()  # the one call SQLite allows from another thread
+            if not self._reads_done.wait_for(lambda: self._reading == 0,
+                                             timeout=READ_DRAIN_TIMEOUT):
+                log.error("store %s: %d reads still running at close; leaving their "
+                          "connections open", self.db_path, self._reading)
+                return
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
@@ -243,12 +262,21 @@ class SqliteStore:
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:
-            conn = self._reader()
-            conn.execute("BEGIN")
+            with self._readers_lock:
+                if self._closed:
+                    raise Unavailable("the store is closed")
+                self._reading += 1
             try:
-                return fn(conn)
+                conn = self._reader()
+                conn.execute("BEGIN")
+                try:
+                    return fn(conn)
+                finally:
+                    conn.execute("COMMIT")
             finally:
-                conn.execute("COMMIT")
+                with self._readers_lock:
+                    self._reading -= 1
+                    self._reads_done.notify_all()
 
         return await asyncio.to_thread(run)
 

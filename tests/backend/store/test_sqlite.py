@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from mailmux.backend.errors import (
     MailboxExists,
     MailboxNotFound,
     NotPermitted,
+    Unavailable,
     UserExists,
     UserNotFound,
 )
@@ -264,3 +267,30 @@ async def test_login_cache_skips_argon2_for_repeat_logins_and_forgets_changes(
     assert not await store.authenticate(BOB, "bob-pw")
     store.logins.ttl = 0
     assert await store.authenticate(ALICE, "new-pw") and await store.authenticate(ALICE, "new-pw")
+
+
+async def test_close_waits_for_reads_running_in_threads(tmp_path: Path) -> None:
+    """SIGINT once crashed a node: the store closed a reader connection that a worker thread
+    was still stepping. Closing now waits for running reads and refuses new ones."""
+    store = SqliteStore(tmp_path / "db.sqlite3", "n1", DOMAINS)
+    await store._start()
+    started, release = threading.Event(), threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> int:
+        started.set()
+        release.wait(10)
+        return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+    reading = asyncio.create_task(store._read(slow))
+    assert await asyncio.to_thread(started.wait, 10)
+    closing = asyncio.create_task(store._close())
+    deadline = asyncio.get_running_loop().time() + 10
+    while not store._closed:
+        assert asyncio.get_running_loop().time() < deadline, "close never began"
+        await asyncio.sleep(0.01)
+    assert not closing.done()  # still waiting for the read
+    release.set()
+    assert await reading == 0
+    await asyncio.wait_for(closing, 10)
+    with pytest.raises(Unavailable):
+        await store.list_users()
