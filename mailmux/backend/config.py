@@ -49,6 +49,8 @@ class ReplicationConfig:
     copies: CopiesConfig = field(default_factory=CopiesConfig)
     copy_timeout: float = 5.0
     degrade: bool = False  # accept with fewer copies than asked when peers are down
+    lease: float = 1.8  # a user's home lease (takeover after the home dies: about this long)
+    lease_margin: float = 0.15  # the holder stops this much early (clock drift, scheduling)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ _KNOWN = {
 }
 _KNOWN_REPLICATION = {
     "listen", "peers", "mode", "batch_window", "batch_backlog", "copies", "copy_timeout",
-    "degrade",
+    "degrade", "lease", "lease_margin",
 }
 
 
@@ -254,7 +256,18 @@ def _replication(raw: object) -> ReplicationConfig:
         copies=_copies(raw.get("copies", {})),
         copy_timeout=parse_duration(raw.get("copy_timeout", 5.0), "replication.copy_timeout"),
         degrade=bool(raw.get("degrade", False)),
+        **_lease(raw),
     )
+
+
+def _lease(raw: dict[str, object]) -> dict[str, float]:
+    lease = parse_duration(raw.get("lease", 1.8), "replication.lease")
+    margin = parse_duration(raw.get("lease_margin", 0.15), "replication.lease_margin")
+    if lease <= 0:
+        raise ConfigError("replication.lease: must be positive")
+    if not 0 <= margin < lease / 2:
+        raise ConfigError("replication.lease_margin: must be below half the lease")
+    return {"lease": lease, "lease_margin": margin}
 
 
 def _copies(raw: object) -> CopiesConfig:

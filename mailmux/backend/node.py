@@ -116,6 +116,8 @@ class Node:
         smtp_address, *lmtp = await intake.start()
 
         control = ControlServer(config, self.store, self.meter)
+        if self.replicator is not None and self.replicator.homes is not None:
+            control.home_of = self.replicator.homes.holder
         control.endpoints = {
             "imap": format_address(imap_address),
             "smtp": format_address(smtp_address),

@@ -201,6 +201,8 @@ class Pool:
             # Better a node that was slow a moment ago than refusing the user outright.
             log.info("discovery: only quarantined members serve %s; trying them", user)
             candidates = quarantined
+        home = _home(answers)
+        candidates = [replace(c, home=c.node_id == home) for c in candidates]
         log.info(
             "discovery: %s served by %s",
             user, ", ".join(f"{c.node_id}(load {c.load:.1f})" for c in candidates) or "nobody",
@@ -215,7 +217,9 @@ class Pool:
         if ttl > 0 and cached is not None and cached[0] > now:
             return cached[1], cached[0] - ttl
         answers = await self.ask(user, stop_at_first_yes=policy == "first-responder")
-        if ttl > 0 and any(a.reply.serves for a in answers):
+        # Answers naming no home are not kept: the node a session lands on claims the lease
+        # at login, and the user's next sessions must find it there.
+        if ttl > 0 and any(a.reply.serves for a in answers) and _home(answers):
             if len(self._answers) >= MAX_CACHED_USERS:
                 self._answers = {u: c for u, c in self._answers.items() if c[0] > now}
             if len(self._answers) < MAX_CACHED_USERS:
@@ -322,6 +326,12 @@ class Pool:
             self._prober.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prober
+
+
+def _home(answers: list[Answer]) -> str:
+    """The user's home as the answers name it: the one of the highest epoch ("" if none)."""
+    named = [(a.reply.epoch, a.reply.home) for a in answers if a.reply.home]
+    return max(named)[1] if named else ""
 
 
 def _unique(answers: list[Answer]) -> list[Answer]:

@@ -28,11 +28,17 @@ class Candidate:
     smtp: Address
     load: float
     latency: float  # seconds the discovery answer took
+    home: bool = False  # holds the user's home lease: every session of the user goes there
 
 
 def order(
     candidates: Sequence[Candidate], policy: str, rng: random.Random | None = None
 ) -> list[Candidate]:
+    homes = [c for c in candidates if c.home]
+    if homes:
+        # Only the home commits the user's changes (docs/consistency.md); the others are the
+        # failover order, by the policy.
+        return [homes[0], *order([c for c in candidates if c is not homes[0]], policy, rng)]
     by_load = sorted(candidates, key=lambda c: (c.load, c.latency))
     if policy == "least-load":
         return by_load

@@ -45,6 +45,7 @@ from mailmux.protocol.peer.session import (
     welcome,
 )
 from mailmux.replication import antientropy
+from mailmux.replication.home import HomeLeases
 from mailmux.replication.importance import copies_required
 from mailmux.replication.window import BatchWindow, local_now
 from mailmux.tls import server_context
@@ -167,6 +168,7 @@ class Replicator:
         self._local_seq = 0
         self._answer_timeout = 2 * self.rconfig.copy_timeout
         self._handshaking = 0
+        self.homes: HomeLeases | None = None
         # TLS on peer links whenever the node has a certificate (DESIGN: off loopback, always).
         # Peers authenticate each other with the pool secret; TLS adds confidentiality, and the
         # dialer checks the peer's certificate against the node's own (a pool-wide certificate
@@ -189,7 +191,15 @@ class Replicator:
         self.store.copies_hook = self.ensure_copies
         self.store.precheck_hook = self.precheck
         pool = sorted({self.config.node_id, *self.peers})
+        # Boards are written by many users at once and have no home: their UIDs stay in this
+        # node's residue class. A user's UIDs are given out by the user's home, in order.
         self.store.uid_slot = (pool.index(self.config.node_id), len(pool))
+        self.homes = HomeLeases(self)
+        self.store.home_hook = self.homes.fence
+        self.store.home_epoch = self.homes.epoch
+        self.store.home_now = self.homes.holds
+        self.store.interest_hook = self.homes.touch
+        self._spawn(self.homes.renew_forever())
         self.meter.replication_backlog = self.backlog
         self.meter.replication_details = self.details
         for peer in self.peers.values():
@@ -206,6 +216,8 @@ class Replicator:
     async def close(self) -> None:
         self.store.copies_hook = None
         self.store.precheck_hook = None
+        self.store.home_hook = None
+        self.store.interest_hook = None
         if self._committed in self.store.commit_hooks:
             self.store.commit_hooks.remove(self._committed)
         if self._server is not None:
@@ -214,6 +226,8 @@ class Replicator:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.homes is not None:
+            await self.homes.close()
 
     def _committed(self) -> None:
         self._wake_all()
@@ -473,6 +487,9 @@ class Replicator:
         while True:
             message = await channel.receive()
             kind = message.get("t")
+            if str(kind).startswith("lease.") and self.homes is not None:
+                await channel.send(await self.homes.answer(message))
+                continue
             answer = await antientropy.answer(self.store, message)
             if answer is not None:
                 await channel.send(answer)

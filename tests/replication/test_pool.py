@@ -91,39 +91,61 @@ def _messages(node: NodeProcess) -> dict[int, tuple[bytes, bytes]]:
     return {uid: value for uid, value in inbox(node).items() if uid}
 
 
+def _cut_off(pool: Pool, node: str) -> None:
+    """Cut every link to and from `node`: it is alone, the others are a majority."""
+    for (source, target), proxy in pool.proxies.items():
+        if node in (source, target):
+            proxy.cut()
+
+
+def _minority(node: NodeProcess) -> bool:
+    from tests.replication.test_home import _who
+
+    return _who(node).home == ""  # its own lease (if it had one) ran out, none granted
+
+
 def test_flag_changes_during_a_partition_converge(make_pool: Callable[..., Pool]) -> None:
-    pool = make_pool("ab", proxied=True, normal=1)
-    a, b = pool.nodes.values()
+    """The side cut off from the majority refuses changes (it could not be the user's home);
+    the majority side's changes reach it after the heal."""
+    pool = make_pool("abc", proxied=True, normal=1)
+    a, b, c = pool.nodes.values()
     assert deliver(a, "shared")[0] == 250
     _store(a, ("+FLAGS", "(\\Seen \\Flagged)"))
-    wait_for(lambda: inbox(a) == inbox(b), "the flagged message on b")
-    pool.partition()
-    _store(a, ("-FLAGS", "(\\Seen)"), ("+FLAGS", "($A)"))
+    wait_for(lambda: inbox(a) == inbox(b) == inbox(c), "the flagged message on b and c")
+    _cut_off(pool, "a")
+    wait_for(lambda: _minority(a), "a knowing it is alone")
+    with imaplib.IMAP4(*a.imap) as imap:
+        imap.login(*ALICE)
+        imap.select("INBOX")
+        status, answer = imap.uid("STORE", "1:*", "-FLAGS", "(\\Seen)")
+        assert status == "NO" and b"[UNAVAILABLE]" in answer[0]
     _store(b, ("-FLAGS", "(\\Seen \\Flagged)"), ("+FLAGS", "(\\Seen $B)"))
     assert inbox(a) != inbox(b)
     pool.heal()
-    wait_for(lambda: inbox(a) == inbox(b), "convergence")
-    # Per flag, the latest change wins: b set \Seen again after a removed it, b removed
-    # \Flagged, and the keywords each side added both stay.
+    wait_for(lambda: inbox(a) == inbox(b) == inbox(c), "convergence")
     [(flags, _)] = _messages(a).values()
-    assert flags == b"$A $B \\Seen"
+    assert flags == b"$B \\Seen"
 
 
 def test_mail_on_both_sides_of_a_partition_keeps_its_uids(
     make_pool: Callable[..., Pool],
 ) -> None:
-    """Each node gives out only its own residue class of UIDs: no conflict, no renumbering,
-    so a UID a client was told names that message, on every node, after the heal too."""
-    pool = make_pool("ab", proxied=True, normal=1)
-    a, b = pool.nodes.values()
-    pool.partition()
-    assert deliver(a, "only on a")[0] == 250
+    """Only the majority side takes mail (451 on the other), so no UID is ever given twice:
+    a UID a client was told names that message, on every node, after the heal too."""
+    pool = make_pool("abc", proxied=True, normal=1)
+    a, b, c = pool.nodes.values()
+    assert deliver(b, "before")[0] == 250
+    wait_for(lambda: inbox(a) == inbox(b) == inbox(c), "the first message everywhere")
+    _cut_off(pool, "a")
+    wait_for(lambda: _minority(a), "a knowing it is alone")
+    assert deliver(a, "only on a")[0] == 451
     assert deliver(b, "only on b")[0] == 250
-    seen_a, seen_b = _messages(a), _messages(b)
-    assert set(seen_a).isdisjoint(seen_b)
+    seen_b = _messages(b)
     pool.heal()
-    wait_for(lambda: inbox(a) == inbox(b) and len(_messages(a)) == 2, "convergence")
+    wait_for(lambda: inbox(a) == inbox(b) == inbox(c) and len(_messages(a)) == 2,
+             "convergence")
     final = _messages(a)
-    assert {**seen_a, **seen_b} == final  # every UID still names the message it named
+    assert seen_b == final  # every UID still names the message it named
+    assert sorted(final) == [1, 2]
     uidnext = int(inbox(a)[0][0].split(b"UIDNEXT ")[1].split(b")")[0].split()[0])
     assert uidnext > max(final)

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from importlib import metadata
 
 from mailmux.backend.config import BackendConfig
@@ -73,6 +74,8 @@ class ControlServer:
         self.meter = meter
         # The node fills this in once the IMAP and SMTP servers know their ports.
         self.endpoints: dict[str, str] = {}
+        # The node sets it when it replicates: (home, epoch) of a user's lease, if known.
+        self.home_of: Callable[[str], tuple[str, int] | None] | None = None
         self.dropped: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()
         self.version = _version()
@@ -166,6 +169,7 @@ class ControlServer:
     async def answer(self, request: Request) -> Reply:
         node_id = self.config.node_id
         if isinstance(request, WhoRequest):
+            home = self.home_of(request.user) if self.home_of is not None else None
             return WhoReply(
                 node_id=node_id,
                 user=request.user,
@@ -173,6 +177,8 @@ class ControlServer:
                 imap=self.endpoints.get("imap", ""),
                 smtp=self.endpoints.get("smtp", ""),
                 load=self.meter.score(),
+                home=home[0] if home else "",
+                epoch=float(home[1]) if home else 0.0,
             )
         if isinstance(request, LoadRequest):
             snapshot = self.meter.snapshot()

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from mailmux import metrics
 from mailmux.backend.config import BackendConfig
-from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted
+from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted, Unavailable
 from mailmux.backend.imap import fetch as fetching
 from mailmux.backend.imap.budget import Budget, run_bounded
 from mailmux.backend.imap.listing import format_listed, list_responses, listed
@@ -961,8 +961,13 @@ class Session:
         unseen = [m.uid for m, _ in rows if "\\Seen" not in m.flags]
         if not unseen:
             return rows
-        result = await self.store.store_flags(self.me, view.mailbox_id, unseen, "add",
-                                              ["\\Seen"])
+        try:
+            result = await self.store.store_flags(self.me, view.mailbox_id, unseen, "add",
+                                                  ["\\Seen"])
+        except Unavailable:
+            # A node cut off from the pool's majority still serves reads: BODY[] then
+            # behaves like BODY.PEEK[] (the change could not be made safely).
+            return rows
         changed = {c.uid: c for c in result.changed}
         for change in result.changed:
             view.reported(change.uid, change.modseq)

@@ -140,8 +140,11 @@ def _message_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
         # A GUID names one message instance (never its content), and an expunged message
         # never comes back: whatever copy of the add arrives later, renumbered or relayed.
         return
-    if conn.execute("SELECT 1 FROM messages WHERE mailbox_id = ? AND guid = ?",
-                    (mailbox[0], guid)).fetchone():
+    held = conn.execute("SELECT uid FROM messages WHERE mailbox_id = ? AND guid = ?",
+                        (mailbox[0], guid)).fetchone()
+    if held is not None:
+        if record.payload.get("moved") and int(held[0]) != int(_p(record, "uid")):
+            _move(conn, tx, mailbox[0], int(held[0]), int(_p(record, "uid")))
         return
     body_hash = _p(record, "body")
     if body_hash not in bodies_present(conn, [body_hash]):
@@ -154,10 +157,77 @@ def _message_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
     taken = conn.execute("SELECT guid FROM messages WHERE mailbox_id = ? AND uid = ?",
                          (mailbox[0], uid)).fetchone()
     if taken is not None:
+        if _by_epoch(store, tx, mailbox, uid, str(taken[0]), record):
+            return
         _resolve_uid_conflict(store, tx, mailbox, uid, str(taken[0]), record)
         return
     _insert(conn, tx, mailbox[0], uid, guid, body_hash, _p(record, "internaldate"),
             _p(record, "size"), _p(record, "flags"), _modseq(store, conn, mailbox[0], record.hlc))
+
+
+def _epoch_of(conn: sqlite3.Connection, guid: str) -> int | None:
+    """The home epoch under which a message was added (None: no epoch known)."""
+    row = conn.execute(
+        "SELECT max(json_extract(payload, '$.epoch')) FROM changelog WHERE kind = 'message.add' "
+        "AND json_extract(payload, '$.guid') = ?", (guid,)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def _by_epoch(store: SqliteStore, tx: Tx, mailbox: tuple[Any, ...], uid: int, local_guid: str,
+              record: ChangeRecord) -> bool:
+    """Two homes gave one UID to two messages (a deposed home's unacknowledged add, made
+    after the new home caught up). The newer epoch's message keeps the UID, since a client of
+    the current home may have seen it; the older one is given a new UID by the current home
+    alone (renumbering anywhere else would give different UIDs on different replicas), and the
+    other replicas just set it aside until that renumbered add arrives."""
+    incoming = record.payload.get("epoch")
+    local = _epoch_of(tx.conn, local_guid)
+    if str(mailbox[1]) == BOARD_OWNER or not incoming or local is None or incoming == local:
+        return False
+    conn, mailbox_id, owner = tx.conn, int(mailbox[0]), str(mailbox[1])
+    home = store.home_now(owner)
+    if int(str(incoming)) > local:
+        row = conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND uid = ? RETURNING "
+                           "body_hash, internaldate, size, flags", (mailbox_id, uid)).fetchone()
+        _insert(conn, tx, mailbox_id, uid, str(_p(record, "guid")), _p(record, "body"),
+                _p(record, "internaldate"), _p(record, "size"), _p(record, "flags"),
+                _modseq(store, conn, mailbox_id, record.hlc))
+        loser = (local_guid, row[0], row[1], row[2], str(row[3]).split())
+    else:
+        loser = (str(_p(record, "guid")), _p(record, "body"), _p(record, "internaldate"),
+                 _p(record, "size"), list(_p(record, "flags")))
+    if home:
+        _renumber(store, tx, mailbox, *loser)
+    return True
+
+
+def _renumber(store: SqliteStore, tx: Tx, mailbox: tuple[Any, ...], guid: str, body_hash: str,
+              internaldate: str, size: int, flags: list[str]) -> None:
+    conn = tx.conn
+    mailbox_id = int(mailbox[0])
+    (new_uid,) = conn.execute("SELECT uidnext FROM mailboxes WHERE id = ?",
+                              (mailbox_id,)).fetchone()
+    modseq = store.clock.now()
+    _insert(conn, tx, mailbox_id, int(new_uid), guid, body_hash, internaldate, size, flags,
+            modseq)
+    store._log(tx, "message.add", {
+        "owner": mailbox[1], "mailbox": mailbox[2], "uidvalidity": mailbox[3],
+        "uid": int(new_uid), "uidnext": int(new_uid) + 1, "guid": guid, "flags": sorted(flags),
+        "internaldate": internaldate, "body": body_hash, "size": size, "moved": True,
+        "epoch": store.home_epoch(str(mailbox[1])),
+    }, hlc=modseq)
+
+
+def _move(conn: sqlite3.Connection, tx: Tx, mailbox_id: int, old: int, new: int) -> None:
+    """The home renumbered a message this replica holds under its old UID."""
+    if conn.execute("SELECT 1 FROM messages WHERE mailbox_id = ? AND uid = ?",
+                    (mailbox_id, new)).fetchone():
+        return
+    conn.execute("UPDATE messages SET uid = ? WHERE mailbox_id = ? AND uid = ?",
+                 (new, mailbox_id, old))
+    conn.execute("UPDATE mailboxes SET uidnext = max(uidnext, ?) WHERE id = ?",
+                 (new + 1, mailbox_id))
+    tx.touched.add(mailbox_id)
 
 
 def _modseq(store: SqliteStore, conn: sqlite3.Connection, mailbox_id: int, hlc: int) -> int:

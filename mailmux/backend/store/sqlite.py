@@ -23,9 +23,10 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from mailmux.backend.errors import (
     CannotDo,
@@ -64,6 +65,12 @@ from mailmux.backend.store.writer import Tx, Writer
 from mailmux.protocol.imap.commands import SearchKey
 
 T = TypeVar("T")
+
+
+class Fence(Protocol):
+    """The home lease a change runs under (replication/home.py)."""
+
+    def valid(self) -> bool: ...
 log = logging.getLogger(__name__)
 READ_DRAIN_TIMEOUT = 10.0  # seconds closing waits for running reads
 SEEN = "\\Seen"
@@ -163,6 +170,13 @@ class SqliteStore:
         # index modulo the pool size, so two nodes can never give one UID to two messages
         # (docs/consistency.md). Replication sets it; a lone node uses every UID.
         self.uid_slot: tuple[int, int] = (0, 1)
+        # The home lease (replication/home.py): held around every change of a user, so that
+        # only the user's home commits; the epoch goes into the records (a deposed home's
+        # clashing add loses to the newer epoch's). `interest_hook` claims at login.
+        self.home_hook: Callable[[Sequence[str]], AbstractAsyncContextManager[Fence]] | None = None
+        self.home_epoch: Callable[[str], int] = lambda user: 0
+        self.home_now: Callable[[str], bool] = lambda user: False
+        self.interest_hook: Callable[[str], None] | None = None
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -284,12 +298,21 @@ class SqliteStore:
         assert self._writer is not None, "the store is closed"
         return await self._writer.run(fn)
 
-    async def _change(self, job: Callable[[Tx], T], *, body: bytes | None = None,
+    async def _change(self, job: Callable[[Tx], T], *, users: Sequence[str] = (),
+                      body: bytes | None = None,
                       undo: Callable[[Tx, T], None] | None = None) -> T:
-        """Run a change and return only once as many nodes as it needs hold it (W copies:
-        by importance for a message `body`, `normal` otherwise). If the copies cannot be made
-        the change is undone where it can be — exactly its own rows, never anything matched
-        by content — and Unavailable is raised."""
+        """Run a change as the home of `users`, and return only once as many nodes as it needs
+        hold it (W copies: by importance for a message `body`, `normal` otherwise). If the
+        copies cannot be made, or the lease was lost meanwhile, the change is undone where it
+        can be — exactly its own rows, never anything matched by content — and Unavailable is
+        raised."""
+        if self.home_hook is None or not users:
+            return await self._change_copied(job, body, undo, None)
+        async with self.home_hook(users) as fence:
+            return await self._change_copied(job, body, undo, fence)
+
+    async def _change_copied(self, job: Callable[[Tx], T], body: bytes | None,
+                             undo: Callable[[Tx, T], None] | None, fence: Fence | None) -> T:
         if self.precheck_hook is not None:
             self.precheck_hook(body)
 
@@ -300,6 +323,11 @@ class SqliteStore:
         if seq and self.copies_hook is not None:
             try:
                 await self.copies_hook(body, seq)
+                if fence is not None and not fence.valid():
+                    # Deposed while the copies were made (a hang, a partition): another home
+                    # may have used the same UIDs by now, so this change must not stand.
+                    raise Unavailable("this server lost the mailbox's home role during the "
+                                      "change; try again")
             except Unavailable:
                 if undo is not None:
                     await self._write(lambda tx: undo(tx, result))
@@ -425,10 +453,14 @@ class SqliteStore:
         )
         stored = str(row[0]) if row else None
         if self.logins.hit(user, password, stored):
+            if self.interest_hook is not None:
+                self.interest_hook(user)
             return True
         ok = await verify_password(stored, password)
         if ok and stored is not None:
             self.logins.remember(user, password, stored)
+        if ok and self.interest_hook is not None:
+            self.interest_hook(user)  # claim the home lease before the first change needs it
         return ok
 
     # boards -----------------------------------------------------------------------------------
@@ -573,7 +605,7 @@ class SqliteStore:
                                                      "uidvalidity": row[0]})
             self._forget(tx, key)
 
-        await self._change(job, undo=undo)
+        await self._change(job, users=(user,), undo=undo)
 
     async def delete_mailbox(self, user: str, name: str) -> None:
         if names.is_board(name):
@@ -595,7 +627,7 @@ class SqliteStore:
             self._log(tx, "mailbox.delete", {"owner": user.lower(), "name": name,
                                              "uidvalidity": row[3]})
 
-        await self._change(job)
+        await self._change(job, users=(user,))
 
     async def rename_mailbox(self, user: str, old: str, new: str) -> None:
         if names.is_board(old) or names.is_board(new):
@@ -630,7 +662,7 @@ class SqliteStore:
                 tx.touched.add(mailbox_id)
             self._log(tx, "mailbox.rename", {"owner": owner, "old": old, "new": new})
 
-        await self._change(job)
+        await self._change(job, users=(user,))
 
     def _rename_inbox(self, tx: Tx, owner: str, inbox: tuple[Any, ...], new: str) -> None:
         """RFC 3501: RENAME INBOX moves its messages to the new mailbox and leaves it empty."""
@@ -666,7 +698,7 @@ class SqliteStore:
                 subscribe(tx, was)
             self._forget(tx, key)
 
-        await self._change(job, undo=undo)
+        await self._change(job, users=(user,), undo=undo)
 
     # messages -----------------------------------------------------------------------------------
 
@@ -677,7 +709,9 @@ class SqliteStore:
     ) -> AppendResult:
         mailbox_id, owner = mailbox[0], mailbox[1]
         conn = tx.conn
-        slot, pool = self.uid_slot  # the next UID in this node's residue class
+        # A user's UIDs come from the user's home, in order; a board's (no home) from this
+        # node's residue class.
+        slot, pool = self.uid_slot if owner == BOARD_OWNER else (0, 1)
         modseq = self.clock.now()
         (uid,) = conn.execute(
             "UPDATE mailboxes SET uidnext = uidnext + ((? - uidnext % ?) % ? + ?) % ? + 1, "
@@ -703,6 +737,7 @@ class SqliteStore:
             "owner": owner, "mailbox": mailbox[2], "uidvalidity": mailbox[3], "uid": uid,
             "guid": guid, "flags": sorted(shared), "internaldate": internaldate.isoformat(),
             "body": body_hash, "size": size, "uidnext": uid + 1,
+            "epoch": self.home_epoch(owner),
         }, hlc=modseq)
         return AppendResult(mailbox_id, mailbox[3], uid, guid, duplicate=False)
 
@@ -731,7 +766,7 @@ class SqliteStore:
             self._take_back(tx, [result])
             self._forget(tx, key)
 
-        return await self._change(job, body=body, undo=undo)
+        return await self._change(job, users=(user,), body=body, undo=undo)
 
     def _recipient_mailbox(self, conn: sqlite3.Connection, recipient: str) -> tuple[Any, ...]:
         address = recipient.lower()
@@ -782,7 +817,9 @@ class SqliteStore:
             self._take_back(tx, [r for r in results if not r.duplicate])
             self._forget(tx, key)
 
-        return await self._change(job, body=body, undo=undo)
+        users = [r.lower() for r in recipients
+                 if not r.lower().startswith(BOARD_ADDRESS_PREFIX)]
+        return await self._change(job, users=users, body=body, undo=undo)
 
     def _take_back(self, tx: Tx, results: Sequence[AppendResult]) -> None:
         """Remove exactly the messages a refused change added (their own GUIDs, which no
@@ -1078,7 +1115,7 @@ class SqliteStore:
                     self._set_flags(tx, user, mailbox_id, change.uid, before[change.uid])
             self._forget(tx, key)
 
-        return await self._change(job, undo=undo)
+        return await self._change(job, users=(user,), undo=undo)
 
     def _current_flags(self, conn: sqlite3.Connection, user: str, mailbox_id: int,
                        uid: int) -> frozenset[str] | None:
@@ -1143,7 +1180,7 @@ class SqliteStore:
 
         # Not undone if the copies fail (the messages are gone here); the precheck refuses
         # beforehand when too few peers are reachable. See docs/consistency.md.
-        return await self._change(job)
+        return await self._change(job, users=(user,))
 
     def _delete_rows(self, tx: Tx, mailbox_id: int, uids: Sequence[int]) -> list[int]:
         removed = []
@@ -1252,7 +1289,7 @@ class SqliteStore:
             self._take_back(tx, made)
             self._forget(tx, key)
 
-        return await self._change(job, undo=undo)
+        return await self._change(job, users=(user,), undo=undo)
 
     async def move(
         self, user: str, mailbox_id: int, uids: Sequence[int], dest: str
@@ -1268,7 +1305,7 @@ class SqliteStore:
 
         # Not undone when the copies fail: taking the copies back would lose the messages
         # (their sources are gone). The precheck refuses beforehand instead.
-        return await self._change(job)
+        return await self._change(job, users=(user,))
 
     # change log -----------------------------------------------------------------------------------
 

@@ -30,6 +30,8 @@ class WhoReply:
     imap: str  # "host:port" of the node's IMAP server
     smtp: str  # "host:port" of the node's SMTP intake
     load: float  # LoadMeter.score(): lower is better
+    home: str = ""  # the user's home (lease holder) as this node knows it; "" if none
+    epoch: float = 0.0  # that lease's epoch (the highest answer names the current home)
 
 
 @dataclass(frozen=True)
