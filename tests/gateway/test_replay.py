@@ -83,7 +83,8 @@ def _uids(node: NodeProcess) -> list[int]:
 
 
 def test_a_hung_node_continued_after_the_replay_leaves_one_copy_everywhere(
-    make_pool: Callable[..., ReplicationPool], gateway_factory: Callable[..., GatewayProcess],
+    make_pool: Callable[..., ReplicationPool],  # noqa: F811
+    gateway_factory: Callable[..., GatewayProcess],
 ) -> None:
     """SIGSTOP mid-APPEND (the node has made the message and waits for its copies), failover
     and replay elsewhere, SIGCONT: the two runs of one replay id meet on every node and one
