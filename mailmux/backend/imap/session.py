@@ -31,6 +31,7 @@ from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted
 from mailmux.backend.imap import fetch as fetching
 from mailmux.backend.imap.budget import Budget, run_bounded
+from mailmux.backend.imap.contexts import Contexts, UpdateContext
 from mailmux.backend.imap.listing import list_responses
 from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING, State
 from mailmux.backend.imap.view import View
@@ -50,6 +51,7 @@ from mailmux.backend.store.replay import REPLAY, Replayed
 from mailmux.protocol.imap.commands import (
     Append,
     Authenticate,
+    CancelUpdate,
     Command,
     CopyMove,
     Enable,
@@ -71,6 +73,7 @@ from mailmux.protocol.imap.commands import (
     Thread,
 )
 from mailmux.protocol.imap.errors import ParseError
+from mailmux.protocol.imap.esearch import Result, wanted
 from mailmux.protocol.imap.framing import (
     CommandBytes,
     CommandFramer,
@@ -87,6 +90,7 @@ from mailmux.protocol.imap.response import (
     encode_value,
     format_flags,
     format_sequence_set,
+    quote,
     tagged,
     untagged,
     untagged_status,
@@ -140,6 +144,7 @@ class Session:
         self.feed: asyncio.Queue[int] | None = None
         self.enabled: set[str] = set()
         self.known_flags: set[str] = set()  # flags announced by the last untagged FLAGS
+        self.contexts = Contexts()  # SEARCH/SORT RETURN (UPDATE) of the selected mailbox
         self.failed_logins = 0
         self.tls = False
         self.started = asyncio.get_running_loop().time()
@@ -234,6 +239,8 @@ class Session:
         with self.server.meter.transaction():
             try:
                 lines = await handler(command)
+                if self.contexts and lines and self.state is State.SELECTED:
+                    lines[-1:-1] = await self._context_updates()
             except BackendError as exc:
                 lines = [exc.imap_reply(command.tag)]
             except Closed:
@@ -317,7 +324,12 @@ class Session:
         """The view brought up to date, with FLAGS for new keywords and \\Recent for new mail."""
         view = self.selected
         last = view.uids[-1] if view.uids else 0
-        lines = view.apply(changes, allow_expunge)
+        removals: Lines = []
+        if self.contexts and allow_expunge:
+            # REMOVEFROM numbers messages as the client knows them: before EXPUNGE renumbers
+            removals = self.contexts.removed(
+                [*view.pending_expunge, *(u for u in changes.expunged if u <= last)], view)
+        lines = [*removals, *view.apply(changes, allow_expunge)]
         if view.recent and changes.expunged:
             view.recent.difference_update(changes.expunged)
         new = view.uids[bisect.bisect_right(view.uids, last):]
@@ -464,6 +476,7 @@ class Session:
     def _unselect(self) -> None:
         if self.view is not None and self.feed is not None:
             self.store.unlisten(self.view.mailbox_id, self.feed)
+        self.contexts.clear()
         self.view = None
         self.feed = None
         self.state = State.AUTHENTICATED
@@ -664,6 +677,8 @@ class Session:
                 if reader in done:
                     break
                 await self.send(await self.updates())
+                if self.contexts and self.view is not None:
+                    await self.send(await self._context_updates())
         finally:
             if not reader.done():
                 reader.cancel()
@@ -732,27 +747,101 @@ class Session:
         assert isinstance(args, Search)
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
+        options = args.return_options
+        if options is not None and "UPDATE" in options and {"MIN", "MAX", "PARTIAL"} & set(
+                options):
+            view.saved = [] if "SAVE" in options else view.saved  # RFC 5182 2.1: failed
+            return [*before, tagged(command.tag, "NO", "UPDATE goes with ALL and COUNT only",
+                                    "CANNOT")]
         if _uses_modseq(args.key):
             before += await self._condstore_on()
-        found = await self._search_uids(args.key)
+        try:
+            found = await self._search_uids(args.key)
+        except BackendError:
+            if options is not None and "SAVE" in options:
+                view.saved = []
+            raise
         uids = sorted(found)
         hits = uids if command.uid else [view.seq_of(u) for u in uids]
         highest = None
         if _uses_modseq(args.key) and uids:
             # RFC 7162 3.1.5: with only MIN and/or MAX asked, the MODSEQ of those messages
             reported = uids
-            options = set(args.return_options or ())
-            if options and options <= {"MIN", "MAX"}:
-                reported = [uids[0]] * ("MIN" in options) + [uids[-1]] * ("MAX" in options)
+            asked = set(options or ())
+            if asked and asked <= {"MIN", "MAX"}:
+                reported = [uids[0]] * ("MIN" in asked) + [uids[-1]] * ("MAX" in asked)
             highest = max(found[u] for u in reported)
-        if args.return_options is not None:
-            line = self._esearch(command, args.return_options, hits, highest)
-        else:
+        if options is None:
             values: list[object] = [Atom("SEARCH"), *hits]
             if highest is not None:
                 values.append([Atom("MODSEQ"), highest])
-            line = untagged(*values)
-        return [*before, line, tagged(command.tag, "OK", "SEARCH completed")]
+            return [*before, untagged(*values), tagged(command.tag, "OK", "SEARCH completed")]
+        lines = [*before, *self._returned(command, options, uids, hits, sort=False,
+                                          partial=args.partial, modseq=highest)]
+        if "UPDATE" in options:
+            key = _seqsets_as_uids(args.key, view)
+            if not self.contexts.add(UpdateContext(command.tag, command.uid, key, set(uids),
+                                                   view.modseq)):
+                lines.append(untagged_status("NO", "too many updates",
+                                             f"NOUPDATE {quote(command.tag).decode()}"))
+        return [*lines, tagged(command.tag, "OK", "SEARCH completed")]
+
+    def _returned(self, command: Command, options: tuple[str, ...], uids: list[int],
+                  hits: list[int], sort: bool, partial: tuple[int, int] | None,
+                  modseq: int | None) -> Lines:
+        """The ESEARCH answer to RETURN (...), and SEARCHRES's SAVE (RFC 5182): with only MIN
+        and/or MAX asked, only those are saved; RETURN (SAVE) alone answers nothing."""
+        view = self.selected
+        asked = set(options)
+        if "SAVE" in asked:
+            if asked & {"MIN", "MAX"} and not asked & {"ALL", "COUNT", "PARTIAL"} and uids:
+                ends = sorted(uids)
+                picked = ({ends[0]} if "MIN" in asked else set()) | (
+                    {ends[-1]} if "MAX" in asked else set())
+                view.saved = sorted(picked)
+            else:
+                view.saved = sorted(uids)
+            if asked <= {"SAVE", "CONTEXT"}:
+                return []
+        result = Result(command.tag, command.uid, hits, wanted(options), sorted=sort,
+                        partial=partial, modseq=modseq)
+        return [result.line()]
+
+    async def _context_updates(self) -> Lines:
+        """ADDTO/REMOVEFROM for the live RETURN (UPDATE) contexts: the messages changed since
+        each context last looked are searched again, nothing else."""
+        view = self.view
+        if view is None or not self.contexts:
+            return []
+        try:
+            changes = await self.store.changes_since_modseq(self.me, view.mailbox_id,
+                                                            self.contexts.oldest())
+        except MailboxNotFound:
+            return []
+        out: Lines = []
+        for context in list(self.contexts.live.values()):
+            fresh = [(uid, modseq) for uid, _, modseq in changes.changed
+                     if modseq > context.modseq]
+            candidates = sorted({uid for uid, _ in fresh if view.seq_of(uid)})
+            # a change to a message not yet announced is weighed once it is
+            waiting = [m for uid, m in fresh if not view.seq_of(uid)]
+            horizon = min(waiting) - 1 if waiting else changes.highestmodseq
+            if not candidates:
+                context.modseq = max(context.modseq, horizon)
+                continue
+            program = SearchKey("AND", (), (context.key, SearchKey("UID", (_runs(candidates),))))
+            matched = set(await self._search_uids(program))
+            out += self.contexts.weighed(context, candidates, matched, view, horizon)
+        return out
+
+    async def do_CANCELUPDATE(self, command: Command) -> Lines:
+        args = command.args
+        assert isinstance(args, CancelUpdate)
+        unknown = self.contexts.cancel(args.tags)
+        if unknown:
+            return [tagged(command.tag, "BAD", f"no update context for tag {unknown[0]}",
+                           "CLIENTBUG")]
+        return await self.ok(command, "CANCELUPDATE completed")
 
     async def _search_uids(self, program: SearchKey) -> dict[int, int]:
         """UID -> MODSEQ of the messages in the view that a SEARCH program matches."""
@@ -793,16 +882,22 @@ class Session:
         assert isinstance(args, Sort)
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
+        if args.return_options is not None and "UPDATE" in args.return_options:
+            # Positions in a sorted result would need every member's sort key kept current.
+            return [*before, tagged(command.tag, "NO", "SORT RETURN (UPDATE) is not supported",
+                                    "CANNOT")]
         found = sorted(await self._search_uids(args.key))
         candidates = [c for chunk in await self._over_bodies(found, _sort_candidates)
                       for c in chunk]
         # Sorting many messages is CPU work: never on the event loop.
         ordered = await asyncio.to_thread(sort_order, candidates, args.criteria)
         hits = ordered if command.uid else [view.seq_of(u) for u in ordered]
-        line = untagged(Atom("SORT"), *hits)
-        if args.return_options is not None:
-            line = _esort(command, args.return_options, hits)
-        return [*before, line, tagged(command.tag, "OK", "SORT completed")]
+        if args.return_options is None:
+            lines = [untagged(Atom("SORT"), *hits)]
+        else:
+            lines = self._returned(command, args.return_options, ordered, hits, sort=True,
+                                   partial=args.partial, modseq=None)
+        return [*before, *lines, tagged(command.tag, "OK", "SORT completed")]
 
     async def do_THREAD(self, command: Command) -> Lines:
         args = command.args
@@ -817,22 +912,6 @@ class Session:
             lambda: format_threads(thread(args.algorithm, inputs), name))
         return [*before, f"* THREAD {text}".rstrip().encode() + b"\r\n",
                 tagged(command.tag, "OK", "THREAD completed")]
-
-    def _esearch(self, command: Command, options: tuple[str, ...], hits: list[int],
-                 modseq: int | None) -> bytes:
-        wanted = set(options) or {"ALL"}
-        parts = f'* ESEARCH (TAG "{command.tag}")' + (" UID" if command.uid else "")
-        if hits and "MIN" in wanted:
-            parts += f" MIN {min(hits)}"
-        if hits and "MAX" in wanted:
-            parts += f" MAX {max(hits)}"
-        if "COUNT" in wanted:
-            parts += f" COUNT {len(hits)}"
-        if hits and "ALL" in wanted:
-            parts += f" ALL {format_sequence_set(hits)}"
-        if modseq is not None:
-            parts += f" MODSEQ {modseq}"
-        return parts.encode() + b"\r\n"
 
     async def do_FETCH(self, command: Command) -> Lines:
         args = command.args
@@ -1081,32 +1160,6 @@ class _Output:
         await self.add(b"".join(pending))
 
 
-def _esort(command: Command, options: tuple[str, ...], hits: list[int]) -> bytes:
-    """RFC 5267 ESORT: MIN and MAX are the first and last in sort order, ALL keeps it."""
-    wanted = set(options) or {"ALL"}
-    parts = f'* ESEARCH (TAG "{command.tag}")' + (" UID" if command.uid else "")
-    if hits and "MIN" in wanted:
-        parts += f" MIN {hits[0]}"
-    if hits and "MAX" in wanted:
-        parts += f" MAX {hits[-1]}"
-    if "COUNT" in wanted:
-        parts += f" COUNT {len(hits)}"
-    if hits and "ALL" in wanted:
-        parts += f" ALL {_ordered_set(hits)}"
-    return parts.encode() + b"\r\n"
-
-
-def _ordered_set(numbers: list[int]) -> str:
-    """A sequence set in the given order: only ascending runs are folded into ranges."""
-    runs: list[list[int]] = []
-    for n in numbers:
-        if runs and runs[-1][1] == n - 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n])
-    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
-
-
 def _sort_candidates(rows: list[tuple[MessageMeta, bytes | None]],
                      budget: Budget) -> list[Candidate]:
     out = []
@@ -1156,12 +1209,15 @@ def _runs(uids: list[int]) -> SequenceSet:
 
 def _seqsets_as_uids(key: SearchKey, view: View) -> SearchKey:
     """SEQSET keys as the UID ranges they name in this view, so the store can answer them;
-    RECENT, NEW and OLD as the UIDs whose \\Recent this session owns."""
+    `$` (SEARCHRES) as the saved UIDs still in the view; RECENT, NEW and OLD as the UIDs whose
+    \\Recent this session owns."""
     if key.name in ("RECENT", "NEW", "OLD"):
         mine = SearchKey("UID", (_runs(sorted(view.recent)),))
         if key.name == "NEW":
             return SearchKey("AND", (), (mine, SearchKey("UNSEEN")))
         return mine if key.name == "RECENT" else SearchKey("NOT", (), (mine,))
+    if key.name in ("SEQSET", "UID") and getattr(key.args[0], "saved", False):
+        return SearchKey("UID", (_runs(view.resolve(SequenceSet((), saved=True), True)),))
     if key.name == "SEQSET":
         seqset = key.args[0]
         assert isinstance(seqset, SequenceSet)
