@@ -62,6 +62,7 @@ from mailmux.protocol.imap.commands import (
     ListArgs,
     Login,
     MailboxArg,
+    QresyncParams,
     Rename,
     Search,
     SearchKey,
@@ -461,11 +462,14 @@ class Session:
 
     async def do_ENABLE(self, command: Command) -> Lines:
         assert isinstance(command.args, Enable)
-        newly = [c for c in command.args.capabilities if c in ("CONDSTORE", "UTF8=ACCEPT")
-                 and c not in self.enabled]
+        newly = [c for c in command.args.capabilities
+                 if c in ("CONDSTORE", "QRESYNC", "UTF8=ACCEPT") and c not in self.enabled]
+        condstore = {"CONDSTORE", "QRESYNC"} & set(newly)  # QRESYNC implies CONDSTORE
         highest = (await self._condstore_on()
-                   if "CONDSTORE" in newly and self.view is not None else [])
+                   if condstore and self.view is not None else [])
         self.enabled.update(newly)
+        if "QRESYNC" in newly and self.view is not None:
+            self.view.qresync = True
         return [untagged(Atom("ENABLED"), *[Atom(c) for c in newly]), *highest,
                 tagged(command.tag, "OK", "ENABLE completed")]
 
@@ -494,14 +498,17 @@ class Session:
         if self.view is not None:
             closed = [untagged_status("OK", "previous mailbox closed", "CLOSED")]
             self._unselect()
-        if args.condstore:
+        if args.qresync is not None and "QRESYNC" not in self.enabled:
+            return [*closed, tagged(command.tag, "BAD", "ENABLE QRESYNC first", "CLIENTBUG")]
+        if args.condstore or "QRESYNC" in self.enabled:
             self.enabled.add("CONDSTORE")
         state = await self.store.select_state(self.me, args.mailbox)
         info = state.info
         # Listen first: a change committed after the snapshot still wakes this view.
         feed = self.store.listen(info.id)
         view = View(info.id, info.name, readonly, info.uidvalidity, state.uids,
-                    modseq=info.highestmodseq, condstore="CONDSTORE" in self.enabled)
+                    modseq=info.highestmodseq, condstore="CONDSTORE" in self.enabled,
+                    qresync="QRESYNC" in self.enabled)
         claims = self.server.recent
         key = (info.id, info.uidvalidity)
         view.recent = set(claims.peek(key, view.uids) if readonly else claims.claim(key, view.uids))
@@ -527,8 +534,41 @@ class Session:
         ]
         if "CONDSTORE" in self.enabled:
             lines.append(untagged_status("OK", "highest", f"HIGHESTMODSEQ {info.highestmodseq}"))
+        if args.qresync is not None and args.qresync.uidvalidity == info.uidvalidity:
+            lines += await self._resync(args.qresync, info.uidnext)
         code = "READ-ONLY" if readonly else "READ-WRITE"
         return [*lines, tagged(command.tag, "OK", f"{command.name} completed", code)]
+
+    async def _resync(self, params: QresyncParams, uidnext: int) -> Lines:
+        """RFC 7162 3.2.5: what changed since the client's MODSEQ, as VANISHED (EARLIER) and
+        FETCH. Every expunge is remembered with its MODSEQ (the store's `expunged` table), so
+        the seq-match hint is not needed, and the cost is what changed, not the mailbox."""
+        view = self.selected
+        changes = await self.store.changes_since_modseq(self.me, view.mailbox_id, params.modseq)
+        largest = uidnext - 1
+        known = params.known_uids
+        gone = [u for u in changes.expunged
+                if u <= largest and (known is None or known.contains(u, largest))]
+        lines = [untagged(Atom("VANISHED"), Atom("(EARLIER)"),
+                          Atom(format_sequence_set(gone)))] if gone else []
+        for uid, flags, modseq in changes.changed:
+            seq = view.seq_of(uid)
+            if seq and modseq <= view.modseq:  # later ones reach the client as updates
+                lines.append(view.flags_response(uid, sorted(flags), modseq, with_uid=True,
+                                                 seq=seq))
+                view.reported(uid, modseq)
+        lines[:0] = self._announce_flags({f for _, flags, _ in changes.changed for f in flags})
+        return lines
+
+    async def _vanished_earlier(self, sequence: SequenceSet, since: int) -> Lines:
+        """UID FETCH ... (CHANGEDSINCE n VANISHED): the UIDs of the set expunged after n."""
+        view = self.selected
+        changes = await self.store.changes_since_modseq(self.me, view.mailbox_id, since)
+        largest = max(view.uids[-1] if view.uids else 0, max(changes.expunged, default=0))
+        gone = [u for u in changes.expunged if sequence.contains(u, largest)]
+        if not gone:
+            return []
+        return [untagged(Atom("VANISHED"), Atom("(EARLIER)"), Atom(format_sequence_set(gone)))]
 
     async def do_CREATE(self, command: Command) -> Lines:
         args = command.args
@@ -921,9 +961,14 @@ class Session:
             return [tagged(command.tag, "NO", f"at most {MAX_FETCH_BODY_ITEMS} body items and "
                            f"{MAX_FETCH_ITEMS} items in one FETCH", "LIMIT")]
         view = self.selected
+        if args.vanished and (not command.uid or "QRESYNC" not in self.enabled):
+            return [tagged(command.tag, "BAD", "VANISHED needs UID FETCH and ENABLE QRESYNC",
+                           "CLIENTBUG")]
         await self.send(await self.updates(allow_expunge=command.uid))
         uids = view.resolve(args.sequence, command.uid)
         attrs = args.attrs
+        if args.vanished and args.changed_since is not None:
+            await self.send(await self._vanished_earlier(args.sequence, args.changed_since))
         with_modseq = args.changed_since is not None
         if with_modseq or any(a.name == "MODSEQ" for a in attrs):
             await self.send(await self._condstore_on())

@@ -63,6 +63,8 @@ class Result:
             parts.append(b"MIN %d" % (hits[0] if self.sorted else min(hits)))
         if hits and "MAX" in self.options:
             parts.append(b"MAX %d" % (hits[-1] if self.sorted else max(hits)))
+        if "COUNT" in self.options:
+            parts.append(b"COUNT %d" % len(hits))
         if hits and "ALL" in self.options:
             parts.append(b"ALL " + fmt(hits).encode())
         if self.partial is not None:
@@ -70,8 +72,6 @@ class Result:
             part = partial_slice(hits, self.partial)
             shown = fmt(part).encode() if part else b"NIL"
             parts.append(b"PARTIAL (%d:%d %s)" % (low, high, shown))
-        if "COUNT" in self.options:
-            parts.append(b"COUNT %d" % len(hits))
         if self.modseq is not None:
             parts.append(b"MODSEQ %d" % self.modseq)
         return b" ".join(parts) + b"\r\n"
