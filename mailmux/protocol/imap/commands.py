@@ -151,12 +151,20 @@ class Rename:
 
 @dataclass(frozen=True)
 class ListArgs:
-    """LIST and LSUB. Extended LIST selection/return options are upper-cased atoms."""
+    """LIST and LSUB. Extended LIST (RFC 5258) selection/return options are upper-cased atoms.
+
+    `extended` is true when the command used the extended syntax (selection options, a
+    parenthesised pattern list or RETURN): the answer then follows RFC 5258 (no child
+    information unless asked, \\NonExistent). `status_items` are LIST-STATUS's RETURN
+    (STATUS (...)) items (RFC 5819); None when not asked.
+    """
 
     reference: str
     patterns: tuple[str, ...]
     select_options: tuple[str, ...] = ()
     return_options: tuple[str, ...] = ()
+    extended: bool = False
+    status_items: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -610,25 +610,71 @@ def _thread(r: _Reader) -> Thread:
     return Thread(algorithm, key, charset)
 
 
-def _list(r: _Reader) -> ListArgs:
+_LIST_SELECT = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
+_LIST_RETURN = {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"}
+MAX_LIST_PATTERNS = 100
+
+
+def _list_select(r: _Reader) -> tuple[str, ...]:
+    """RFC 5258 selection options; RECURSIVEMATCH needs a criterion to recurse on."""
+    select = r.paren_atoms()
+    unknown = set(select) - _LIST_SELECT
+    if unknown:
+        raise _Fail(f"unknown LIST selection option {sorted(unknown)[0]}")
+    if "RECURSIVEMATCH" in select and not set(select) - {"RECURSIVEMATCH", "REMOTE"}:
+        raise _Fail("RECURSIVEMATCH needs another selection option")
+    return select
+
+
+def _list_return(r: _Reader) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    """RFC 5258 return options, and LIST-STATUS's STATUS (items) (RFC 5819)."""
+    r.expect(b"(")
+    options: list[str] = []
+    status: tuple[str, ...] | None = None
+    while not r.take(b")"):
+        if options:
+            r.sp()
+        option = r.atom().upper()
+        if option not in _LIST_RETURN:
+            raise _Fail(f"unknown LIST return option {option}")
+        if option == "STATUS":
+            r.sp()
+            status = r.paren_atoms()
+            unknown = set(status) - _STATUS_ITEMS
+            if unknown or not status:
+                raise _Fail(f"unknown STATUS item {', '.join(sorted(unknown)) or '(none)'}")
+        options.append(option)
+    return tuple(options), status
+
+
+def _list(r: _Reader, name: str) -> ListArgs:
     r.sp()
     select: tuple[str, ...] = ()
+    extended = False
     if r.peek() == b"(":
-        select = r.paren_atoms()
+        select = _list_select(r)
+        extended = True
         r.sp()
     reference = r.list_mailbox() if r.peek() not in (b'"',) else r.text(r.string())
     r.sp()
     if r.take(b"("):
+        extended = True
         patterns = [r.list_mailbox()]
         while r.take(b" "):
+            if len(patterns) >= MAX_LIST_PATTERNS:
+                raise _Fail(f"at most {MAX_LIST_PATTERNS} LIST patterns", "LIMIT")
             patterns.append(r.list_mailbox())
         r.expect(b")")
     else:
         patterns = [r.list_mailbox()]
     returns: tuple[str, ...] = ()
+    status: tuple[str, ...] | None = None
     if r.take(b" RETURN "):
-        returns = r.paren_atoms()
-    return ListArgs(reference, tuple(patterns), select, returns)
+        extended = True
+        returns, status = _list_return(r)
+    if extended and name == "LSUB":
+        raise _Fail("LSUB takes no extended LIST syntax")
+    return ListArgs(reference, tuple(patterns), select, returns, extended, status)
 
 
 MAX_MULTIAPPEND = 1000
@@ -770,7 +816,7 @@ def _args(r: _Reader, name: str, uid: bool) -> Args:
         r.sp()
         return Rename(old, r.mailbox())
     if name in ("LIST", "LSUB"):
-        return _list(r)
+        return _list(r, name)
     if name == "STATUS":
         r.sp()
         mailbox = r.mailbox()
