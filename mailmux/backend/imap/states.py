@@ -40,6 +40,7 @@ CAPABILITIES: tuple[str, ...] = (
     "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
     "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT",
     "WITHIN", "UTF8=ACCEPT", "LIST-EXTENDED", "LIST-STATUS",
+    "CATENATE",
 )
 # Gateway-only (mailmux.protocol.imap.replay); the gateway never shows it to clients.
 CAPABILITIES += ("XREPLAY",)

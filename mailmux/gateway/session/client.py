@@ -52,6 +52,7 @@ BEFORE_LOGIN = (
     "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
     "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT", "WITHIN",
     "UTF8=ACCEPT", "LIST-EXTENDED", "LIST-STATUS",
+    "CATENATE",
 )
 GATEWAY_OWN = ("ID",)  # answered by the gateway in every state
 # Extensions a backend may offer that the gateway must not pass on, and why:
