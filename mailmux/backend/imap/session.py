@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, TypeVar
 from mailmux import metrics
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted
+from mailmux.backend.imap import catenate
 from mailmux.backend.imap import fetch as fetching
 from mailmux.backend.imap.budget import Budget, run_bounded
 from mailmux.backend.imap.contexts import Contexts, UpdateContext
@@ -104,6 +105,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Row = tuple[MessageMeta, bytes | None]  # a message and its body, as fetch_rows gives them
+AppendedMessage = tuple[tuple[str, ...], datetime | None, bytes, bool]  # flags, date, bytes, ~
 
 READ_SIZE = 64 * 1024
 UNAUTHENTICATED_MAX_LITERAL = 4 * 1024
@@ -667,6 +669,11 @@ class Session:
         args = command.args
         assert isinstance(args, Append)
         messages = [(args.flags, args.date, args.message, args.binary), *args.more]
+        if args.catenate:
+            try:
+                messages = await self._catenated(args, messages)
+            except MailboxNotFound:
+                return [tagged(command.tag, "NO", f"no mailbox {args.mailbox}", "TRYCREATE")]
         if any(len(m[2]) > self.config.max_message_size for m in messages):
             return [tagged(command.tag, "NO", "message too large", "TOOBIG")]
         for flags, _, message, _ in messages:
@@ -709,6 +716,20 @@ class Session:
         uids = format_sequence_set([uid for _, uid in assigned])
         return await self.ok(command, "APPEND completed",
                              f"APPENDUID {assigned[0][0]} {uids}")
+
+    async def _catenated(self, args: Append, messages: list[AppendedMessage]
+                         ) -> list[AppendedMessage]:
+        """CATENATE's messages put together; the target is checked first, so a missing one is
+        TRYCREATE whatever the URLs say, and every URL before anything is stored (MULTIAPPEND
+        is all or nothing)."""
+        await self.store.get_mailbox(self.me, args.mailbox)
+        out = []
+        for (flags, when, data, binary), parts in zip(messages, args.catenate, strict=True):
+            if parts is not None:
+                data = await catenate.assemble(self.store, self.me, parts,
+                                               self.config.max_message_size)
+            out.append((flags, when, data, binary))
+        return out
 
     async def do_IDLE(self, command: Command) -> Lines:
         await self.send([continuation("idling")])

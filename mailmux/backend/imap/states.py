@@ -41,6 +41,7 @@ CAPABILITIES: tuple[str, ...] = (
     "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT",
     "WITHIN", "UTF8=ACCEPT", "LIST-EXTENDED", "LIST-STATUS",
     "SEARCHRES", "CONTEXT=SEARCH", "CONTEXT=SORT", "QRESYNC",
+    "CATENATE",
 )
 # Gateway-only (mailmux.protocol.imap.replay); the gateway never shows it to clients.
 CAPABILITIES += ("XREPLAY",)

@@ -174,6 +174,14 @@ class StatusArgs:
 
 
 @dataclass(frozen=True)
+class CatenatePart:
+    """One part of a CATENATE (RFC 4469): a TEXT literal, or a URL naming (part of) a message."""
+
+    text: bytes | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
 class Append:
     mailbox: str
     flags: tuple[str, ...]
@@ -182,6 +190,10 @@ class Append:
     binary: bool = False  # sent as ~{n}
     # MULTIAPPEND (RFC 3502): the messages after the first, each (flags, date, bytes, binary)
     more: tuple[tuple[tuple[str, ...], datetime | None, bytes, bool], ...] = ()
+    # CATENATE (RFC 4469): when any message is catenated, one entry per message (the first,
+    # then `more`): its parts, or None for a message sent as a literal. A catenated message's
+    # `bytes` are empty until the server has put its parts together.
+    catenate: tuple[tuple[CatenatePart, ...] | None, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from mailmux.protocol.imap.commands import (
     Args,
     Authenticate,
     CancelUpdate,
+    CatenatePart,
     Command,
     CopyMove,
     Enable,
@@ -394,6 +395,19 @@ def _section(r: _Reader) -> Section:
     return Section(tuple(parts), text, fields)
 
 
+def parse_section(text: bytes) -> Section:
+    """A section spec on its own ("1.2.MIME", "HEADER.FIELDS (A B)"), as IMAP URLs carry
+    it (RFC 5092); ValueError when it is not one."""
+    r = _Reader(b"[" + text + b"]")
+    try:
+        section = _section(r)
+    except _Fail as exc:
+        raise ValueError(exc.message) from None
+    if r.pos != len(r.raw):
+        raise ValueError("text after the section")
+    return section
+
+
 def _fetch(r: _Reader) -> Fetch:
     r.sp()
     seq = r.sequence_set()
@@ -678,9 +692,33 @@ def _list(r: _Reader, name: str) -> ListArgs:
 
 
 MAX_MULTIAPPEND = 1000
+MAX_CATENATE_PARTS = 100
+_Message = tuple[tuple[str, ...], datetime | None, bytes, bool]
 
 
-def _append_message(r: _Reader) -> tuple[tuple[str, ...], datetime | None, bytes, bool]:
+def _catenate(r: _Reader) -> tuple[CatenatePart, ...]:
+    """CATENATE (TEXT literal / URL astring ...) (RFC 4469)."""
+    r.expect(b"(")
+    parts: list[CatenatePart] = []
+    while not r.take(b")"):
+        if parts:
+            r.sp()
+        if len(parts) >= MAX_CATENATE_PARTS:
+            raise _Fail(f"at most {MAX_CATENATE_PARTS} CATENATE parts", "LIMIT")
+        kind = r.atom().upper()
+        r.sp()
+        if kind == "TEXT":
+            parts.append(CatenatePart(text=r.literal()[0]))
+        elif kind == "URL":
+            parts.append(CatenatePart(url=r.astring().decode("ascii", "replace")))
+        else:
+            raise _Fail(f"unknown CATENATE part {kind}")
+    if not parts:
+        raise _Fail("empty CATENATE")
+    return tuple(parts)
+
+
+def _append_message(r: _Reader) -> tuple[_Message, tuple[CatenatePart, ...] | None]:
     flags: tuple[str, ...] = ()
     when = None
     if r.peek() == b"(":
@@ -689,21 +727,28 @@ def _append_message(r: _Reader) -> tuple[tuple[str, ...], datetime | None, bytes
     if r.peek() == b'"':
         when = r.date_time()
         r.sp()
+    if r.take(b"CATENATE "):
+        return (flags, when, b"", False), _catenate(r)
     data, binary = r.literal()
-    return flags, when, data, binary
+    return (flags, when, data, binary), None
 
 
 def _append(r: _Reader) -> Append:
     r.sp()
     mailbox = r.mailbox()
     r.sp()
-    flags, when, data, binary = _append_message(r)
-    more: list[tuple[tuple[str, ...], datetime | None, bytes, bool]] = []
+    (flags, when, data, binary), parts = _append_message(r)
+    more: list[_Message] = []
+    catenate = [parts]
     while r.take(b" "):  # MULTIAPPEND (RFC 3502)
         if len(more) >= MAX_MULTIAPPEND:
             raise _Fail(f"at most {MAX_MULTIAPPEND + 1} messages in one APPEND", "LIMIT")
-        more.append(_append_message(r))
-    return Append(mailbox, flags, when, data, binary, tuple(more))
+        message, parts = _append_message(r)
+        more.append(message)
+        catenate.append(parts)
+    if all(p is None for p in catenate):
+        catenate = []
+    return Append(mailbox, flags, when, data, binary, tuple(more), tuple(catenate))
 
 
 def _id(r: _Reader) -> Id:
