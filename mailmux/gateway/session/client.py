@@ -52,6 +52,8 @@ BEFORE_LOGIN = (
     "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
     "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT", "WITHIN",
     "UTF8=ACCEPT", "LIST-EXTENDED", "LIST-STATUS",
+    "SEARCHRES", "CONTEXT=SEARCH", "CONTEXT=SORT", "QRESYNC",
+    "CATENATE",
 )
 GATEWAY_OWN = ("ID",)  # answered by the gateway in every state
 # Extensions a backend may offer that the gateway must not pass on, and why:
