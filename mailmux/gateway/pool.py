@@ -28,7 +28,7 @@ import dns.resolver
 from mailmux.backend.control.client import query
 from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.health import HealthBook
-from mailmux.gateway.selection import Address, Candidate
+from mailmux.gateway.selection import Address, Candidate, order
 from mailmux.gateway.session.heartbeat import Heartbeat
 from mailmux.gateway.session.metrics import FailoverMetrics
 from mailmux.protocol.control.codec import NONCE_SIZE, ControlError, ReplayCache, decode, encode
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 SRV_PREFIX = "_mailmux._udp."
 MIN_SRV_TTL = 5.0
 MAX_CACHED_USERS = 10_000
+CHOSEN_FOR = 5.0  # seconds a homeless user's chosen node is kept for the user's next logins
 
 
 def parse_endpoint(text: str) -> Address:
@@ -74,6 +75,10 @@ class Pool:
         self._control_of: dict[str, Address] = {}
         # user -> (expiry, answers): a client's several connections share one fan-out.
         self._answers: dict[str, tuple[float, list[Answer]]] = {}
+        # user → (node, until): the node chosen for a user whose answers named no home yet.
+        # Logins that come together (a client opening 3 to 5 connections) all go there; that node
+        # claims the lease at the first login and the answers name it from then on.
+        self._chosen: dict[str, tuple[str, float]] = {}
         # node -> {session token: when placed}: sessions this gateway placed there that are still
         # open. A cached answer's load is stale by exactly those placed after it was asked; without
         # them p2c and least-load herd onto one node for a whole TTL.
@@ -201,13 +206,30 @@ class Pool:
             # Better a node that was slow a moment ago than refusing the user outright.
             log.info("discovery: only quarantined members serve %s; trying them", user)
             candidates = quarantined
-        home = _home(answers)
+        home = _home(answers) or self._choose(user, candidates, policy)
         candidates = [replace(c, home=c.node_id == home) for c in candidates]
         log.info(
             "discovery: %s served by %s",
             user, ", ".join(f"{c.node_id}(load {c.load:.1f})" for c in candidates) or "nobody",
         )
         return candidates
+
+    def _choose(self, user: str, candidates: list[Candidate], policy: str) -> str:
+        """No live home: the least-loaded candidate (by the policy), the same one for every
+        login of the user until the lease shows in the answers."""
+        now = time.monotonic()
+        chosen = self._chosen.get(user)
+        ids = {c.node_id for c in candidates}
+        if chosen is not None and chosen[1] > now and chosen[0] in ids:
+            return chosen[0]
+        if not candidates:
+            return ""
+        if len(self._chosen) >= MAX_CACHED_USERS:
+            self._chosen = {u: c for u, c in self._chosen.items() if c[1] > now}
+        node = order(candidates, policy)[0].node_id
+        if len(self._chosen) < MAX_CACHED_USERS:
+            self._chosen[user] = (node, now + CHOSEN_FOR)
+        return node
 
     async def _recent_answers(self, user: str, policy: str) -> tuple[list[Answer], float]:
         """The user's discovery answers and when they were asked (possibly from the cache)."""
@@ -284,6 +306,7 @@ class Pool:
     def failed(self, node_id: str, error: str) -> None:
         self.health.failed(node_id, error)
         self._answers.clear()  # loads and homes may have moved: ask afresh
+        self._chosen = {u: c for u, c in self._chosen.items() if c[0] != node_id}
         if self.health.is_quarantined(node_id):
             log.warning("pool: %s failed twice (%s); left out until it answers again",
                         node_id, error)
@@ -292,6 +315,7 @@ class Pool:
     def hung(self, node_id: str, error: str) -> None:
         self.health.quarantine(node_id, error)
         self._answers.clear()  # loads and homes may have moved: ask afresh
+        self._chosen = {u: c for u, c in self._chosen.items() if c[0] != node_id}
         self._ensure_prober()
 
     def succeeded(self, node_id: str) -> None:

@@ -148,10 +148,14 @@ class Proposer:
     def majority(self) -> int:
         return len(self.nodes) // 2 + 1
 
-    def claim(self, user: str, now: float) -> list[tuple[str, LeaseRequest]]:
-        """Start a round for `user`: a renewal if we hold it, else a claim at a higher epoch."""
+    def claim(self, user: str, now: float, *, same_term: bool = False
+              ) -> list[tuple[str, LeaseRequest]]:
+        """Start a round for `user`: a renewal if we hold it, else a claim at a higher epoch.
+        `same_term` renews at our epoch even after the lease lapsed: acceptors grant that only
+        if nobody was granted a higher epoch meanwhile, so a majority of grants shows no other
+        term began between (see Acceptor._grantable)."""
         state = self.claims.setdefault(user, _Claim())
-        if not self.holds(user, now):
+        if not self.holds(user, now) and not (same_term and state.epoch > 0):
             state.epoch = max(state.epoch, state.seen_epoch) + 1
         state.round += 1
         state.sent = now

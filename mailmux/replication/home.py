@@ -53,13 +53,21 @@ class Fence:
     users: tuple[str, ...]
     epochs: dict[str, int] = field(default_factory=dict)
 
-    def valid(self) -> bool:
-        if self.leases is None:
+    async def confirm(self) -> bool:
+        """Still the home of every user, in the same term? A lease that lapsed meanwhile (a
+        slow renewal under load) is renewed in the same term if no other term began."""
+        leases = self.leases
+        if leases is None:
             return True
-        now = time.monotonic()
-        proposer = self.leases.proposer
-        return all(proposer.holds(u, now) and proposer.epoch(u) == e
-                   for u, e in self.epochs.items())
+        for user, epoch in self.epochs.items():
+            if leases.proposer.epoch(user) != epoch:
+                return False
+            if not leases.proposer.holds(user, time.monotonic()):
+                await leases.renew_term(user)
+            if not (leases.proposer.holds(user, time.monotonic())
+                    and leases.proposer.epoch(user) == epoch):
+                return False
+        return True
 
 
 class HomeLeases:
@@ -187,9 +195,19 @@ class HomeLeases:
                                   "are refused until it can (reads still work)")
             await asyncio.sleep(RETRY)  # retry pacing while a holder hands over or expires
 
-    async def _round(self, user: str) -> tuple[list[dict[str, int]], int]:
+    async def renew_term(self, user: str) -> None:
+        lock = self._locks.setdefault(user, asyncio.Lock())
+        async with lock:
+            if self.proposer.holds(user, time.monotonic()):
+                return
+            log.info("home: %s's lease on %s lapsed during a change; renewing the term",
+                     self.node, user)
+            await self._round(user, same_term=True)
+
+    async def _round(self, user: str, *, same_term: bool = False
+                     ) -> tuple[list[dict[str, int]], int]:
         """One claim or renewal round: the granters' log positions, how many answered."""
-        requests = self.proposer.claim(user, time.monotonic())
+        requests = self.proposer.claim(user, time.monotonic(), same_term=same_term)
         answers = await asyncio.gather(*(self._request(dest, req) for dest, req in requests))
         granted: list[dict[str, int]] = []
         for answer in answers:

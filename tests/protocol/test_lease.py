@@ -79,14 +79,15 @@ class LeaseModel(RuleBasedStateMachine):
 
     # rules -------------------------------------------------------------------------------
 
-    @rule(data=st.data(), user=st.sampled_from(USERS))
-    def claim(self, data: st.DataObject, user: str) -> None:
+    @rule(data=st.data(), user=st.sampled_from(USERS), same_term=st.booleans())
+    def claim(self, data: st.DataObject, user: str, same_term: bool) -> None:
         live = self._live()
         if not live:
             return
         node = data.draw(st.sampled_from(live))
         assert node.proposer is not None
-        self._send(node, node.proposer.claim(user, node.local(self.now)))
+        # same_term: a lapsed holder renewing its old term (granted only if none began since)
+        self._send(node, node.proposer.claim(user, node.local(self.now), same_term=same_term))
 
     @rule()
     def renew_due(self) -> None:

@@ -73,7 +73,7 @@ T = TypeVar("T")
 class Fence(Protocol):
     """The home lease a change runs under (replication/home.py)."""
 
-    def valid(self) -> bool: ...
+    async def confirm(self) -> bool: ...
 log = logging.getLogger(__name__)
 READ_DRAIN_TIMEOUT = 10.0  # seconds closing waits for running reads
 SEEN = "\\Seen"
@@ -353,7 +353,7 @@ class SqliteStore:
         if seq and self.copies_hook is not None:
             try:
                 await self.copies_hook(body, seq)
-                if fence is not None and not fence.valid():
+                if fence is not None and not await fence.confirm():
                     # Deposed while the copies were made (a hang, a partition): another home
                     # may have used the same UIDs by now, so this change must not stand.
                     raise Unavailable("this server lost the mailbox's home role during the "
