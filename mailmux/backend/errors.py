@@ -39,6 +39,10 @@ class Unavailable(ServerError):
     imap_code = "UNAVAILABLE"
 
 
+class NoMajority(Unavailable):
+    """This server cannot reach a majority of the pool; changes are refused until it can"""
+
+
 class MailboxNotFound(ClientError):
     """No such mailbox"""
 

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mailmux.backend.errors import Unavailable
+from mailmux.backend.errors import NoMajority, Unavailable
 from mailmux.protocol.lease import Acceptor, LeaseAnswer, LeaseRelease, LeaseRequest, Proposer
 from mailmux.protocol.peer.session import PeerAuthError
 
@@ -191,8 +191,11 @@ class HomeLeases:
                     log.warning("home: no majority for %s; committing without a lease "
                                 "(degrade = true)", user)
                     return None
-                raise Unavailable("this server cannot reach a majority of the pool; changes "
-                                  "are refused until it can (reads still work)")
+                if cut_off_since is not None:
+                    raise NoMajority("this server cannot reach a majority of the pool; "
+                                     "changes are refused until it can (reads still work)")
+                raise Unavailable("the mailbox's home server did not hand over in time; "
+                                  "try again")
             await asyncio.sleep(RETRY)  # retry pacing while a holder hands over or expires
 
     async def renew_term(self, user: str) -> None:

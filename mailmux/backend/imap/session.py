@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from mailmux import metrics
 from mailmux.backend.config import BackendConfig
-from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted, Unavailable
+from mailmux.backend.errors import BackendError, MailboxNotFound, NoMajority, NotPermitted
 from mailmux.backend.imap import catenate
 from mailmux.backend.imap import fetch as fetching
 from mailmux.backend.imap.budget import Budget, run_bounded
@@ -1120,7 +1120,7 @@ class Session:
         try:
             result = await self.store.store_flags(self.me, view.mailbox_id, unseen, "add",
                                                   ["\\Seen"])
-        except Unavailable:
+        except NoMajority:
             # A node cut off from the pool's majority still serves reads: BODY[] then
             # behaves like BODY.PEEK[] (the change could not be made safely).
             return rows
