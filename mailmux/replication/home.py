@@ -91,6 +91,7 @@ class HomeLeases:
         self._links: dict[str, Channel] = {}
         self._link_locks: dict[str, asyncio.Lock] = {}
         self.positions: Callable[[], Awaitable[dict[str, int]]] = replicator.store.positions
+        self._lapsed: set[str] = set()  # users whose lapse was logged
         self.claims = 0  # successful claim rounds (a new term here), for status and tests
 
     # answers for WHO and status ----------------------------------------------------------------
@@ -257,6 +258,13 @@ class HomeLeases:
                     continue
                 if self.proposer.due(user, now):
                     self.replicator._spawn(self._renew(user))
+                if self.proposer.holds(user, now):
+                    self._lapsed.discard(user)
+                elif self.ready.get(user) == self.proposer.epoch(user) and \
+                        user not in self._lapsed:
+                    self._lapsed.add(user)
+                    log.warning("home: %s's lease on %s lapsed: renewals got no majority in "
+                                "time", self.node, user)
 
     async def _renew(self, user: str) -> None:
         lock = self._locks.setdefault(user, asyncio.Lock())

@@ -745,9 +745,11 @@ class SqliteStore:
     ) -> AppendResult:
         mailbox_id, owner = mailbox[0], mailbox[1]
         conn = tx.conn
-        # A user's UIDs come from the user's home, in order; a board's (no home) from this
-        # node's residue class.
-        slot, pool = self.uid_slot if owner == BOARD_OWNER else (0, 1)
+        # A user's UIDs come from the user's home, in order; a board's (no home), or any
+        # when no home lease is in force (a store used without replication's hooks), from
+        # this node's residue class.
+        homed = owner != BOARD_OWNER and self.home_hook is not None
+        slot, pool = (0, 1) if homed else self.uid_slot
         modseq = self.clock.now()
         (uid,) = conn.execute(
             "UPDATE mailboxes SET uidnext = uidnext + ((? - uidnext % ?) % ? + ?) % ? + 1, "
