@@ -206,7 +206,9 @@ class Pool:
             # Better a node that was slow a moment ago than refusing the user outright.
             log.info("discovery: only quarantined members serve %s; trying them", user)
             candidates = quarantined
-        home = _home(answers) or self._choose(user, candidates, policy)
+        home = _home(answers)
+        if not home and any(a.reply.leased for a in answers):
+            home = self._choose(user, candidates, policy)
         candidates = [replace(c, home=c.node_id == home) for c in candidates]
         log.info(
             "discovery: %s served by %s",
@@ -239,9 +241,7 @@ class Pool:
         if ttl > 0 and cached is not None and cached[0] > now:
             return cached[1], cached[0] - ttl
         answers = await self.ask(user, stop_at_first_yes=policy == "first-responder")
-        # Answers naming no home are not kept: the node a session lands on claims the lease
-        # at login, and the user's next sessions must find it there.
-        if ttl > 0 and any(a.reply.serves for a in answers) and _home(answers):
+        if ttl > 0 and any(a.reply.serves for a in answers):
             if len(self._answers) >= MAX_CACHED_USERS:
                 self._answers = {u: c for u, c in self._answers.items() if c[0] > now}
             if len(self._answers) < MAX_CACHED_USERS:

@@ -179,6 +179,7 @@ class ControlServer:
                 load=self.meter.score(),
                 home=home[0] if home else "",
                 epoch=float(home[1]) if home else 0.0,
+                leased=self.home_of is not None,
             )
         if isinstance(request, LoadRequest):
             snapshot = self.meter.snapshot()

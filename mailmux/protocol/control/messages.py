@@ -32,6 +32,7 @@ class WhoReply:
     load: float  # LoadMeter.score(): lower is better
     home: str = ""  # the user's home (lease holder) as this node knows it; "" if none
     epoch: float = 0.0  # that lease's epoch (the highest answer names the current home)
+    leased: bool = False  # the node runs home leases (a replicated pool): route to one node
 
 
 @dataclass(frozen=True)
