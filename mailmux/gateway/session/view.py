@@ -34,6 +34,9 @@ class MailboxView:
     flags: dict[int, bytes] = field(default_factory=dict)  # UID → flags the client was shown
     gone: set[int] = field(default_factory=set)  # UIDs the client saw expunged
     confused: bool = False  # a response the map cannot follow: the view is no longer exact
+    # No None in uids[:known]: `unknown` (asked after every command) scans only from there, so
+    # a command costs what is new, not what the mailbox holds. UIDs are only ever filled in.
+    known: int = field(default=0, compare=False, repr=False)
 
     @property
     def exists(self) -> int:
@@ -41,7 +44,14 @@ class MailboxView:
 
     def unknown(self) -> list[int]:
         """Sequence numbers whose UID the gateway does not know yet."""
-        return [i + 1 for i, uid in enumerate(self.uids) if uid is None]
+        uids = self.uids
+        try:
+            first = uids.index(None, min(self.known, len(uids)))
+        except ValueError:
+            self.known = len(uids)
+            return []
+        self.known = first
+        return [i + 1 for i in range(first, len(uids)) if uids[i] is None]
 
     def seq_of(self, uid: int) -> int | None:
         try:
@@ -59,12 +69,15 @@ class MailboxView:
             if n < len(self.uids):
                 self.confused = True  # EXISTS may not shrink the mailbox
                 del self.uids[n:]
+                self.known = min(self.known, n)
             self.uids.extend([None] * (n - len(self.uids)))
         elif (n := response.expunge) is not None:
             if not 1 <= n <= len(self.uids):
                 self.confused = True
                 return
             uid = self.uids.pop(n - 1)
+            if n <= self.known:
+                self.known -= 1
             if uid is not None:
                 self.gone.add(uid)
                 self.flags.pop(uid, None)
@@ -88,6 +101,7 @@ class MailboxView:
             for uid in known:
                 self.flags.pop(uid, None)
             self.uids = [u for u in self.uids if u not in dropped]
+            self.known = 0
         elif (v := response.uidvalidity) is not None:
             self.uidvalidity = v
         elif (u := response.uidnext) is not None:
