@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, TypeVar
 from mailmux import metrics
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted
-from mailmux.backend.imap import catenate
+from mailmux.backend.imap import catenate, notify
 from mailmux.backend.imap import fetch as fetching
 from mailmux.backend.imap.budget import Budget, run_bounded
 from mailmux.backend.imap.listing import format_listed, list_responses, listed
+from mailmux.backend.imap.notify import Notifier
 from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING, State
 from mailmux.backend.imap.view import View
 from mailmux.backend.message.limits import check_keywords, check_structure
@@ -61,6 +62,7 @@ from mailmux.protocol.imap.commands import (
     ListArgs,
     Login,
     MailboxArg,
+    Notify,
     Rename,
     Search,
     SearchKey,
@@ -145,6 +147,9 @@ class Session:
         self.failed_logins = 0
         self.tls = False
         self.started = asyncio.get_running_loop().time()
+        self.notifier: Notifier | None = None  # NOTIFY SET in force (RFC 5465)
+        self.woken = asyncio.Event()  # set by the store after a commit, while NOTIFY is on
+        self.idling = False
 
     # I/O ------------------------------------------------------------------------------------
 
@@ -165,7 +170,7 @@ class Session:
             if isinstance(event, NeedData):
                 try:
                     async with asyncio.timeout(self._timeout()):
-                        data = await self.reader.read(READ_SIZE)
+                        data = await self._read()
                 except TimeoutError:
                     reason = ("login timeout" if self.state is State.NOT_AUTHENTICATED
                               else "autologout, idle for too long")
@@ -180,6 +185,48 @@ class Session:
                 await self.send([continuation("Ready for literal data")])
                 continue
             return event
+
+    async def _read(self) -> bytes:
+        """Client bytes; with NOTIFY on, events that happen meanwhile are sent as they come
+        (between commands only: never inside a command the client is still sending)."""
+        if self.notifier is None or self.framer.in_command or self.idling:
+            return await self.reader.read(READ_SIZE)
+        read = asyncio.ensure_future(self.reader.read(READ_SIZE))
+        try:
+            while True:
+                wake = asyncio.ensure_future(self.woken.wait())
+                await asyncio.wait({read, wake}, return_when=asyncio.FIRST_COMPLETED)
+                if read.done():
+                    wake.cancel()
+                    return read.result()
+                await self.send(await self._notifications())
+        finally:
+            if not read.done():
+                read.cancel()  # a read waiting for data has taken none: nothing is lost
+
+    def _committed(self) -> None:
+        self.woken.set()
+
+    async def _notifications(self) -> Lines:
+        """NOTIFY: what changed since the last report, for the selected mailbox (when a
+        SELECTED group asks) and for the others the groups name."""
+        notifier = self.notifier
+        self.woken.clear()
+        if notifier is None:
+            return []
+        lines: Lines = []
+        group = notifier.selected_group()
+        if self.view is not None and group is not None:
+            lines += await self.updates(allow_expunge=group.filter == "SELECTED")
+        infos = await self.store.list_mailboxes(self.me)
+        subscriptions = await self.store.subscriptions(self.me)
+        selected = self.view.mailbox_id if self.view is not None else None
+        return lines + notifier.changes(infos, subscriptions, selected)
+
+    def _notify_off(self) -> None:
+        if self.notifier is not None and self._committed in self.store.commit_hooks:
+            self.store.commit_hooks.remove(self._committed)
+        self.notifier = None
 
     # main loop ----------------------------------------------------------------------------
 
@@ -459,6 +506,29 @@ class Session:
         return [untagged(Atom("ENABLED"), *[Atom(c) for c in newly]), *highest,
                 tagged(command.tag, "OK", "ENABLE completed")]
 
+    async def do_NOTIFY(self, command: Command) -> Lines:
+        args = command.args
+        assert isinstance(args, Notify)
+        if args.groups is None:
+            self._notify_off()
+            return await self.ok(command, "NOTIFY completed")
+        bad = notify.unsupported(args)
+        if bad:
+            return [tagged(command.tag, "NO", f"events not supported: {' '.join(bad)}",
+                           f"BADEVENT ({' '.join(notify.SUPPORTED_EVENTS)})")]
+        if any(fetching.needs_body(g.fetch_attrs) for g in args.groups):
+            return [tagged(command.tag, "BAD", "MessageNew takes FLAGS, UID, INTERNALDATE, "
+                           "RFC822.SIZE and MODSEQ only", "CLIENTBUG")]
+        self._notify_off()
+        notifier = Notifier(args, "UTF8=ACCEPT" in self.enabled)
+        infos = await self.store.list_mailboxes(self.me)
+        subscriptions = await self.store.subscriptions(self.me)
+        selected = self.view.mailbox_id if self.view is not None else None
+        lines = notifier.start(infos, subscriptions, selected, args.status)
+        self.notifier = notifier
+        self.store.commit_hooks.append(self._committed)
+        return await self.ok(command, "NOTIFY completed", before=lines)
+
     async def do_NAMESPACE(self, command: Command) -> Lines:
         return [untagged(Atom("NAMESPACE"), [["", "/"]], None, [["Boards/", "/"]]),
                 tagged(command.tag, "OK", "NAMESPACE completed")]
@@ -680,7 +750,8 @@ class Session:
 
     async def do_IDLE(self, command: Command) -> Lines:
         await self.send([continuation("idling")])
-        await self.send(await self.updates())
+        await self.send(await self._idle_updates())
+        self.idling = True
         reader = asyncio.ensure_future(self.next_event())
         try:
             while True:
@@ -689,7 +760,13 @@ class Session:
                 if self.feed is not None:
                     feed_wait = asyncio.ensure_future(self.feed.get())
                     waiters.add(feed_wait)  # type: ignore[arg-type]
+                woken: asyncio.Task[bool] | None = None
+                if self.notifier is not None:  # NOTIFY: other mailboxes' events too
+                    woken = asyncio.ensure_future(self.woken.wait())
+                    waiters.add(woken)  # type: ignore[arg-type]
                 done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if woken is not None and woken not in done:
+                    woken.cancel()
                 if feed_wait is not None:
                     if feed_wait in done:
                         assert self.feed is not None
@@ -698,8 +775,9 @@ class Session:
                         feed_wait.cancel()
                 if reader in done:
                     break
-                await self.send(await self.updates())
+                await self.send(await self._idle_updates())
         finally:
+            self.idling = False
             if not reader.done():
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Closed):
@@ -708,6 +786,13 @@ class Session:
         if not isinstance(event, CommandBytes) or event.raw.strip().upper() != b"DONE":
             return [tagged(command.tag, "BAD", "expected DONE", "CLIENTBUG")]
         return await self.ok(command, "IDLE terminated")
+
+    async def _idle_updates(self) -> Lines:
+        if self.notifier is None:
+            return await self.updates()
+        # the selected mailbox's updates are IDLE's own, whatever the NOTIFY groups say
+        lines = await self.updates()
+        return lines + await self._notifications()
 
     # selected -----------------------------------------------------------------------------
 

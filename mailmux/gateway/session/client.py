@@ -20,7 +20,7 @@ from mailmux import metrics
 from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.connector import BackendSession, connect
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
-from mailmux.gateway.responses import Response, Spill, read_response
+from mailmux.gateway.responses import Response, ResponseTooLarge, Spill, read_response
 from mailmux.gateway.session import prelogin
 from mailmux.gateway.session import relay as relaying
 from mailmux.gateway.session.heartbeat import Registration
@@ -62,7 +62,6 @@ DENIED_PREFIXES = (
     "AUTH=",  # authentication happens at the gateway (AUTH=PLAIN, offered before login)
     "COMPRESS=",  # a compressed stream could no longer be framed, tracked or replayed
     "XREPLAY",  # the gateway's own replay ids (pool-internal), never the client's
-    "NOTIFY",  # events arrive between commands, when the gateway is not reading the backend
     "UNAUTHENTICATE",  # would leave the gateway logged in with another user's failover state
 )
 
@@ -94,6 +93,10 @@ class ClientSession:
         self.backend: BackendSession | None = None
         self.password: str | None = None  # kept for failover logins; never logged
         self.enabled: list[bytes] = []  # ENABLE arguments, replayed after failover
+        # NOTIFY SET in force ("NOTIFY SET ...\r\n", restored after failover): the backend
+        # is read between commands too, and its events passed on as they come.
+        self.notify: bytes | None = None
+        self.pending: asyncio.Task[bytes] | None = None  # that read (of a first line)
         self.view: MailboxView | None = None
         self.tls = False
         self.idling = False
@@ -119,6 +122,7 @@ class ClientSession:
 
     def use(self, backend: BackendSession) -> None:
         """Serve from this backend from now on, with its node watched for hangs."""
+        self.drop_pending()
         self.backend = backend
         if self.watch is not None:
             self.watch.cancel()
@@ -126,7 +130,13 @@ class ClientSession:
             backend.node_id, backend.candidate.control, backend.abort
         )
 
+    def drop_pending(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
+
     async def drop_backend(self) -> None:
+        self.drop_pending()
         if self.watch is not None:
             self.watch.cancel()
             self.watch = None
@@ -208,7 +218,9 @@ class ClientSession:
         except OSError as exc:
             raise ClientGone(f"writing to the client: {exc!r}") from exc
 
-    async def next_client_event(self) -> CommandBytes | FramingError:
+    async def next_client_event(self, events: bool = False) -> CommandBytes | FramingError:
+        """The client's next command; with `events` (between commands, NOTIFY on), what the
+        backend says meanwhile is passed on as it comes."""
         if self.queued:
             return self.queued.popleft()
         while True:
@@ -216,7 +228,8 @@ class ClientSession:
             if isinstance(event, NeedData):
                 try:
                     async with asyncio.timeout(self._login_deadline()):
-                        data = await self.reader.read(READ_SIZE)
+                        data = await (self._read_relaying_events() if events
+                                      else self.reader.read(READ_SIZE))
                 except TimeoutError:
                     with contextlib.suppress(OSError):
                         await self.send(b"* BYE login timeout\r\n")
@@ -232,6 +245,65 @@ class ClientSession:
                 await self.send(b"+ Ready for literal data\r\n")
                 continue
             return event
+
+    async def _read_relaying_events(self) -> bytes:
+        read = asyncio.ensure_future(self.reader.read(READ_SIZE))
+        try:
+            while self.notify is not None and self.backend is not None \
+                    and not self.framer.in_command:
+                if self.pending is None:
+                    self.pending = asyncio.ensure_future(self.backend.reader.readuntil(b"\n"))
+                pending = self.pending
+                await asyncio.wait({read, pending}, return_when=asyncio.FIRST_COMPLETED)
+                if read.done() and not pending.done():
+                    break
+                self.pending = None
+                if not await self._relay_event(pending):
+                    break
+            return await read
+        finally:
+            if not read.done():
+                read.cancel()  # a read waiting for data has taken none: nothing is lost
+
+    async def _relay_event(self, done: asyncio.Task[bytes]) -> bool:
+        """Pass on one unsolicited response; False when the backend is gone (the next
+        command fails over and restores NOTIFY)."""
+        backend = self.backend
+        assert backend is not None
+        try:
+            response = await read_response(backend.reader, self.config.max_message_size,
+                                           first=done.result())
+        except asyncio.LimitOverrunError:
+            response = await read_response(backend.reader, self.config.max_message_size)
+        except (ConnectionError, asyncio.IncompleteReadError, ResponseTooLarge) as exc:
+            log.info("imap %s (%s): backend lost between commands: %r", self.peer, self.user,
+                     exc)
+            backend.abort(f"lost between commands: {exc!r}")
+            return False
+        if self.watch is not None:
+            self.watch.heard()
+        if response.raw.startswith(b"* BYE") or not response.raw.startswith(b"* "):
+            log.warning("imap %s (%s): unexpected between commands: %r", self.peer,
+                        self.user, response.raw[:80])
+            backend.abort("unexpected response between commands")
+            return False
+        if self.view is not None:
+            self.view.observe(response)
+        await self.send(response.raw)
+        return True
+
+    async def _pending_line(self) -> bytes | None:
+        """The first line the read begun between commands took, if it took one; a read
+        still waiting is cancelled, which takes nothing from the stream."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return None
+        if not pending.done():
+            pending.cancel()
+            await asyncio.wait({pending})
+        if pending.cancelled() or isinstance(pending.exception(), asyncio.LimitOverrunError):
+            return None
+        return pending.result()
 
     def _login_deadline(self) -> float | None:
         if self.user is not None:
@@ -259,6 +331,10 @@ class ClientSession:
         loop = asyncio.get_running_loop()
         watch = self.watch
         try:
+            first = await self._pending_line()
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            raise BackendLost(backend.lost or f"{backend.node_id}: {exc!r}") from exc
+        try:
             async with asyncio.timeout(timeout) as deadline:
                 def progress() -> None:
                     if timeout is not None:
@@ -273,7 +349,8 @@ class ClientSession:
                     progress()
 
                 return await read_response(backend.reader, self.config.max_message_size,
-                                           progress, paused if spill is not None else None)
+                                           progress, paused if spill is not None else None,
+                                           first)
         except TimeoutError as exc:
             raise BackendLost(f"{backend.node_id} did not answer in time") from exc
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -295,7 +372,7 @@ class ClientSession:
                         .encode())
         try:
             while True:
-                event = await self.next_client_event()
+                event = await self.next_client_event(events=True)
                 if isinstance(event, FramingError):
                     await self.framing_error(event)
                     continue
