@@ -53,6 +53,7 @@ from mailmux.protocol.imap.commands import (
     Append,
     Authenticate,
     Command,
+    Compress,
     CopyMove,
     Enable,
     Expunge,
@@ -73,6 +74,7 @@ from mailmux.protocol.imap.commands import (
     Store,
     Thread,
 )
+from mailmux.protocol.imap.compress import CompressError, Deflater, Inflater
 from mailmux.protocol.imap.errors import ParseError
 from mailmux.protocol.imap.framing import (
     CommandBytes,
@@ -147,6 +149,8 @@ class Session:
         self.failed_logins = 0
         self.tls = False
         self.started = asyncio.get_running_loop().time()
+        self.inflater: Inflater | None = None  # COMPRESS=DEFLATE (RFC 4978) is on
+        self.deflater: Deflater | None = None
         self.notifier: Notifier | None = None  # NOTIFY SET in force (RFC 5465)
         self.woken = asyncio.Event()  # set by the store after a commit, while NOTIFY is on
         self.idling = False
@@ -155,8 +159,32 @@ class Session:
 
     async def send(self, lines: Lines) -> None:
         if lines:
-            self.writer.write(b"".join(lines))
+            data = b"".join(lines)
+            self.writer.write(self.deflater.compress(data) if self.deflater else data)
             await self.writer.drain()
+
+    async def _recv(self) -> bytes:
+        """Socket bytes, decompressed when COMPRESS is on: at most one bounded piece at a
+        time (compress.py), so a decompression bomb meets the framer's caps piece by piece.
+        Takes nothing from the socket if cancelled while waiting."""
+        inflater = self.inflater
+        if inflater is None:
+            return await self.reader.read(READ_SIZE)
+        while True:
+            if inflater.pending:
+                piece = self._inflate(inflater)
+                if piece:
+                    return piece
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                return b""
+            inflater.feed(data)
+
+    def _inflate(self, inflater: Inflater) -> bytes:
+        try:
+            return inflater.read()
+        except CompressError as exc:
+            raise Closed(str(exc)) from None
 
     def _timeout(self) -> float:
         if self.state is State.NOT_AUTHENTICATED:
@@ -180,6 +208,8 @@ class Session:
                     raise Closed("client closed the connection")
                 self.framer.receive_data(data)
                 quickack(self.writer)
+                if self.inflater is not None and self.inflater.pending:
+                    await asyncio.sleep(0)  # a long expansion still lets others run
                 continue
             if isinstance(event, LiteralContinue):
                 await self.send([continuation("Ready for literal data")])
@@ -190,8 +220,8 @@ class Session:
         """Client bytes; with NOTIFY on, events that happen meanwhile are sent as they come
         (between commands only: never inside a command the client is still sending)."""
         if self.notifier is None or self.framer.in_command or self.idling:
-            return await self.reader.read(READ_SIZE)
-        read = asyncio.ensure_future(self.reader.read(READ_SIZE))
+            return await self._recv()
+        read = asyncio.ensure_future(self._recv())
         try:
             while True:
                 wake = asyncio.ensure_future(self.woken.wait())
@@ -505,6 +535,20 @@ class Session:
         self.enabled.update(newly)
         return [untagged(Atom("ENABLED"), *[Atom(c) for c in newly]), *highest,
                 tagged(command.tag, "OK", "ENABLE completed")]
+
+    async def do_COMPRESS(self, command: Command) -> Lines:
+        args = command.args
+        assert isinstance(args, Compress)
+        if args.mechanism != "DEFLATE":
+            return [tagged(command.tag, "BAD", f"unknown mechanism {args.mechanism}",
+                           "CLIENTBUG")]
+        if self.deflater is not None:
+            return [tagged(command.tag, "NO", "already compressing", "COMPRESSIONACTIVE")]
+        await self.send([tagged(command.tag, "OK", "DEFLATE active")])
+        self.deflater, self.inflater = Deflater(), Inflater()
+        # whatever followed the command was compressed already
+        self.inflater.feed(self.framer.take_buffered())
+        return []
 
     async def do_NOTIFY(self, command: Command) -> Lines:
         args = command.args

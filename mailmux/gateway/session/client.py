@@ -26,6 +26,7 @@ from mailmux.gateway.session import relay as relaying
 from mailmux.gateway.session.heartbeat import Registration
 from mailmux.gateway.session.states import Input, SessionState, step
 from mailmux.gateway.session.view import MailboxView
+from mailmux.protocol.imap.compress import CompressError, Deflater, Inflater
 from mailmux.protocol.imap.errors import ParseError
 from mailmux.protocol.imap.framing import (
     CommandBytes,
@@ -52,15 +53,15 @@ BEFORE_LOGIN = (
     "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
     "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT", "WITHIN",
     "UTF8=ACCEPT", "LIST-EXTENDED", "LIST-STATUS",
-    "CATENATE",
+    "CATENATE", "COMPRESS=DEFLATE", "NOTIFY",
 )
-GATEWAY_OWN = ("ID",)  # answered by the gateway in every state
+GATEWAY_OWN = ("ID", "COMPRESS=DEFLATE")  # answered by the gateway itself
 # Extensions a backend may offer that the gateway must not pass on, and why:
 DENIED_PREFIXES = (
     "STARTTLS",  # TLS is between the client and the gateway, handled locally before login
     "LOGINDISABLED",  # login happens at the gateway, which always accepts it
     "AUTH=",  # authentication happens at the gateway (AUTH=PLAIN, offered before login)
-    "COMPRESS=",  # a compressed stream could no longer be framed, tracked or replayed
+    "COMPRESS=",  # node links stay plain; the gateway offers COMPRESS to clients itself
     "XREPLAY",  # the gateway's own replay ids (pool-internal), never the client's
     "UNAUTHENTICATE",  # would leave the gateway logged in with another user's failover state
 )
@@ -96,6 +97,8 @@ class ClientSession:
         # NOTIFY SET in force ("NOTIFY SET ...\r\n", restored after failover): the backend
         # is read between commands too, and its events passed on as they come.
         self.notify: bytes | None = None
+        self.inflater: Inflater | None = None  # COMPRESS=DEFLATE with the client is on
+        self.deflater: Deflater | None = None
         self.pending: asyncio.Task[bytes] | None = None  # that read (of a first line)
         self.view: MailboxView | None = None
         self.tls = False
@@ -213,10 +216,44 @@ class ClientSession:
     async def send(self, data: bytes) -> None:
         """Write to the client. Its failure is the client's: it ends this session, nothing else."""
         try:
-            self.writer.write(data)
+            self.writer.write(self.deflater.compress(data) if self.deflater else data)
             await self.writer.drain()
         except OSError as exc:
             raise ClientGone(f"writing to the client: {exc!r}") from exc
+
+    async def _recv(self) -> bytes:
+        """Client bytes, decompressed a bounded piece at a time when COMPRESS is on (so the
+        framer's caps meet a decompression bomb piece by piece). Takes nothing from the
+        socket if cancelled while waiting."""
+        inflater = self.inflater
+        if inflater is None:
+            return await self.reader.read(READ_SIZE)
+        while True:
+            if inflater.pending:
+                try:
+                    piece = inflater.read()
+                except CompressError as exc:
+                    raise ClientGone(str(exc)) from None
+                if piece:
+                    return piece
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                return b""
+            inflater.feed(data)
+
+    async def compress(self, tag: bytes, raw: bytes) -> bool:
+        """COMPRESS DEFLATE (RFC 4978) between the client and the gateway; the gateway still
+        frames the plain commands, and its links to nodes stay as they are."""
+        words = raw.split()
+        if len(words) != 3 or words[2].upper() != b"DEFLATE":
+            await self.send(tag + b" BAD [CLIENTBUG] COMPRESS DEFLATE is the one mechanism\r\n")
+        elif self.deflater is not None:
+            await self.send(tag + b" NO [COMPRESSIONACTIVE] already compressing\r\n")
+        else:
+            await self.send(tag + b" OK DEFLATE active\r\n")
+            self.deflater, self.inflater = Deflater(), Inflater()
+            self.inflater.feed(self.framer.take_buffered())
+        return True
 
     async def next_client_event(self, events: bool = False) -> CommandBytes | FramingError:
         """The client's next command; with `events` (between commands, NOTIFY on), what the
@@ -229,7 +266,7 @@ class ClientSession:
                 try:
                     async with asyncio.timeout(self._login_deadline()):
                         data = await (self._read_relaying_events() if events
-                                      else self.reader.read(READ_SIZE))
+                                      else self._recv())
                 except TimeoutError:
                     with contextlib.suppress(OSError):
                         await self.send(b"* BYE login timeout\r\n")
@@ -240,6 +277,8 @@ class ClientSession:
                     raise ClientGone("the client closed the connection")
                 self.framer.receive_data(data)
                 quickack(self.writer)
+                if self.inflater is not None and self.inflater.pending:
+                    await asyncio.sleep(0)  # a long expansion still lets others run
                 continue
             if isinstance(event, LiteralContinue):
                 await self.send(b"+ Ready for literal data\r\n")
@@ -247,7 +286,7 @@ class ClientSession:
             return event
 
     async def _read_relaying_events(self) -> bytes:
-        read = asyncio.ensure_future(self.reader.read(READ_SIZE))
+        read = asyncio.ensure_future(self._recv())
         try:
             while self.notify is not None and self.backend is not None \
                     and not self.framer.in_command:
@@ -404,6 +443,8 @@ class ClientSession:
                 # another of its commands.
                 await self.send(tag + b" BAD [CLIENTBUG] unknown command XREPLAY\r\n")
                 return True
+            if tag is not None and name == "COMPRESS":
+                return await self.compress(tag, raw)
             if tag is not None and name not in prelogin.LOCAL_BEFORE_LOGIN:
                 return await self.relay(tag, raw, name)
         try:

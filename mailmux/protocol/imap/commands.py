@@ -269,9 +269,17 @@ class Notify:
     status: bool = False
 
 
+@dataclass(frozen=True)
+class Compress:
+    """COMPRESS (RFC 4978); `mechanism` upper-cased (DEFLATE is the one defined)."""
+
+    mechanism: str
+
+
 Args = (
     NoArgs | Login | Authenticate | MailboxArg | Rename | ListArgs | StatusArgs | Append
     | Search | Sort | Thread | Fetch | Store | CopyMove | Expunge | Id | Enable | Notify
+    | Compress
 )
 
 

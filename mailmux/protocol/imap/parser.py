@@ -18,6 +18,7 @@ from mailmux.protocol.imap.commands import (
     Authenticate,
     CatenatePart,
     Command,
+    Compress,
     CopyMove,
     Enable,
     Expunge,
@@ -886,6 +887,9 @@ def _args(r: _Reader, name: str, uid: bool) -> Args:
         return _id(r)
     if name == "NOTIFY":
         return _notify(r)
+    if name == "COMPRESS":
+        r.sp()
+        return Compress(r.atom().upper())
     if name == "ENABLE":
         caps: list[str] = []
         while r.take(b" "):
