@@ -16,6 +16,7 @@ from mailmux.protocol.imap.commands import (
     Append,
     Args,
     Authenticate,
+    CancelUpdate,
     CatenatePart,
     Command,
     Compress,
@@ -31,6 +32,7 @@ from mailmux.protocol.imap.commands import (
     NoArgs,
     Notify,
     NotifyGroup,
+    QresyncParams,
     Rename,
     Search,
     SearchKey,
@@ -295,7 +297,9 @@ class _Reader:
             return None
         return self.nz_number()
 
-    def sequence_set(self) -> SequenceSet:
+    def sequence_set(self, saved_ok: bool = True) -> SequenceSet:
+        if saved_ok and self.take(b"$"):
+            return SequenceSet((), saved=True)  # SEARCHRES: the saved result, as a whole set
         ranges: list[SeqRange] = []
         while True:
             low = self.seq_number()
@@ -430,11 +434,13 @@ def _fetch(r: _Reader) -> Fetch:
         else:
             attrs.append(_fetch_att(r))
     changed_since = None
+    vanished = False
     if r.take(b" ("):
         r.expect(b"CHANGEDSINCE ")
         changed_since = r.number()
+        vanished = r.take(b" VANISHED")
         r.expect(b")")
-    return Fetch(seq, tuple(attrs), changed_since)
+    return Fetch(seq, tuple(attrs), changed_since, vanished)
 
 
 def _store(r: _Reader) -> Store:
@@ -473,7 +479,7 @@ def _search_key(r: _Reader, charset: str) -> SearchKey:
             r.expect(b")")
             return SearchKey("AND", (), tuple(children))
         c = r.peek()
-        if c == b"*" or c.isdigit():
+        if c == b"*" or c == b"$" or c.isdigit():
             return SearchKey("SEQSET", (r.sequence_set(),))
         word = r.atom().upper()
         if word in _SEARCH_FLAG_KEYS:
@@ -511,11 +517,50 @@ def _search_key(r: _Reader, charset: str) -> SearchKey:
         r.depth -= 1
 
 
+_SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT",
+                            "PARTIAL"})
+_PARTIAL = re.compile(r"(\d{1,10}):(\d{1,10})")
+
+
+def _return_options(r: _Reader, allowed: frozenset[str]
+                    ) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """RETURN (...) of SEARCH/SORT: the option atoms, and PARTIAL's range (RFC 5267 4.4)."""
+    r.expect(b"(")
+    options: list[str] = []
+    partial: tuple[int, int] | None = None
+    while not r.take(b")"):
+        if options:
+            r.sp()
+        word = r.atom().upper()
+        if word not in allowed:
+            raise _Fail(f"unknown RETURN option {word}")
+        if word in options:
+            raise _Fail(f"RETURN option {word} given twice")
+        options.append(word)
+        if word == "PARTIAL":
+            r.sp()
+            partial = _partial_range(r.atom())
+    if partial is not None and "ALL" in options:
+        raise _Fail("RETURN PARTIAL conflicts with ALL")
+    return tuple(options), partial
+
+
+def _partial_range(text: str) -> tuple[int, int]:
+    match = _PARTIAL.fullmatch(text)
+    if match is None:
+        raise _Fail("PARTIAL needs a range like 1:100")
+    low, high = sorted((int(match.group(1)), int(match.group(2))))
+    if low == 0 or high > 0xFFFFFFFF:
+        raise _Fail("PARTIAL range out of bounds")
+    return low, high
+
+
 def _search(r: _Reader) -> Search:
     r.sp()
     return_options: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
     if r.take(b"RETURN "):
-        return_options = r.paren_atoms()
+        return_options, partial = _return_options(r, _SEARCH_RETURN)
         r.sp()
     charset = None
     if r.take(b"CHARSET "):
@@ -526,23 +571,22 @@ def _search(r: _Reader) -> Search:
     keys = [_search_key(r, charset or "UTF-8")]
     while r.take(b" "):
         keys.append(_search_key(r, charset or "UTF-8"))
-    return Search(SearchKey("AND", (), tuple(keys)), charset, return_options)
+    return Search(SearchKey("AND", (), tuple(keys)), charset, return_options, partial)
 
 
 _SORT_CRITERIA = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM",
                   "DISPLAYTO"}
 
 
-_ESORT_OPTIONS = {"MIN", "MAX", "ALL", "COUNT"}
+_ESORT_OPTIONS = _SEARCH_RETURN
 
 
 def _sort(r: _Reader) -> Sort:
     r.sp()
     return_options: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
     if r.take(b"RETURN "):
-        return_options = r.paren_atoms()
-        if set(return_options) - _ESORT_OPTIONS:
-            raise _Fail(f"unknown SORT RETURN option in {' '.join(return_options)}")
+        return_options, partial = _return_options(r, _ESORT_OPTIONS)
         r.sp()
     words = r.paren_atoms()
     criteria: list[tuple[bool, str]] = []
@@ -559,7 +603,7 @@ def _sort(r: _Reader) -> Sort:
         raise _Fail("sort criteria must end with a key")
     r.sp()
     charset, key = _charset_and_program(r)
-    return Sort(tuple(criteria), key, charset, return_options)
+    return Sort(tuple(criteria), key, charset, return_options, partial)
 
 
 def _charset_and_program(r: _Reader) -> tuple[str, SearchKey]:
@@ -821,16 +865,53 @@ def _mailbox_arg(r: _Reader, name: str) -> MailboxArg:
     r.sp()
     mailbox = r.mailbox()
     if name in ("SELECT", "EXAMINE") and r.take(b" "):
-        params = r.paren_atoms()
-        if set(params) - {"CONDSTORE"}:
-            raise _Fail(f"unknown SELECT parameter {params}")
-        return MailboxArg(mailbox, condstore=True)
+        return _select_params(r, mailbox)
     if name == "CREATE" and r.take(b" "):
         r.expect(b"(USE ")
         uses = r.flag_list()
         r.expect(b")")
         return MailboxArg(mailbox, special_use=uses)
     return MailboxArg(mailbox)
+
+
+def _select_params(r: _Reader, mailbox: str) -> MailboxArg:
+    """(CONDSTORE) and/or (QRESYNC (...)) after SELECT/EXAMINE's mailbox (RFC 7162)."""
+    r.expect(b"(")
+    condstore = False
+    qresync: QresyncParams | None = None
+    while not r.take(b")"):
+        if condstore or qresync is not None:
+            r.sp()
+        word = r.atom().upper()
+        if word == "CONDSTORE" and not condstore:
+            condstore = True
+        elif word == "QRESYNC" and qresync is None:
+            r.sp()
+            qresync = _qresync(r)
+        else:
+            raise _Fail(f"unknown or repeated SELECT parameter {word}")
+    return MailboxArg(mailbox, condstore=condstore, qresync=qresync)
+
+
+def _qresync(r: _Reader) -> QresyncParams:
+    r.expect(b"(")
+    uidvalidity = r.nz_number()
+    r.sp()
+    modseq = r.number()
+    if modseq == 0 or modseq >= 2**63:
+        raise _Fail("QRESYNC mod-sequence out of range")
+    known: SequenceSet | None = None
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+    if r.take(b" ") and r.peek() != b"(":
+        known = r.sequence_set(saved_ok=False)
+        r.take(b" ")
+    if r.take(b"("):
+        seqs = r.sequence_set(saved_ok=False)
+        r.sp()
+        seq_match = (seqs, r.sequence_set(saved_ok=False))
+        r.expect(b")")
+    r.expect(b")")
+    return QresyncParams(uidvalidity, modseq, known, seq_match)
 
 
 def _args(r: _Reader, name: str, uid: bool) -> Args:
@@ -890,6 +971,13 @@ def _args(r: _Reader, name: str, uid: bool) -> Args:
     if name == "COMPRESS":
         r.sp()
         return Compress(r.atom().upper())
+    if name == "CANCELUPDATE":
+        tags = []
+        while r.take(b" "):
+            tags.append(r.text(r.astring()))
+        if not tags:
+            raise _Fail("CANCELUPDATE needs a tag")
+        return CancelUpdate(tuple(tags))
     if name == "ENABLE":
         caps: list[str] = []
         while r.take(b" "):
