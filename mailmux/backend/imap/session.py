@@ -823,11 +823,6 @@ class Session:
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
         options = args.return_options
-        if options is not None and "UPDATE" in options and {"MIN", "MAX", "PARTIAL"} & set(
-                options):
-            view.saved = [] if "SAVE" in options else view.saved  # RFC 5182 2.1: failed
-            return [*before, tagged(command.tag, "NO", "UPDATE goes with ALL and COUNT only",
-                                    "CANNOT")]
         if _uses_modseq(args.key):
             before += await self._condstore_on()
         try:
@@ -854,11 +849,12 @@ class Session:
         lines = [*before, *self._returned(command, options, uids, hits, sort=False,
                                           partial=args.partial, modseq=highest)]
         if "UPDATE" in options:
+            # RFC 5267 4.3.1: a context the server will not keep is refused with NOUPDATE;
+            # MIN, MAX and PARTIAL would need more than ADDTO/REMOVEFROM of members.
             key = _seqsets_as_uids(args.key, view)
-            if not self.contexts.add(UpdateContext(command.tag, command.uid, key, set(uids),
-                                                   view.modseq)):
-                lines.append(untagged_status("NO", "too many updates",
-                                             f"NOUPDATE {quote(command.tag).decode()}"))
+            if {"MIN", "MAX", "PARTIAL"} & set(options) or not self.contexts.add(
+                    UpdateContext(command.tag, command.uid, key, set(uids), view.modseq)):
+                lines.append(_noupdate(command.tag))
         return [*lines, tagged(command.tag, "OK", "SEARCH completed")]
 
     def _returned(self, command: Command, options: tuple[str, ...], uids: list[int],
@@ -957,10 +953,6 @@ class Session:
         assert isinstance(args, Sort)
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
-        if args.return_options is not None and "UPDATE" in args.return_options:
-            # Positions in a sorted result would need every member's sort key kept current.
-            return [*before, tagged(command.tag, "NO", "SORT RETURN (UPDATE) is not supported",
-                                    "CANNOT")]
         found = sorted(await self._search_uids(args.key))
         candidates = [c for chunk in await self._over_bodies(found, _sort_candidates)
                       for c in chunk]
@@ -972,6 +964,10 @@ class Session:
         else:
             lines = self._returned(command, args.return_options, ordered, hits, sort=True,
                                    partial=args.partial, modseq=None)
+            if "UPDATE" in args.return_options:
+                # Positions in a sorted result would need every member's sort key kept
+                # current: refused as RFC 5267 4.3.1 allows, the answer itself is complete.
+                lines.append(_noupdate(command.tag))
         return [*before, *lines, tagged(command.tag, "OK", "SORT completed")]
 
     async def do_THREAD(self, command: Command) -> Lines:
@@ -1238,6 +1234,10 @@ class _Output:
                 return
         pending.append(b")\r\n")
         await self.add(b"".join(pending))
+
+
+def _noupdate(tag: str) -> bytes:
+    return untagged_status("NO", "no updates for this result", f"NOUPDATE {quote(tag).decode()}")
 
 
 def _sort_candidates(rows: list[tuple[MessageMeta, bytes | None]],
