@@ -121,6 +121,7 @@ MAX_FETCH_ITEMS = 100
 OUTPUT_CHUNK = 64 * 1024  # bytes of responses written (and drained) at a time
 SEARCH_CHECK_CHUNK = 256
 _ROW_FIELDS = ("seq", "uid", "flags", "modseq")  # messages a SEARCH reads and checks at a time
+_METADATA_CRITERIA = frozenset({"ARRIVAL", "SIZE"})  # SORT keys read from the row alone
 
 Lines = list[bytes]
 
@@ -954,8 +955,11 @@ class Session:
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
         found = sorted(await self._search_uids(args.key))
-        candidates = [c for chunk in await self._over_bodies(found, _sort_candidates)
-                      for c in chunk]
+        if all(name in _METADATA_CRITERIA for _, name in args.criteria):
+            candidates = await self._metadata_candidates(found)
+        else:
+            candidates = [c for chunk in await self._over_bodies(found, _sort_candidates)
+                          for c in chunk]
         # Sorting many messages is CPU work: never on the event loop.
         ordered = await asyncio.to_thread(sort_order, candidates, args.criteria)
         hits = ordered if command.uid else [view.seq_of(u) for u in ordered]
@@ -969,6 +973,17 @@ class Session:
                 # current: refused as RFC 5267 4.3.1 allows, the answer itself is complete.
                 lines.append(_noupdate(command.tag))
         return [*before, *lines, tagged(command.tag, "OK", "SORT completed")]
+
+    async def _metadata_candidates(self, uids: list[int]) -> list[Candidate]:
+        """ARRIVAL and SIZE need no message content: rows without bodies, nothing parsed."""
+        view = self.selected
+        empty = ParsedMessage.from_bytes(b"")
+        out: list[Candidate] = []
+        for start in range(0, len(uids), FETCH_CHUNK):
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               uids[start:start + FETCH_CHUNK])
+            out += [Candidate(meta.uid, meta, empty) for meta, _ in rows]
+        return out
 
     async def do_THREAD(self, command: Command) -> Lines:
         args = command.args
@@ -1240,12 +1255,20 @@ def _noupdate(tag: str) -> bytes:
     return untagged_status("NO", "no updates for this result", f"NOUPDATE {quote(tag).decode()}")
 
 
+def _head(raw: bytes | None) -> Part:
+    """The message's header alone, parsed: SORT and THREAD keys are header fields, and a
+    message's MIME structure (every part of a big attachment) need not be split for them."""
+    data = raw or b""
+    ends = [i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := data.find(sep)) >= 0]
+    return ParsedMessage.from_bytes(data[:min(ends)] if ends else data)
+
+
 def _sort_candidates(rows: list[tuple[MessageMeta, bytes | None]],
                      budget: Budget) -> list[Candidate]:
     out = []
     for meta, raw in rows:
         budget.check()
-        out.append(Candidate(meta.uid, meta, ParsedMessage.from_bytes(raw or b"")))
+        out.append(Candidate(meta.uid, meta, _head(raw)))
     return out
 
 
@@ -1254,7 +1277,7 @@ def _thread_inputs(rows: list[tuple[MessageMeta, bytes | None]],
     out = []
     for meta, raw in rows:
         budget.check()
-        msg = ParsedMessage.from_bytes(raw or b"")
+        msg = _head(raw)
         references = message_ids(msg.text("references")) or message_ids(
             msg.text("in-reply-to"))[:1]
         own = message_ids(msg.text("message-id"))

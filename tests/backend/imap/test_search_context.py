@@ -105,3 +105,17 @@ def test_update_contexts_are_capped(node: NodeProcess) -> None:
         sorted_ = one.run("SORT RETURN (UPDATE ALL) (DATE) UTF-8 ALL")
         assert sorted_[0].endswith("ALL 1") and "NOUPDATE" in sorted_[1]
         assert "NOUPDATE" in one.run("SEARCH RETURN (UPDATE MIN) ALL")[1]
+
+
+def test_sort_keys_come_from_the_header_alone() -> None:
+    from mailmux.backend.imap.session import _head
+
+    boundary = b"b1"
+    raw = (b"Subject: Re: big\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n"
+           + b"".join(b"--%s\r\nContent-Type: text/plain\r\n\r\npart %d\r\n" % (boundary, i)
+                      for i in range(50)) + b"--b1--\r\n")
+    head = _head(raw)
+    assert head.text("subject") == "Re: big"
+    assert not head.children  # the 50 parts were never split
+    assert _head(b"Subject: only a header\n").text("subject") == "only a header"
+    assert _head(None).text("subject") is None
