@@ -42,6 +42,7 @@ from mailmux.backend.message.search import SearchContext, matches
 from mailmux.backend.message.sort import Candidate, sent_time, sort_order
 from mailmux.backend.message.threading import ThreadInput, format_threads, message_ids, thread
 from mailmux.backend.store.interface import (
+    INLINE_ROWS,
     AppendResult,
     FlagChange,
     MailboxInfo,
@@ -167,9 +168,14 @@ class Session:
         return self.config.idle_timeout
 
     async def next_event(self) -> CommandBytes | FramingError:
+        incomplete = False
         while True:
             event = self.framer.next_event()
             if isinstance(event, NeedData):
+                if incomplete:
+                    # A part of a command (a literal without its closing CRLF, say) will get
+                    # no answer to carry our ACK: ACK it now. A whole command's answer does.
+                    quickack(self.writer)
                 try:
                     async with asyncio.timeout(self._timeout()):
                         data = await self.reader.read(READ_SIZE)
@@ -181,7 +187,7 @@ class Session:
                 if not data:
                     raise Closed("client closed the connection")
                 self.framer.receive_data(data)
-                quickack(self.writer)
+                incomplete = True
                 continue
             if isinstance(event, LiteralContinue):
                 await self.send([continuation("Ready for literal data")])
@@ -1024,8 +1030,8 @@ class Session:
         with_body = fetching.needs_body(attrs)
         template = fetching.light_template(attrs, with_uid=command.uid, with_modseq=with_modseq)
         if template is not None and not mark_seen:
-            await self._fetch_light(template, uids, args.changed_since)
-            return [tagged(command.tag, "OK", "FETCH completed")]
+            last = await self._fetch_light(template, uids, args.changed_since)
+            return [*last, tagged(command.tag, "OK", "FETCH completed")]
         out = _Output(self)
         for start in range(0, len(uids), FETCH_CHUNK):
             rows = await self.store.fetch_rows(self.me, view.mailbox_id,
@@ -1053,28 +1059,32 @@ class Session:
         return dataclasses.replace(meta, flags=meta.flags | {"\\Recent"})
 
     async def _fetch_light(self, template: tuple[str, tuple[str, ...]], uids: list[int],
-                           changed_since: int | None) -> None:
+                           changed_since: int | None) -> Lines:
+        """Sends every chunk but the last, which it returns: a small FETCH leaves in one write
+        with its tagged OK."""
         view = self.selected
+        pending: Lines = []
         line, fields = template
         pick = operator.itemgetter(*(_ROW_FIELDS.index(f) for f in fields))
         known = view.uids
         recent = view.recent
         for start in range(0, len(uids), FETCH_CHUNK):
+            await self.send(pending)
+            pending = []
             chunk = uids[start:start + FETCH_CHUNK]
             first = view.seq_of(chunk[0])
             # SQLite knows nothing of \Recent: look at the chunk's UIDs, never all of `recent`
             no_recent = not recent or not any(u in recent for u in chunk)
-            if (changed_since is None and no_recent
+            if (changed_since is None and no_recent and len(chunk) > INLINE_ROWS
                     and view.seq_of(chunk[-1]) - first == len(chunk) - 1):
                 # A gapless stretch of the view (1:* is one): SQLite writes the lines.
                 made = await self.store.flag_lines(view.mailbox_id, chunk, first, fields)
                 if made is not None:
-                    await self.send([made])
+                    pending = [made]
                     continue
             rows = await self.store.flag_rows(self.me, view.mailbox_id, chunk)
             if "flags" in fields:
-                await self.send(self._announce_flags(
-                    {f for _, text, _ in rows for f in text.split()}))
+                pending = self._announce_flags({f for _, text, _ in rows for f in text.split()})
             out = []
             i = -1
             for uid, flags, modseq in rows:
@@ -1086,7 +1096,8 @@ class Session:
                 if i >= len(known) or known[i] != uid:
                     i = bisect.bisect_left(known, uid)
                 out.append(line % pick((i + 1, uid, flags, modseq)))
-            await self.send(["".join(out).encode()])  # a chunk at a time, drained
+            pending.append("".join(out).encode())  # a chunk at a time, drained
+        return pending
 
     async def _fetch_bodies(self, with_uid: bool, with_modseq: bool,
                             attrs: tuple[FetchAttr, ...], metas: list[MessageMeta],
