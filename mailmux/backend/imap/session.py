@@ -43,6 +43,7 @@ from mailmux.backend.message.search import SearchContext, matches
 from mailmux.backend.message.sort import Candidate, sent_time, sort_order
 from mailmux.backend.message.threading import ThreadInput, format_threads, message_ids, thread
 from mailmux.backend.store.interface import (
+    INLINE_ROWS,
     AppendResult,
     FlagChange,
     MailboxInfo,
@@ -125,6 +126,7 @@ MAX_FETCH_ITEMS = 100
 OUTPUT_CHUNK = 64 * 1024  # bytes of responses written (and drained) at a time
 SEARCH_CHECK_CHUNK = 256
 _ROW_FIELDS = ("seq", "uid", "flags", "modseq")  # messages a SEARCH reads and checks at a time
+_METADATA_CRITERIA = frozenset({"ARRIVAL", "SIZE"})  # SORT keys read from the row alone
 
 Lines = list[bytes]
 
@@ -199,9 +201,14 @@ class Session:
         return self.config.idle_timeout
 
     async def next_event(self) -> CommandBytes | FramingError:
+        incomplete = False
         while True:
             event = self.framer.next_event()
             if isinstance(event, NeedData):
+                if incomplete:
+                    # A part of a command (a literal without its closing CRLF, say) will get
+                    # no answer to carry our ACK: ACK it now. A whole command's answer does.
+                    quickack(self.writer)
                 try:
                     async with asyncio.timeout(self._timeout()):
                         data = await self._read()
@@ -213,7 +220,7 @@ class Session:
                 if not data:
                     raise Closed("client closed the connection")
                 self.framer.receive_data(data)
-                quickack(self.writer)
+                incomplete = True
                 if self.inflater is not None and self.inflater.pending:
                     await asyncio.sleep(0)  # a long expansion still lets others run
                 continue
@@ -952,11 +959,6 @@ class Session:
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
         options = args.return_options
-        if options is not None and "UPDATE" in options and {"MIN", "MAX", "PARTIAL"} & set(
-                options):
-            view.saved = [] if "SAVE" in options else view.saved  # RFC 5182 2.1: failed
-            return [*before, tagged(command.tag, "NO", "UPDATE goes with ALL and COUNT only",
-                                    "CANNOT")]
         if _uses_modseq(args.key):
             before += await self._condstore_on()
         try:
@@ -983,11 +985,12 @@ class Session:
         lines = [*before, *self._returned(command, options, uids, hits, sort=False,
                                           partial=args.partial, modseq=highest)]
         if "UPDATE" in options:
+            # RFC 5267 4.3.1: a context the server will not keep is refused with NOUPDATE;
+            # MIN, MAX and PARTIAL would need more than ADDTO/REMOVEFROM of members.
             key = _seqsets_as_uids(args.key, view)
-            if not self.contexts.add(UpdateContext(command.tag, command.uid, key, set(uids),
-                                                   view.modseq)):
-                lines.append(untagged_status("NO", "too many updates",
-                                             f"NOUPDATE {quote(command.tag).decode()}"))
+            if {"MIN", "MAX", "PARTIAL"} & set(options) or not self.contexts.add(
+                    UpdateContext(command.tag, command.uid, key, set(uids), view.modseq)):
+                lines.append(_noupdate(command.tag))
         return [*lines, tagged(command.tag, "OK", "SEARCH completed")]
 
     def _returned(self, command: Command, options: tuple[str, ...], uids: list[int],
@@ -1086,13 +1089,12 @@ class Session:
         assert isinstance(args, Sort)
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
-        if args.return_options is not None and "UPDATE" in args.return_options:
-            # Positions in a sorted result would need every member's sort key kept current.
-            return [*before, tagged(command.tag, "NO", "SORT RETURN (UPDATE) is not supported",
-                                    "CANNOT")]
         found = sorted(await self._search_uids(args.key))
-        candidates = [c for chunk in await self._over_bodies(found, _sort_candidates)
-                      for c in chunk]
+        if all(name in _METADATA_CRITERIA for _, name in args.criteria):
+            candidates = await self._metadata_candidates(found)
+        else:
+            candidates = [c for chunk in await self._over_bodies(found, _sort_candidates)
+                          for c in chunk]
         # Sorting many messages is CPU work: never on the event loop.
         ordered = await asyncio.to_thread(sort_order, candidates, args.criteria)
         hits = ordered if command.uid else [view.seq_of(u) for u in ordered]
@@ -1101,7 +1103,22 @@ class Session:
         else:
             lines = self._returned(command, args.return_options, ordered, hits, sort=True,
                                    partial=args.partial, modseq=None)
+            if "UPDATE" in args.return_options:
+                # Positions in a sorted result would need every member's sort key kept
+                # current: refused as RFC 5267 4.3.1 allows, the answer itself is complete.
+                lines.append(_noupdate(command.tag))
         return [*before, *lines, tagged(command.tag, "OK", "SORT completed")]
+
+    async def _metadata_candidates(self, uids: list[int]) -> list[Candidate]:
+        """ARRIVAL and SIZE need no message content: rows without bodies, nothing parsed."""
+        view = self.selected
+        empty = ParsedMessage.from_bytes(b"")
+        out: list[Candidate] = []
+        for start in range(0, len(uids), FETCH_CHUNK):
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               uids[start:start + FETCH_CHUNK])
+            out += [Candidate(meta.uid, meta, empty) for meta, _ in rows]
+        return out
 
     async def do_THREAD(self, command: Command) -> Lines:
         args = command.args
@@ -1142,8 +1159,8 @@ class Session:
         with_body = fetching.needs_body(attrs)
         template = fetching.light_template(attrs, with_uid=command.uid, with_modseq=with_modseq)
         if template is not None and not mark_seen:
-            await self._fetch_light(template, uids, args.changed_since)
-            return [tagged(command.tag, "OK", "FETCH completed")]
+            last = await self._fetch_light(template, uids, args.changed_since)
+            return [*last, tagged(command.tag, "OK", "FETCH completed")]
         out = _Output(self)
         for start in range(0, len(uids), FETCH_CHUNK):
             rows = await self.store.fetch_rows(self.me, view.mailbox_id,
@@ -1171,28 +1188,32 @@ class Session:
         return dataclasses.replace(meta, flags=meta.flags | {"\\Recent"})
 
     async def _fetch_light(self, template: tuple[str, tuple[str, ...]], uids: list[int],
-                           changed_since: int | None) -> None:
+                           changed_since: int | None) -> Lines:
+        """Sends every chunk but the last, which it returns: a small FETCH leaves in one write
+        with its tagged OK."""
         view = self.selected
+        pending: Lines = []
         line, fields = template
         pick = operator.itemgetter(*(_ROW_FIELDS.index(f) for f in fields))
         known = view.uids
         recent = view.recent
         for start in range(0, len(uids), FETCH_CHUNK):
+            await self.send(pending)
+            pending = []
             chunk = uids[start:start + FETCH_CHUNK]
             first = view.seq_of(chunk[0])
             # SQLite knows nothing of \Recent: look at the chunk's UIDs, never all of `recent`
             no_recent = not recent or not any(u in recent for u in chunk)
-            if (changed_since is None and no_recent
+            if (changed_since is None and no_recent and len(chunk) > INLINE_ROWS
                     and view.seq_of(chunk[-1]) - first == len(chunk) - 1):
                 # A gapless stretch of the view (1:* is one): SQLite writes the lines.
                 made = await self.store.flag_lines(view.mailbox_id, chunk, first, fields)
                 if made is not None:
-                    await self.send([made])
+                    pending = [made]
                     continue
             rows = await self.store.flag_rows(self.me, view.mailbox_id, chunk)
             if "flags" in fields:
-                await self.send(self._announce_flags(
-                    {f for _, text, _ in rows for f in text.split()}))
+                pending = self._announce_flags({f for _, text, _ in rows for f in text.split()})
             out = []
             i = -1
             for uid, flags, modseq in rows:
@@ -1204,7 +1225,8 @@ class Session:
                 if i >= len(known) or known[i] != uid:
                     i = bisect.bisect_left(known, uid)
                 out.append(line % pick((i + 1, uid, flags, modseq)))
-            await self.send(["".join(out).encode()])  # a chunk at a time, drained
+            pending.append("".join(out).encode())  # a chunk at a time, drained
+        return pending
 
     async def _fetch_bodies(self, with_uid: bool, with_modseq: bool,
                             attrs: tuple[FetchAttr, ...], metas: list[MessageMeta],
@@ -1369,12 +1391,24 @@ class _Output:
         await self.add(b"".join(pending))
 
 
+def _noupdate(tag: str) -> bytes:
+    return untagged_status("NO", "no updates for this result", f"NOUPDATE {quote(tag).decode()}")
+
+
+def _head(raw: bytes | None) -> Part:
+    """The message's header alone, parsed: SORT and THREAD keys are header fields, and a
+    message's MIME structure (every part of a big attachment) need not be split for them."""
+    data = raw or b""
+    ends = [i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := data.find(sep)) >= 0]
+    return ParsedMessage.from_bytes(data[:min(ends)] if ends else data)
+
+
 def _sort_candidates(rows: list[tuple[MessageMeta, bytes | None]],
                      budget: Budget) -> list[Candidate]:
     out = []
     for meta, raw in rows:
         budget.check()
-        out.append(Candidate(meta.uid, meta, ParsedMessage.from_bytes(raw or b"")))
+        out.append(Candidate(meta.uid, meta, _head(raw)))
     return out
 
 
@@ -1383,7 +1417,7 @@ def _thread_inputs(rows: list[tuple[MessageMeta, bytes | None]],
     out = []
     for meta, raw in rows:
         budget.check()
-        msg = ParsedMessage.from_bytes(raw or b"")
+        msg = _head(raw)
         references = message_ids(msg.text("references")) or message_ids(
             msg.text("in-reply-to"))[:1]
         own = message_ids(msg.text("message-id"))

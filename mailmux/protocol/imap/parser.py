@@ -49,6 +49,11 @@ from mailmux.protocol.imap.mutf7 import decode_mailbox
 
 _ATOM_SPECIALS = frozenset(b'(){ %*"\\]') | frozenset(range(0x20)) | {0x7F}
 _TAG_SPECIALS = _ATOM_SPECIALS | {ord("+")}
+# The same classes as regular expressions: the hot primitives scan in C, not byte by byte.
+_ATOM_RUN = re.compile(rb'[^(){ %*"\\\]\x00-\x1f\x7f-\xff]*')
+_TAG_RUN = re.compile(rb'[^(){ %*"\\\]\x00-\x1f\x7f-\xff+]*')
+_DIGITS = re.compile(rb"[0-9]*")
+_FETCH_WORD = re.compile(rb"[A-Za-z0-9.]*")
 _MONTHS = {m: i + 1 for i, m in enumerate(
     ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"])}
 _DATE = re.compile(rb"(\d{1,2})-([A-Za-z]{3})-(\d{4})")
@@ -124,7 +129,9 @@ class _Reader:
             raise _Fail(f"unexpected {_shown(self.raw[self.pos:])} at end of command")
 
     def take(self, token: bytes) -> bool:
-        if self.raw[self.pos : self.pos + len(token)].upper() == token.upper():
+        """`token` is upper case (every caller's is): the input matches it in any case."""
+        got = self.raw[self.pos : self.pos + len(token)]
+        if got == token or got.upper() == token:
             self.pos += len(token)
             return True
         return False
@@ -140,6 +147,13 @@ class _Reader:
     def atom_bytes(self, extra_ok: bytes = b"") -> bytes:
         start = self.pos
         raw = self.raw
+        if not extra_ok:
+            match = _ATOM_RUN.match(raw, start)
+            assert match is not None  # a `*` pattern always matches
+            if match.end() == start:
+                raise _Fail(f"expected an atom, found {_shown(raw[start:])}")
+            self.pos = match.end()
+            return raw[start : self.pos]
         while self.pos < len(raw):
             c = raw[self.pos]
             if (c in _ATOM_SPECIALS and c not in extra_ok) or c >= 0x80:
@@ -153,8 +167,9 @@ class _Reader:
         """A FETCH item name: it stops at "[" (atoms may contain it) and "<"."""
         start = self.pos
         raw = self.raw
-        while self.pos < len(raw) and (chr(raw[self.pos]).isalnum() or raw[self.pos] == 0x2E):
-            self.pos += 1
+        match = _FETCH_WORD.match(raw, start)
+        assert match is not None  # a `*` pattern always matches
+        self.pos = match.end()
         if self.pos == start:
             raise _Fail(f"expected a FETCH item, found {_shown(raw[start:])}")
         return raw[start : self.pos].decode("ascii").upper()
@@ -164,8 +179,9 @@ class _Reader:
 
     def number(self) -> int:
         start = self.pos
-        while self.pos < len(self.raw) and 0x30 <= self.raw[self.pos] <= 0x39:
-            self.pos += 1
+        match = _DIGITS.match(self.raw, start)
+        assert match is not None  # a `*` pattern always matches
+        self.pos = match.end()
         if self.pos == start or self.pos - start > 20:
             raise _Fail(f"expected a number, found {_shown(self.raw[start:])}")
         return int(self.raw[start : self.pos])
@@ -996,8 +1012,9 @@ def parse_command(raw: bytes) -> Command:
     tag: str | None = None
     try:
         start = r.pos
-        while r.pos < len(raw) and raw[r.pos] not in _TAG_SPECIALS and raw[r.pos] < 0x80:
-            r.pos += 1
+        match = _TAG_RUN.match(raw, start)
+        assert match is not None  # a `*` pattern always matches
+        r.pos = match.end()
         if r.pos == start or r.peek() != b" ":
             raise _Fail("expected a tag and a command")
         tag = raw[start : r.pos].decode("ascii")
