@@ -29,7 +29,11 @@ class SeqRange:
 
 @dataclass(frozen=True)
 class SequenceSet:
+    """`saved` is SEARCHRES's `$` (RFC 5182): the session's saved search result, which only the
+    session can resolve; such a set has no ranges and contains nothing by itself."""
+
     ranges: tuple[SeqRange, ...]
+    saved: bool = False
 
     def contains(self, number: int, largest: int) -> bool:
         for r in self.ranges:
@@ -118,12 +122,25 @@ class MailboxArg:
     """SELECT, EXAMINE, CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE.
 
     `mailbox` is decoded from modified UTF-7 to str; INBOX (any case) is normalised to
-    "INBOX". `condstore` is SELECT/EXAMINE (CONDSTORE); `special_use` is CREATE (USE (...)).
+    "INBOX". `condstore` is SELECT/EXAMINE (CONDSTORE); `special_use` is CREATE (USE (...));
+    `qresync` is SELECT/EXAMINE (QRESYNC (...)) (RFC 7162).
     """
 
     mailbox: str
     condstore: bool = False
     special_use: tuple[str, ...] = ()
+    qresync: QresyncParams | None = None
+
+
+@dataclass(frozen=True)
+class QresyncParams:
+    """SELECT ... (QRESYNC (uidvalidity modseq [known-uids [(seq-match uid-match)]]))."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    # seq-match: message sequence numbers and the UIDs the client holds for them
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,18 +151,34 @@ class Rename:
 
 @dataclass(frozen=True)
 class ListArgs:
-    """LIST and LSUB. Extended LIST selection/return options are upper-cased atoms."""
+    """LIST and LSUB. Extended LIST (RFC 5258) selection/return options are upper-cased atoms.
+
+    `extended` is true when the command used the extended syntax (selection options, a
+    parenthesised pattern list or RETURN): the answer then follows RFC 5258 (no child
+    information unless asked, \\NonExistent). `status_items` are LIST-STATUS's RETURN
+    (STATUS (...)) items (RFC 5819); None when not asked.
+    """
 
     reference: str
     patterns: tuple[str, ...]
     select_options: tuple[str, ...] = ()
     return_options: tuple[str, ...] = ()
+    extended: bool = False
+    status_items: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class StatusArgs:
     mailbox: str
     items: tuple[str, ...]  # MESSAGES, RECENT, UIDNEXT, UIDVALIDITY, UNSEEN, HIGHESTMODSEQ, SIZE
+
+
+@dataclass(frozen=True)
+class CatenatePart:
+    """One part of a CATENATE (RFC 4469): a TEXT literal, or a URL naming (part of) a message."""
+
+    text: bytes | None = None
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,13 +190,22 @@ class Append:
     binary: bool = False  # sent as ~{n}
     # MULTIAPPEND (RFC 3502): the messages after the first, each (flags, date, bytes, binary)
     more: tuple[tuple[tuple[str, ...], datetime | None, bytes, bool], ...] = ()
+    # CATENATE (RFC 4469): when any message is catenated, one entry per message (the first,
+    # then `more`): its parts, or None for a message sent as a literal. A catenated message's
+    # `bytes` are empty until the server has put its parts together.
+    catenate: tuple[tuple[CatenatePart, ...] | None, ...] = ()
 
 
 @dataclass(frozen=True)
 class Search:
+    """SEARCH. `return_options` are the RETURN (...) atoms (ESEARCH, SEARCHRES's SAVE,
+    CONTEXT=SEARCH's UPDATE/CONTEXT/PARTIAL) without PARTIAL's range, which is `partial`
+    (low <= high, both >= 1)."""
+
     key: SearchKey  # always an AND at the top
     charset: str | None = None  # upper-cased
     return_options: tuple[str, ...] | None = None  # ESEARCH RETURN (...); None if absent
+    partial: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +216,7 @@ class Sort:
     key: SearchKey
     charset: str
     return_options: tuple[str, ...] | None = None  # ESORT (RFC 5267) RETURN (...)
+    partial: tuple[int, int] | None = None  # CONTEXT=SORT's PARTIAL range, as in Search
 
 
 @dataclass(frozen=True)
@@ -190,6 +233,7 @@ class Fetch:
     sequence: SequenceSet
     attrs: tuple[FetchAttr, ...]
     changed_since: int | None = None
+    vanished: bool = False  # QRESYNC: UID FETCH ... (CHANGEDSINCE n VANISHED)
 
 
 @dataclass(frozen=True)
@@ -222,13 +266,20 @@ class Id:
 
 
 @dataclass(frozen=True)
+class CancelUpdate:
+    """CANCELUPDATE (RFC 5267): the tags of the SEARCH/SORT ... RETURN (UPDATE) to stop."""
+
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Enable:
     capabilities: tuple[str, ...]  # upper-cased
 
 
 Args = (
     NoArgs | Login | Authenticate | MailboxArg | Rename | ListArgs | StatusArgs | Append
-    | Search | Sort | Thread | Fetch | Store | CopyMove | Expunge | Id | Enable
+    | Search | Sort | Thread | Fetch | Store | CopyMove | Expunge | Id | Enable | CancelUpdate
 )
 
 
