@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import random
+import selectors
 import signal
 import socket
 import threading
@@ -69,12 +70,69 @@ def _node_config(root: Path, node_id: str, ports: dict[str, int], peers: list[st
     return NodeProcess(node_id=node_id, config_path=path, data_dir=data_dir)
 
 
+class UdpProxy:
+    """Forwards a gateway's control datagrams (discovery, load, heartbeats) to one node, and
+    the answers back; `cut` drops them all until `heal` (a gateway that lost sight of a node).
+    A TCP proxy would not do: control queries are UDP."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.open = True
+        self._front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._front.bind(("127.0.0.1", 0))
+        self.port: int = self._front.getsockname()[1]
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._front, selectors.EVENT_READ, None)
+        self._upstream: dict[tuple[str, int], socket.socket] = {}
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def cut(self) -> None:
+        self.open = False
+
+    def heal(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=5)
+        for sock in [self._front, *self._upstream.values()]:
+            sock.close()
+        self._selector.close()
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            for key, _ in self._selector.select(timeout=0.1):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                with contextlib.suppress(OSError):
+                    data, source = sock.recvfrom(65536)
+                    if not self.open:
+                        continue
+                    if key.data is None:
+                        self._forward(data, source)
+                    else:
+                        self._front.sendto(data, key.data)
+
+    def _forward(self, data: bytes, client: tuple[str, int]) -> None:
+        upstream = self._upstream.get(client)
+        if upstream is None:
+            if len(self._upstream) >= 256:
+                return  # bounded: a test has a handful of gateways
+            upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            upstream.connect(self.target)
+            self._selector.register(upstream, selectors.EVENT_READ, client)
+            self._upstream[client] = upstream
+        upstream.send(data)
+
+
 @dataclass
 class Cluster:
     nodes: dict[str, NodeProcess]
     gateways: list[GatewayProcess]
     links: dict[tuple[str, str], TcpProxy]  # (from, to) replication links, when proxied
-    views: list[dict[str, TcpProxy]]  # per gateway: node → its control proxy, when proxied
+    views: list[dict[str, UdpProxy]]  # per gateway: node → its control proxy, when proxied
     stopped: set[str] = field(default_factory=set)
 
     def restart(self, node_id: str) -> None:
@@ -120,6 +178,7 @@ def cluster(root: Path, users: list[str], *, gateways: int = 2, proxied: bool = 
     links: dict[tuple[str, str], TcpProxy] = {}
     nodes: dict[str, NodeProcess] = {}
     made: list[GatewayProcess] = []
+    udp: list[UdpProxy] = []
     try:
         for i in ids:
             peers = []
@@ -139,16 +198,16 @@ def cluster(root: Path, users: list[str], *, gateways: int = 2, proxied: bool = 
         for node in nodes.values():
             wait_until(lambda n=node: _can_login(n.imap, users[-1]),  # type: ignore[misc]
                        f"{users[-1]} on {node.node_id}")
-        views: list[dict[str, TcpProxy]] = []
+        views: list[dict[str, UdpProxy]] = []
         for g in range(gateways):
-            view: dict[str, TcpProxy] = {}
+            view: dict[str, UdpProxy] = {}
             controls = []
             for i in ids:
                 address = ("127.0.0.1", ports[i]["control"])
                 if proxied:
-                    view[i] = proxy = TcpProxy(address)
-                    proxies.append(proxy)
-                    address = ("127.0.0.1", proxy.port)
+                    view[i] = control = UdpProxy(address)
+                    udp.append(control)
+                    address = ("127.0.0.1", control.port)
                 controls.append(address)
             views.append(view)
             gateway = write_gateway_config(root / f"gateway{g}.toml", controls, gateway_extra)
@@ -164,6 +223,8 @@ def cluster(root: Path, users: list[str], *, gateways: int = 2, proxied: bool = 
             node.kill()
         for proxy in proxies:
             proxy.close()
+        for control in udp:
+            control.close()
 
 
 def _can_login(address: tuple[str, int], user: str) -> bool:
