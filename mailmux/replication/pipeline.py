@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -105,7 +106,7 @@ class Responder:
     def __init__(self, wire: Wire, on_failure: Callable[[], None]) -> None:
         self._wire = wire
         self._queue: asyncio.Queue[asyncio.Future[Message]] = asyncio.Queue(MAX_IN_FLIGHT * 2)
-        self._last: asyncio.Future[Message] | None = None
+        self._working: set[asyncio.Future[Message]] = set()  # answers not computed yet
         self._sender = asyncio.get_running_loop().create_task(self._send_answers())
         # A failed answer ends the link: the caller closes the connection so its reader,
         # waiting for the next request, stops too.
@@ -114,20 +115,23 @@ class Responder:
     async def push(self, answer: Awaitable[Message]) -> None:
         """Queue an answer whose work may overlap with the answers queued before it."""
         if self._sender.done():
+            if inspect.iscoroutine(answer):
+                answer.close()  # never to run: said so, instead of "never awaited"
             raise PipelineClosed("the answer sender stopped")
         future = asyncio.ensure_future(answer)
-        self._last = future
+        self._working.add(future)
+        future.add_done_callback(self._working.discard)
         # A full queue waits here, which stops reading more requests: bounded memory.
         await self._queue.put(future)
 
     async def push_after(self, answer: Callable[[], Awaitable[Message]]) -> None:
         """Queue an answer computed only once every answer before it is done (for example
         the positions held, which must include the batches asked to apply before)."""
-        before = self._last
+        before = set(self._working)
 
         async def later() -> Message:
-            if before is not None:
-                await asyncio.wait([before])
+            if before:
+                await asyncio.wait(before)
             return await answer()
 
         await self.push(later())
