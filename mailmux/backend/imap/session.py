@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, TypeVar
 from mailmux import metrics
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted
-from mailmux.backend.imap import catenate
+from mailmux.backend.imap import catenate, notify
 from mailmux.backend.imap import fetch as fetching
 from mailmux.backend.imap.budget import Budget, run_bounded
 from mailmux.backend.imap.contexts import Contexts, UpdateContext
 from mailmux.backend.imap.listing import format_listed, list_responses, listed
+from mailmux.backend.imap.notify import Notifier
 from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING, State
 from mailmux.backend.imap.view import View
 from mailmux.backend.message.limits import check_keywords, check_structure
@@ -55,6 +56,7 @@ from mailmux.protocol.imap.commands import (
     Authenticate,
     CancelUpdate,
     Command,
+    Compress,
     CopyMove,
     Enable,
     Expunge,
@@ -64,6 +66,7 @@ from mailmux.protocol.imap.commands import (
     ListArgs,
     Login,
     MailboxArg,
+    Notify,
     QresyncParams,
     Rename,
     Search,
@@ -75,6 +78,7 @@ from mailmux.protocol.imap.commands import (
     Store,
     Thread,
 )
+from mailmux.protocol.imap.compress import CompressError, Deflater, Inflater
 from mailmux.protocol.imap.errors import ParseError
 from mailmux.protocol.imap.esearch import Result, wanted
 from mailmux.protocol.imap.framing import (
@@ -153,13 +157,42 @@ class Session:
         self.failed_logins = 0
         self.tls = False
         self.started = asyncio.get_running_loop().time()
+        self.inflater: Inflater | None = None  # COMPRESS=DEFLATE (RFC 4978) is on
+        self.deflater: Deflater | None = None
+        self.notifier: Notifier | None = None  # NOTIFY SET in force (RFC 5465)
+        self.woken = asyncio.Event()  # set by the store after a commit, while NOTIFY is on
+        self.idling = False
 
     # I/O ------------------------------------------------------------------------------------
 
     async def send(self, lines: Lines) -> None:
         if lines:
-            self.writer.write(b"".join(lines))
+            data = b"".join(lines)
+            self.writer.write(self.deflater.compress(data) if self.deflater else data)
             await self.writer.drain()
+
+    async def _recv(self) -> bytes:
+        """Socket bytes, decompressed when COMPRESS is on: at most one bounded piece at a
+        time (compress.py), so a decompression bomb meets the framer's caps piece by piece.
+        Takes nothing from the socket if cancelled while waiting."""
+        inflater = self.inflater
+        if inflater is None:
+            return await self.reader.read(READ_SIZE)
+        while True:
+            if inflater.pending:
+                piece = self._inflate(inflater)
+                if piece:
+                    return piece
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                return b""
+            inflater.feed(data)
+
+    def _inflate(self, inflater: Inflater) -> bytes:
+        try:
+            return inflater.read()
+        except CompressError as exc:
+            raise Closed(str(exc)) from None
 
     def _timeout(self) -> float:
         if self.state is State.NOT_AUTHENTICATED:
@@ -178,7 +211,7 @@ class Session:
                     quickack(self.writer)
                 try:
                     async with asyncio.timeout(self._timeout()):
-                        data = await self.reader.read(READ_SIZE)
+                        data = await self._read()
                 except TimeoutError:
                     reason = ("login timeout" if self.state is State.NOT_AUTHENTICATED
                               else "autologout, idle for too long")
@@ -188,11 +221,55 @@ class Session:
                     raise Closed("client closed the connection")
                 self.framer.receive_data(data)
                 incomplete = True
+                if self.inflater is not None and self.inflater.pending:
+                    await asyncio.sleep(0)  # a long expansion still lets others run
                 continue
             if isinstance(event, LiteralContinue):
                 await self.send([continuation("Ready for literal data")])
                 continue
             return event
+
+    async def _read(self) -> bytes:
+        """Client bytes; with NOTIFY on, events that happen meanwhile are sent as they come
+        (between commands only: never inside a command the client is still sending)."""
+        if self.notifier is None or self.framer.in_command or self.idling:
+            return await self._recv()
+        read = asyncio.ensure_future(self._recv())
+        try:
+            while True:
+                wake = asyncio.ensure_future(self.woken.wait())
+                await asyncio.wait({read, wake}, return_when=asyncio.FIRST_COMPLETED)
+                if read.done():
+                    wake.cancel()
+                    return read.result()
+                await self.send(await self._notifications())
+        finally:
+            if not read.done():
+                read.cancel()  # a read waiting for data has taken none: nothing is lost
+
+    def _committed(self) -> None:
+        self.woken.set()
+
+    async def _notifications(self) -> Lines:
+        """NOTIFY: what changed since the last report, for the selected mailbox (when a
+        SELECTED group asks) and for the others the groups name."""
+        notifier = self.notifier
+        self.woken.clear()
+        if notifier is None:
+            return []
+        lines: Lines = []
+        group = notifier.selected_group()
+        if self.view is not None and group is not None:
+            lines += await self.updates(allow_expunge=group.filter == "SELECTED")
+        infos = await self.store.list_mailboxes(self.me)
+        subscriptions = await self.store.subscriptions(self.me)
+        selected = self.view.mailbox_id if self.view is not None else None
+        return lines + notifier.changes(infos, subscriptions, selected)
+
+    def _notify_off(self) -> None:
+        if self.notifier is not None and self._committed in self.store.commit_hooks:
+            self.store.commit_hooks.remove(self._committed)
+        self.notifier = None
 
     # main loop ----------------------------------------------------------------------------
 
@@ -482,6 +559,43 @@ class Session:
         return [untagged(Atom("ENABLED"), *[Atom(c) for c in newly]), *highest,
                 tagged(command.tag, "OK", "ENABLE completed")]
 
+    async def do_COMPRESS(self, command: Command) -> Lines:
+        args = command.args
+        assert isinstance(args, Compress)
+        if args.mechanism != "DEFLATE":
+            return [tagged(command.tag, "BAD", f"unknown mechanism {args.mechanism}",
+                           "CLIENTBUG")]
+        if self.deflater is not None:
+            return [tagged(command.tag, "NO", "already compressing", "COMPRESSIONACTIVE")]
+        await self.send([tagged(command.tag, "OK", "DEFLATE active")])
+        self.deflater, self.inflater = Deflater(), Inflater()
+        # whatever followed the command was compressed already
+        self.inflater.feed(self.framer.take_buffered())
+        return []
+
+    async def do_NOTIFY(self, command: Command) -> Lines:
+        args = command.args
+        assert isinstance(args, Notify)
+        if args.groups is None:
+            self._notify_off()
+            return await self.ok(command, "NOTIFY completed")
+        bad = notify.unsupported(args)
+        if bad:
+            return [tagged(command.tag, "NO", f"events not supported: {' '.join(bad)}",
+                           f"BADEVENT ({' '.join(notify.SUPPORTED_EVENTS)})")]
+        if any(fetching.needs_body(g.fetch_attrs) for g in args.groups):
+            return [tagged(command.tag, "BAD", "MessageNew takes FLAGS, UID, INTERNALDATE, "
+                           "RFC822.SIZE and MODSEQ only", "CLIENTBUG")]
+        self._notify_off()
+        notifier = Notifier(args, "UTF8=ACCEPT" in self.enabled)
+        infos = await self.store.list_mailboxes(self.me)
+        subscriptions = await self.store.subscriptions(self.me)
+        selected = self.view.mailbox_id if self.view is not None else None
+        lines = notifier.start(infos, subscriptions, selected, args.status)
+        self.notifier = notifier
+        self.store.commit_hooks.append(self._committed)
+        return await self.ok(command, "NOTIFY completed", before=lines)
+
     async def do_NAMESPACE(self, command: Command) -> Lines:
         return [untagged(Atom("NAMESPACE"), [["", "/"]], None, [["Boards/", "/"]]),
                 tagged(command.tag, "OK", "NAMESPACE completed")]
@@ -740,7 +854,8 @@ class Session:
 
     async def do_IDLE(self, command: Command) -> Lines:
         await self.send([continuation("idling")])
-        await self.send(await self.updates())
+        await self.send(await self._idle_updates())
+        self.idling = True
         reader = asyncio.ensure_future(self.next_event())
         try:
             while True:
@@ -749,7 +864,13 @@ class Session:
                 if self.feed is not None:
                     feed_wait = asyncio.ensure_future(self.feed.get())
                     waiters.add(feed_wait)  # type: ignore[arg-type]
+                woken: asyncio.Task[bool] | None = None
+                if self.notifier is not None:  # NOTIFY: other mailboxes' events too
+                    woken = asyncio.ensure_future(self.woken.wait())
+                    waiters.add(woken)  # type: ignore[arg-type]
                 done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if woken is not None and woken not in done:
+                    woken.cancel()
                 if feed_wait is not None:
                     if feed_wait in done:
                         assert self.feed is not None
@@ -758,10 +879,11 @@ class Session:
                         feed_wait.cancel()
                 if reader in done:
                     break
-                await self.send(await self.updates())
+                await self.send(await self._idle_updates())
                 if self.contexts and self.view is not None:
                     await self.send(await self._context_updates())
         finally:
+            self.idling = False
             if not reader.done():
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Closed):
@@ -770,6 +892,13 @@ class Session:
         if not isinstance(event, CommandBytes) or event.raw.strip().upper() != b"DONE":
             return [tagged(command.tag, "BAD", "expected DONE", "CLIENTBUG")]
         return await self.ok(command, "IDLE terminated")
+
+    async def _idle_updates(self) -> Lines:
+        if self.notifier is None:
+            return await self.updates()
+        # the selected mailbox's updates are IDLE's own, whatever the NOTIFY groups say
+        lines = await self.updates()
+        return lines + await self._notifications()
 
     # selected -----------------------------------------------------------------------------
 
