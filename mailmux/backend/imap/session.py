@@ -40,7 +40,7 @@ from mailmux.backend.imap.view import View
 from mailmux.backend.message.limits import check_keywords, check_structure
 from mailmux.backend.message.parsed import ParsedMessage, Part
 from mailmux.backend.message.search import SearchContext, matches
-from mailmux.backend.message.sort import Candidate, sent_time, sort_order
+from mailmux.backend.message.sort import Candidate, Keyed, order_keyed, sent_time, sort_keys
 from mailmux.backend.message.threading import ThreadInput, format_threads, message_ids, thread
 from mailmux.backend.store.interface import (
     INLINE_ROWS,
@@ -1037,7 +1037,15 @@ class Session:
                 context.modseq = max(context.modseq, horizon)
                 continue
             program = SearchKey("AND", (), (context.key, SearchKey("UID", (_runs(candidates),))))
-            matched = set(await self._search_uids(program))
+            try:
+                matched = set(await self._search_uids(program))
+            except BackendError as exc:
+                # The command itself succeeded: this context ends (RFC 5267 4.3.1), not it.
+                log.info("imap %s (%s): update context %s dropped: %s", self.peer, self.user,
+                         context.tag, exc)
+                self.contexts.cancel([context.tag])
+                out.append(_noupdate(context.tag))
+                continue
             out += self.contexts.weighed(context, candidates, matched, view, horizon)
         return out
 
@@ -1091,12 +1099,12 @@ class Session:
         before = await self._refresh_now(allow_expunge=command.uid)
         found = sorted(await self._search_uids(args.key))
         if all(name in _METADATA_CRITERIA for _, name in args.criteria):
-            candidates = await self._metadata_candidates(found)
+            keyed = await self._metadata_keys(found, args.criteria)
         else:
-            candidates = [c for chunk in await self._over_bodies(found, _sort_candidates)
-                          for c in chunk]
+            work = functools.partial(_sort_keyed, args.criteria)
+            keyed = [k for chunk in await self._over_bodies(found, work) for k in chunk]
         # Sorting many messages is CPU work: never on the event loop.
-        ordered = await asyncio.to_thread(sort_order, candidates, args.criteria)
+        ordered = await asyncio.to_thread(order_keyed, keyed, args.criteria)
         hits = ordered if command.uid else [view.seq_of(u) for u in ordered]
         if args.return_options is None:
             lines = [untagged(Atom("SORT"), *hits)]
@@ -1109,15 +1117,17 @@ class Session:
                 lines.append(_noupdate(command.tag))
         return [*before, *lines, tagged(command.tag, "OK", "SORT completed")]
 
-    async def _metadata_candidates(self, uids: list[int]) -> list[Candidate]:
-        """ARRIVAL and SIZE need no message content: rows without bodies, nothing parsed."""
+    async def _metadata_keys(self, uids: list[int],
+                             criteria: tuple[tuple[bool, str], ...]) -> list[Keyed]:
+        """ARRIVAL and SIZE need no message content: rows without bodies, nothing parsed;
+        the keys are made in a worker thread, a chunk at a time."""
         view = self.selected
         empty = ParsedMessage.from_bytes(b"")
-        out: list[Candidate] = []
+        out: list[Keyed] = []
         for start in range(0, len(uids), FETCH_CHUNK):
             rows = await self.store.fetch_rows(self.me, view.mailbox_id,
                                                uids[start:start + FETCH_CHUNK])
-            out += [Candidate(meta.uid, meta, empty) for meta, _ in rows]
+            out += await asyncio.to_thread(_metadata_keyed, criteria, empty, rows)
         return out
 
     async def do_THREAD(self, command: Command) -> Lines:
@@ -1403,12 +1413,19 @@ def _head(raw: bytes | None) -> Part:
     return ParsedMessage.from_bytes(data[:min(ends)] if ends else data)
 
 
-def _sort_candidates(rows: list[tuple[MessageMeta, bytes | None]],
-                     budget: Budget) -> list[Candidate]:
+def _metadata_keyed(criteria: tuple[tuple[bool, str], ...], empty: Part,
+                    rows: list[tuple[MessageMeta, bytes | None]]) -> list[Keyed]:
+    return [sort_keys(Candidate(meta.uid, meta, empty), criteria) for meta, _ in rows]
+
+
+def _sort_keyed(criteria: tuple[tuple[bool, str], ...],
+                rows: list[tuple[MessageMeta, bytes | None]], budget: Budget) -> list[Keyed]:
+    """Each message reduced to its sort keys at once: no parsed message (nor its bytes)
+    outlives its chunk, however many messages the SORT covers."""
     out = []
     for meta, raw in rows:
         budget.check()
-        out.append(Candidate(meta.uid, meta, _head(raw)))
+        out.append(sort_keys(Candidate(meta.uid, meta, _head(raw)), criteria))
     return out
 
 
