@@ -339,13 +339,16 @@ class SqliteStore:
     def _remember(self, tx: Tx, key: replay.Key | None, answer: dict[str, Any]) -> None:
         """Record a replay id's answer with the change, and ship it with the change."""
         if key is not None:
-            replay.insert(tx.conn, key, answer, self.clock.now())
-            self._log(tx, "replay", {"scope": key[0], "id": key[1], "answer": answer})
+            hlc = self.clock.now()
+            replay.insert(tx.conn, key, answer, hlc)
+            replay.record_run(tx.conn, key, replay.Run(self.origin, hlc, answer, tx.adds))
+            self._log(tx, "replay", {"scope": key[0], "id": key[1], "answer": answer,
+                                     "adds": tx.adds}, hlc=hlc)
 
     def _forget(self, tx: Tx, key: replay.Key | None) -> None:
         """An undone change has no answer to replay: a replay must do it afresh."""
         if key is not None:
-            replay.forget(tx.conn, key)
+            replay.forget(tx.conn, key, self.origin)
             self._log(tx, "replay.forget", {"scope": key[0], "id": key[1]})
 
     async def replay_answer(self, scope: str, replay_id: str) -> dict[str, Any] | None:
@@ -359,12 +362,14 @@ class SqliteStore:
         row = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
         seq = int(row[0]) + 1 if row else 1
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
+        stamp = self.clock.now() if hlc is None else hlc
         conn.execute(
             "INSERT INTO changelog VALUES (?, ?, ?, ?, ?)",
-            (self.origin, seq, self.clock.now() if hlc is None else hlc, kind,
-             json.dumps(payload, sort_keys=True)),
+            (self.origin, seq, stamp, kind, json.dumps(payload, sort_keys=True)),
         )
         tx.logged = seq
+        if kind == "message.add":  # what a replay-id run added, should two runs meet
+            tx.adds.append([stamp, payload])
 
     def _notify(self, mailbox_ids: set[int]) -> None:
         for hook in self.commit_hooks:

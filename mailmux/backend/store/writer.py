@@ -43,6 +43,7 @@ class Tx:
     logged: int = 0  # the last local change-log sequence this job wrote
     bodies: dict[str, bytes] = field(default_factory=dict)  # bodies shipped with remote changes
     added: list[Any] = field(default_factory=list)  # messages a copy made (undone if refused)
+    adds: list[list[Any]] = field(default_factory=list)  # [hlc, payload] of message.add logged
 
 
 @dataclass
