@@ -92,6 +92,7 @@ class ImapServer:
         finally:
             self._unauthenticated.discard(session)
             session._unselect()
+            session._notify_off()
             self.meter.session_closed()
             metrics.session_closed("imap")
             self._tasks.discard(task)
