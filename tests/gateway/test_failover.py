@@ -190,10 +190,13 @@ def test_search_outstanding_on_a_stopped_node_is_answered_by_another(
 
 
 def test_20mb_append_to_a_stopped_node_is_answered_once_and_stored_once(
-    pool: Pool, gateway_factory: Callable[..., GatewayProcess],
+    replicated: Callable[..., Pool],  # noqa: F811
+    gateway_factory: Callable[..., GatewayProcess],
     raw: Callable[[tuple[str, int]], RawImap],
 ) -> None:
-    nodes = pool.nodes
+    # Copying 20 MB to the second node can take longer than 2 s on a loaded machine: the
+    # replay would then be refused (NO [UNAVAILABLE], correctly) instead of stored.
+    nodes = replicated("abc", copy_timeout="60s").nodes
     gw = gateway_with(gateway_factory, list(nodes.values()))
     client = raw(gw.imap)
     client.login(*ALICE)
