@@ -22,6 +22,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from mailmux.backend import gatewaykey_cli
 from mailmux.backend.config import BackendConfig, ConfigError, load
 from mailmux.backend.errors import BackendError
 from mailmux.backend.store.interface import BOARD_PREFIX, MailStore
@@ -298,6 +299,7 @@ async def _replication_rows(store: MailStore, config: BackendConfig) -> list[dic
 
 main.add_command(outbound_cli.queue)
 main.add_command(outbound_cli.dkim)
+main.add_command(gatewaykey_cli.gateway_key)
 
 
 # helpers ----------------------------------------------------------------------------------

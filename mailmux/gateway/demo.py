@@ -9,6 +9,8 @@ gateway and then every node, one line each.
 The data dir is private (0700) and its secret-bearing files are 0600. A re-run on the same
 `--data-dir` reuses the pool secret and passwords kept in `DATA_DIR/demo.json`, so the printed
 passwords always work; if that file is gone, the users' passwords are reset on every node.
+The pool secret is for the nodes only: the gateway holds a gateway key of its own
+(`DATA_DIR/demo-gateway.key`, issued with `mailmux-backend gateway-key add`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 LINK_TIMEOUT = 15.0
 STATE_FILE = "demo.json"
+GATEWAY_KEY_NAME = "demo-gateway"
+GATEWAY_KEY_FILE = "demo-gateway.key"
 SECRET_FILE = "pool.key"
 
 Say = Callable[[str], None]
@@ -153,6 +157,27 @@ def reset_password(node: DemoNode, user: str, password: str) -> None:
     result = _user_command(node, "passwd", user, password)
     if result.returncode != 0 and "no user" not in result.stderr.lower():
         raise DemoError(f"resetting {user} on node {node.node_id}: {result.stderr.strip()}")
+
+
+def add_gateway_key(node: DemoNode, key_file: Path) -> None:
+    """Register the demo gateway's key on `node` (the first call writes the key file)."""
+    result = subprocess.run(
+        _backend("gateway-key", "add", GATEWAY_KEY_NAME, "--key-file", str(key_file),
+                 "--config", str(node.config_path)),
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    if result.returncode != 0 and "exists" not in result.stderr:
+        raise DemoError(f"adding the gateway key on node {node.node_id}: "
+                        f"{result.stderr.strip()}")
+
+
+async def prepare_gateway_key(nodes: list[DemoNode], key_file: Path) -> None:
+    """One key for the demo gateway, on every node at once (replication would bring it too,
+    but the gateway's first discovery must not wait for that). The gateway never gets the
+    pool secret."""
+    await asyncio.to_thread(add_gateway_key, nodes[0], key_file)
+    await asyncio.gather(*(asyncio.to_thread(add_gateway_key, node, key_file)
+                           for node in nodes[1:]))
 
 
 async def prepare_users(nodes: list[DemoNode], state: DemoState) -> None:
@@ -292,12 +317,14 @@ async def run_demo(count: int, data_dir: Path, port_base: int | None,
     logs = [n.log_path.open("ab") for n in nodes]
     try:
         await prepare_users(nodes, state)
+        key_file = (data_dir / GATEWAY_KEY_FILE).absolute()
+        await prepare_gateway_key(nodes, key_file)
         await _start_nodes(nodes, logs)
         if not await wait_for_links(nodes, state.secret):
             say(f"warning: the nodes did not all link to each other within {LINK_TIMEOUT:.0f} s; "
                 "mail needing two copies is refused until they do (see the node logs)")
         config = gateway_config.from_dict({
-            "pool_secret": state.secret,
+            "gateway_key_file": str(key_file),
             "listen_imap": f"127.0.0.1:{_port(port_base, 0)}",
             "listen_submission": f"127.0.0.1:{_port(port_base, 1)}",
             "pool": [str(n.ready["control"]) for n in nodes if n.ready],

@@ -47,6 +47,7 @@ from mailmux.backend.store.interface import (
     ViewChanges,
 )
 from mailmux.backend.store.replay import REPLAY, Replayed
+from mailmux.protocol.imap import gatewaylink
 from mailmux.protocol.imap.commands import (
     Append,
     Authenticate,
@@ -141,6 +142,8 @@ class Session:
         self.enabled: set[str] = set()
         self.known_flags: set[str] = set()  # flags announced by the last untagged FLAGS
         self.failed_logins = 0
+        self.gateway: str | None = None  # the gateway key that vouched for this link
+        self._preface: list[bytes] = []  # answers owed before the first command is read
         self.tls = False
         self.started = asyncio.get_running_loop().time()
 
@@ -181,15 +184,36 @@ class Session:
 
     # main loop ----------------------------------------------------------------------------
 
+    def linked(self, name: str, proof: gatewaylink.LinkProof | None) -> None:
+        """A gateway's link, proven (by the server) before the greeting was sent."""
+        self.gateway = name
+        if proof is not None:
+            self._preface.append(tagged(proof.tag, "OK", "gateway link", "XGATEWAY"))
+
+    def _gateway_link(self, line: bytes) -> Lines | None:
+        proof = gatewaylink.parse(line.strip() + b"\r\n")
+        if proof is None:
+            return None
+        name = self.server.gateway_link(self, line.strip() + b"\r\n")
+        if name is None:
+            return [tagged(proof.tag, "NO", "not a gateway of this pool", "AUTHENTICATIONFAILED")]
+        self.gateway = name
+        return [tagged(proof.tag, "OK", "gateway link", "XGATEWAY")]
+
     async def run(self) -> None:
         caps = " ".join(self.capabilities())
-        await self.send([untagged_status("OK", "mailmux ready", f"CAPABILITY {caps}")])
+        await self.send([untagged_status("OK", "mailmux ready", f"CAPABILITY {caps}"),
+                         *self._preface])
         while self.state is not State.LOGOUT:
             event = await self.next_event()
             if isinstance(event, FramingError):
                 await self.send([self._framing_reply(event)])
                 if event.fatal:
                     raise Closed(event.message)
+                continue
+            if self.state is State.NOT_AUTHENTICATED and self.gateway is None and (
+                    link := self._gateway_link(event.raw)) is not None:
+                await self.send(link)
                 continue
             try:
                 raw, replay_id = split_replay(event.raw)

@@ -18,7 +18,7 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
-from mailmux.backend.store import replay
+from mailmux.backend.store import gatewaykeys, replay
 from mailmux.backend.store.interface import BOARD_OWNER, ChangeRecord
 from mailmux.backend.store.schema import SUBTREE
 from mailmux.backend.store.writer import Tx
@@ -297,7 +297,18 @@ def _replay_forget(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
     replay.forget(tx.conn, (str(_p(record, "scope")), str(_p(record, "id"))))
 
 
+def _gateway_key_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    gatewaykeys.apply_add(tx.conn, str(_p(record, "name")), str(_p(record, "secret")),
+                          record.hlc, record.origin)
+
+
+def _gateway_key_revoke(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    gatewaykeys.apply_revoke(tx.conn, str(_p(record, "name")), record.hlc, record.origin)
+
+
 _HANDLERS = {
+    "gatewaykey.add": _gateway_key_add,
+    "gatewaykey.revoke": _gateway_key_revoke,
     "replay": _replay,
     "replay.forget": _replay_forget,
     "user.add": _user_add,

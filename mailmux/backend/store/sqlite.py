@@ -39,7 +39,7 @@ from mailmux.backend.errors import (
 from mailmux.backend.message.limits import check_keywords
 from mailmux.backend.message.parsed import ParsedMessage
 from mailmux.backend.message.search import IndexEntry, index_entry
-from mailmux.backend.store import names, replay
+from mailmux.backend.store import gatewaykeys, names, replay
 from mailmux.backend.store.hlc import HybridClock
 from mailmux.backend.store.interface import (
     BOARD_OWNER,
@@ -191,6 +191,7 @@ class SqliteStore:
         conn.execute("PRAGMA busy_timeout=10000")
         prepare(conn)  # executescript commits on its own; the DDL is idempotent
         replay.prepare(conn)
+        gatewaykeys.prepare(conn)
         row = conn.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()
         if row is None:
             # A wiped node comes back as a new origin: peers still hold its old history
@@ -430,6 +431,27 @@ class SqliteStore:
         if ok and stored is not None:
             self.logins.remember(user, password, stored)
         return ok
+
+    # gateway keys (store/gatewaykeys.py) -------------------------------------------------------
+
+    async def add_gateway_key(self, name: str, secret: str) -> None:
+        def job(tx: Tx) -> None:
+            gatewaykeys.add(tx.conn, lambda kind, payload: self._log(tx, kind, payload),
+                            name, secret, self.clock.now(), self.origin)
+
+        await self._write(job)
+
+    async def revoke_gateway_key(self, name: str) -> None:
+        def job(tx: Tx) -> None:
+            gatewaykeys.revoke(tx.conn, lambda kind, payload: self._log(tx, kind, payload), name)
+
+        await self._write(job)
+
+    async def gateway_keys(self) -> list[gatewaykeys.KeyInfo]:
+        return await self._read(gatewaykeys.listing)
+
+    async def live_gateway_keys(self) -> dict[str, bytes]:
+        return await self._read(gatewaykeys.live)
 
     # boards -----------------------------------------------------------------------------------
 
