@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.gateway import GatewayProcess, write_gateway_config
 from tests.support.nodes import NodeProcess, write_config
 
 
@@ -33,3 +34,24 @@ def node(node_factory: Callable[..., NodeProcess]) -> NodeProcess:
     n.add_user("bob@example.test", "bob-pw")
     n.start()
     return n
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """Make gateways in front of NODES (started unless start=False); all killed at teardown."""
+    made: list[GatewayProcess] = []
+
+    def make(nodes: list[NodeProcess], extra: str = "", start: bool = True) -> GatewayProcess:
+        gw = write_gateway_config(
+            tmp_path / f"gateway{len(made)}.toml", [n.control for n in nodes], extra
+        )
+        made.append(gw)
+        if start:
+            gw.start()
+        return gw
+
+    try:
+        yield make
+    finally:
+        for gw in made:
+            gw.kill()

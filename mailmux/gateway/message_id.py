@@ -1,17 +1,10 @@
-"""The pool-wide GUID the gateway stamps on what it submits.
+"""Client-supplied `X-Mailmux-GUID` header fields, removed before submission.
 
-The GUID is derived from the authenticated user and the exact message bytes, so the same message
-submitted again (our own retry on another node after a failure, or the client's retry after a
-451) carries the same GUID and every backend keeps one copy. Any `X-Mailmux-GUID` the client put
-in the header is removed first, and the stamp is signed with the pool secret: only the gateway
-may name a message, otherwise a sender could make a mailbox drop a message by reusing a GUID.
+Replays are recognised by replay id (`XREPLAY=`), never by a header: such a field means
+nothing to the pool, and removing it keeps old pool-internal names out of stored copies.
 """
 
 from __future__ import annotations
-
-import hashlib
-
-from mailmux.protocol.guid import sign
 
 GUID_HEADER = b"X-Mailmux-GUID"
 
@@ -36,10 +29,3 @@ def strip_guid_header(message: bytes) -> bytes:
         if not dropping:
             out.append(line)
     return b"".join(out)
-
-
-def stamp(user: str, message: bytes, secret: bytes) -> tuple[str, bytes]:
-    """(guid, message with exactly one X-Mailmux-GUID field at the top, signed for the pool)."""
-    clean = strip_guid_header(message)
-    guid = hashlib.sha256(user.lower().encode() + b"\0" + clean).hexdigest()[:32]
-    return guid, GUID_HEADER + b": " + sign(guid, secret).encode() + b"\r\n" + clean

@@ -10,15 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailmux.backend.smtp.headers import stamped_guid
 from mailmux.gateway.health import HealthBook
 from mailmux.gateway.literals import non_synchronising
-from mailmux.gateway.message_id import stamp, strip_guid_header
+from mailmux.gateway.message_id import strip_guid_header
 from mailmux.gateway.responses import read_response
 from mailmux.gateway.selection import Candidate, order
-from mailmux.protocol.guid import sign
-
-SECRET = b"pool-secret-for-tests"
 
 
 def test_sync_literals_become_non_synchronising() -> None:
@@ -46,17 +42,9 @@ def test_rewriting_keeps_every_literal_byte(literals: list[bytes]) -> None:
     assert non_synchronising(raw) == expected + b"\r\n"
 
 
-def test_stamp_replaces_any_client_guid_and_is_stable() -> None:
+def test_client_guid_fields_are_removed_with_their_continuations() -> None:
     message = b"X-Mailmux-GUID: 0123456789abcdef0123\r\n folded\r\nSubject: hi\r\n\r\nbody\r\n"
-    guid, stamped = stamp("alice@example.test", message, SECRET)
-    assert stamped.count(b"X-Mailmux-GUID") == 1
-    header = b"X-Mailmux-GUID: " + sign(guid, SECRET).encode() + b"\r\nSubject: hi\r\n"
-    assert stamped.startswith(header)
-    assert stamped_guid(stamped, SECRET) == guid  # what a backend of the pool will read
-    assert b"folded" not in stamped
-    assert stamp("alice@example.test", message, SECRET)[0] == guid
-    assert stamp("bob@example.test", message, SECRET)[0] != guid
-    assert stamp("alice@example.test", message + b"more", SECRET)[0] != guid
+    assert strip_guid_header(message) == b"Subject: hi\r\n\r\nbody\r\n"
 
 
 def test_guid_header_in_body_is_kept() -> None:

@@ -4,12 +4,10 @@ import contextlib
 import imaplib
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.support.dns_server import DnsServer
-from tests.support.gateway import GatewayProcess, write_gateway_config
 from tests.support.nodes import NodeProcess
 from tests.support.ports import free_port
 from tests.support.smtp_sink import SmtpSink
@@ -28,24 +26,6 @@ def dns() -> Iterator[DnsServer]:
     with DnsServer({("remote.test", "MX"): ["10 mx.remote.test."],
                     ("mx.remote.test", "A"): ["127.0.0.1"]}) as server:
         yield server
-
-
-@pytest.fixture
-def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
-    made: list[GatewayProcess] = []
-
-    def make(nodes: list[NodeProcess], extra: str = "") -> GatewayProcess:
-        gw = write_gateway_config(tmp_path / f"gateway{len(made)}.toml",
-                                  [n.control for n in nodes], extra)
-        made.append(gw)
-        gw.start()
-        return gw
-
-    try:
-        yield make
-    finally:
-        for gw in made:
-            gw.kill()
 
 
 def outbound_table(sink: SmtpSink, dns: DnsServer, extra: str = "") -> str:

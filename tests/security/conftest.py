@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from tests.security.support import ALICE, BOB
-from tests.support.gateway import GatewayProcess, write_gateway_config
 from tests.support.nodes import NodeProcess
 
 
@@ -24,21 +22,3 @@ def victim(node_factory: Callable[..., NodeProcess]) -> Callable[..., NodeProces
         return n
 
     return make
-
-
-@pytest.fixture
-def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
-    made: list[GatewayProcess] = []
-
-    def make(nodes: list[NodeProcess], extra: str = "") -> GatewayProcess:
-        gw = write_gateway_config(
-            tmp_path / f"gateway{len(made)}.toml", [n.control for n in nodes], extra)
-        made.append(gw)
-        gw.start()
-        return gw
-
-    try:
-        yield make
-    finally:
-        for gw in made:
-            gw.kill()

@@ -1,8 +1,17 @@
-"""LIST / LSUB (RFC 3501, RFC 5258 extended LIST, RFC 6154 SPECIAL-USE, RFC 3348 CHILDREN)."""
+"""LIST / LSUB (RFC 3501, RFC 5258 extended LIST, RFC 6154 SPECIAL-USE, RFC 3348 CHILDREN).
+
+The basic forms answer as RFC 3501 and CHILDREN do (\\Noselect hierarchy parents, child
+attributes always). The extended form (RFC 5258: selection options, a pattern list or RETURN)
+answers what was asked: child attributes only for RETURN (CHILDREN), \\NonExistent for names
+that are no mailbox (hierarchy parents, subscriptions of deleted mailboxes), and with
+RECURSIVEMATCH a matching name whose descendants meet the criteria without matching themselves
+is reported with CHILDINFO. `listed` gives the structure; LIST-STATUS (RFC 5819) adds STATUS
+lines for the selectable ones.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from mailmux.backend.imap.budget import Budget
@@ -98,10 +107,12 @@ def entries(mailboxes: Iterable[MailboxInfo]) -> dict[str, Entry]:
 
 
 def lsub_responses(args: ListArgs, mailboxes: list[MailboxInfo],
-                   budget: Budget | None = None, utf8: bool = False) -> list[bytes]:
+                   budget: Budget | None = None, utf8: bool = False,
+                   subscriptions: Iterable[str] | None = None) -> list[bytes]:
     """RFC 3501 6.3.9: subscribed names matching a pattern; when `%` stops above a subscribed
     name, its unsubscribed parent at the pattern's level is listed as \\Noselect."""
-    subscribed = {m.name for m in mailboxes if m.subscribed}
+    subscribed = (set(subscriptions) if subscriptions is not None
+                  else {m.name for m in mailboxes if m.subscribed})
     matchers = [(Matcher(args.reference, p, budget), "%" in p) for p in args.patterns]
     found: dict[str, list[str]] = {}
     for name in subscribed:
@@ -122,10 +133,18 @@ def _with_children(names: list[str]) -> set[str]:
 
 
 def list_responses(args: ListArgs, mailboxes: list[MailboxInfo], lsub: bool,
-                   budget: Budget | None = None, utf8: bool = False) -> list[bytes]:
-    """`utf8`: the client ENABLEd UTF8=ACCEPT (RFC 6855), names go out in UTF-8."""
+                   budget: Budget | None = None, utf8: bool = False,
+                   subscriptions: Iterable[str] | None = None) -> list[bytes]:
+    """`utf8`: the client ENABLEd UTF8=ACCEPT (RFC 6855), names go out in UTF-8.
+    `subscriptions`: the subscribed names (deleted mailboxes' included); by default those of
+    `mailboxes`."""
     if lsub:
-        return lsub_responses(args, mailboxes, budget, utf8)
+        return lsub_responses(args, mailboxes, budget, utf8, subscriptions)
+    if args.extended:
+        subscribed = (set(subscriptions) if subscriptions is not None
+                      else {m.name for m in mailboxes if m.subscribed})
+        return [format_listed(item, utf8)
+                for item in listed(args, mailboxes, subscribed, budget)]
     command = "LIST"
     if not lsub and args.patterns == ("",):
         return [untagged(Atom(command), [Atom("\\Noselect")], DELIMITER, "")]
@@ -155,4 +174,80 @@ def list_responses(args: ListArgs, mailboxes: list[MailboxInfo], lsub: bool,
             attrs.append("\\Subscribed")
         out.append(untagged(Atom(command), [Atom(a) for a in attrs], DELIMITER,
                             name if utf8 else encode_mailbox(name)))
+    return out
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One `* LIST` answer of the extended form."""
+
+    name: str
+    attributes: tuple[str, ...]
+    childinfo: tuple[str, ...] = ()  # the selection criteria some descendant meets
+
+    @property
+    def selectable(self) -> bool:
+        return "\\NonExistent" not in self.attributes and "\\Noselect" not in self.attributes
+
+
+def format_listed(item: Listed, utf8: bool = False) -> bytes:
+    values: list[object] = [Atom("LIST"), [Atom(a) for a in item.attributes], DELIMITER,
+                            item.name if utf8 else encode_mailbox(item.name)]
+    if item.childinfo:
+        values.append(["CHILDINFO", list(item.childinfo)])
+    return untagged(*values)
+
+
+_CRITERIA = ("SUBSCRIBED", "SPECIAL-USE")
+
+
+def _ancestors(name: str) -> Iterator[str]:
+    parts = name.split(DELIMITER)
+    for i in range(len(parts) - 1, 0, -1):
+        yield DELIMITER.join(parts[:i])
+
+
+def listed(args: ListArgs, mailboxes: list[MailboxInfo], subscribed: set[str],
+           budget: Budget | None = None) -> list[Listed]:
+    """The extended LIST answer (RFC 5258), in name order."""
+    existing = entries(mailboxes)
+    select = set(args.select_options)
+    criteria = tuple(c for c in _CRITERIA if c in select)
+    returns = set(args.return_options) | ({"SUBSCRIBED"} & select)
+    matchers = [Matcher(args.reference, p, budget) for p in args.patterns]
+
+    def matches(name: str) -> bool:
+        return any(m.match(name) for m in matchers)
+
+    def meets(name: str) -> bool:
+        entry = existing.get(name)
+        if "SUBSCRIBED" in select and name not in subscribed:
+            return False
+        return "SPECIAL-USE" not in select or bool(entry and entry.special_use)
+
+    names = set(existing) | (subscribed if "SUBSCRIBED" in select else set())
+    shown = {n for n in names if meets(n) and matches(n)}
+    childinfo: set[str] = set()
+    if "RECURSIVEMATCH" in select:
+        for name in names:
+            if not meets(name) or matches(name):
+                continue
+            for parent in _ancestors(name):
+                if parent not in childinfo and matches(parent):
+                    childinfo.add(parent)
+    with_children = _with_children(sorted(existing))
+    out = []
+    for name in sorted(shown | childinfo):
+        entry = existing.get(name)
+        attrs: list[str] = []
+        if entry is None or not entry.selectable:
+            attrs.append("\\NonExistent")
+        if "CHILDREN" in returns and entry is not None:
+            attrs.append("\\HasChildren" if name in with_children else "\\HasNoChildren")
+        if entry is not None and entry.special_use and (
+                "SPECIAL-USE" in select or "SPECIAL-USE" in returns or not returns):
+            attrs.append(entry.special_use)
+        if "SUBSCRIBED" in returns and name in subscribed:
+            attrs.append("\\Subscribed")
+        out.append(Listed(name, tuple(attrs), criteria if name in childinfo else ()))
     return out

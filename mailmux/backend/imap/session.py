@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, TypeVar
 from mailmux import metrics
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted
+from mailmux.backend.imap import catenate
 from mailmux.backend.imap import fetch as fetching
 from mailmux.backend.imap.budget import Budget, run_bounded
-from mailmux.backend.imap.listing import list_responses
+from mailmux.backend.imap.listing import format_listed, list_responses, listed
 from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING, State
 from mailmux.backend.imap.view import View
 from mailmux.backend.message.limits import check_keywords, check_structure
@@ -100,6 +101,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Row = tuple[MessageMeta, bytes | None]  # a message and its body, as fetch_rows gives them
+AppendedMessage = tuple[tuple[str, ...], datetime | None, bytes, bool]  # flags, date, bytes, ~
 
 READ_SIZE = 64 * 1024
 UNAUTHENTICATED_MAX_LITERAL = 4 * 1024
@@ -576,41 +578,55 @@ class Session:
         return await self.ok(command, "UNSUBSCRIBE completed")
 
     async def do_LIST(self, command: Command) -> Lines:
-        assert isinstance(command.args, ListArgs)
-        mailboxes = await self.store.list_mailboxes(self.me)
-        args = command.args
-        utf8 = "UTF8=ACCEPT" in self.enabled
-        lines = await run_bounded(lambda b: list_responses(args, mailboxes, False, b, utf8),
-                                  self.config.command_cpu_budget)
-        return await self.ok(command, "LIST completed", before=lines)
+        return await self._list(command, lsub=False)
 
     async def do_LSUB(self, command: Command) -> Lines:
-        assert isinstance(command.args, ListArgs)
-        mailboxes = await self.store.list_mailboxes(self.me)
+        return await self._list(command, lsub=True)
+
+    async def _list(self, command: Command, lsub: bool) -> Lines:
         args = command.args
+        assert isinstance(args, ListArgs)
+        mailboxes = await self.store.list_mailboxes(self.me)
+        subscribed = await self.store.subscriptions(self.me)
         utf8 = "UTF8=ACCEPT" in self.enabled
-        lines = await run_bounded(lambda b: list_responses(args, mailboxes, True, b, utf8),
+        if args.status_items is None or lsub:
+            lines = await run_bounded(
+                lambda b: list_responses(args, mailboxes, lsub, b, utf8, subscribed),
+                self.config.command_cpu_budget)
+            return await self.ok(command, f"{command.name} completed", before=lines)
+        items = await run_bounded(lambda b: listed(args, mailboxes, set(subscribed), b),
                                   self.config.command_cpu_budget)
-        return await self.ok(command, "LSUB completed", before=lines)
+        infos = {m.name: m for m in mailboxes}
+        out: Lines = []
+        for item in items:
+            out.append(format_listed(item, utf8))
+            info = infos.get(item.name)
+            if item.selectable and info is not None:  # LIST-STATUS (RFC 5819)
+                out.append(await self._status_line(info, args.status_items))
+        return await self.ok(command, "LIST completed", before=out)
 
     async def do_STATUS(self, command: Command) -> Lines:
         args = command.args
         assert isinstance(args, StatusArgs)
         info = await self.store.get_mailbox(self.me, args.mailbox)
-        values = {"MESSAGES": info.messages, "RECENT": await self._recent_count(args, info),
+        line = await self._status_line(info, args.items)
+        return await self.ok(command, "STATUS completed", before=[line])
+
+    async def _status_line(self, info: MailboxInfo, wanted: Sequence[str]) -> bytes:
+        values = {"MESSAGES": info.messages,
+                  "RECENT": await self._recent_count(wanted, info) if "RECENT" in wanted else 0,
                   "UIDNEXT": info.uidnext,
                   "UIDVALIDITY": info.uidvalidity, "UNSEEN": info.unseen,
                   "HIGHESTMODSEQ": info.highestmodseq, "SIZE": info.size}
         items: list[object] = []
-        for item in args.items:
+        for item in wanted:
             items += [Atom(item), values[item]]
         # the name as the client wrote it: modified UTF-7 (RFC 3501 5.1.3)
         name = info.name if "UTF8=ACCEPT" in self.enabled else encode_mailbox(info.name)
-        line = untagged(Atom("STATUS"), name, items)
-        return await self.ok(command, "STATUS completed", before=[line])
+        return untagged(Atom("STATUS"), name, items)
 
-    async def _recent_count(self, args: StatusArgs, info: MailboxInfo) -> int:
-        if "RECENT" not in args.items:
+    async def _recent_count(self, wanted: Sequence[str], info: MailboxInfo) -> int:
+        if "RECENT" not in wanted:
             return 0
         if self.view is not None and self.view.mailbox_id == info.id:
             return len(self.view.recent)
@@ -624,6 +640,11 @@ class Session:
         args = command.args
         assert isinstance(args, Append)
         messages = [(args.flags, args.date, args.message, args.binary), *args.more]
+        if args.catenate:
+            try:
+                messages = await self._catenated(args, messages)
+            except MailboxNotFound:
+                return [tagged(command.tag, "NO", f"no mailbox {args.mailbox}", "TRYCREATE")]
         if any(len(m[2]) > self.config.max_message_size for m in messages):
             return [tagged(command.tag, "NO", "message too large", "TOOBIG")]
         for flags, _, message, _ in messages:
@@ -666,6 +687,20 @@ class Session:
         uids = format_sequence_set([uid for _, uid in assigned])
         return await self.ok(command, "APPEND completed",
                              f"APPENDUID {assigned[0][0]} {uids}")
+
+    async def _catenated(self, args: Append, messages: list[AppendedMessage]
+                         ) -> list[AppendedMessage]:
+        """CATENATE's messages put together; the target is checked first, so a missing one is
+        TRYCREATE whatever the URLs say, and every URL before anything is stored (MULTIAPPEND
+        is all or nothing)."""
+        await self.store.get_mailbox(self.me, args.mailbox)
+        out = []
+        for (flags, when, data, binary), parts in zip(messages, args.catenate, strict=True):
+            if parts is not None:
+                data = await catenate.assemble(self.store, self.me, parts,
+                                               self.config.max_message_size)
+            out.append((flags, when, data, binary))
+        return out
 
     async def do_IDLE(self, command: Command) -> Lines:
         await self.send([continuation("idling")])

@@ -39,7 +39,8 @@ CAPABILITIES: tuple[str, ...] = (
     "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH", "BINARY",
     "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
     "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT",
-    "WITHIN", "UTF8=ACCEPT",
+    "WITHIN", "UTF8=ACCEPT", "LIST-EXTENDED", "LIST-STATUS",
+    "CATENATE",
 )
 # Gateway-only (mailmux.protocol.imap.replay); the gateway never shows it to clients.
 CAPABILITIES += ("XREPLAY",)

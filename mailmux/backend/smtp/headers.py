@@ -1,9 +1,8 @@
-"""Header work done on every message the intake accepts: finding its pool-wide GUID and
-writing the trace (`Received:`) header. Pure functions on bytes, tested without sockets.
+"""Header work done on every message the intake accepts: a fresh GUID per message and the
+trace (`Received:`) header. Pure functions on bytes, tested without sockets.
 
-The gateway stamps a signed `X-Mailmux-GUID` (`mailmux.protocol.guid`) on what it submits, so
-that a transaction it replays after a failover carries the same GUID and the store keeps one
-copy. Mail from anywhere else, or with a stamp not signed by this pool, gets a fresh uuid4.
+Every message gets a fresh uuid4 GUID, whatever its header claims: replays are recognised by
+replay id (`XREPLAY=`), so identical bytes are always separate messages.
 """
 
 from __future__ import annotations
@@ -15,9 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
 
-from mailmux.protocol.guid import verify
-
-GUID_HEADER = b"x-mailmux-guid"
 # What RFC 5321's Domain / address-literal syntax allows in a HELO argument; anything else
 # (a client can send any bytes) is written as "unknown" so it cannot forge header structure.
 _HELO = re.compile(r"[A-Za-z0-9._:\[\]-]{1,255}")
@@ -43,19 +39,6 @@ def header_fields(message: bytes) -> list[tuple[bytes, bytes]]:
         if colon:
             fields.append((name.strip().lower(), value.strip()))
     return fields
-
-
-def stamped_guid(message: bytes, secret: bytes) -> str | None:
-    """The GUID the gateway stamped and signed; None if absent, malformed or not signed with
-    this pool's secret (then the message is a new one, whatever its header claims)."""
-    for name, value in header_fields(message):
-        if name == GUID_HEADER:
-            return verify(value.decode("ascii", "replace"), secret)
-    return None
-
-
-def message_guid(message: bytes, secret: bytes) -> str:
-    return stamped_guid(message, secret) or new_guid()
 
 
 def with_protocol(*, lmtp: bool, extended: bool, tls: bool, utf8: bool) -> str:

@@ -554,6 +554,10 @@ class SqliteStore:
 
         return await self._read(read)
 
+    async def subscriptions(self, user: str) -> list[str]:
+        return await self._read(lambda c: [r[0] for r in c.execute(
+            "SELECT name FROM subscriptions WHERE user = ?", (user.lower(),)).fetchall()])
+
     async def get_mailbox(self, user: str, name: str) -> MailboxInfo:
         return await self._read(lambda c: self._info(c, user, self._mailbox_row(c, user, name)))
 
@@ -607,8 +611,7 @@ class SqliteStore:
             row = self._mailbox_row(tx.conn, user, name)
             self._remember(tx, key, {})
             tx.conn.execute("DELETE FROM mailboxes WHERE id = ?", (row[0],))
-            tx.conn.execute("DELETE FROM subscriptions WHERE user = ? AND name = ?",
-                            (user.lower(), name))
+            # the subscription stays (RFC 3501 6.3.6), as on replicas applying this delete
             tx.touched.add(row[0])
             self._collect_bodies(tx)
             self._log(tx, "mailbox.delete", {"owner": user.lower(), "name": name,

@@ -51,7 +51,8 @@ BEFORE_LOGIN = (
     "UNSELECT", "CHILDREN", "SPECIAL-USE", "CONDSTORE", "ESEARCH", "BINARY",
     "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
     "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT", "WITHIN",
-    "UTF8=ACCEPT",
+    "UTF8=ACCEPT", "LIST-EXTENDED", "LIST-STATUS",
+    "CATENATE",
 )
 GATEWAY_OWN = ("ID",)  # answered by the gateway in every state
 # Extensions a backend may offer that the gateway must not pass on, and why:

@@ -134,18 +134,34 @@ class Rename:
 
 @dataclass(frozen=True)
 class ListArgs:
-    """LIST and LSUB. Extended LIST selection/return options are upper-cased atoms."""
+    """LIST and LSUB. Extended LIST (RFC 5258) selection/return options are upper-cased atoms.
+
+    `extended` is true when the command used the extended syntax (selection options, a
+    parenthesised pattern list or RETURN): the answer then follows RFC 5258 (no child
+    information unless asked, \\NonExistent). `status_items` are LIST-STATUS's RETURN
+    (STATUS (...)) items (RFC 5819); None when not asked.
+    """
 
     reference: str
     patterns: tuple[str, ...]
     select_options: tuple[str, ...] = ()
     return_options: tuple[str, ...] = ()
+    extended: bool = False
+    status_items: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class StatusArgs:
     mailbox: str
     items: tuple[str, ...]  # MESSAGES, RECENT, UIDNEXT, UIDVALIDITY, UNSEEN, HIGHESTMODSEQ, SIZE
+
+
+@dataclass(frozen=True)
+class CatenatePart:
+    """One part of a CATENATE (RFC 4469): a TEXT literal, or a URL naming (part of) a message."""
+
+    text: bytes | None = None
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +173,10 @@ class Append:
     binary: bool = False  # sent as ~{n}
     # MULTIAPPEND (RFC 3502): the messages after the first, each (flags, date, bytes, binary)
     more: tuple[tuple[tuple[str, ...], datetime | None, bytes, bool], ...] = ()
+    # CATENATE (RFC 4469): when any message is catenated, one entry per message (the first,
+    # then `more`): its parts, or None for a message sent as a literal. A catenated message's
+    # `bytes` are empty until the server has put its parts together.
+    catenate: tuple[tuple[CatenatePart, ...] | None, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from mailmux.protocol.imap.commands import (
     Append,
     Args,
     Authenticate,
+    CatenatePart,
     Command,
     CopyMove,
     Enable,
@@ -390,6 +391,19 @@ def _section(r: _Reader) -> Section:
     return Section(tuple(parts), text, fields)
 
 
+def parse_section(text: bytes) -> Section:
+    """A section spec on its own ("1.2.MIME", "HEADER.FIELDS (A B)"), as IMAP URLs carry
+    it (RFC 5092); ValueError when it is not one."""
+    r = _Reader(b"[" + text + b"]")
+    try:
+        section = _section(r)
+    except _Fail as exc:
+        raise ValueError(exc.message) from None
+    if r.pos != len(r.raw):
+        raise ValueError("text after the section")
+    return section
+
+
 def _fetch(r: _Reader) -> Fetch:
     r.sp()
     seq = r.sequence_set()
@@ -566,31 +580,101 @@ def _thread(r: _Reader) -> Thread:
     return Thread(algorithm, key, charset)
 
 
-def _list(r: _Reader) -> ListArgs:
+_LIST_SELECT = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
+_LIST_RETURN = {"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"}
+MAX_LIST_PATTERNS = 100
+
+
+def _list_select(r: _Reader) -> tuple[str, ...]:
+    """RFC 5258 selection options; RECURSIVEMATCH needs a criterion to recurse on."""
+    select = r.paren_atoms()
+    unknown = set(select) - _LIST_SELECT
+    if unknown:
+        raise _Fail(f"unknown LIST selection option {sorted(unknown)[0]}")
+    if "RECURSIVEMATCH" in select and not set(select) - {"RECURSIVEMATCH", "REMOTE"}:
+        raise _Fail("RECURSIVEMATCH needs another selection option")
+    return select
+
+
+def _list_return(r: _Reader) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    """RFC 5258 return options, and LIST-STATUS's STATUS (items) (RFC 5819)."""
+    r.expect(b"(")
+    options: list[str] = []
+    status: tuple[str, ...] | None = None
+    while not r.take(b")"):
+        if options:
+            r.sp()
+        option = r.atom().upper()
+        if option not in _LIST_RETURN:
+            raise _Fail(f"unknown LIST return option {option}")
+        if option == "STATUS":
+            r.sp()
+            status = r.paren_atoms()
+            unknown = set(status) - _STATUS_ITEMS
+            if unknown or not status:
+                raise _Fail(f"unknown STATUS item {', '.join(sorted(unknown)) or '(none)'}")
+        options.append(option)
+    return tuple(options), status
+
+
+def _list(r: _Reader, name: str) -> ListArgs:
     r.sp()
     select: tuple[str, ...] = ()
+    extended = False
     if r.peek() == b"(":
-        select = r.paren_atoms()
+        select = _list_select(r)
+        extended = True
         r.sp()
     reference = r.list_mailbox() if r.peek() not in (b'"',) else r.text(r.string())
     r.sp()
     if r.take(b"("):
+        extended = True
         patterns = [r.list_mailbox()]
         while r.take(b" "):
+            if len(patterns) >= MAX_LIST_PATTERNS:
+                raise _Fail(f"at most {MAX_LIST_PATTERNS} LIST patterns", "LIMIT")
             patterns.append(r.list_mailbox())
         r.expect(b")")
     else:
         patterns = [r.list_mailbox()]
     returns: tuple[str, ...] = ()
+    status: tuple[str, ...] | None = None
     if r.take(b" RETURN "):
-        returns = r.paren_atoms()
-    return ListArgs(reference, tuple(patterns), select, returns)
+        extended = True
+        returns, status = _list_return(r)
+    if extended and name == "LSUB":
+        raise _Fail("LSUB takes no extended LIST syntax")
+    return ListArgs(reference, tuple(patterns), select, returns, extended, status)
 
 
 MAX_MULTIAPPEND = 1000
+MAX_CATENATE_PARTS = 100
+_Message = tuple[tuple[str, ...], datetime | None, bytes, bool]
 
 
-def _append_message(r: _Reader) -> tuple[tuple[str, ...], datetime | None, bytes, bool]:
+def _catenate(r: _Reader) -> tuple[CatenatePart, ...]:
+    """CATENATE (TEXT literal / URL astring ...) (RFC 4469)."""
+    r.expect(b"(")
+    parts: list[CatenatePart] = []
+    while not r.take(b")"):
+        if parts:
+            r.sp()
+        if len(parts) >= MAX_CATENATE_PARTS:
+            raise _Fail(f"at most {MAX_CATENATE_PARTS} CATENATE parts", "LIMIT")
+        kind = r.atom().upper()
+        r.sp()
+        if kind == "TEXT":
+            parts.append(CatenatePart(text=r.literal()[0]))
+        elif kind == "URL":
+            parts.append(CatenatePart(url=r.astring().decode("ascii", "replace")))
+        else:
+            raise _Fail(f"unknown CATENATE part {kind}")
+    if not parts:
+        raise _Fail("empty CATENATE")
+    return tuple(parts)
+
+
+def _append_message(r: _Reader) -> tuple[_Message, tuple[CatenatePart, ...] | None]:
     flags: tuple[str, ...] = ()
     when = None
     if r.peek() == b"(":
@@ -599,21 +683,28 @@ def _append_message(r: _Reader) -> tuple[tuple[str, ...], datetime | None, bytes
     if r.peek() == b'"':
         when = r.date_time()
         r.sp()
+    if r.take(b"CATENATE "):
+        return (flags, when, b"", False), _catenate(r)
     data, binary = r.literal()
-    return flags, when, data, binary
+    return (flags, when, data, binary), None
 
 
 def _append(r: _Reader) -> Append:
     r.sp()
     mailbox = r.mailbox()
     r.sp()
-    flags, when, data, binary = _append_message(r)
-    more: list[tuple[tuple[str, ...], datetime | None, bytes, bool]] = []
+    (flags, when, data, binary), parts = _append_message(r)
+    more: list[_Message] = []
+    catenate = [parts]
     while r.take(b" "):  # MULTIAPPEND (RFC 3502)
         if len(more) >= MAX_MULTIAPPEND:
             raise _Fail(f"at most {MAX_MULTIAPPEND + 1} messages in one APPEND", "LIMIT")
-        more.append(_append_message(r))
-    return Append(mailbox, flags, when, data, binary, tuple(more))
+        message, parts = _append_message(r)
+        more.append(message)
+        catenate.append(parts)
+    if all(p is None for p in catenate):
+        catenate = []
+    return Append(mailbox, flags, when, data, binary, tuple(more), tuple(catenate))
 
 
 def _id(r: _Reader) -> Id:
@@ -689,7 +780,7 @@ def _args(r: _Reader, name: str, uid: bool) -> Args:
         r.sp()
         return Rename(old, r.mailbox())
     if name in ("LIST", "LSUB"):
-        return _list(r)
+        return _list(r, name)
     if name == "STATUS":
         r.sp()
         mailbox = r.mailbox()

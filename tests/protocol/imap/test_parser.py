@@ -78,7 +78,7 @@ def test_list_variants() -> None:
     assert args(b'a LIST "" *\r\n') == ListArgs("", ("*",))
     assert args(b"a LSUB Work %\r\n") == ListArgs("Work", ("%",))
     assert args(b'a LIST (SUBSCRIBED) "" ("INBOX" Sent) RETURN (CHILDREN)\r\n') == ListArgs(
-        "", ("INBOX", "Sent"), ("SUBSCRIBED",), ("CHILDREN",))
+        "", ("INBOX", "Sent"), ("SUBSCRIBED",), ("CHILDREN",), extended=True)
 
 
 def test_status_append() -> None:
