@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.gatewaykeys import GatewayKeys
 from mailmux.backend.load import LoadMeter
+from mailmux.backend.login_failures import PoolLoginFailures
 from mailmux.backend.store.interface import MailStore
 
 if TYPE_CHECKING:
@@ -95,11 +96,15 @@ class Node:
         await self.meter.start()
         self._stack.push_async_callback(self.meter.close)
 
+        failures = PoolLoginFailures(config.lockout_failures, config.lockout_time,
+                                     [peer for peer, _, _ in config.replication.peers])
         replication_address = None
         if config.replication.listen is not None:
             from mailmux.replication.peers import Replicator
 
             self.replicator = Replicator(config, store, self.meter)
+            self.replicator.failures = failures
+            failures.on_change = self.replicator.wake_all
             replication_address = (await self.replicator.start())[0]
             self._stack.push_async_callback(self.replicator.close)
 
@@ -112,6 +117,7 @@ class Node:
 
         imap = ImapServer(config, self.store, self.meter)
         imap.keys = keys
+        imap.failures = failures
         imap_address, *imaps = await imap.start()
         self._stack.push_async_callback(imap.close)
 

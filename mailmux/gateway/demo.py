@@ -38,6 +38,7 @@ from mailmux.gateway.app import Gateway
 from mailmux.gateway.pool import parse_endpoint
 from mailmux.privatefiles import make_private_dir, write_private
 from mailmux.protocol.control.codec import ControlError
+from mailmux.protocol.control.keys import GatewayKey, GatewayKeyError, parse_key
 from mailmux.protocol.control.messages import LoadRequest
 
 log = logging.getLogger(__name__)
@@ -159,25 +160,33 @@ def reset_password(node: DemoNode, user: str, password: str) -> None:
         raise DemoError(f"resetting {user} on node {node.node_id}: {result.stderr.strip()}")
 
 
-def add_gateway_key(node: DemoNode, key_file: Path) -> None:
-    """Register the demo gateway's key on `node` (the first call writes the key file)."""
-    result = subprocess.run(
-        _backend("gateway-key", "add", GATEWAY_KEY_NAME, "--key-file", str(key_file),
-                 "--config", str(node.config_path)),
-        capture_output=True, text=True, timeout=60, check=False,
-    )
-    if result.returncode != 0 and "exists" not in result.stderr:
-        raise DemoError(f"adding the gateway key on node {node.node_id}: "
-                        f"{result.stderr.strip()}")
+def demo_gateway_key(key_file: Path) -> GatewayKey:
+    """The demo gateway's key: the one in `key_file` from an earlier run, or a new one."""
+    if key_file.exists():
+        try:
+            return parse_key(key_file.read_text())
+        except (OSError, GatewayKeyError) as exc:
+            raise DemoError(f"{key_file}: {exc}") from exc
+    key = GatewayKey(GATEWAY_KEY_NAME, secrets.token_urlsafe(32).encode())
+    write_private(key_file, key.line() + "\n")
+    return key
 
 
 async def prepare_gateway_key(nodes: list[DemoNode], key_file: Path) -> None:
-    """One key for the demo gateway, on every node at once (replication would bring it too,
-    but the gateway's first discovery must not wait for that). The gateway never gets the
-    pool secret."""
-    await asyncio.to_thread(add_gateway_key, nodes[0], key_file)
-    await asyncio.gather(*(asyncio.to_thread(add_gateway_key, node, key_file)
-                           for node in nodes[1:]))
+    """Register the demo gateway's key on every node, as `mailmux-backend gateway-key add`
+    does (replication would bring it too, but the gateway's first discovery must not wait for
+    that). The gateway never gets the pool secret."""
+    from mailmux.backend.config import load as load_node_config
+    from mailmux.backend.store.gatewaykeys import GatewayKeyExists
+    from mailmux.backend.store.sqlite import SqliteStore
+
+    key = demo_gateway_key(key_file)
+    for node in nodes:
+        config = load_node_config(node.config_path)
+        make_private_dir(config.data_dir)
+        async with SqliteStore.open(config.db_path, config.node_id, config.domains) as store:
+            with contextlib.suppress(GatewayKeyExists):
+                await store.add_gateway_key(key.name, key.secret.decode())
 
 
 async def prepare_users(nodes: list[DemoNode], state: DemoState) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import Unavailable
 from mailmux.backend.load import LoadMeter
+from mailmux.backend.login_failures import PoolLoginFailures
 from mailmux.backend.store.interface import ChangeRecord
 from mailmux.backend.store.sqlite import SqliteStore
 from mailmux.protocol.control.errors import ControlDecodeError
@@ -167,6 +168,9 @@ class Replicator:
         self._local_seq = 0
         self._answer_timeout = 2 * self.rconfig.copy_timeout
         self._handshaking = 0
+        # Failed logins shared with the peers; the node replaces it with the one its IMAP
+        # server uses.
+        self.failures = PoolLoginFailures(config.lockout_failures, config.lockout_time)
         # TLS on peer links whenever the node has a certificate (DESIGN: off loopback, always).
         # Peers authenticate each other with the pool secret; TLS adds confidentiality, and the
         # dialer checks the peer's certificate against the node's own (a pool-wide certificate
@@ -216,6 +220,10 @@ class Replicator:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _committed(self) -> None:
+        self._wake_all()
+
+    def wake_all(self) -> None:
+        """Something besides a change is owed to the peers (failed-login counts)."""
         self._wake_all()
 
     def _wake_all(self) -> None:
@@ -393,6 +401,7 @@ class Replicator:
         await self._reconcile(peer, channel)
         while True:
             peer.wake.clear()
+            await self._send_failures(peer, channel)
             records = await self.store.changes_after(peer.acked, BATCH_RECORDS)
             peer.rounds += 1
             own = [r.seq for r in records if r.origin == self.store.origin]
@@ -412,6 +421,17 @@ class Replicator:
                 await self._record_ack(peer, {k: int(v) for k, v in reply["positions"].items()})
                 if time.monotonic() - peer.digested >= antientropy.DIGEST_INTERVAL:
                     await self._reconcile(peer, channel)
+
+    async def _send_failures(self, peer: PeerState, channel: Channel) -> None:
+        """Failed-login counts this node owes the peer (backend/login_failures.py)."""
+        update = self.failures.take(peer.node_id)
+        if not update:
+            return
+        try:
+            await self._ask(channel, {"t": "failures", "users": update})
+        except BaseException:
+            self.failures.give_back(peer.node_id, update)
+            raise
 
     async def _send_batch(self, peer: PeerState, channel: Channel,
                           records: list[ChangeRecord]) -> None:
@@ -476,6 +496,11 @@ class Replicator:
             answer = await antientropy.answer(self.store, message)
             if answer is not None:
                 await channel.send(answer)
+                continue
+            if kind == "failures":
+                users = message.get("users")
+                self.failures.heard(node, users if isinstance(users, dict) else {})
+                await channel.send({"t": "failures"})
                 continue
             if kind == "batch":
                 records = _records_from(message["records"])

@@ -22,6 +22,7 @@ from mailmux.backend.gatewaykeys import GatewayKeys
 from mailmux.backend.imap.recent import RecentClaims
 from mailmux.backend.imap.session import Closed, Session
 from mailmux.backend.load import LoadMeter
+from mailmux.backend.login_failures import PoolLoginFailures
 from mailmux.backend.store.interface import MailStore
 from mailmux.protocol.control.errors import ControlAuthError
 from mailmux.protocol.control.replay import ReplayCache
@@ -50,6 +51,8 @@ class ImapServer:
         self._trials = 0  # connections over the stranger cap given a chance to prove a gateway
         self._link_nonces = ReplayCache()
         self.keys = GatewayKeys(config.pool_secret)  # the node gives it the store's keys
+        # Failed logins counted across the pool; the node shares them with the replicator.
+        self.failures = PoolLoginFailures(config.lockout_failures, config.lockout_time)
         self.recent = RecentClaims()
 
     async def start(self) -> list[Address]:

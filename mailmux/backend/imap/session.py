@@ -444,7 +444,19 @@ class Session:
 
     async def _login(self, tag: str, user: str, password: str) -> Lines:
         user = user.strip().lower()
+        failures = self.server.failures
+        if failures.locked(user) > 0:
+            # Not even checked: a guess made during the lockout is a wasted guess.
+            self.failed_logins += 1
+            log.info("imap %s: login for %s refused, locked after %d failures in the pool",
+                     self.peer, user, failures.count(user))
+            if self.failed_logins >= self.config.max_failed_logins:
+                await self.send([tagged(tag, "NO", "invalid credentials", "AUTHENTICATIONFAILED"),
+                                 untagged_status("BYE", "too many failed logins")])
+                raise Closed("too many failed logins")
+            return [tagged(tag, "NO", "invalid credentials", "AUTHENTICATIONFAILED")]
         if await self.store.authenticate(user, password):
+            failures.succeeded(user)
             self.user = user
             self.state = State.AUTHENTICATED
             self.server.authenticated(self)
@@ -455,6 +467,8 @@ class Session:
             caps = " ".join(self.capabilities())
             return [tagged(tag, "OK", "logged in", f"CAPABILITY {caps}")]
         self.failed_logins += 1
+        if await self.store.has_user(user):
+            failures.failed(user)
         metrics.login("imap", False)
         log.info("imap %s: failed login for %s (%d)", self.peer, user, self.failed_logins)
         delay = min(self.config.failed_login_delay * 2 ** (self.failed_logins - 1),
