@@ -183,7 +183,8 @@ async def prepare_gateway_key(nodes: list[DemoNode], key_file: Path) -> None:
     key = demo_gateway_key(key_file)
     for node in nodes:
         config = load_node_config(node.config_path)
-        make_private_dir(config.data_dir)
+        if not config.data_dir.exists():  # an existing one is the node's to judge at start
+            make_private_dir(config.data_dir)
         async with SqliteStore.open(config.db_path, config.node_id, config.domains) as store:
             with contextlib.suppress(GatewayKeyExists):
                 await store.add_gateway_key(key.name, key.secret.decode())
