@@ -22,7 +22,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -206,8 +206,16 @@ def session_closed(protocol: str) -> None:
     SESSIONS.labels(protocol).dec()
 
 
+_COMMAND_CHILDREN: dict[str, Any] = {}  # label -> its histogram child (labels() is slow)
+
+
 def observe_command(name: str, seconds: float) -> None:
-    COMMANDS.labels(command_label(name)).observe(seconds)
+    child = _COMMAND_CHILDREN.get(name)
+    if child is None:
+        child = COMMANDS.labels(command_label(name))
+        if len(_COMMAND_CHILDREN) < 4 * len(IMAP_COMMANDS):  # client-chosen names: capped
+            _COMMAND_CHILDREN[name] = child
+    child.observe(seconds)
 
 
 def login(protocol: str, ok: bool) -> None:

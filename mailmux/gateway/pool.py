@@ -222,6 +222,10 @@ class Pool:
                 self._answers[user] = (now + ttl, answers)
         return answers, time.monotonic()
 
+    def forget_answers(self, user: str) -> None:
+        """The next discovery of USER asks the pool again (the cached answer did not do)."""
+        self._answers.pop(user, None)
+
     def placed_since(self, node_id: str, since: float) -> int:
         """Open sessions this gateway placed on NODE_ID after SINCE (monotonic time)."""
         return sum(1 for t in self._placed.get(node_id, {}).values() if t >= since)

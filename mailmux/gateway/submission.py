@@ -238,44 +238,53 @@ class SubmissionHandler:
 
     async def _deliver(self, sender: str | None, recipients: list[str], message: bytes,
                        guid: str) -> str:
-        candidates = await self._candidates(recipients)
-        reasons = []
-        for candidate in candidates:
-            try:
-                result = await self._watched(candidate, aiosmtplib.send(
-                    message,
-                    sender=sender,
-                    recipients=recipients,
-                    mail_options=[f"XREPLAY={guid}"],
-                    hostname=candidate.smtp[0],
-                    port=candidate.smtp[1],
-                    timeout=self.config.request_timeout,
-                    start_tls=False,
-                    use_tls=False,
-                ))
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                raise _refusal(exc.recipients) from exc
-            except aiosmtplib.SMTPResponseException as exc:
-                if exc.code >= 500:
-                    # The node judged the message, not its own health: the client gets the
-                    # permanent answer (no retries, no quarantine).
-                    raise DeliveryRefused(f"{exc.code} {exc.message}") from exc
-                reasons.append(f"{candidate.node_id}: {exc}")
-                log.warning("submission: %s to %s failed: %s", guid, candidate.node_id, exc)
-                self.pool.failed(candidate.node_id, str(exc))
-                continue
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                reasons.append(f"{candidate.node_id}: {exc}")
-                log.warning("submission: %s to %s failed: %s", guid, candidate.node_id, exc)
-                self.pool.failed(candidate.node_id, str(exc))
-                continue
-            self.pool.succeeded(candidate.node_id)
-            refused = result[0] if isinstance(result, tuple) and result else {}
-            if refused:
-                # 250 means every recipient has it: a partial success is not one.
-                raise _refusal([aiosmtplib.SMTPRecipientRefused(r.code, r.message, str(rcpt))
-                                for rcpt, r in refused.items()])
-            return candidate.node_id
+        reasons: list[str] = []
+        tried: set[str] = set()
+        # A second look after failures: the first answer (cached, or first-responder's
+        # single yes) may have named only the nodes that just failed.
+        for attempt in range(2):
+            if attempt:
+                for recipient in recipients:
+                    self.pool.forget_answers(recipient)
+            candidates = [c for c in await self._candidates(recipients)
+                          if c.node_id not in tried]
+            for candidate in candidates:
+                tried.add(candidate.node_id)
+                try:
+                    result = await self._watched(candidate, aiosmtplib.send(
+                        message,
+                        sender=sender,
+                        recipients=recipients,
+                        mail_options=[f"XREPLAY={guid}"],
+                        hostname=candidate.smtp[0],
+                        port=candidate.smtp[1],
+                        timeout=self.config.request_timeout,
+                        start_tls=False,
+                        use_tls=False,
+                    ))
+                except aiosmtplib.SMTPRecipientsRefused as exc:
+                    raise _refusal(exc.recipients) from exc
+                except aiosmtplib.SMTPResponseException as exc:
+                    if exc.code >= 500:
+                        # The node judged the message, not its own health: the client gets the
+                        # permanent answer (no retries, no quarantine).
+                        raise DeliveryRefused(f"{exc.code} {exc.message}") from exc
+                    reasons.append(f"{candidate.node_id}: {exc}")
+                    log.warning("submission: %s to %s failed: %s", guid, candidate.node_id, exc)
+                    self.pool.failed(candidate.node_id, str(exc))
+                    continue
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                    reasons.append(f"{candidate.node_id}: {exc}")
+                    log.warning("submission: %s to %s failed: %s", guid, candidate.node_id, exc)
+                    self.pool.failed(candidate.node_id, str(exc))
+                    continue
+                self.pool.succeeded(candidate.node_id)
+                refused = result[0] if isinstance(result, tuple) and result else {}
+                if refused:
+                    # 250 means every recipient has it: a partial success is not one.
+                    raise _refusal([aiosmtplib.SMTPRecipientRefused(r.code, r.message, str(rcpt))
+                                    for rcpt, r in refused.items()])
+                return candidate.node_id
         raise NoBackend("; ".join(reasons) or "no live node serves every recipient")
 
     async def _watched(self, candidate: Candidate, send: Awaitable[object]) -> object:

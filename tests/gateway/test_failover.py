@@ -247,3 +247,24 @@ def test_a_synchronising_literal_is_asked_for_once_across_a_failover(
     assert not any(r.startswith(b"+") for r in answer)
     assert b"* 1 EXISTS\r\n" in client.command("s", "SELECT INBOX")
     assert "hung" in gw.log()
+
+
+def test_first_responder_fails_over_past_its_cached_single_answer(
+    pool: Pool, gateway_factory: Callable[..., GatewayProcess],
+    raw: Callable[[tuple[str, int]], RawImap],
+) -> None:
+    """first-responder caches one yes; when that node dies the gateway must ask again, not
+    end the session for want of candidates."""
+    nodes = pool.nodes
+    gw = gateway_with(gateway_factory, list(nodes.values()),
+                      extra='selection = "first-responder"\ndiscovery_cache_ttl = 120')
+    client = raw(gw.imap)
+    client.login(*ALICE)
+    body = message("kept")
+    assert client.command("a", b"APPEND INBOX {%d+}\r\n%s" % (len(body), body))[-1].startswith(
+        b"a OK")
+    killed = serving(gw, ALICE[0], nodes)  # no mailbox selected: no standby to take over
+    killed.kill()
+    answer = client.command("f", "STATUS INBOX (MESSAGES)")
+    assert answer == [b"* STATUS \"INBOX\" (MESSAGES 1)\r\n", b"f OK STATUS completed\r\n"], answer
+    assert serving(gw, ALICE[0], nodes) is not killed

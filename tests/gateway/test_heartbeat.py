@@ -4,7 +4,9 @@ transfers to a hung node are abandoned."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -15,6 +17,8 @@ from mailmux.gateway.pool import Pool
 from mailmux.gateway.selection import Candidate
 from mailmux.gateway.session.heartbeat import Heartbeat
 from mailmux.gateway.submission import SubmissionHandler
+from mailmux.protocol.control.codec import NONCE_SIZE, ReplayCache, decode, encode
+from mailmux.protocol.control.messages import HealthReply
 
 SECRET = b"heartbeat-test-secret-0123456789"
 
@@ -83,3 +87,58 @@ def test_an_smtp_transfer_to_a_hung_node_is_abandoned(silent: tuple[str, int]) -
 
     error = asyncio.run(main())
     assert error is not None and "hung" in str(error)
+
+
+@pytest.fixture
+def forgetful() -> Iterator[tuple[str, int]]:
+    """A node that answers HEALTH, except that every second request is lost on the way (a
+    dropped datagram, or a node busy for a moment): the answers it does give are life."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        cache = ReplayCache(max_entries=256)
+        count = 0
+        while not stop.is_set():
+            try:
+                data, peer = sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            count += 1
+            if count % 2:
+                continue
+            _, envelope = decode(data, SECRET, now=time.time(), replay_cache=cache)
+            reply = HealthReply(node_id="x", ok=True, uptime=1.0, version="test")
+            sock.sendto(encode(reply, SECRET, now=time.time(), nonce=os.urandom(NONCE_SIZE),
+                               request_id=envelope.request_id), peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        sock.close()
+
+
+def test_a_lost_probe_is_no_hang(forgetful: tuple[str, int]) -> None:
+    """One unanswered probe must not leave the node unasked until the verdict: probes go out
+    every interval, so the next one's answer arrives in time."""
+    async def main() -> tuple[list[str], int]:
+        hung: list[str] = []
+        beat = Heartbeat(SECRET, hang_timeout=0.4)
+        beat.register("x", forgetful, hung.append)
+        rounds = 0
+        while rounds < 60 and not hung:  # three seconds, several hang_timeouts
+            await asyncio.sleep(0.05)  # the watch runs meanwhile
+            rounds += 1
+        await beat.close()
+        return hung, rounds
+
+    hung, rounds = asyncio.run(main())
+    assert hung == [] and rounds == 60

@@ -14,6 +14,8 @@ from tests.gateway.conftest import ALICE
 from tests.gateway.rawimap import RawImap, wait_until
 from tests.gateway.replicated import Pool, replicated  # noqa: F401  (fixture)
 from tests.gateway.test_failover import gateway_with, message, serving
+from tests.replication.support import Pool as ReplicationPool
+from tests.replication.support import make_pool  # noqa: F401  (fixture)
 from tests.support.gateway import GatewayProcess
 from tests.support.nodes import NodeProcess
 
@@ -68,5 +70,55 @@ def test_the_move_race_gets_the_original_answer_and_one_copy(
         assert "hung" in gw.log()
         selected = client.command("t", "SELECT Archive")
         assert b"* 1 EXISTS\r\n" in selected, selected
+    finally:
+        client.close()
+
+
+def _uids(node: NodeProcess) -> list[int]:
+    with imaplib.IMAP4(*node.imap, timeout=30) as direct:
+        direct.login(*ALICE)
+        direct.select("INBOX", readonly=True)
+        _, data = direct.uid("SEARCH", "ALL")
+        return [int(u) for u in data[0].split()]
+
+
+def test_a_hung_node_continued_after_the_replay_leaves_one_copy_everywhere(
+    make_pool: Callable[..., ReplicationPool],  # noqa: F811
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    """SIGSTOP mid-APPEND (the node has made the message and waits for its copies), failover
+    and replay elsewhere, SIGCONT: the two runs of one replay id meet on every node and one
+    copy is left, the one whose APPENDUID the client was given."""
+    pool = make_pool(proxied=True, copy_timeout="60s")
+    nodes = pool.nodes
+    gw = gateway_with(gateway_factory, list(nodes.values()))
+    client = RawImap(gw.imap)
+    try:
+        client.login(*ALICE)
+        s = serving(gw, ALICE[0], nodes)
+        quiet = [p for (i, j), p in pool.proxies.items() if s.node_id in (i, j)]
+        for proxy in quiet:  # S's links stay up but carry nothing: its copies cannot be made
+            proxy.pause()
+        body = message("once")
+        client.send(b"a APPEND INBOX {%d+}\r\n%s\r\n" % (len(body), body))
+        wait_until(lambda: len(_uids(s)) == 1, "S to make the message")
+        s.signal(signal.SIGSTOP)
+        answer = client.until("a")
+        assert len(answer) == 1 and answer[0].startswith(b"a OK [APPENDUID "), answer
+        appended = re.search(rb"\[APPENDUID \d+ (\d+)\]", answer[0])
+        assert appended is not None
+        assert "hung" in gw.log()
+        s.signal(signal.SIGCONT)
+        for proxy in quiet:
+            proxy.resume()
+
+        def settled() -> bool:
+            held = [_uids(n) for n in nodes.values()]
+            return all(h == held[0] for h in held) and len(held[0]) > 0
+
+        wait_until(settled, "the nodes to agree", deadline=60)
+        for node in nodes.values():
+            assert _uids(node) == [int(appended.group(1))], node.node_id
+        assert b"* 1 EXISTS\r\n" in client.command("s", "SELECT INBOX")
     finally:
         client.close()

@@ -32,6 +32,7 @@ from mailmux.backend.errors import BackendError, MailboxNotFound, NotPermitted
 from mailmux.backend.imap import catenate
 from mailmux.backend.imap import fetch as fetching
 from mailmux.backend.imap.budget import Budget, run_bounded
+from mailmux.backend.imap.contexts import Contexts, UpdateContext
 from mailmux.backend.imap.listing import format_listed, list_responses, listed
 from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING, State
 from mailmux.backend.imap.view import View
@@ -41,6 +42,7 @@ from mailmux.backend.message.search import SearchContext, matches
 from mailmux.backend.message.sort import Candidate, sent_time, sort_order
 from mailmux.backend.message.threading import ThreadInput, format_threads, message_ids, thread
 from mailmux.backend.store.interface import (
+    INLINE_ROWS,
     AppendResult,
     FlagChange,
     MailboxInfo,
@@ -52,6 +54,7 @@ from mailmux.protocol.imap import gatewaylink
 from mailmux.protocol.imap.commands import (
     Append,
     Authenticate,
+    CancelUpdate,
     Command,
     CopyMove,
     Enable,
@@ -62,6 +65,7 @@ from mailmux.protocol.imap.commands import (
     ListArgs,
     Login,
     MailboxArg,
+    QresyncParams,
     Rename,
     Search,
     SearchKey,
@@ -73,6 +77,7 @@ from mailmux.protocol.imap.commands import (
     Thread,
 )
 from mailmux.protocol.imap.errors import ParseError
+from mailmux.protocol.imap.esearch import Result, wanted
 from mailmux.protocol.imap.framing import (
     CommandBytes,
     CommandFramer,
@@ -89,6 +94,7 @@ from mailmux.protocol.imap.response import (
     encode_value,
     format_flags,
     format_sequence_set,
+    quote,
     tagged,
     untagged,
     untagged_status,
@@ -143,6 +149,7 @@ class Session:
         self.feed: asyncio.Queue[int] | None = None
         self.enabled: set[str] = set()
         self.known_flags: set[str] = set()  # flags announced by the last untagged FLAGS
+        self.contexts = Contexts()  # SEARCH/SORT RETURN (UPDATE) of the selected mailbox
         self.failed_logins = 0
         self.gateway: str | None = None  # the gateway key that vouched for this link
         self._preface: list[bytes] = []  # answers owed before the first command is read
@@ -163,9 +170,14 @@ class Session:
         return self.config.idle_timeout
 
     async def next_event(self) -> CommandBytes | FramingError:
+        incomplete = False
         while True:
             event = self.framer.next_event()
             if isinstance(event, NeedData):
+                if incomplete:
+                    # A part of a command (a literal without its closing CRLF, say) will get
+                    # no answer to carry our ACK: ACK it now. A whole command's answer does.
+                    quickack(self.writer)
                 try:
                     async with asyncio.timeout(self._timeout()):
                         data = await self.reader.read(READ_SIZE)
@@ -177,7 +189,7 @@ class Session:
                 if not data:
                     raise Closed("client closed the connection")
                 self.framer.receive_data(data)
-                quickack(self.writer)
+                incomplete = True
                 continue
             if isinstance(event, LiteralContinue):
                 await self.send([continuation("Ready for literal data")])
@@ -260,6 +272,8 @@ class Session:
         with self.server.meter.transaction():
             try:
                 lines = await handler(command)
+                if self.contexts and lines and self.state is State.SELECTED:
+                    lines[-1:-1] = await self._context_updates()
             except BackendError as exc:
                 lines = [exc.imap_reply(command.tag)]
             except Closed:
@@ -343,7 +357,12 @@ class Session:
         """The view brought up to date, with FLAGS for new keywords and \\Recent for new mail."""
         view = self.selected
         last = view.uids[-1] if view.uids else 0
-        lines = view.apply(changes, allow_expunge)
+        removals: Lines = []
+        if self.contexts and allow_expunge:
+            # REMOVEFROM numbers messages as the client knows them: before EXPUNGE renumbers
+            removals = self.contexts.removed(
+                [*view.pending_expunge, *(u for u in changes.expunged if u <= last)], view)
+        lines = [*removals, *view.apply(changes, allow_expunge)]
         if view.recent and changes.expunged:
             view.recent.difference_update(changes.expunged)
         new = view.uids[bisect.bisect_right(view.uids, last):]
@@ -489,11 +508,14 @@ class Session:
 
     async def do_ENABLE(self, command: Command) -> Lines:
         assert isinstance(command.args, Enable)
-        newly = [c for c in command.args.capabilities if c in ("CONDSTORE", "UTF8=ACCEPT")
-                 and c not in self.enabled]
+        newly = [c for c in command.args.capabilities
+                 if c in ("CONDSTORE", "QRESYNC", "UTF8=ACCEPT") and c not in self.enabled]
+        condstore = {"CONDSTORE", "QRESYNC"} & set(newly)  # QRESYNC implies CONDSTORE
         highest = (await self._condstore_on()
-                   if "CONDSTORE" in newly and self.view is not None else [])
+                   if condstore and self.view is not None else [])
         self.enabled.update(newly)
+        if "QRESYNC" in newly and self.view is not None:
+            self.view.qresync = True
         return [untagged(Atom("ENABLED"), *[Atom(c) for c in newly]), *highest,
                 tagged(command.tag, "OK", "ENABLE completed")]
 
@@ -504,6 +526,7 @@ class Session:
     def _unselect(self) -> None:
         if self.view is not None and self.feed is not None:
             self.store.unlisten(self.view.mailbox_id, self.feed)
+        self.contexts.clear()
         self.view = None
         self.feed = None
         self.state = State.AUTHENTICATED
@@ -521,14 +544,17 @@ class Session:
         if self.view is not None:
             closed = [untagged_status("OK", "previous mailbox closed", "CLOSED")]
             self._unselect()
-        if args.condstore:
+        if args.qresync is not None and "QRESYNC" not in self.enabled:
+            return [*closed, tagged(command.tag, "BAD", "ENABLE QRESYNC first", "CLIENTBUG")]
+        if args.condstore or "QRESYNC" in self.enabled:
             self.enabled.add("CONDSTORE")
         state = await self.store.select_state(self.me, args.mailbox)
         info = state.info
         # Listen first: a change committed after the snapshot still wakes this view.
         feed = self.store.listen(info.id)
         view = View(info.id, info.name, readonly, info.uidvalidity, state.uids,
-                    modseq=info.highestmodseq, condstore="CONDSTORE" in self.enabled)
+                    modseq=info.highestmodseq, condstore="CONDSTORE" in self.enabled,
+                    qresync="QRESYNC" in self.enabled)
         claims = self.server.recent
         key = (info.id, info.uidvalidity)
         view.recent = set(claims.peek(key, view.uids) if readonly else claims.claim(key, view.uids))
@@ -554,8 +580,41 @@ class Session:
         ]
         if "CONDSTORE" in self.enabled:
             lines.append(untagged_status("OK", "highest", f"HIGHESTMODSEQ {info.highestmodseq}"))
+        if args.qresync is not None and args.qresync.uidvalidity == info.uidvalidity:
+            lines += await self._resync(args.qresync, info.uidnext)
         code = "READ-ONLY" if readonly else "READ-WRITE"
         return [*lines, tagged(command.tag, "OK", f"{command.name} completed", code)]
+
+    async def _resync(self, params: QresyncParams, uidnext: int) -> Lines:
+        """RFC 7162 3.2.5: what changed since the client's MODSEQ, as VANISHED (EARLIER) and
+        FETCH. Every expunge is remembered with its MODSEQ (the store's `expunged` table), so
+        the seq-match hint is not needed, and the cost is what changed, not the mailbox."""
+        view = self.selected
+        changes = await self.store.changes_since_modseq(self.me, view.mailbox_id, params.modseq)
+        largest = uidnext - 1
+        known = params.known_uids
+        gone = [u for u in changes.expunged
+                if u <= largest and (known is None or known.contains(u, largest))]
+        lines = [untagged(Atom("VANISHED"), Atom("(EARLIER)"),
+                          Atom(format_sequence_set(gone)))] if gone else []
+        for uid, flags, modseq in changes.changed:
+            seq = view.seq_of(uid)
+            if seq and modseq <= view.modseq:  # later ones reach the client as updates
+                lines.append(view.flags_response(uid, sorted(flags), modseq, with_uid=True,
+                                                 seq=seq))
+                view.reported(uid, modseq)
+        lines[:0] = self._announce_flags({f for _, flags, _ in changes.changed for f in flags})
+        return lines
+
+    async def _vanished_earlier(self, sequence: SequenceSet, since: int) -> Lines:
+        """UID FETCH ... (CHANGEDSINCE n VANISHED): the UIDs of the set expunged after n."""
+        view = self.selected
+        changes = await self.store.changes_since_modseq(self.me, view.mailbox_id, since)
+        largest = max(view.uids[-1] if view.uids else 0, max(changes.expunged, default=0))
+        gone = [u for u in changes.expunged if sequence.contains(u, largest)]
+        if not gone:
+            return []
+        return [untagged(Atom("VANISHED"), Atom("(EARLIER)"), Atom(format_sequence_set(gone)))]
 
     async def do_CREATE(self, command: Command) -> Lines:
         args = command.args
@@ -737,6 +796,8 @@ class Session:
                 if reader in done:
                     break
                 await self.send(await self.updates())
+                if self.contexts and self.view is not None:
+                    await self.send(await self._context_updates())
         finally:
             if not reader.done():
                 reader.cancel()
@@ -805,27 +866,101 @@ class Session:
         assert isinstance(args, Search)
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
+        options = args.return_options
+        if options is not None and "UPDATE" in options and {"MIN", "MAX", "PARTIAL"} & set(
+                options):
+            view.saved = [] if "SAVE" in options else view.saved  # RFC 5182 2.1: failed
+            return [*before, tagged(command.tag, "NO", "UPDATE goes with ALL and COUNT only",
+                                    "CANNOT")]
         if _uses_modseq(args.key):
             before += await self._condstore_on()
-        found = await self._search_uids(args.key)
+        try:
+            found = await self._search_uids(args.key)
+        except BackendError:
+            if options is not None and "SAVE" in options:
+                view.saved = []
+            raise
         uids = sorted(found)
         hits = uids if command.uid else [view.seq_of(u) for u in uids]
         highest = None
         if _uses_modseq(args.key) and uids:
             # RFC 7162 3.1.5: with only MIN and/or MAX asked, the MODSEQ of those messages
             reported = uids
-            options = set(args.return_options or ())
-            if options and options <= {"MIN", "MAX"}:
-                reported = [uids[0]] * ("MIN" in options) + [uids[-1]] * ("MAX" in options)
+            asked = set(options or ())
+            if asked and asked <= {"MIN", "MAX"}:
+                reported = [uids[0]] * ("MIN" in asked) + [uids[-1]] * ("MAX" in asked)
             highest = max(found[u] for u in reported)
-        if args.return_options is not None:
-            line = self._esearch(command, args.return_options, hits, highest)
-        else:
+        if options is None:
             values: list[object] = [Atom("SEARCH"), *hits]
             if highest is not None:
                 values.append([Atom("MODSEQ"), highest])
-            line = untagged(*values)
-        return [*before, line, tagged(command.tag, "OK", "SEARCH completed")]
+            return [*before, untagged(*values), tagged(command.tag, "OK", "SEARCH completed")]
+        lines = [*before, *self._returned(command, options, uids, hits, sort=False,
+                                          partial=args.partial, modseq=highest)]
+        if "UPDATE" in options:
+            key = _seqsets_as_uids(args.key, view)
+            if not self.contexts.add(UpdateContext(command.tag, command.uid, key, set(uids),
+                                                   view.modseq)):
+                lines.append(untagged_status("NO", "too many updates",
+                                             f"NOUPDATE {quote(command.tag).decode()}"))
+        return [*lines, tagged(command.tag, "OK", "SEARCH completed")]
+
+    def _returned(self, command: Command, options: tuple[str, ...], uids: list[int],
+                  hits: list[int], sort: bool, partial: tuple[int, int] | None,
+                  modseq: int | None) -> Lines:
+        """The ESEARCH answer to RETURN (...), and SEARCHRES's SAVE (RFC 5182): with only MIN
+        and/or MAX asked, only those are saved; RETURN (SAVE) alone answers nothing."""
+        view = self.selected
+        asked = set(options)
+        if "SAVE" in asked:
+            if asked & {"MIN", "MAX"} and not asked & {"ALL", "COUNT", "PARTIAL"} and uids:
+                ends = sorted(uids)
+                picked = ({ends[0]} if "MIN" in asked else set()) | (
+                    {ends[-1]} if "MAX" in asked else set())
+                view.saved = sorted(picked)
+            else:
+                view.saved = sorted(uids)
+            if asked <= {"SAVE", "CONTEXT"}:
+                return []
+        result = Result(command.tag, command.uid, hits, wanted(options), sorted=sort,
+                        partial=partial, modseq=modseq)
+        return [result.line()]
+
+    async def _context_updates(self) -> Lines:
+        """ADDTO/REMOVEFROM for the live RETURN (UPDATE) contexts: the messages changed since
+        each context last looked are searched again, nothing else."""
+        view = self.view
+        if view is None or not self.contexts:
+            return []
+        try:
+            changes = await self.store.changes_since_modseq(self.me, view.mailbox_id,
+                                                            self.contexts.oldest())
+        except MailboxNotFound:
+            return []
+        out: Lines = []
+        for context in list(self.contexts.live.values()):
+            fresh = [(uid, modseq) for uid, _, modseq in changes.changed
+                     if modseq > context.modseq]
+            candidates = sorted({uid for uid, _ in fresh if view.seq_of(uid)})
+            # a change to a message not yet announced is weighed once it is
+            waiting = [m for uid, m in fresh if not view.seq_of(uid)]
+            horizon = min(waiting) - 1 if waiting else changes.highestmodseq
+            if not candidates:
+                context.modseq = max(context.modseq, horizon)
+                continue
+            program = SearchKey("AND", (), (context.key, SearchKey("UID", (_runs(candidates),))))
+            matched = set(await self._search_uids(program))
+            out += self.contexts.weighed(context, candidates, matched, view, horizon)
+        return out
+
+    async def do_CANCELUPDATE(self, command: Command) -> Lines:
+        args = command.args
+        assert isinstance(args, CancelUpdate)
+        unknown = self.contexts.cancel(args.tags)
+        if unknown:
+            return [tagged(command.tag, "BAD", f"no update context for tag {unknown[0]}",
+                           "CLIENTBUG")]
+        return await self.ok(command, "CANCELUPDATE completed")
 
     async def _search_uids(self, program: SearchKey) -> dict[int, int]:
         """UID -> MODSEQ of the messages in the view that a SEARCH program matches."""
@@ -866,16 +1001,22 @@ class Session:
         assert isinstance(args, Sort)
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
+        if args.return_options is not None and "UPDATE" in args.return_options:
+            # Positions in a sorted result would need every member's sort key kept current.
+            return [*before, tagged(command.tag, "NO", "SORT RETURN (UPDATE) is not supported",
+                                    "CANNOT")]
         found = sorted(await self._search_uids(args.key))
         candidates = [c for chunk in await self._over_bodies(found, _sort_candidates)
                       for c in chunk]
         # Sorting many messages is CPU work: never on the event loop.
         ordered = await asyncio.to_thread(sort_order, candidates, args.criteria)
         hits = ordered if command.uid else [view.seq_of(u) for u in ordered]
-        line = untagged(Atom("SORT"), *hits)
-        if args.return_options is not None:
-            line = _esort(command, args.return_options, hits)
-        return [*before, line, tagged(command.tag, "OK", "SORT completed")]
+        if args.return_options is None:
+            lines = [untagged(Atom("SORT"), *hits)]
+        else:
+            lines = self._returned(command, args.return_options, ordered, hits, sort=True,
+                                   partial=args.partial, modseq=None)
+        return [*before, *lines, tagged(command.tag, "OK", "SORT completed")]
 
     async def do_THREAD(self, command: Command) -> Lines:
         args = command.args
@@ -891,22 +1032,6 @@ class Session:
         return [*before, f"* THREAD {text}".rstrip().encode() + b"\r\n",
                 tagged(command.tag, "OK", "THREAD completed")]
 
-    def _esearch(self, command: Command, options: tuple[str, ...], hits: list[int],
-                 modseq: int | None) -> bytes:
-        wanted = set(options) or {"ALL"}
-        parts = f'* ESEARCH (TAG "{command.tag}")' + (" UID" if command.uid else "")
-        if hits and "MIN" in wanted:
-            parts += f" MIN {min(hits)}"
-        if hits and "MAX" in wanted:
-            parts += f" MAX {max(hits)}"
-        if "COUNT" in wanted:
-            parts += f" COUNT {len(hits)}"
-        if hits and "ALL" in wanted:
-            parts += f" ALL {format_sequence_set(hits)}"
-        if modseq is not None:
-            parts += f" MODSEQ {modseq}"
-        return parts.encode() + b"\r\n"
-
     async def do_FETCH(self, command: Command) -> Lines:
         args = command.args
         assert isinstance(args, Fetch)
@@ -915,9 +1040,14 @@ class Session:
             return [tagged(command.tag, "NO", f"at most {MAX_FETCH_BODY_ITEMS} body items and "
                            f"{MAX_FETCH_ITEMS} items in one FETCH", "LIMIT")]
         view = self.selected
+        if args.vanished and (not command.uid or "QRESYNC" not in self.enabled):
+            return [tagged(command.tag, "BAD", "VANISHED needs UID FETCH and ENABLE QRESYNC",
+                           "CLIENTBUG")]
         await self.send(await self.updates(allow_expunge=command.uid))
         uids = view.resolve(args.sequence, command.uid)
         attrs = args.attrs
+        if args.vanished and args.changed_since is not None:
+            await self.send(await self._vanished_earlier(args.sequence, args.changed_since))
         with_modseq = args.changed_since is not None
         if with_modseq or any(a.name == "MODSEQ" for a in attrs):
             await self.send(await self._condstore_on())
@@ -927,8 +1057,8 @@ class Session:
         with_body = fetching.needs_body(attrs)
         template = fetching.light_template(attrs, with_uid=command.uid, with_modseq=with_modseq)
         if template is not None and not mark_seen:
-            await self._fetch_light(template, uids, args.changed_since)
-            return [tagged(command.tag, "OK", "FETCH completed")]
+            last = await self._fetch_light(template, uids, args.changed_since)
+            return [*last, tagged(command.tag, "OK", "FETCH completed")]
         out = _Output(self)
         for start in range(0, len(uids), FETCH_CHUNK):
             rows = await self.store.fetch_rows(self.me, view.mailbox_id,
@@ -956,28 +1086,32 @@ class Session:
         return dataclasses.replace(meta, flags=meta.flags | {"\\Recent"})
 
     async def _fetch_light(self, template: tuple[str, tuple[str, ...]], uids: list[int],
-                           changed_since: int | None) -> None:
+                           changed_since: int | None) -> Lines:
+        """Sends every chunk but the last, which it returns: a small FETCH leaves in one write
+        with its tagged OK."""
         view = self.selected
+        pending: Lines = []
         line, fields = template
         pick = operator.itemgetter(*(_ROW_FIELDS.index(f) for f in fields))
         known = view.uids
         recent = view.recent
         for start in range(0, len(uids), FETCH_CHUNK):
+            await self.send(pending)
+            pending = []
             chunk = uids[start:start + FETCH_CHUNK]
             first = view.seq_of(chunk[0])
             # SQLite knows nothing of \Recent: look at the chunk's UIDs, never all of `recent`
             no_recent = not recent or not any(u in recent for u in chunk)
-            if (changed_since is None and no_recent
+            if (changed_since is None and no_recent and len(chunk) > INLINE_ROWS
                     and view.seq_of(chunk[-1]) - first == len(chunk) - 1):
                 # A gapless stretch of the view (1:* is one): SQLite writes the lines.
                 made = await self.store.flag_lines(view.mailbox_id, chunk, first, fields)
                 if made is not None:
-                    await self.send([made])
+                    pending = [made]
                     continue
             rows = await self.store.flag_rows(self.me, view.mailbox_id, chunk)
             if "flags" in fields:
-                await self.send(self._announce_flags(
-                    {f for _, text, _ in rows for f in text.split()}))
+                pending = self._announce_flags({f for _, text, _ in rows for f in text.split()})
             out = []
             i = -1
             for uid, flags, modseq in rows:
@@ -989,7 +1123,8 @@ class Session:
                 if i >= len(known) or known[i] != uid:
                     i = bisect.bisect_left(known, uid)
                 out.append(line % pick((i + 1, uid, flags, modseq)))
-            await self.send(["".join(out).encode()])  # a chunk at a time, drained
+            pending.append("".join(out).encode())  # a chunk at a time, drained
+        return pending
 
     async def _fetch_bodies(self, with_uid: bool, with_modseq: bool,
                             attrs: tuple[FetchAttr, ...], metas: list[MessageMeta],
@@ -1154,32 +1289,6 @@ class _Output:
         await self.add(b"".join(pending))
 
 
-def _esort(command: Command, options: tuple[str, ...], hits: list[int]) -> bytes:
-    """RFC 5267 ESORT: MIN and MAX are the first and last in sort order, ALL keeps it."""
-    wanted = set(options) or {"ALL"}
-    parts = f'* ESEARCH (TAG "{command.tag}")' + (" UID" if command.uid else "")
-    if hits and "MIN" in wanted:
-        parts += f" MIN {hits[0]}"
-    if hits and "MAX" in wanted:
-        parts += f" MAX {hits[-1]}"
-    if "COUNT" in wanted:
-        parts += f" COUNT {len(hits)}"
-    if hits and "ALL" in wanted:
-        parts += f" ALL {_ordered_set(hits)}"
-    return parts.encode() + b"\r\n"
-
-
-def _ordered_set(numbers: list[int]) -> str:
-    """A sequence set in the given order: only ascending runs are folded into ranges."""
-    runs: list[list[int]] = []
-    for n in numbers:
-        if runs and runs[-1][1] == n - 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n])
-    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
-
-
 def _sort_candidates(rows: list[tuple[MessageMeta, bytes | None]],
                      budget: Budget) -> list[Candidate]:
     out = []
@@ -1229,12 +1338,15 @@ def _runs(uids: list[int]) -> SequenceSet:
 
 def _seqsets_as_uids(key: SearchKey, view: View) -> SearchKey:
     """SEQSET keys as the UID ranges they name in this view, so the store can answer them;
-    RECENT, NEW and OLD as the UIDs whose \\Recent this session owns."""
+    `$` (SEARCHRES) as the saved UIDs still in the view; RECENT, NEW and OLD as the UIDs whose
+    \\Recent this session owns."""
     if key.name in ("RECENT", "NEW", "OLD"):
         mine = SearchKey("UID", (_runs(sorted(view.recent)),))
         if key.name == "NEW":
             return SearchKey("AND", (), (mine, SearchKey("UNSEEN")))
         return mine if key.name == "RECENT" else SearchKey("NOT", (), (mine,))
+    if key.name in ("SEQSET", "UID") and getattr(key.args[0], "saved", False):
+        return SearchKey("UID", (_runs(view.resolve(SequenceSet((), saved=True), True)),))
     if key.name == "SEQSET":
         seqset = key.args[0]
         assert isinstance(seqset, SequenceSet)

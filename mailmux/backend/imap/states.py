@@ -20,7 +20,7 @@ AUTHENTICATED = ANY_STATE | {
 }
 SELECTED = AUTHENTICATED | {
     "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "SORT", "THREAD", "FETCH", "STORE",
-    "COPY", "MOVE",
+    "COPY", "MOVE", "CANCELUPDATE",
 }
 
 ALLOWED: dict[State, frozenset[str]] = {
@@ -40,6 +40,7 @@ CAPABILITIES: tuple[str, ...] = (
     "MULTIAPPEND", "STATUS=SIZE", "SORT", "SORT=DISPLAY",
     "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT",
     "WITHIN", "UTF8=ACCEPT", "LIST-EXTENDED", "LIST-STATUS",
+    "SEARCHRES", "CONTEXT=SEARCH", "CONTEXT=SORT", "QRESYNC",
     "CATENATE",
 )
 # Gateway-only (mailmux.protocol.imap.replay); the gateway never shows it to clients.

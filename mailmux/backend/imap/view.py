@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from mailmux.backend.store.interface import ViewChanges
 from mailmux.protocol.imap.commands import SequenceSet
-from mailmux.protocol.imap.response import Atom, format_flags, untagged
+from mailmux.protocol.imap.response import Atom, format_flags, format_sequence_set, untagged
 
 
 @dataclass
@@ -37,6 +37,8 @@ class View:
     # Expunges seen while the command in progress forbade EXPUNGE responses.
     pending_expunge: set[int] = field(default_factory=set)
     recent: set[int] = field(default_factory=set)  # UIDs whose \Recent this session owns
+    saved: list[int] = field(default_factory=list)  # SEARCHRES `$`: UIDs, ascending
+    qresync: bool = False  # QRESYNC enabled: expunges are told as VANISHED (RFC 7162 3.2.10)
 
     @property
     def exists(self) -> int:
@@ -49,6 +51,8 @@ class View:
 
     def resolve(self, sequence: SequenceSet, uid: bool) -> list[int]:
         """UIDs named by a sequence set, ascending; numbers beyond the view are ignored."""
+        if sequence.saved:
+            return [u for u in self.saved if self.seq_of(u)]
         uids = self.uids
         if not uids:
             return []
@@ -111,7 +115,8 @@ class View:
 
     def _expunge(self, gone: list[int]) -> list[bytes]:
         """EXPUNGE responses in ascending order, each numbered after the ones before it,
-        and the UID array rebuilt once (not shifted once per message)."""
+        and the UID array rebuilt once (not shifted once per message). With QRESYNC, one
+        VANISHED naming the UIDs instead."""
         out: list[bytes] = []
         removed: set[int] = set()
         for uid in gone:
@@ -122,4 +127,6 @@ class View:
                 self.own.pop(uid, None)
         if removed:
             self.uids = array("q", (u for u in self.uids if u not in removed))
+        if removed and self.qresync:
+            return [untagged(Atom("VANISHED"), Atom(format_sequence_set(sorted(removed))))]
         return out

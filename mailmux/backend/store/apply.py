@@ -15,6 +15,7 @@ any flag change or late copy of that message.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from mailmux.outbound import records as outbound_records
 if TYPE_CHECKING:
     from mailmux.backend.store.sqlite import SqliteStore
 
+log = logging.getLogger(__name__)
 
 
 def apply_records(store: SqliteStore, tx: Tx, records: list[ChangeRecord],
@@ -285,12 +287,49 @@ def _message_expunge(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
 
 def _replay(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
     answer = _p(record, "answer")
-    replay.insert(tx.conn, (str(_p(record, "scope")), str(_p(record, "id"))),
-                  dict(answer) if isinstance(answer, dict) else {}, record.hlc)
+    adds = _p(record, "adds")
+    run = replay.Run(record.origin, record.hlc, dict(answer) if isinstance(answer, dict) else {},
+                     list(adds) if isinstance(adds, list) else [])
+    key = (str(_p(record, "scope")), str(_p(record, "id")))
+    met = replay.merge(tx.conn, key, run)
+    if met is not None:
+        _undo_run(store, tx, *met)
+        log.warning("replay id %s of %s ran on %s and on %s: kept the run of %s, removed %d "
+                    "message(s) of the other", key[1], key[0], met[0].origin, met[1].origin,
+                    met[0].origin, len(met[1].adds))
+
+
+def _undo_run(store: SqliteStore, tx: Tx, winner: replay.Run, loser: replay.Run) -> None:
+    """Two runs of one replay id met: the loser's messages go, on every node alike. A GUID only
+    the loser added is tombstoned (no late copy brings it back); a GUID both share (an SMTP
+    replay carries its GUID) loses only the loser's UID, and the winner's add, skipped here
+    while the GUID was taken, is made now."""
+    conn = tx.conn
+    shared = {str(p.get("guid")) for _, p in winner.adds}
+    for _, payload in loser.adds:
+        owner, name, guid = payload.get("owner"), payload.get("mailbox"), payload.get("guid")
+        mailbox = _mailbox(conn, owner, name)
+        if mailbox is None or mailbox[3] != payload.get("uidvalidity"):
+            continue
+        if guid in shared:
+            conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND uid = ? AND guid = ?",
+                         (mailbox[0], payload.get("uid"), guid))
+        else:
+            conn.execute("INSERT INTO tombstones VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                         "hlc = max(hlc, excluded.hlc)", (owner, name, guid, winner.hlc))
+            conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND guid = ?",
+                         (mailbox[0], guid))
+        conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) WHERE id = ?",
+                     (_modseq(store, conn, mailbox[0], winner.hlc), mailbox[0]))
+        tx.touched.add(mailbox[0])
+    for hlc, payload in winner.adds:
+        if payload.get("guid") in {p.get("guid") for _, p in loser.adds}:
+            _message_add(store, tx, ChangeRecord(winner.origin, 0, int(hlc), "message.add",
+                                                 dict(payload)))
 
 
 def _replay_forget(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
-    replay.forget(tx.conn, (str(_p(record, "scope")), str(_p(record, "id"))))
+    replay.forget(tx.conn, (str(_p(record, "scope")), str(_p(record, "id"))), record.origin)
 
 
 def _gateway_key_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:

@@ -7,6 +7,14 @@ with the change, so whichever replica the replay reaches answers what the origin
 (same APPENDUID/COPYUID) instead of doing it again. Deduplication is by identity only: two
 identical APPENDs without an id are two messages.
 
+Two runs under one id: a node that hung while it held a change, and was continued after the
+gateway had replayed that change elsewhere, can still make it (a second message). Every node
+keeps each run it hears of (origin, HLC, the messages it added) and settles on the same winner:
+the run with the latest (HLC, origin). A replay is answered with the winner's answer, and the
+losers' messages are removed. Latest rather than earliest because a run its origin undoes (it
+could not get W copies) is almost always the early one: the hung node's, timed out after it was
+continued; the replay that answered the client came later.
+
 The id reaches the store through a context variable set by the session around one command: every
 store write made while it is set is that command's change (one write per command), and no store
 method signature has to carry it.
@@ -17,6 +25,7 @@ from __future__ import annotations
 import contextvars
 import json
 import sqlite3
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mailmux.backend.errors import BackendError
@@ -37,9 +46,33 @@ CREATE TABLE IF NOT EXISTS replays (
     hlc INTEGER NOT NULL,
     PRIMARY KEY (scope, id)
 );
+CREATE TABLE IF NOT EXISTS replay_runs (
+    scope TEXT NOT NULL,
+    id TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    hlc INTEGER NOT NULL,
+    answer TEXT NOT NULL,
+    adds TEXT NOT NULL,
+    PRIMARY KEY (scope, id, origin, hlc)
+);
 """
 
 Key = tuple[str, str]  # (scope: the user, or SMTP_SCOPE; id)
+Adds = list[list[Any]]  # [hlc, message.add payload] for each message a run added
+
+
+@dataclass(frozen=True)
+class Run:
+    """One execution of a replayable change: where and when it was made, and what it added."""
+
+    origin: str
+    hlc: int
+    answer: dict[str, Any]
+    adds: Adds
+
+    @property
+    def rank(self) -> tuple[int, str]:
+        return self.hlc, self.origin
 
 
 class Replayed(BackendError):
@@ -82,5 +115,47 @@ def insert(conn: sqlite3.Connection, key: Key, answer: dict[str, Any], hlc: int)
                  (key[0], key[1], json.dumps(answer, sort_keys=True), hlc))
 
 
-def forget(conn: sqlite3.Connection, key: Key) -> None:
+def forget(conn: sqlite3.Connection, key: Key, origin: str | None = None) -> None:
+    """An origin undid its run: its answer goes (and its run, if `origin` is known). Another
+    origin's winning answer stays: its effect is still here."""
+    if origin is not None:
+        conn.execute("DELETE FROM replay_runs WHERE scope = ? AND id = ? AND origin = ?",
+                     (*key, origin))
+        best = _best(conn, key)
+        if best is not None and best.origin != origin:
+            return
     conn.execute("DELETE FROM replays WHERE scope = ? AND id = ?", key)
+
+
+def record_run(conn: sqlite3.Connection, key: Key, run: Run) -> None:
+    conn.execute("INSERT OR IGNORE INTO replay_runs VALUES (?, ?, ?, ?, ?, ?)",
+                 (*key, run.origin, run.hlc, json.dumps(run.answer, sort_keys=True),
+                  json.dumps(run.adds, sort_keys=True)))
+
+
+def _best(conn: sqlite3.Connection, key: Key) -> Run | None:
+    row = conn.execute(
+        "SELECT origin, hlc, answer, adds FROM replay_runs WHERE scope = ? AND id = ? "
+        "ORDER BY hlc DESC, origin DESC LIMIT 1", key).fetchone()
+    return None if row is None else Run(str(row[0]), int(row[1]), dict(json.loads(row[2])),
+                                        list(json.loads(row[3])))
+
+
+def merge(conn: sqlite3.Connection, key: Key, run: Run) -> tuple[Run, Run] | None:
+    """Take in a run heard from a peer. Returns (winner, loser) when this id now has two runs
+    here (the caller removes the loser's messages), else None. The winner's answer is the one
+    a replay gets from now on."""
+    held = _best(conn, key)
+    known = lookup(conn, key)
+    record_run(conn, key, run)
+    if known is None or held is None:
+        # First run heard of here (or one recorded before runs were kept: first one stays).
+        insert(conn, key, run.answer, run.hlc)
+        return None
+    if (held.origin, held.hlc) == (run.origin, run.hlc):
+        return None
+    if run.rank > held.rank:
+        conn.execute("UPDATE replays SET answer = ?, hlc = ? WHERE scope = ? AND id = ?",
+                     (json.dumps(run.answer, sort_keys=True), run.hlc, *key))
+        return run, held
+    return held, run

@@ -5,7 +5,9 @@ message's body and its metadata are written in one transaction and made durable 
 a crash can never leave half a message, a body without a row or a row without a body, and
 replication ships rows. All writes go through one writer thread with group commit (`writer.py`);
 reads run in worker threads on their own read-only connections, so the event loop never waits
-for the disk.
+for the disk — except reads of a few rows by key (`INLINE_ROWS`), which run on the event loop's
+own read-only connection: they take microseconds, less than the hand-off to a worker thread and
+back, and they are what every small FETCH, STORE and replay lookup makes.
 
 Every mutation appends change-log records (origin node, sequence, hybrid-logical-clock time) in the
 same transaction, and after the commit wakes the change-feed queues of the mailboxes it touched.
@@ -45,6 +47,7 @@ from mailmux.backend.store.interface import (
     BOARD_OWNER,
     BOARD_PREFIX,
     DEFAULT_SPECIAL_USE,
+    INLINE_ROWS,
     AppendResult,
     ChangeRecord,
     CopyResult,
@@ -149,6 +152,7 @@ class SqliteStore:
         self._reads_done = threading.Condition(self._readers_lock)
         self._closed = False
         self._writer: Writer | None = None
+        self._inline: sqlite3.Connection | None = None  # the event loop's reader
         self._trace: Callable[[str], None] | None = None
         # Successful logins, for `auth_cache_ttl` (the node sets it from its config).
         self.logins = LoginCache(DEFAULT_LOGIN_CACHE_TTL)
@@ -215,6 +219,10 @@ class SqliteStore:
             await self._writer.close()
             self._writer = None
         await asyncio.to_thread(self._close_readers)
+        # Closed on the loop thread, the only one that uses it: no read can be mid-step.
+        inline, self._inline = self._inline, None
+        if inline is not None:
+            inline.close()
 
     def _close_readers(self) -> None:
         with self._readers_lock:
@@ -236,15 +244,19 @@ class SqliteStore:
 
     # plumbing -------------------------------------------------------------------------------
 
+    def _connect_reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            f"file:{self.db_path}?mode=ro", uri=True, isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute("PRAGMA busy_timeout=10000")
+        self._instrument(conn)
+        return conn
+
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(
-                f"file:{self.db_path}?mode=ro", uri=True, isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute("PRAGMA busy_timeout=10000")
-            self._instrument(conn)
+            conn = self._connect_reader()
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
@@ -257,7 +269,8 @@ class SqliteStore:
         and work must not grow with the mailbox)."""
         self._trace, self._steps = callback, steps
         with self._readers_lock:
-            conns = [*self._readers, *([self._writer.conn] if self._writer else [])]
+            conns = [*self._readers, *([self._writer.conn] if self._writer else []),
+                     *([self._inline] if self._inline else [])]
         for conn in conns:
             self._instrument(conn)
 
@@ -284,6 +297,23 @@ class SqliteStore:
                     self._reads_done.notify_all()
 
         return await asyncio.to_thread(run)
+
+    def _read_inline(self, fn: Callable[[sqlite3.Connection], T], *, statements: int = 1) -> T:
+        """A read of at most INLINE_ROWS rows by key, on the event loop's connection. In WAL
+        mode a reader never waits for the writer, so this is bounded by the rows it names.
+        Several statements share one read transaction (one snapshot), as in `_read`."""
+        if self._closed or self._writer is None:
+            raise Unavailable("the store is closed")
+        conn = self._inline
+        if conn is None:
+            conn = self._inline = self._connect_reader()
+        if statements == 1:
+            return fn(conn)  # one statement is its own snapshot
+        conn.execute("BEGIN")
+        try:
+            return fn(conn)
+        finally:
+            conn.execute("COMMIT")
 
     async def _write(self, fn: Callable[[Tx], T]) -> T:
         assert self._writer is not None, "the store is closed"
@@ -314,17 +344,21 @@ class SqliteStore:
     def _remember(self, tx: Tx, key: replay.Key | None, answer: dict[str, Any]) -> None:
         """Record a replay id's answer with the change, and ship it with the change."""
         if key is not None:
-            replay.insert(tx.conn, key, answer, self.clock.now())
-            self._log(tx, "replay", {"scope": key[0], "id": key[1], "answer": answer})
+            hlc = self.clock.now()
+            replay.insert(tx.conn, key, answer, hlc)
+            replay.record_run(tx.conn, key, replay.Run(self.origin, hlc, answer, tx.adds))
+            self._log(tx, "replay", {"scope": key[0], "id": key[1], "answer": answer,
+                                     "adds": tx.adds}, hlc=hlc)
 
     def _forget(self, tx: Tx, key: replay.Key | None) -> None:
         """An undone change has no answer to replay: a replay must do it afresh."""
         if key is not None:
-            replay.forget(tx.conn, key)
+            replay.forget(tx.conn, key, self.origin)
             self._log(tx, "replay.forget", {"scope": key[0], "id": key[1]})
 
     async def replay_answer(self, scope: str, replay_id: str) -> dict[str, Any] | None:
-        return await self._read(lambda c: replay.lookup(c, (scope.lower(), replay_id)))
+        # one row by primary key, before every replayable command the gateway relays
+        return self._read_inline(lambda c: replay.lookup(c, (scope.lower(), replay_id)))
 
     def _log(self, tx: Tx, kind: str, payload: dict[str, Any], hlc: int | None = None) -> None:
         """Append a change record; `hlc` is the change's MODSEQ when it has one (a message
@@ -333,12 +367,14 @@ class SqliteStore:
         row = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
         seq = int(row[0]) + 1 if row else 1
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
+        stamp = self.clock.now() if hlc is None else hlc
         conn.execute(
             "INSERT INTO changelog VALUES (?, ?, ?, ?, ?)",
-            (self.origin, seq, self.clock.now() if hlc is None else hlc, kind,
-             json.dumps(payload, sort_keys=True)),
+            (self.origin, seq, stamp, kind, json.dumps(payload, sort_keys=True)),
         )
         tx.logged = seq
+        if kind == "message.add":  # what a replay-id run added, should two runs meet
+            tx.adds.append([stamp, payload])
 
     def _notify(self, mailbox_ids: set[int]) -> None:
         for hook in self.commit_hooks:
@@ -949,26 +985,41 @@ class SqliteStore:
         return await self._read(read)
 
     async def changes_since_modseq(self, user: str, mailbox_id: int, modseq: int) -> ViewChanges:
-        """What changed in a mailbox after `modseq`: flag/new rows and expunged UIDs."""
-        def read(conn: sqlite3.Connection) -> ViewChanges:
+        """What changed in a mailbox after `modseq`: flag/new rows and expunged UIDs. A few
+        changes (what a session catches up on between two commands) are read on the event
+        loop; more go to a worker thread."""
+        def read(conn: sqlite3.Connection, limit: int = -1) -> ViewChanges | None:
             row = conn.execute("SELECT owner, highestmodseq FROM mailboxes WHERE id = ?",
                                (mailbox_id,)).fetchone()
             if row is None:
                 raise MailboxNotFound("the mailbox no longer exists")
             if row[1] <= modseq:
                 return ViewChanges(row[1], (), ())
+            more = limit + 1 if limit >= 0 else -1
             changed = tuple(
                 (uid, _flags_set(flags) | _flags_set(seen or ""), m)
                 for uid, flags, m, seen in conn.execute(
-                    f"SELECT m.uid, m.flags, m.modseq, {_board_seen(row[0])} FROM messages m "
-                    "WHERE m.mailbox_id = ? AND m.modseq > ? ORDER BY m.uid",
-                    (user.lower(), mailbox_id, modseq)))
+                    # the LIMIT inside, on the (mailbox_id, modseq) index, before the sort:
+                    # a short read stops after limit + 1 rows however many changed
+                    f"SELECT * FROM (SELECT m.uid, m.flags, m.modseq, {_board_seen(row[0])} "
+                    "FROM messages m WHERE m.mailbox_id = ? AND m.modseq > ? LIMIT ?) "
+                    "ORDER BY 1", (user.lower(), mailbox_id, modseq, more)))
+            if limit >= 0 and len(changed) > limit:
+                return None
             gone = tuple(r[0] for r in conn.execute(
-                "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
-                (mailbox_id, modseq)))
+                "SELECT * FROM (SELECT uid FROM expunged INDEXED BY expunged_modseq "
+                "WHERE mailbox_id = ? AND modseq > ? "
+                "LIMIT ?) ORDER BY 1", (mailbox_id, modseq, more)))
+            if limit >= 0 and len(gone) > limit:
+                return None
             return ViewChanges(row[1], changed, gone)
 
-        return await self._read(read)
+        few = self._read_inline(lambda conn: read(conn, INLINE_ROWS), statements=3)
+        if few is not None:
+            return few
+        changes = await self._read(read)
+        assert changes is not None  # without a limit there is always an answer
+        return changes
 
     async def fetch_rows(self, user: str, mailbox_id: int, uids: Sequence[int],
                          with_body: bool = False) -> list[tuple[MessageMeta, bytes | None]]:
@@ -994,6 +1045,8 @@ class SqliteStore:
                 out.append((meta, bytes(data) if data is not None else None))
             return out
 
+        if not with_body and len(uids) <= INLINE_ROWS:
+            return self._read_inline(read, statements=2)
         return await self._read(read)
 
     async def flag_rows(self, user: str, mailbox_id: int,
@@ -1002,6 +1055,9 @@ class SqliteStore:
         query: what FETCH (FLAGS) needs, without building a MessageMeta per message."""
         if not uids:
             return []
+        if len(uids) <= INLINE_ROWS:
+            return self._read_inline(lambda conn: self._few_flag_rows(conn, user, mailbox_id,
+                                                                      uids))
 
         def read(conn: sqlite3.Connection) -> list[tuple[int, str, int]]:
             owner = conn.execute("SELECT owner FROM mailboxes WHERE id = ?",
@@ -1017,6 +1073,20 @@ class SqliteStore:
                     for uid, flags, modseq, seen in rows]
 
         return await self._read(read)
+
+    @staticmethod
+    def _few_flag_rows(conn: sqlite3.Connection, user: str, mailbox_id: int,
+                       uids: Sequence[int]) -> list[tuple[int, str, int]]:
+        """`flag_rows` for a few UIDs in one statement (the owner joined in, a board's
+        per-reader \\Seen looked up only on a board): a deleted mailbox has no rows."""
+        rows = conn.execute(
+            "SELECT m.uid, m.flags, m.modseq, b.owner = ? AND EXISTS (SELECT 1 FROM board_seen s "
+            "WHERE s.user = ? AND s.mailbox_id = m.mailbox_id AND s.uid = m.uid) "
+            "FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE m.mailbox_id = ? "
+            f"AND m.uid IN ({','.join('?' * len(uids))}) ORDER BY m.uid",
+            (BOARD_OWNER, user.lower(), mailbox_id, *uids))
+        return [(uid, _flags_text(_flags_set(flags) | {SEEN}) if seen else flags, modseq)
+                for uid, flags, modseq, seen in rows]
 
     async def flag_lines(self, mailbox_id: int, uids: Sequence[int], first_seq: int,
                          fields: tuple[str, ...]) -> bytes | None:

@@ -28,6 +28,7 @@ from mailmux.gateway.errors import BackendLost, NoBackend
 from mailmux.gateway.responses import Response
 from mailmux.gateway.session.states import Input
 from mailmux.gateway.session.view import MailboxView, flag_key
+from mailmux.protocol.imap.response import format_sequence_set
 
 if TYPE_CHECKING:
     from mailmux.gateway.session.client import ClientSession
@@ -192,7 +193,11 @@ async def reconcile(session: ClientSession, view: MailboxView, node: MailboxView
     if gone and not current.allows_expunge:
         raise ViewLost(f"{len(gone)} message(s) were expunged meanwhile, and no EXPUNGE may be "
                        f"sent during {current.name}")
-    for seq in reversed(gone):
+    if gone and _qresync(session):
+        # RFC 7162 3.2.10: once QRESYNC is enabled, expunges are told as VANISHED only
+        uids = [u for u in (view.uids[s - 1] for s in gone) if u is not None]
+        await _tell(session, view, b"* VANISHED %s\r\n" % format_sequence_set(uids).encode())
+    for seq in reversed([] if _qresync(session) else gone):
         await _tell(session, view, b"* %d EXPUNGE\r\n" % seq)
     if gone:
         current.view_changed = True
@@ -221,6 +226,10 @@ async def reconcile(session: ClientSession, view: MailboxView, node: MailboxView
         view.uidnext = node.uidnext
     if node.highestmodseq is not None:
         view.highestmodseq = max(view.highestmodseq or 0, node.highestmodseq)
+
+
+def _qresync(session: ClientSession) -> bool:
+    return any(b"QRESYNC" in enable.upper().split() for enable in session.enabled)
 
 
 async def _tell(session: ClientSession, view: MailboxView, raw: bytes) -> None:

@@ -3,7 +3,8 @@
 A SIGSTOPped or wedged node keeps its TCP connections open and says nothing, so a read from it
 would wait for the whole `request_timeout` (or forever, in IDLE). For every node that has at least
 one session, the gateway sends an authenticated HEALTH request over the control channel every
-`hang_timeout / 4`; bytes arriving on any session from that node count as a sign of life too
+`hang_timeout / 4` (each waits up to `hang_timeout`, so a lost or late answer costs one of
+several); bytes arriving on any session from that node count as a sign of life too
 (a long transfer is progress, not a hang). A node heard from by neither for `hang_timeout` is
 hung: it is quarantined and every session on it is told at once (their connections are aborted,
 so whatever they were waiting for fails over now), IDLE included.
@@ -29,6 +30,7 @@ from mailmux.protocol.control.messages import HealthRequest
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
+MAX_PROBES = 8  # unanswered probes outstanding per node (a hung node's pile stops here)
 OnHung = Callable[[str], None]
 
 
@@ -91,11 +93,15 @@ class Heartbeat:
         return [n for n, node in self._nodes.items() if node.watchers]
 
     async def _watch(self, node_id: str, node: _Node) -> None:
-        probe: asyncio.Task[None] | None = None
+        # A new probe every interval, whether or not earlier ones were answered: one datagram
+        # lost, or one answer late on a loaded machine, must not leave the node unasked until
+        # the verdict (each probe waits up to hang_timeout; any answer is life).
+        probes: set[asyncio.Task[None]] = set()
         try:
             while node.watchers:
-                if probe is None or probe.done():
-                    probe = asyncio.ensure_future(self._probe(node_id, node))
+                probes = {p for p in probes if not p.done()}
+                if len(probes) < MAX_PROBES:
+                    probes.add(asyncio.ensure_future(self._probe(node_id, node)))
                 silent = self._clock() - node.last_heard
                 if silent > self.hang_timeout:
                     self._hung(node_id, node, silent)
@@ -108,10 +114,10 @@ class Heartbeat:
                     # be sitting unread. Its silence is not the node's fault.
                     node.last_heard += late
         finally:
-            if probe is not None:
+            for probe in probes:
                 probe.cancel()
-                with contextlib.suppress(BaseException):
-                    await probe
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*probes, return_exceptions=True)
 
     async def _probe(self, node_id: str, node: _Node) -> None:
         try:

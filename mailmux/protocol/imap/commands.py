@@ -29,7 +29,11 @@ class SeqRange:
 
 @dataclass(frozen=True)
 class SequenceSet:
+    """`saved` is SEARCHRES's `$` (RFC 5182): the session's saved search result, which only the
+    session can resolve; such a set has no ranges and contains nothing by itself."""
+
     ranges: tuple[SeqRange, ...]
+    saved: bool = False
 
     def contains(self, number: int, largest: int) -> bool:
         for r in self.ranges:
@@ -118,12 +122,25 @@ class MailboxArg:
     """SELECT, EXAMINE, CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE.
 
     `mailbox` is decoded from modified UTF-7 to str; INBOX (any case) is normalised to
-    "INBOX". `condstore` is SELECT/EXAMINE (CONDSTORE); `special_use` is CREATE (USE (...)).
+    "INBOX". `condstore` is SELECT/EXAMINE (CONDSTORE); `special_use` is CREATE (USE (...));
+    `qresync` is SELECT/EXAMINE (QRESYNC (...)) (RFC 7162).
     """
 
     mailbox: str
     condstore: bool = False
     special_use: tuple[str, ...] = ()
+    qresync: QresyncParams | None = None
+
+
+@dataclass(frozen=True)
+class QresyncParams:
+    """SELECT ... (QRESYNC (uidvalidity modseq [known-uids [(seq-match uid-match)]]))."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    # seq-match: message sequence numbers and the UIDs the client holds for them
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
 
 
 @dataclass(frozen=True)
@@ -181,9 +198,14 @@ class Append:
 
 @dataclass(frozen=True)
 class Search:
+    """SEARCH. `return_options` are the RETURN (...) atoms (ESEARCH, SEARCHRES's SAVE,
+    CONTEXT=SEARCH's UPDATE/CONTEXT/PARTIAL) without PARTIAL's range, which is `partial`
+    (low <= high, both >= 1)."""
+
     key: SearchKey  # always an AND at the top
     charset: str | None = None  # upper-cased
     return_options: tuple[str, ...] | None = None  # ESEARCH RETURN (...); None if absent
+    partial: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +216,7 @@ class Sort:
     key: SearchKey
     charset: str
     return_options: tuple[str, ...] | None = None  # ESORT (RFC 5267) RETURN (...)
+    partial: tuple[int, int] | None = None  # CONTEXT=SORT's PARTIAL range, as in Search
 
 
 @dataclass(frozen=True)
@@ -210,6 +233,7 @@ class Fetch:
     sequence: SequenceSet
     attrs: tuple[FetchAttr, ...]
     changed_since: int | None = None
+    vanished: bool = False  # QRESYNC: UID FETCH ... (CHANGEDSINCE n VANISHED)
 
 
 @dataclass(frozen=True)
@@ -242,13 +266,20 @@ class Id:
 
 
 @dataclass(frozen=True)
+class CancelUpdate:
+    """CANCELUPDATE (RFC 5267): the tags of the SEARCH/SORT ... RETURN (UPDATE) to stop."""
+
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Enable:
     capabilities: tuple[str, ...]  # upper-cased
 
 
 Args = (
     NoArgs | Login | Authenticate | MailboxArg | Rename | ListArgs | StatusArgs | Append
-    | Search | Sort | Thread | Fetch | Store | CopyMove | Expunge | Id | Enable
+    | Search | Sort | Thread | Fetch | Store | CopyMove | Expunge | Id | Enable | CancelUpdate
 )
 
 

@@ -16,6 +16,7 @@ from mailmux.protocol.imap.commands import (
     Append,
     Args,
     Authenticate,
+    CancelUpdate,
     CatenatePart,
     Command,
     CopyMove,
@@ -28,6 +29,7 @@ from mailmux.protocol.imap.commands import (
     Login,
     MailboxArg,
     NoArgs,
+    QresyncParams,
     Rename,
     Search,
     SearchKey,
@@ -44,6 +46,11 @@ from mailmux.protocol.imap.mutf7 import decode_mailbox
 
 _ATOM_SPECIALS = frozenset(b'(){ %*"\\]') | frozenset(range(0x20)) | {0x7F}
 _TAG_SPECIALS = _ATOM_SPECIALS | {ord("+")}
+# The same classes as regular expressions: the hot primitives scan in C, not byte by byte.
+_ATOM_RUN = re.compile(rb'[^(){ %*"\\\]\x00-\x1f\x7f-\xff]*')
+_TAG_RUN = re.compile(rb'[^(){ %*"\\\]\x00-\x1f\x7f-\xff+]*')
+_DIGITS = re.compile(rb"[0-9]*")
+_FETCH_WORD = re.compile(rb"[A-Za-z0-9.]*")
 _MONTHS = {m: i + 1 for i, m in enumerate(
     ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"])}
 _DATE = re.compile(rb"(\d{1,2})-([A-Za-z]{3})-(\d{4})")
@@ -119,7 +126,9 @@ class _Reader:
             raise _Fail(f"unexpected {_shown(self.raw[self.pos:])} at end of command")
 
     def take(self, token: bytes) -> bool:
-        if self.raw[self.pos : self.pos + len(token)].upper() == token.upper():
+        """`token` is upper case (every caller's is): the input matches it in any case."""
+        got = self.raw[self.pos : self.pos + len(token)]
+        if got == token or got.upper() == token:
             self.pos += len(token)
             return True
         return False
@@ -135,6 +144,13 @@ class _Reader:
     def atom_bytes(self, extra_ok: bytes = b"") -> bytes:
         start = self.pos
         raw = self.raw
+        if not extra_ok:
+            match = _ATOM_RUN.match(raw, start)
+            assert match is not None  # a `*` pattern always matches
+            if match.end() == start:
+                raise _Fail(f"expected an atom, found {_shown(raw[start:])}")
+            self.pos = match.end()
+            return raw[start : self.pos]
         while self.pos < len(raw):
             c = raw[self.pos]
             if (c in _ATOM_SPECIALS and c not in extra_ok) or c >= 0x80:
@@ -148,8 +164,9 @@ class _Reader:
         """A FETCH item name: it stops at "[" (atoms may contain it) and "<"."""
         start = self.pos
         raw = self.raw
-        while self.pos < len(raw) and (chr(raw[self.pos]).isalnum() or raw[self.pos] == 0x2E):
-            self.pos += 1
+        match = _FETCH_WORD.match(raw, start)
+        assert match is not None  # a `*` pattern always matches
+        self.pos = match.end()
         if self.pos == start:
             raise _Fail(f"expected a FETCH item, found {_shown(raw[start:])}")
         return raw[start : self.pos].decode("ascii").upper()
@@ -159,8 +176,9 @@ class _Reader:
 
     def number(self) -> int:
         start = self.pos
-        while self.pos < len(self.raw) and 0x30 <= self.raw[self.pos] <= 0x39:
-            self.pos += 1
+        match = _DIGITS.match(self.raw, start)
+        assert match is not None  # a `*` pattern always matches
+        self.pos = match.end()
         if self.pos == start or self.pos - start > 20:
             raise _Fail(f"expected a number, found {_shown(self.raw[start:])}")
         return int(self.raw[start : self.pos])
@@ -292,7 +310,9 @@ class _Reader:
             return None
         return self.nz_number()
 
-    def sequence_set(self) -> SequenceSet:
+    def sequence_set(self, saved_ok: bool = True) -> SequenceSet:
+        if saved_ok and self.take(b"$"):
+            return SequenceSet((), saved=True)  # SEARCHRES: the saved result, as a whole set
         ranges: list[SeqRange] = []
         while True:
             low = self.seq_number()
@@ -427,11 +447,13 @@ def _fetch(r: _Reader) -> Fetch:
         else:
             attrs.append(_fetch_att(r))
     changed_since = None
+    vanished = False
     if r.take(b" ("):
         r.expect(b"CHANGEDSINCE ")
         changed_since = r.number()
+        vanished = r.take(b" VANISHED")
         r.expect(b")")
-    return Fetch(seq, tuple(attrs), changed_since)
+    return Fetch(seq, tuple(attrs), changed_since, vanished)
 
 
 def _store(r: _Reader) -> Store:
@@ -470,7 +492,7 @@ def _search_key(r: _Reader, charset: str) -> SearchKey:
             r.expect(b")")
             return SearchKey("AND", (), tuple(children))
         c = r.peek()
-        if c == b"*" or c.isdigit():
+        if c == b"*" or c == b"$" or c.isdigit():
             return SearchKey("SEQSET", (r.sequence_set(),))
         word = r.atom().upper()
         if word in _SEARCH_FLAG_KEYS:
@@ -508,11 +530,50 @@ def _search_key(r: _Reader, charset: str) -> SearchKey:
         r.depth -= 1
 
 
+_SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT",
+                            "PARTIAL"})
+_PARTIAL = re.compile(r"(\d{1,10}):(\d{1,10})")
+
+
+def _return_options(r: _Reader, allowed: frozenset[str]
+                    ) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """RETURN (...) of SEARCH/SORT: the option atoms, and PARTIAL's range (RFC 5267 4.4)."""
+    r.expect(b"(")
+    options: list[str] = []
+    partial: tuple[int, int] | None = None
+    while not r.take(b")"):
+        if options:
+            r.sp()
+        word = r.atom().upper()
+        if word not in allowed:
+            raise _Fail(f"unknown RETURN option {word}")
+        if word in options:
+            raise _Fail(f"RETURN option {word} given twice")
+        options.append(word)
+        if word == "PARTIAL":
+            r.sp()
+            partial = _partial_range(r.atom())
+    if partial is not None and "ALL" in options:
+        raise _Fail("RETURN PARTIAL conflicts with ALL")
+    return tuple(options), partial
+
+
+def _partial_range(text: str) -> tuple[int, int]:
+    match = _PARTIAL.fullmatch(text)
+    if match is None:
+        raise _Fail("PARTIAL needs a range like 1:100")
+    low, high = sorted((int(match.group(1)), int(match.group(2))))
+    if low == 0 or high > 0xFFFFFFFF:
+        raise _Fail("PARTIAL range out of bounds")
+    return low, high
+
+
 def _search(r: _Reader) -> Search:
     r.sp()
     return_options: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
     if r.take(b"RETURN "):
-        return_options = r.paren_atoms()
+        return_options, partial = _return_options(r, _SEARCH_RETURN)
         r.sp()
     charset = None
     if r.take(b"CHARSET "):
@@ -523,23 +584,22 @@ def _search(r: _Reader) -> Search:
     keys = [_search_key(r, charset or "UTF-8")]
     while r.take(b" "):
         keys.append(_search_key(r, charset or "UTF-8"))
-    return Search(SearchKey("AND", (), tuple(keys)), charset, return_options)
+    return Search(SearchKey("AND", (), tuple(keys)), charset, return_options, partial)
 
 
 _SORT_CRITERIA = {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM",
                   "DISPLAYTO"}
 
 
-_ESORT_OPTIONS = {"MIN", "MAX", "ALL", "COUNT"}
+_ESORT_OPTIONS = _SEARCH_RETURN
 
 
 def _sort(r: _Reader) -> Sort:
     r.sp()
     return_options: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
     if r.take(b"RETURN "):
-        return_options = r.paren_atoms()
-        if set(return_options) - _ESORT_OPTIONS:
-            raise _Fail(f"unknown SORT RETURN option in {' '.join(return_options)}")
+        return_options, partial = _return_options(r, _ESORT_OPTIONS)
         r.sp()
     words = r.paren_atoms()
     criteria: list[tuple[bool, str]] = []
@@ -556,7 +616,7 @@ def _sort(r: _Reader) -> Sort:
         raise _Fail("sort criteria must end with a key")
     r.sp()
     charset, key = _charset_and_program(r)
-    return Sort(tuple(criteria), key, charset, return_options)
+    return Sort(tuple(criteria), key, charset, return_options, partial)
 
 
 def _charset_and_program(r: _Reader) -> tuple[str, SearchKey]:
@@ -745,16 +805,53 @@ def _mailbox_arg(r: _Reader, name: str) -> MailboxArg:
     r.sp()
     mailbox = r.mailbox()
     if name in ("SELECT", "EXAMINE") and r.take(b" "):
-        params = r.paren_atoms()
-        if set(params) - {"CONDSTORE"}:
-            raise _Fail(f"unknown SELECT parameter {params}")
-        return MailboxArg(mailbox, condstore=True)
+        return _select_params(r, mailbox)
     if name == "CREATE" and r.take(b" "):
         r.expect(b"(USE ")
         uses = r.flag_list()
         r.expect(b")")
         return MailboxArg(mailbox, special_use=uses)
     return MailboxArg(mailbox)
+
+
+def _select_params(r: _Reader, mailbox: str) -> MailboxArg:
+    """(CONDSTORE) and/or (QRESYNC (...)) after SELECT/EXAMINE's mailbox (RFC 7162)."""
+    r.expect(b"(")
+    condstore = False
+    qresync: QresyncParams | None = None
+    while not r.take(b")"):
+        if condstore or qresync is not None:
+            r.sp()
+        word = r.atom().upper()
+        if word == "CONDSTORE" and not condstore:
+            condstore = True
+        elif word == "QRESYNC" and qresync is None:
+            r.sp()
+            qresync = _qresync(r)
+        else:
+            raise _Fail(f"unknown or repeated SELECT parameter {word}")
+    return MailboxArg(mailbox, condstore=condstore, qresync=qresync)
+
+
+def _qresync(r: _Reader) -> QresyncParams:
+    r.expect(b"(")
+    uidvalidity = r.nz_number()
+    r.sp()
+    modseq = r.number()
+    if modseq == 0 or modseq >= 2**63:
+        raise _Fail("QRESYNC mod-sequence out of range")
+    known: SequenceSet | None = None
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+    if r.take(b" ") and r.peek() != b"(":
+        known = r.sequence_set(saved_ok=False)
+        r.take(b" ")
+    if r.take(b"("):
+        seqs = r.sequence_set(saved_ok=False)
+        r.sp()
+        seq_match = (seqs, r.sequence_set(saved_ok=False))
+        r.expect(b")")
+    r.expect(b")")
+    return QresyncParams(uidvalidity, modseq, known, seq_match)
 
 
 def _args(r: _Reader, name: str, uid: bool) -> Args:
@@ -809,6 +906,13 @@ def _args(r: _Reader, name: str, uid: bool) -> Args:
         return CopyMove(seq, r.mailbox())
     if name == "ID":
         return _id(r)
+    if name == "CANCELUPDATE":
+        tags = []
+        while r.take(b" "):
+            tags.append(r.text(r.astring()))
+        if not tags:
+            raise _Fail("CANCELUPDATE needs a tag")
+        return CancelUpdate(tuple(tags))
     if name == "ENABLE":
         caps: list[str] = []
         while r.take(b" "):
@@ -827,8 +931,9 @@ def parse_command(raw: bytes) -> Command:
     tag: str | None = None
     try:
         start = r.pos
-        while r.pos < len(raw) and raw[r.pos] not in _TAG_SPECIALS and raw[r.pos] < 0x80:
-            r.pos += 1
+        match = _TAG_RUN.match(raw, start)
+        assert match is not None  # a `*` pattern always matches
+        r.pos = match.end()
         if r.pos == start or r.peek() != b" ":
             raise _Fail("expected a tag and a command")
         tag = raw[start : r.pos].decode("ascii")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -24,6 +26,7 @@ from mailmux.backend.store.sqlite import SqliteStore
 pytestmark = pytest.mark.timeout(300)
 
 USER, PASSWORD = "alice@example.test", "alice-pw"
+T = TypeVar("T")
 
 
 @dataclass
@@ -157,3 +160,34 @@ async def test_hot_paths_cost_the_same_statements_at_100_and_2000_messages(
         assert large_work[command] <= small_work[command] + 20, (
             command, small_work[command], large_work[command])
     assert large_work["SELECT INBOX"] <= 40 * max(1, small_work["SELECT INBOX"])
+
+
+async def test_one_message_commands_make_no_thread_hop_and_one_statement(tmp_path: Path) -> None:
+    """A command that names a message or two (and a session catching up on a few changes)
+    reads on the event loop in one or two statements: the hand-off to a worker thread and back
+    cost more than the read (UID FETCH n was 5-13x Dovecot for that)."""
+    hops: list[str] = []
+    async with rig(tmp_path, 300) as r, r.client() as a, r.client() as b:
+        read = r.store._read
+
+        async def counted(fn: Callable[[sqlite3.Connection], T]) -> T:
+            hops.append(getattr(fn, "__qualname__", "?"))
+            return await read(fn)
+
+        r.store._read = counted  # type: ignore[method-assign]
+        await a.command("SELECT INBOX")
+        await b.command("SELECT INBOX")
+        hops.clear()
+        statements, lines = await r.count(a, "UID FETCH 77 (FLAGS)")
+        assert lines[0].startswith(b"* 77 FETCH (UID 77 FLAGS (")
+        assert statements == 1
+        _, lines = await r.count(a, "FETCH 5,9 (UID FLAGS)")
+        assert [x[:10] for x in lines[:2]] == [b"* 5 FETCH ", b"* 9 FETCH "]
+        await a.command("UID STORE 7 +FLAGS (\\Flagged)")
+        statements, lines = await r.count(b, "NOOP")  # catches up on a's change
+        assert lines[0].startswith(b"* 7 FETCH (FLAGS (") and statements <= 5
+        await b.command("UID STORE 8 -FLAGS.SILENT (\\Seen)")
+        assert hops == [], f"worker-thread reads: {hops}"
+        # A range beyond the inline bound still goes to a worker thread.
+        await a.command("FETCH 1:100 (FLAGS)")
+        assert hops, "a 100-message FETCH ran on the event loop"
