@@ -1078,15 +1078,16 @@ class SqliteStore:
     def _few_flag_rows(conn: sqlite3.Connection, user: str, mailbox_id: int,
                        uids: Sequence[int]) -> list[tuple[int, str, int]]:
         """`flag_rows` for a few UIDs in one statement (the owner joined in, a board's
-        per-reader \\Seen looked up only on a board): a deleted mailbox has no rows."""
+        per-reader flags looked up only on a board): a deleted mailbox has no rows."""
         rows = conn.execute(
-            "SELECT m.uid, m.flags, m.modseq, b.owner = ? AND EXISTS (SELECT 1 FROM board_seen s "
-            "WHERE s.user = ? AND s.mailbox_id = m.mailbox_id AND s.uid = m.uid) "
+            "SELECT m.uid, m.flags, m.modseq, CASE WHEN b.owner = ? THEN (SELECT "
+            "group_concat(p.flag, ' ') FROM board_private p WHERE p.user = ? AND "
+            "p.mailbox_id = m.mailbox_id AND p.uid = m.uid) END "
             "FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE m.mailbox_id = ? "
             f"AND m.uid IN ({','.join('?' * len(uids))}) ORDER BY m.uid",
             (BOARD_OWNER, user.lower(), mailbox_id, *uids))
-        return [(uid, _flags_text(_flags_set(flags) | {SEEN}) if seen else flags, modseq)
-                for uid, flags, modseq, seen in rows]
+        return [(uid, _flags_text(_flags_set(flags) | _flags_set(mine)) if mine else flags,
+                 modseq) for uid, flags, modseq, mine in rows]
 
     async def flag_lines(self, mailbox_id: int, uids: Sequence[int], first_seq: int,
                          fields: tuple[str, ...]) -> bytes | None:
