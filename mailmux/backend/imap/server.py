@@ -154,6 +154,7 @@ class ImapServer:
             self._unauthenticated.discard(session)
             self._gateway_links.discard(session)
             session._unselect()
+            session._notify_off()
             self.meter.session_closed()
             metrics.session_closed("imap")
             self._tasks.discard(task)

@@ -81,6 +81,8 @@ async def failover(session: ClientSession, current: Relay, cause: BaseException)
             # A SELECT in flight replaces the selected mailbox: restoring the old one is moot.
             if session.view is not None and current.view is None:
                 await restore_view(session, session.view, current)
+            if session.notify is not None:
+                await internal(session, session.notify)  # its initial STATUS stays here
             break
         except BackendLost as exc:
             # The replacement failed too while being restored: try the next one.

@@ -322,3 +322,6 @@ def remember(session: ClientSession, current: Relay) -> None:
         session.view = None
     elif current.name == "ENABLE":
         session.enabled.append(current.raw.split(b" ", 1)[1])  # "ENABLE ...\r\n"
+    elif current.name == "NOTIFY":
+        rest = current.raw.split(b" ", 1)[1]  # "NOTIFY SET ...\r\n" or "NOTIFY NONE\r\n"
+        session.notify = None if rest.split(None, 2)[1].upper() == b"NONE" else rest
