@@ -72,6 +72,7 @@ Spill = Callable[[bytes], Awaitable[None]]
 async def read_response(
     reader: asyncio.StreamReader, max_literal: int,
     progress: Callable[[], None] | None = None, spill: Spill | None = None,
+    first: bytes | None = None,
 ) -> Response:
     """One whole response; EOF raises ConnectionResetError (the backend is gone).
 
@@ -87,7 +88,9 @@ async def read_response(
     tail = b""  # the end of a line read in pieces, where a literal announcement may start
     while True:
         try:
-            line = await reader.readuntil(b"\n")
+            # `first`: the response's first line, already read by the caller
+            line, first = (first, None) if first is not None else (
+                await reader.readuntil(b"\n"), None)
         except asyncio.LimitOverrunError as exc:
             piece = await reader.readexactly(max(1, exc.consumed))
             tail = (tail + piece)[-40:]

@@ -29,17 +29,18 @@ from typing import TYPE_CHECKING, TypeVar
 from mailmux import metrics
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import BackendError, MailboxNotFound, NoMajority, NotPermitted
-from mailmux.backend.imap import catenate
+from mailmux.backend.imap import catenate, notify
 from mailmux.backend.imap import fetch as fetching
 from mailmux.backend.imap.budget import Budget, run_bounded
 from mailmux.backend.imap.contexts import Contexts, UpdateContext
 from mailmux.backend.imap.listing import format_listed, list_responses, listed
+from mailmux.backend.imap.notify import Notifier
 from mailmux.backend.imap.states import ALLOWED, CAPABILITIES, NO_EXPUNGE_DURING, State
 from mailmux.backend.imap.view import View
 from mailmux.backend.message.limits import check_keywords, check_structure
 from mailmux.backend.message.parsed import ParsedMessage, Part
 from mailmux.backend.message.search import SearchContext, matches
-from mailmux.backend.message.sort import Candidate, sent_time, sort_order
+from mailmux.backend.message.sort import Candidate, Keyed, order_keyed, sent_time, sort_keys
 from mailmux.backend.message.threading import ThreadInput, format_threads, message_ids, thread
 from mailmux.backend.store.interface import (
     INLINE_ROWS,
@@ -50,11 +51,13 @@ from mailmux.backend.store.interface import (
     ViewChanges,
 )
 from mailmux.backend.store.replay import REPLAY, Replayed
+from mailmux.protocol.imap import gatewaylink
 from mailmux.protocol.imap.commands import (
     Append,
     Authenticate,
     CancelUpdate,
     Command,
+    Compress,
     CopyMove,
     Enable,
     Expunge,
@@ -64,6 +67,7 @@ from mailmux.protocol.imap.commands import (
     ListArgs,
     Login,
     MailboxArg,
+    Notify,
     QresyncParams,
     Rename,
     Search,
@@ -75,6 +79,7 @@ from mailmux.protocol.imap.commands import (
     Store,
     Thread,
 )
+from mailmux.protocol.imap.compress import CompressError, Deflater, Inflater
 from mailmux.protocol.imap.errors import ParseError
 from mailmux.protocol.imap.esearch import Result, wanted
 from mailmux.protocol.imap.framing import (
@@ -121,7 +126,9 @@ MAX_FETCH_BODY_ITEMS = 50  # items of one FETCH that each carry message content
 MAX_FETCH_ITEMS = 100
 OUTPUT_CHUNK = 64 * 1024  # bytes of responses written (and drained) at a time
 SEARCH_CHECK_CHUNK = 256
+NOTIFY_FETCH_MAX = 1000  # new messages one NOTIFY wake-up sends MessageNew's items for
 _ROW_FIELDS = ("seq", "uid", "flags", "modseq")  # messages a SEARCH reads and checks at a time
+_METADATA_CRITERIA = frozenset({"ARRIVAL", "SIZE"})  # SORT keys read from the row alone
 
 Lines = list[bytes]
 
@@ -150,15 +157,46 @@ class Session:
         self.known_flags: set[str] = set()  # flags announced by the last untagged FLAGS
         self.contexts = Contexts()  # SEARCH/SORT RETURN (UPDATE) of the selected mailbox
         self.failed_logins = 0
+        self.gateway: str | None = None  # the gateway key that vouched for this link
+        self._preface: list[bytes] = []  # answers owed before the first command is read
         self.tls = False
         self.started = asyncio.get_running_loop().time()
+        self.inflater: Inflater | None = None  # COMPRESS=DEFLATE (RFC 4978) is on
+        self.deflater: Deflater | None = None
+        self.notifier: Notifier | None = None  # NOTIFY SET in force (RFC 5465)
+        self.woken = asyncio.Event()  # set by the store after a commit, while NOTIFY is on
+        self.idling = False
 
     # I/O ------------------------------------------------------------------------------------
 
     async def send(self, lines: Lines) -> None:
         if lines:
-            self.writer.write(b"".join(lines))
+            data = b"".join(lines)
+            self.writer.write(self.deflater.compress(data) if self.deflater else data)
             await self.writer.drain()
+
+    async def _recv(self) -> bytes:
+        """Socket bytes, decompressed when COMPRESS is on: at most one bounded piece at a
+        time (compress.py), so a decompression bomb meets the framer's caps piece by piece.
+        Takes nothing from the socket if cancelled while waiting."""
+        inflater = self.inflater
+        if inflater is None:
+            return await self.reader.read(READ_SIZE)
+        while True:
+            if inflater.pending:
+                piece = self._inflate(inflater)
+                if piece:
+                    return piece
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                return b""
+            inflater.feed(data)
+
+    def _inflate(self, inflater: Inflater) -> bytes:
+        try:
+            return inflater.read()
+        except CompressError as exc:
+            raise Closed(str(exc)) from None
 
     def _timeout(self) -> float:
         if self.state is State.NOT_AUTHENTICATED:
@@ -177,7 +215,7 @@ class Session:
                     quickack(self.writer)
                 try:
                     async with asyncio.timeout(self._timeout()):
-                        data = await self.reader.read(READ_SIZE)
+                        data = await self._read()
                 except TimeoutError:
                     reason = ("login timeout" if self.state is State.NOT_AUTHENTICATED
                               else "autologout, idle for too long")
@@ -187,23 +225,105 @@ class Session:
                     raise Closed("client closed the connection")
                 self.framer.receive_data(data)
                 incomplete = True
+                if self.inflater is not None and self.inflater.pending:
+                    await asyncio.sleep(0)  # a long expansion still lets others run
                 continue
             if isinstance(event, LiteralContinue):
                 await self.send([continuation("Ready for literal data")])
                 continue
             return event
 
+    async def _read(self) -> bytes:
+        """Client bytes; with NOTIFY on, events that happen meanwhile are sent as they come
+        (between commands only: never inside a command the client is still sending)."""
+        if self.notifier is None or self.framer.in_command or self.idling:
+            return await self._recv()
+        read = asyncio.ensure_future(self._recv())
+        try:
+            while True:
+                wake = asyncio.ensure_future(self.woken.wait())
+                await asyncio.wait({read, wake}, return_when=asyncio.FIRST_COMPLETED)
+                if read.done():
+                    wake.cancel()
+                    return read.result()
+                await self.send(await self._notifications())
+        finally:
+            if not read.done():
+                read.cancel()  # a read waiting for data has taken none: nothing is lost
+
+    def _committed(self) -> None:
+        self.woken.set()
+
+    async def _notifications(self) -> Lines:
+        """NOTIFY: what changed since the last report, for the selected mailbox (when a
+        SELECTED group asks) and for the others the groups name."""
+        notifier = self.notifier
+        self.woken.clear()
+        if notifier is None:
+            return []
+        lines: Lines = []
+        group = notifier.selected_group()
+        if self.view is not None and group is not None:
+            view = self.view
+            last = view.uids[-1] if view.uids else 0
+            lines += await self.updates(allow_expunge=group.filter == "SELECTED")
+            if group.fetch_attrs and self.view is view:
+                new = view.uids[bisect.bisect_right(view.uids, last):]
+                lines += await self._fetch_new(list(new[:NOTIFY_FETCH_MAX]), group.fetch_attrs)
+        infos = await self.store.list_mailboxes(self.me)
+        subscriptions = await self.store.subscriptions(self.me)
+        selected = self.view.mailbox_id if self.view is not None else None
+        # comparing every mailbox is CPU work proportional to the account: off the event loop
+        return lines + await asyncio.to_thread(notifier.changes, infos, subscriptions, selected)
+
+    async def _fetch_new(self, uids: list[int], attrs: tuple[FetchAttr, ...]) -> Lines:
+        """NOTIFY's MessageNew (fetch-att): the new messages' items, after their EXISTS."""
+        view = self.selected
+        lines: Lines = []
+        for meta, _ in await self.store.fetch_rows(self.me, view.mailbox_id, uids):
+            lines += self._announce_flags(set(meta.flags))
+            items = fetching.render(attrs, self._recent(meta), None, with_uid=False,
+                                    with_modseq=False)
+            lines.append(untagged(view.seq_of(meta.uid), Atom("FETCH"), items))
+        return lines
+
+    def _notify_off(self) -> None:
+        if self.notifier is not None and self._committed in self.store.commit_hooks:
+            self.store.commit_hooks.remove(self._committed)
+        self.notifier = None
+
     # main loop ----------------------------------------------------------------------------
+
+    def linked(self, name: str, proof: gatewaylink.LinkProof | None) -> None:
+        """A gateway's link, proven (by the server) before the greeting was sent."""
+        self.gateway = name
+        if proof is not None:
+            self._preface.append(tagged(proof.tag, "OK", "gateway link", "XGATEWAY"))
+
+    def _gateway_link(self, line: bytes) -> Lines | None:
+        proof = gatewaylink.parse(line.strip() + b"\r\n")
+        if proof is None:
+            return None
+        name = self.server.gateway_link(self, line.strip() + b"\r\n")
+        if name is None:
+            return [tagged(proof.tag, "NO", "not a gateway of this pool", "AUTHENTICATIONFAILED")]
+        self.gateway = name
+        return [tagged(proof.tag, "OK", "gateway link", "XGATEWAY")]
 
     async def run(self) -> None:
         caps = " ".join(self.capabilities())
-        await self.send([untagged_status("OK", "mailmux ready", f"CAPABILITY {caps}")])
+        await self.send([untagged_status("OK", "mailmux ready", f"CAPABILITY {caps}"),
+                         *self._preface])
         while self.state is not State.LOGOUT:
             event = await self.next_event()
             if isinstance(event, FramingError):
                 await self.send([self._framing_reply(event)])
                 if event.fatal:
                     raise Closed(event.message)
+                continue
+            if self.state is State.NOT_AUTHENTICATED and self.gateway is None and (
+                    link := self._gateway_link(event.raw)) is not None:
+                await self.send(link)
                 continue
             try:
                 raw, replay_id = split_replay(event.raw)
@@ -439,7 +559,19 @@ class Session:
 
     async def _login(self, tag: str, user: str, password: str) -> Lines:
         user = user.strip().lower()
+        failures = self.server.failures
+        if failures.locked(user) > 0:
+            # Not even checked: a guess made during the lockout is a wasted guess.
+            self.failed_logins += 1
+            log.info("imap %s: login for %s refused, locked after %d failures in the pool",
+                     self.peer, user, failures.count(user))
+            if self.failed_logins >= self.config.max_failed_logins:
+                await self.send([tagged(tag, "NO", "invalid credentials", "AUTHENTICATIONFAILED"),
+                                 untagged_status("BYE", "too many failed logins")])
+                raise Closed("too many failed logins")
+            return [tagged(tag, "NO", "invalid credentials", "AUTHENTICATIONFAILED")]
         if await self.store.authenticate(user, password):
+            failures.succeeded(user)
             self.user = user
             self.state = State.AUTHENTICATED
             self.server.authenticated(self)
@@ -450,6 +582,8 @@ class Session:
             caps = " ".join(self.capabilities())
             return [tagged(tag, "OK", "logged in", f"CAPABILITY {caps}")]
         self.failed_logins += 1
+        if await self.store.has_user(user):
+            failures.failed(user)
         metrics.login("imap", False)
         log.info("imap %s: failed login for %s (%d)", self.peer, user, self.failed_logins)
         delay = min(self.config.failed_login_delay * 2 ** (self.failed_logins - 1),
@@ -480,6 +614,44 @@ class Session:
             self.view.qresync = True
         return [untagged(Atom("ENABLED"), *[Atom(c) for c in newly]), *highest,
                 tagged(command.tag, "OK", "ENABLE completed")]
+
+    async def do_COMPRESS(self, command: Command) -> Lines:
+        args = command.args
+        assert isinstance(args, Compress)
+        if args.mechanism != "DEFLATE":
+            return [tagged(command.tag, "BAD", f"unknown mechanism {args.mechanism}",
+                           "CLIENTBUG")]
+        if self.deflater is not None:
+            return [tagged(command.tag, "NO", "already compressing", "COMPRESSIONACTIVE")]
+        await self.send([tagged(command.tag, "OK", "DEFLATE active")])
+        self.deflater, self.inflater = Deflater(), Inflater()
+        # whatever followed the command was compressed already
+        self.inflater.feed(self.framer.take_buffered())
+        return []
+
+    async def do_NOTIFY(self, command: Command) -> Lines:
+        args = command.args
+        assert isinstance(args, Notify)
+        if args.groups is None:
+            self._notify_off()
+            return await self.ok(command, "NOTIFY completed")
+        bad = notify.unsupported(args)
+        if bad:
+            return [tagged(command.tag, "NO", f"events not supported: {' '.join(bad)}",
+                           f"BADEVENT ({' '.join(notify.SUPPORTED_EVENTS)})")]
+        if any(fetching.needs_body(g.fetch_attrs) for g in args.groups):
+            return [tagged(command.tag, "BAD", "MessageNew takes FLAGS, UID, INTERNALDATE, "
+                           "RFC822.SIZE and MODSEQ only", "CLIENTBUG")]
+        self._notify_off()
+        notifier = Notifier(args, "UTF8=ACCEPT" in self.enabled)
+        infos = await self.store.list_mailboxes(self.me)
+        subscriptions = await self.store.subscriptions(self.me)
+        selected = self.view.mailbox_id if self.view is not None else None
+        lines = await asyncio.to_thread(notifier.start, infos, subscriptions, selected,
+                                        args.status)
+        self.notifier = notifier
+        self.store.commit_hooks.append(self._committed)
+        return await self.ok(command, "NOTIFY completed", before=lines)
 
     async def do_NAMESPACE(self, command: Command) -> Lines:
         return [untagged(Atom("NAMESPACE"), [["", "/"]], None, [["Boards/", "/"]]),
@@ -739,7 +911,8 @@ class Session:
 
     async def do_IDLE(self, command: Command) -> Lines:
         await self.send([continuation("idling")])
-        await self.send(await self.updates())
+        await self.send(await self._idle_updates())
+        self.idling = True
         reader = asyncio.ensure_future(self.next_event())
         try:
             while True:
@@ -748,7 +921,13 @@ class Session:
                 if self.feed is not None:
                     feed_wait = asyncio.ensure_future(self.feed.get())
                     waiters.add(feed_wait)  # type: ignore[arg-type]
+                woken: asyncio.Task[bool] | None = None
+                if self.notifier is not None:  # NOTIFY: other mailboxes' events too
+                    woken = asyncio.ensure_future(self.woken.wait())
+                    waiters.add(woken)  # type: ignore[arg-type]
                 done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if woken is not None and woken not in done:
+                    woken.cancel()
                 if feed_wait is not None:
                     if feed_wait in done:
                         assert self.feed is not None
@@ -757,10 +936,11 @@ class Session:
                         feed_wait.cancel()
                 if reader in done:
                     break
-                await self.send(await self.updates())
+                await self.send(await self._idle_updates())
                 if self.contexts and self.view is not None:
                     await self.send(await self._context_updates())
         finally:
+            self.idling = False
             if not reader.done():
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Closed):
@@ -769,6 +949,14 @@ class Session:
         if not isinstance(event, CommandBytes) or event.raw.strip().upper() != b"DONE":
             return [tagged(command.tag, "BAD", "expected DONE", "CLIENTBUG")]
         return await self.ok(command, "IDLE terminated")
+
+    async def _idle_updates(self) -> Lines:
+        if self.notifier is None:
+            return await self.updates()
+        if self.notifier.selected_group() is None:
+            # the selected mailbox's updates are IDLE's own, whatever the NOTIFY groups say
+            return await self.updates() + await self._notifications()
+        return await self._notifications()
 
     # selected -----------------------------------------------------------------------------
 
@@ -829,11 +1017,6 @@ class Session:
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
         options = args.return_options
-        if options is not None and "UPDATE" in options and {"MIN", "MAX", "PARTIAL"} & set(
-                options):
-            view.saved = [] if "SAVE" in options else view.saved  # RFC 5182 2.1: failed
-            return [*before, tagged(command.tag, "NO", "UPDATE goes with ALL and COUNT only",
-                                    "CANNOT")]
         if _uses_modseq(args.key):
             before += await self._condstore_on()
         try:
@@ -860,11 +1043,12 @@ class Session:
         lines = [*before, *self._returned(command, options, uids, hits, sort=False,
                                           partial=args.partial, modseq=highest)]
         if "UPDATE" in options:
+            # RFC 5267 4.3.1: a context the server will not keep is refused with NOUPDATE;
+            # MIN, MAX and PARTIAL would need more than ADDTO/REMOVEFROM of members.
             key = _seqsets_as_uids(args.key, view)
-            if not self.contexts.add(UpdateContext(command.tag, command.uid, key, set(uids),
-                                                   view.modseq)):
-                lines.append(untagged_status("NO", "too many updates",
-                                             f"NOUPDATE {quote(command.tag).decode()}"))
+            if {"MIN", "MAX", "PARTIAL"} & set(options) or not self.contexts.add(
+                    UpdateContext(command.tag, command.uid, key, set(uids), view.modseq)):
+                lines.append(_noupdate(command.tag))
         return [*lines, tagged(command.tag, "OK", "SEARCH completed")]
 
     def _returned(self, command: Command, options: tuple[str, ...], uids: list[int],
@@ -911,7 +1095,15 @@ class Session:
                 context.modseq = max(context.modseq, horizon)
                 continue
             program = SearchKey("AND", (), (context.key, SearchKey("UID", (_runs(candidates),))))
-            matched = set(await self._search_uids(program))
+            try:
+                matched = set(await self._search_uids(program))
+            except BackendError as exc:
+                # The command itself succeeded: this context ends (RFC 5267 4.3.1), not it.
+                log.info("imap %s (%s): update context %s dropped: %s", self.peer, self.user,
+                         context.tag, exc)
+                self.contexts.cancel([context.tag])
+                out.append(_noupdate(context.tag))
+                continue
             out += self.contexts.weighed(context, candidates, matched, view, horizon)
         return out
 
@@ -963,22 +1155,38 @@ class Session:
         assert isinstance(args, Sort)
         view = self.selected
         before = await self._refresh_now(allow_expunge=command.uid)
-        if args.return_options is not None and "UPDATE" in args.return_options:
-            # Positions in a sorted result would need every member's sort key kept current.
-            return [*before, tagged(command.tag, "NO", "SORT RETURN (UPDATE) is not supported",
-                                    "CANNOT")]
         found = sorted(await self._search_uids(args.key))
-        candidates = [c for chunk in await self._over_bodies(found, _sort_candidates)
-                      for c in chunk]
+        if all(name in _METADATA_CRITERIA for _, name in args.criteria):
+            keyed = await self._metadata_keys(found, args.criteria)
+        else:
+            work = functools.partial(_sort_keyed, args.criteria)
+            keyed = [k for chunk in await self._over_bodies(found, work) for k in chunk]
         # Sorting many messages is CPU work: never on the event loop.
-        ordered = await asyncio.to_thread(sort_order, candidates, args.criteria)
+        ordered = await asyncio.to_thread(order_keyed, keyed, args.criteria)
         hits = ordered if command.uid else [view.seq_of(u) for u in ordered]
         if args.return_options is None:
             lines = [untagged(Atom("SORT"), *hits)]
         else:
             lines = self._returned(command, args.return_options, ordered, hits, sort=True,
                                    partial=args.partial, modseq=None)
+            if "UPDATE" in args.return_options:
+                # Positions in a sorted result would need every member's sort key kept
+                # current: refused as RFC 5267 4.3.1 allows, the answer itself is complete.
+                lines.append(_noupdate(command.tag))
         return [*before, *lines, tagged(command.tag, "OK", "SORT completed")]
+
+    async def _metadata_keys(self, uids: list[int],
+                             criteria: tuple[tuple[bool, str], ...]) -> list[Keyed]:
+        """ARRIVAL and SIZE need no message content: rows without bodies, nothing parsed;
+        the keys are made in a worker thread, a chunk at a time."""
+        view = self.selected
+        empty = ParsedMessage.from_bytes(b"")
+        out: list[Keyed] = []
+        for start in range(0, len(uids), FETCH_CHUNK):
+            rows = await self.store.fetch_rows(self.me, view.mailbox_id,
+                                               uids[start:start + FETCH_CHUNK])
+            out += await asyncio.to_thread(_metadata_keyed, criteria, empty, rows)
+        return out
 
     async def do_THREAD(self, command: Command) -> Lines:
         args = command.args
@@ -1093,6 +1301,7 @@ class Session:
                             out: _Output) -> None:
         """Bodies are read a bounded batch at a time (by bytes), never a whole range."""
         view = self.selected
+        parse = fetching.needs_parse(attrs)
         batch: list[MessageMeta] = []
         size = 0
         for i, meta in enumerate(metas):
@@ -1108,7 +1317,7 @@ class Session:
                     await out.add(announce)
                 items = fetching.render_items(attrs, self._recent(fresh[row.uid]), raw,
                                               with_uid=with_uid, with_modseq=with_modseq)
-                await out.message(view.seq_of(row.uid), items)
+                await out.message(view.seq_of(row.uid), items, parse)
             batch, size = [], 0
 
     async def _mark_seen(self, rows: list[tuple[MessageMeta, bytes | None]]
@@ -1231,7 +1440,8 @@ class _Output:
         lines, self.lines, self.size = self.lines, [], 0
         await self.session.send(lines)
 
-    async def message(self, seq: int, items: Iterator[tuple[Atom, object]]) -> None:
+    async def message(self, seq: int, items: Iterator[tuple[Atom, object]],
+                      parse: bool = True) -> None:
         """One `* n FETCH (...)` made and sent item by item: 50 copies of a big body are
         never held at once. A part the message lacks (FetchError) leaves the message out when
         nothing of it was sent yet, else ends its list early."""
@@ -1240,7 +1450,9 @@ class _Output:
         try:
             # Each item is made in a worker thread: parsing a poison message (a header of
             # megabytes, thousands of parts) must not stall the event loop.
-            while (item := await asyncio.to_thread(_encoded_item, items)) is not None:
+            # Whole bodies and plain attributes are only copied: made here, no thread hop.
+            while (item := (await asyncio.to_thread(_encoded_item, items) if parse
+                            else _encoded_item(items))) is not None:
                 piece = item if first else b" " + item
                 first = False
                 pending.append(piece)
@@ -1256,12 +1468,31 @@ class _Output:
         await self.add(b"".join(pending))
 
 
-def _sort_candidates(rows: list[tuple[MessageMeta, bytes | None]],
-                     budget: Budget) -> list[Candidate]:
+def _noupdate(tag: str) -> bytes:
+    return untagged_status("NO", "no updates for this result", f"NOUPDATE {quote(tag).decode()}")
+
+
+def _head(raw: bytes | None) -> Part:
+    """The message's header alone, parsed: SORT and THREAD keys are header fields, and a
+    message's MIME structure (every part of a big attachment) need not be split for them."""
+    data = raw or b""
+    ends = [i + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := data.find(sep)) >= 0]
+    return ParsedMessage.from_bytes(data[:min(ends)] if ends else data)
+
+
+def _metadata_keyed(criteria: tuple[tuple[bool, str], ...], empty: Part,
+                    rows: list[tuple[MessageMeta, bytes | None]]) -> list[Keyed]:
+    return [sort_keys(Candidate(meta.uid, meta, empty), criteria) for meta, _ in rows]
+
+
+def _sort_keyed(criteria: tuple[tuple[bool, str], ...],
+                rows: list[tuple[MessageMeta, bytes | None]], budget: Budget) -> list[Keyed]:
+    """Each message reduced to its sort keys at once: no parsed message (nor its bytes)
+    outlives its chunk, however many messages the SORT covers."""
     out = []
     for meta, raw in rows:
         budget.check()
-        out.append(Candidate(meta.uid, meta, ParsedMessage.from_bytes(raw or b"")))
+        out.append(sort_keys(Candidate(meta.uid, meta, _head(raw)), criteria))
     return out
 
 
@@ -1270,7 +1501,7 @@ def _thread_inputs(rows: list[tuple[MessageMeta, bytes | None]],
     out = []
     for meta, raw in rows:
         budget.check()
-        msg = ParsedMessage.from_bytes(raw or b"")
+        msg = _head(raw)
         references = message_ids(msg.text("references")) or message_ids(
             msg.text("in-reply-to"))[:1]
         own = message_ids(msg.text("message-id"))

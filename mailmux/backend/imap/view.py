@@ -79,7 +79,7 @@ class View:
         if uid in self.recent:
             flags = [*flags, "\\Recent"]
         items: list[object] = [Atom("FLAGS"), format_flags(flags)]
-        if with_uid:
+        if with_uid or self.qresync:  # a QRESYNC client keeps its cache by UID
             items += [Atom("UID"), uid]
         if self.condstore:
             items += [Atom("MODSEQ"), [modseq]]

@@ -1,8 +1,10 @@
 """SORT keys (RFC 5256, RFC 5957 DISPLAYFROM/DISPLAYTO) and the base subject.
 
 `sort_order` takes each candidate's (uid, metadata, parsed message) and the criteria and
-returns the UIDs in order. Ties (and REVERSE ties) fall back to arrival order, i.e. the UID,
-which is the sequence order. Pure CPU work: the session runs it in a worker thread.
+returns the UIDs in order; `sort_keys` and `order_keyed` are its two halves, so a caller can
+reduce each message to its keys as it reads it and keep no parsed message. Ties (and REVERSE
+ties) fall back to arrival order, i.e. the UID, which is the sequence order. Pure CPU work:
+the session runs it in a worker thread.
 """
 
 from __future__ import annotations
@@ -107,11 +109,24 @@ def _key(criterion: str, c: Candidate) -> object:
     return _display_key(c.msg, criterion[len("DISPLAY"):].lower())
 
 
+Keyed = tuple[int, tuple[object, ...]]  # a UID and its sort keys, most significant first
+
+
+def sort_keys(c: Candidate, criteria: Sequence[tuple[bool, str]]) -> Keyed:
+    """The keys a candidate sorts by: made once, so the parsed message need not be kept."""
+    return c.uid, tuple(_key(name, c) for _, name in criteria)
+
+
+def order_keyed(rows: Sequence[Keyed], criteria: Sequence[tuple[bool, str]]) -> list[int]:
+    """UIDs of `sort_keys` rows in sort order: one stable sort per key, least significant
+    first, so ties (REVERSE ones too) keep arrival order."""
+    ordered = sorted(rows, key=lambda r: r[0])
+    for i in reversed(range(len(criteria))):
+        ordered.sort(key=lambda r: r[1][i], reverse=criteria[i][0])  # type: ignore[arg-type,return-value]
+    return [uid for uid, _ in ordered]
+
+
 def sort_order(candidates: Sequence[Candidate],
                criteria: Sequence[tuple[bool, str]]) -> list[int]:
     """UIDs sorted by `criteria` ((reverse, name) pairs, most significant first)."""
-    ordered = sorted(candidates, key=lambda c: c.uid)
-    for reverse, criterion in reversed(criteria):  # a stable sort per key, least first
-        keys = {c.uid: _key(criterion, c) for c in ordered}
-        ordered.sort(key=lambda c: keys[c.uid], reverse=reverse)  # type: ignore[arg-type,return-value]
-    return [c.uid for c in ordered]
+    return order_keyed([sort_keys(c, criteria) for c in candidates], criteria)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -118,6 +118,9 @@ class ChangeRecord:
 
 
 class MailStore(Protocol):
+    # called after every commit (replication's and NOTIFY sessions' wake-up)
+    commit_hooks: list[Callable[[], None]]
+
     # users ------------------------------------------------------------------------
     async def add_user(self, user: str, password: str) -> None: ...
     async def set_password(self, user: str, password: str) -> None: ...

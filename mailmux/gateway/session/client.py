@@ -20,12 +20,13 @@ from mailmux import metrics
 from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.connector import BackendSession, connect
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
-from mailmux.gateway.responses import Response, Spill, read_response
+from mailmux.gateway.responses import Response, ResponseTooLarge, Spill, read_response
 from mailmux.gateway.session import prelogin
 from mailmux.gateway.session import relay as relaying
 from mailmux.gateway.session.heartbeat import Registration
 from mailmux.gateway.session.states import Input, SessionState, step
 from mailmux.gateway.session.view import MailboxView
+from mailmux.protocol.imap.compress import CompressError, Deflater, Inflater
 from mailmux.protocol.imap.errors import ParseError
 from mailmux.protocol.imap.framing import (
     CommandBytes,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
+HOLD_MAX = 32 * 1024  # responses held back to leave together with the command's last one
 # Before login the gateway cannot know the backends' lists: it offers what every mailmux node
 # offers. After login the client sees the serving backend's list less DENIED, plus what the
 # gateway answers itself.
@@ -53,17 +55,16 @@ BEFORE_LOGIN = (
     "THREAD=REFERENCES", "THREAD=ORDEREDSUBJECT", "ESORT", "WITHIN",
     "UTF8=ACCEPT", "LIST-EXTENDED", "LIST-STATUS",
     "SEARCHRES", "CONTEXT=SEARCH", "CONTEXT=SORT", "QRESYNC",
-    "CATENATE",
+    "CATENATE", "COMPRESS=DEFLATE", "NOTIFY",
 )
-GATEWAY_OWN = ("ID",)  # answered by the gateway in every state
+GATEWAY_OWN = ("ID", "COMPRESS=DEFLATE")  # answered by the gateway itself
 # Extensions a backend may offer that the gateway must not pass on, and why:
 DENIED_PREFIXES = (
     "STARTTLS",  # TLS is between the client and the gateway, handled locally before login
     "LOGINDISABLED",  # login happens at the gateway, which always accepts it
     "AUTH=",  # authentication happens at the gateway (AUTH=PLAIN, offered before login)
-    "COMPRESS=",  # a compressed stream could no longer be framed, tracked or replayed
+    "COMPRESS=",  # node links stay plain; the gateway offers COMPRESS to clients itself
     "XREPLAY",  # the gateway's own replay ids (pool-internal), never the client's
-    "NOTIFY",  # events arrive between commands, when the gateway is not reading the backend
     "UNAUTHENTICATE",  # would leave the gateway logged in with another user's failover state
 )
 
@@ -95,6 +96,12 @@ class ClientSession:
         self.backend: BackendSession | None = None
         self.password: str | None = None  # kept for failover logins; never logged
         self.enabled: list[bytes] = []  # ENABLE arguments, replayed after failover
+        # NOTIFY SET in force ("NOTIFY SET ...\r\n", restored after failover): the backend
+        # is read between commands too, and its events passed on as they come.
+        self.notify: bytes | None = None
+        self.inflater: Inflater | None = None  # COMPRESS=DEFLATE with the client is on
+        self.deflater: Deflater | None = None
+        self.pending: asyncio.Task[bytes] | None = None  # that read (of a first line)
         self.view: MailboxView | None = None
         self.tls = False
         self.idling = False
@@ -102,6 +109,8 @@ class ClientSession:
         self._replays = itertools.count(1)
         self._token = secrets.token_hex(8)
         self.queued: deque[CommandBytes] = deque()
+        self._held: list[bytes] = []  # responses waiting to leave with the next send
+        self._held_size = 0
         self.watch: Registration | None = None
         self.standby: BackendSession | None = None  # logged in on another node, kept ready
         self._standby_task: asyncio.Task[None] | None = None
@@ -120,6 +129,7 @@ class ClientSession:
 
     def use(self, backend: BackendSession) -> None:
         """Serve from this backend from now on, with its node watched for hangs."""
+        self.drop_pending()
         self.backend = backend
         if self.watch is not None:
             self.watch.cancel()
@@ -127,7 +137,13 @@ class ClientSession:
             backend.node_id, backend.candidate.control, backend.abort
         )
 
+    def drop_pending(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
+
     async def drop_backend(self) -> None:
+        self.drop_pending()
         if self.watch is not None:
             self.watch.cancel()
             self.watch = None
@@ -201,23 +217,80 @@ class ClientSession:
 
     # the client's side ------------------------------------------------------------------
 
+    def hold(self, data: bytes) -> bool:
+        """Keep a response to go out with the next `send` (one write, one segment, for a
+        command's untagged responses and its tagged answer); False when enough is held already
+        and the caller must send."""
+        if self._held_size + len(data) > HOLD_MAX:
+            return False
+        self._held.append(data)
+        self._held_size += len(data)
+        return True
+
     async def send(self, data: bytes) -> None:
         """Write to the client. Its failure is the client's: it ends this session, nothing else."""
+        if self._held:
+            self._held.append(data)
+            data = b"".join(self._held)
+            self._held, self._held_size = [], 0
         try:
-            self.writer.write(data)
-            await self.writer.drain()
+            self.writer.write(self.deflater.compress(data) if self.deflater else data)
+            if self.writer.transport.get_write_buffer_size():
+                await self.writer.drain()  # only a slow client makes us wait
         except OSError as exc:
             raise ClientGone(f"writing to the client: {exc!r}") from exc
 
-    async def next_client_event(self) -> CommandBytes | FramingError:
+    async def _recv(self) -> bytes:
+        """Client bytes, decompressed a bounded piece at a time when COMPRESS is on (so the
+        framer's caps meet a decompression bomb piece by piece). Takes nothing from the
+        socket if cancelled while waiting."""
+        inflater = self.inflater
+        if inflater is None:
+            return await self.reader.read(READ_SIZE)
+        while True:
+            if inflater.pending:
+                try:
+                    piece = inflater.read()
+                except CompressError as exc:
+                    raise ClientGone(str(exc)) from None
+                if piece:
+                    return piece
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                return b""
+            inflater.feed(data)
+
+    async def compress(self, tag: bytes, raw: bytes) -> bool:
+        """COMPRESS DEFLATE (RFC 4978) between the client and the gateway; the gateway still
+        frames the plain commands, and its links to nodes stay as they are."""
+        words = raw.split()
+        if len(words) != 3 or words[2].upper() != b"DEFLATE":
+            await self.send(tag + b" BAD [CLIENTBUG] COMPRESS DEFLATE is the one mechanism\r\n")
+        elif self.deflater is not None:
+            await self.send(tag + b" NO [COMPRESSIONACTIVE] already compressing\r\n")
+        else:
+            await self.send(tag + b" OK DEFLATE active\r\n")
+            self.deflater, self.inflater = Deflater(), Inflater()
+            self.inflater.feed(self.framer.take_buffered())
+        return True
+
+    async def next_client_event(self, events: bool = False) -> CommandBytes | FramingError:
+        """The client's next command; with `events` (between commands, NOTIFY on), what the
+        backend says meanwhile is passed on as it comes."""
         if self.queued:
             return self.queued.popleft()
+        incomplete = False
         while True:
             event = self.framer.next_event()
             if isinstance(event, NeedData):
+                if incomplete:
+                    # Part of a command (a literal without its CRLF): no answer will carry
+                    # our ACK soon, so ACK now. A whole command's answer carries it.
+                    quickack(self.writer)
                 try:
                     async with asyncio.timeout(self._login_deadline()):
-                        data = await self.reader.read(READ_SIZE)
+                        data = await (self._read_relaying_events() if events
+                                      else self._recv())
                 except TimeoutError:
                     with contextlib.suppress(OSError):
                         await self.send(b"* BYE login timeout\r\n")
@@ -227,12 +300,76 @@ class ClientSession:
                 if not data:
                     raise ClientGone("the client closed the connection")
                 self.framer.receive_data(data)
-                quickack(self.writer)
+                incomplete = True
+                if self.inflater is not None and self.inflater.pending:
+                    await asyncio.sleep(0)  # a long expansion still lets others run
                 continue
             if isinstance(event, LiteralContinue):
                 await self.send(b"+ Ready for literal data\r\n")
                 continue
             return event
+
+    async def _read_relaying_events(self) -> bytes:
+        read = asyncio.ensure_future(self._recv())
+        try:
+            while self.notify is not None and self.backend is not None \
+                    and not self.framer.in_command:
+                if self.pending is None:
+                    self.pending = asyncio.ensure_future(self.backend.reader.readuntil(b"\n"))
+                pending = self.pending
+                await asyncio.wait({read, pending}, return_when=asyncio.FIRST_COMPLETED)
+                if read.done() and not pending.done():
+                    break
+                self.pending = None
+                if not await self._relay_event(pending):
+                    break
+            return await read
+        finally:
+            if not read.done():
+                read.cancel()  # a read waiting for data has taken none: nothing is lost
+
+    async def _relay_event(self, done: asyncio.Task[bytes]) -> bool:
+        """Pass on one unsolicited response; False when the backend is gone (the next
+        command fails over and restores NOTIFY)."""
+        backend = self.backend
+        assert backend is not None
+        try:
+            response = await read_response(backend.reader, self.config.max_message_size,
+                                           first=done.result())
+        except asyncio.LimitOverrunError:
+            response = await read_response(backend.reader, self.config.max_message_size)
+        except (ConnectionError, asyncio.IncompleteReadError, ResponseTooLarge) as exc:
+            log.info("imap %s (%s): backend lost between commands: %r", self.peer, self.user,
+                     exc)
+            backend.abort(f"lost between commands: {exc!r}")
+            return False
+        if self.watch is not None:
+            self.watch.heard()
+        if response.raw.startswith(b"* BYE") or not response.raw.startswith(b"* "):
+            log.warning("imap %s (%s): unexpected between commands: %r", self.peer,
+                        self.user, response.raw[:80])
+            backend.abort("unexpected response between commands")
+            return False
+        if self.view is not None:
+            self.view.observe(response)
+        await self.send(response.raw)
+        if self.view is not None and self.view.unknown():
+            # new mail told by EXISTS: learn its UIDs now, while no command is in flight
+            await relaying.learn_uids(self, self.view)
+        return True
+
+    async def _pending_line(self) -> bytes | None:
+        """The first line the read begun between commands took, if it took one; a read
+        still waiting is cancelled, which takes nothing from the stream."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return None
+        if not pending.done():
+            pending.cancel()
+            await asyncio.wait({pending})
+        if pending.cancelled() or isinstance(pending.exception(), asyncio.LimitOverrunError):
+            return None
+        return pending.result()
 
     def _login_deadline(self) -> float | None:
         if self.user is not None:
@@ -256,25 +393,33 @@ class ClientSession:
     async def read_backend(self, backend: BackendSession, spill: Spill | None = None) -> Response:
         """One whole response. The deadline measures silence: arriving bytes push it back,
         and it stops while a slow client takes a streamed piece of a large response."""
-        timeout = self.response_timeout()
-        loop = asyncio.get_running_loop()
         watch = self.watch
         try:
-            async with asyncio.timeout(timeout) as deadline:
+            first = await self._pending_line()
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            raise BackendLost(backend.lost or f"{backend.node_id}: {exc!r}") from exc
+        try:
+            async with asyncio.timeout(None) as deadline:
+                silence = _Silence(deadline, self.response_timeout())
+
                 def progress() -> None:
-                    if timeout is not None:
-                        deadline.reschedule(loop.time() + timeout)
+                    silence.heard()
                     if watch is not None:
                         watch.heard()
 
                 async def paused(data: bytes) -> None:
                     assert spill is not None
-                    deadline.reschedule(None)
+                    silence.pause()
                     await spill(data)
+                    silence.resume()
                     progress()
 
-                return await read_response(backend.reader, self.config.max_message_size,
-                                           progress, paused if spill is not None else None)
+                try:
+                    return await read_response(backend.reader, self.config.max_message_size,
+                                               progress, paused if spill is not None else None,
+                                               first)
+                finally:
+                    silence.stop()
         except TimeoutError as exc:
             raise BackendLost(f"{backend.node_id} did not answer in time") from exc
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -296,7 +441,7 @@ class ClientSession:
                         .encode())
         try:
             while True:
-                event = await self.next_client_event()
+                event = await self.next_client_event(events=True)
                 if isinstance(event, FramingError):
                     await self.framing_error(event)
                     continue
@@ -328,6 +473,8 @@ class ClientSession:
                 # another of its commands.
                 await self.send(tag + b" BAD [CLIENTBUG] unknown command XREPLAY\r\n")
                 return True
+            if tag is not None and name == "COMPRESS":
+                return await self.compress(tag, raw)
             if tag is not None and name not in prelogin.LOCAL_BEFORE_LOGIN:
                 return await self.relay(tag, raw, name)
         try:
@@ -360,6 +507,56 @@ class ClientSession:
         with contextlib.suppress(ClientGone):
             await self.send(b"* BYE [UNAVAILABLE] mail server unavailable, please reconnect\r\n")
         return False
+
+
+class _Silence:
+    """Expires an asyncio.timeout once the backend was silent for `timeout` seconds.
+
+    Arriving bytes only note the time; one timer, when it fires, looks whether they came
+    since and sets itself again if so (rescheduling a timer for every line cost more than
+    relaying the line)."""
+
+    def __init__(self, deadline: asyncio.Timeout, timeout: float | None) -> None:
+        self.deadline = deadline
+        self.timeout = timeout
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()
+        self.paused = False
+        self.timer: asyncio.TimerHandle | None = None
+        if timeout is not None:
+            self.timer = self.loop.call_at(self.last + timeout, self._check)
+
+    def heard(self) -> None:
+        self.last = self.loop.time()
+
+    def pause(self) -> None:
+        """A slow client takes a piece: its time is not the backend's silence."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.last = self.loop.time()
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.timeout is not None:
+            self.timer = self.loop.call_at(self.last + self.timeout, self._check)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _check(self) -> None:
+        assert self.timeout is not None
+        due = self.last + self.timeout
+        now = self.loop.time()
+        if self.paused:
+            self.timer = None  # resume() sets it again
+        elif due <= now:
+            self.timer = None
+            self.deadline.reschedule(now)  # expires at once: TimeoutError in the reader
+        else:
+            self.timer = self.loop.call_at(due, self._check)
 
 
 def _tag_and_name(raw: bytes) -> tuple[bytes | None, str]:

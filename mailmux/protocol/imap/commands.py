@@ -277,9 +277,40 @@ class Enable:
     capabilities: tuple[str, ...]  # upper-cased
 
 
+@dataclass(frozen=True)
+class NotifyGroup:
+    """One event group of NOTIFY SET (RFC 5465): which mailboxes, which events.
+
+    `filter` is SELECTED, SELECTED-DELAYED, INBOXES, PERSONAL, SUBSCRIBED, SUBTREE or
+    MAILBOXES (the last two name `mailboxes`); `events` are canonical event names
+    ("MessageNew", ...), () for NONE; `fetch_attrs` are MessageNew's FETCH items.
+    """
+
+    filter: str
+    events: tuple[str, ...]
+    mailboxes: tuple[str, ...] = ()
+    fetch_attrs: tuple[FetchAttr, ...] = ()
+
+
+@dataclass(frozen=True)
+class Notify:
+    """NOTIFY NONE (`groups` None) or NOTIFY SET [STATUS] groups."""
+
+    groups: tuple[NotifyGroup, ...] | None
+    status: bool = False
+
+
+@dataclass(frozen=True)
+class Compress:
+    """COMPRESS (RFC 4978); `mechanism` upper-cased (DEFLATE is the one defined)."""
+
+    mechanism: str
+
+
 Args = (
     NoArgs | Login | Authenticate | MailboxArg | Rename | ListArgs | StatusArgs | Append
-    | Search | Sort | Thread | Fetch | Store | CopyMove | Expunge | Id | Enable | CancelUpdate
+    | Search | Sort | Thread | Fetch | Store | CopyMove | Expunge | Id | Enable | Notify
+    | Compress | CancelUpdate
 )
 
 

@@ -81,6 +81,14 @@ class CommandFramer:
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
 
+    def take_buffered(self) -> bytes:
+        """Bytes received but not yet framed, removed (a stream switching to compression
+        after a command hands them to its decompressor)."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        self._scanned = 0
+        return data
+
     def _add_part(self, part: bytes) -> None:
         self._parts.append(part)
         self._size += len(part)

@@ -19,6 +19,7 @@ from mailmux.protocol.imap.commands import (
     CancelUpdate,
     CatenatePart,
     Command,
+    Compress,
     CopyMove,
     Enable,
     Expunge,
@@ -29,6 +30,8 @@ from mailmux.protocol.imap.commands import (
     Login,
     MailboxArg,
     NoArgs,
+    Notify,
+    NotifyGroup,
     QresyncParams,
     Rename,
     Search,
@@ -767,6 +770,82 @@ def _append(r: _Reader) -> Append:
     return Append(mailbox, flags, when, data, binary, tuple(more), tuple(catenate))
 
 
+NOTIFY_EVENTS = {e.upper(): e for e in (
+    "MessageNew", "MessageExpunge", "FlagChange", "AnnotationChange", "MailboxName",
+    "SubscriptionChange", "MailboxMetadataChange", "ServerMetadataChange")}
+_NOTIFY_FILTERS = {"SELECTED", "SELECTED-DELAYED", "INBOXES", "PERSONAL", "SUBSCRIBED",
+                   "SUBTREE", "MAILBOXES"}
+MAX_NOTIFY_GROUPS = 20
+MAX_NOTIFY_MAILBOXES = 100
+
+
+def _notify_mailboxes(r: _Reader) -> tuple[str, ...]:
+    """one-or-more-mailbox: a mailbox, or a parenthesised list of them."""
+    if not r.take(b"("):
+        return (r.mailbox(),)
+    names = [r.mailbox()]
+    while r.take(b" "):
+        if len(names) >= MAX_NOTIFY_MAILBOXES:
+            raise _Fail(f"at most {MAX_NOTIFY_MAILBOXES} mailboxes in one NOTIFY group", "LIMIT")
+        names.append(r.mailbox())
+    r.expect(b")")
+    return tuple(names)
+
+
+def _notify_group(r: _Reader) -> NotifyGroup:
+    r.expect(b"(")
+    kind = r.atom().upper()
+    if kind not in _NOTIFY_FILTERS:
+        raise _Fail(f"unknown NOTIFY mailbox filter {kind}")
+    mailboxes: tuple[str, ...] = ()
+    if kind in ("SUBTREE", "MAILBOXES"):
+        r.sp()
+        mailboxes = _notify_mailboxes(r)
+    r.sp()
+    events: list[str] = []
+    fetch_attrs: tuple[FetchAttr, ...] = ()
+    if not r.take(b"NONE"):
+        r.expect(b"(")
+        while not r.take(b")"):
+            if events:
+                r.sp()
+            word = r.atom().upper()
+            if word not in NOTIFY_EVENTS:
+                raise _Fail(f"unknown NOTIFY event {word}")
+            if word == "MESSAGENEW" and r.peek(2) == b" (":
+                r.sp()
+                r.expect(b"(")
+                attrs = [_fetch_att(r)]
+                while r.take(b" "):
+                    attrs.append(_fetch_att(r))
+                r.expect(b")")
+                fetch_attrs = tuple(attrs)
+            events.append(NOTIFY_EVENTS[word])
+        if not events:
+            raise _Fail("empty NOTIFY event list")
+    r.expect(b")")
+    return NotifyGroup(kind, tuple(events), mailboxes, fetch_attrs)
+
+
+def _notify(r: _Reader) -> Notify:
+    r.sp()
+    if r.take(b"NONE"):
+        return Notify(None)
+    r.expect(b"SET")
+    status = r.take(b" STATUS")
+    groups: list[NotifyGroup] = []
+    while r.take(b" "):
+        if len(groups) >= MAX_NOTIFY_GROUPS:
+            raise _Fail(f"at most {MAX_NOTIFY_GROUPS} NOTIFY event groups", "LIMIT")
+        groups.append(_notify_group(r))
+    if not groups:
+        raise _Fail("NOTIFY SET needs an event group")
+    # every commit compares each mailbox with these names: keep the product small
+    if sum(len(g.mailboxes) for g in groups) > MAX_NOTIFY_MAILBOXES:
+        raise _Fail(f"at most {MAX_NOTIFY_MAILBOXES} mailboxes in one NOTIFY", "LIMIT")
+    return Notify(tuple(groups), status)
+
+
 def _id(r: _Reader) -> Id:
     r.sp()
     if r.take(b"NIL"):
@@ -906,6 +985,11 @@ def _args(r: _Reader, name: str, uid: bool) -> Args:
         return CopyMove(seq, r.mailbox())
     if name == "ID":
         return _id(r)
+    if name == "NOTIFY":
+        return _notify(r)
+    if name == "COMPRESS":
+        r.sp()
+        return Compress(r.atom().upper())
     if name == "CANCELUPDATE":
         tags = []
         while r.take(b" "):

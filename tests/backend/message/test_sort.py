@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailmux.backend.message.parsed import ParsedMessage
-from mailmux.backend.message.sort import Candidate, base_subject, sort_order
+from mailmux.backend.message.sort import Candidate, base_subject, order_keyed, sort_order
 from mailmux.backend.message.threading import ThreadInput, format_threads, thread
 from mailmux.backend.store.interface import MessageMeta
 from mailmux.protocol.imap.commands import SearchKey, Sort
@@ -81,3 +83,14 @@ def test_ordered_subject() -> None:
                                       _msg(3, "Re: a", None), _msg(4, "re: b", None),
                                       _msg(5, "Fwd: a", None)])
     assert format_threads(roots, lambda u: u) == "(1 4)(2 (3)(5))"
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), max_size=40),
+       st.booleans(), st.booleans())
+def test_order_keyed_sorts_by_keys_then_arrival(keys: list[tuple[int, int]], first: bool,
+                                                second: bool) -> None:
+    rows = [(uid, k) for uid, k in zip(range(100, 0, -1), keys, strict=False)]
+    criteria = ((first, "SIZE"), (second, "ARRIVAL"))
+    expected = sorted(rows, key=lambda r: (r[1][0] * (-1 if first else 1),
+                                           r[1][1] * (-1 if second else 1), r[0]))
+    assert order_keyed(rows, criteria) == [uid for uid, _ in expected]
