@@ -146,8 +146,6 @@ def test_partition_heals_to_identical_replicas_and_the_minority_refuses(tmp_path
     _run(tmp_path, normal=2)
 
 
-@pytest.mark.xfail(strict=True, reason="with normal = 1 only the home lease (granted by a "
-                   "majority) makes the minority refuse changes; not implemented yet")
 @pytest.mark.timeout(400)
 def test_partition_with_single_copies_heals_and_the_minority_refuses(tmp_path: Path) -> None:
     _run(tmp_path, normal=1)
