@@ -22,6 +22,7 @@ import logging
 import os
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,8 +31,10 @@ from typing import Any
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import Unavailable
 from mailmux.backend.load import LoadMeter
+from mailmux.backend.store.apply import apply_records
 from mailmux.backend.store.interface import ChangeRecord
 from mailmux.backend.store.sqlite import SqliteStore
+from mailmux.backend.store.writer import Tx
 from mailmux.protocol.control.errors import ControlDecodeError
 from mailmux.protocol.peer.session import (
     MAX_FRAME,
@@ -46,6 +49,7 @@ from mailmux.protocol.peer.session import (
 )
 from mailmux.replication import antientropy
 from mailmux.replication.importance import copies_required
+from mailmux.replication.pipeline import MAX_IN_FLIGHT, PipelineClosed, Requests, Responder
 from mailmux.replication.window import BatchWindow, local_now
 from mailmux.tls import server_context
 
@@ -342,7 +346,8 @@ class Replicator:
             log.info("replication: linked to %s at %s:%d", peer.node_id, *peer.address)
             try:
                 await self._ship(peer, channel)
-            except (OSError, PeerAuthError, LinkClosed, ValueError, KeyError) as exc:
+            except (OSError, PeerAuthError, LinkClosed, PipelineClosed, ValueError,
+                    KeyError) as exc:
                 peer.last_error = str(exc) or type(exc).__name__
                 log.warning("replication: link to %s lost: %s", peer.node_id, peer.last_error)
             finally:
@@ -373,32 +378,55 @@ class Replicator:
             return True
         return pending and self.window.may_ship(self.clock(), self.backlog())
 
-    async def _ask(self, channel: Channel, message: dict[str, Any]) -> dict[str, Any]:
-        await channel.send(message)
-        reply = await channel.receive(self._answer_timeout)
+    @staticmethod
+    async def _ask(requests: Requests, message: dict[str, Any]) -> dict[str, Any]:
+        reply = await requests.ask(message)
         if reply.get("t") != message.get("t"):
             raise LinkClosed(f"expected {message.get('t')!r}, got {reply.get('t')!r}")
         return reply
 
-    async def _reconcile(self, peer: PeerState, channel: Channel) -> None:
+    async def _reconcile(self, peer: PeerState, requests: Requests) -> None:
         peer.digested = time.monotonic()
         repaired = await antientropy.reconcile(
-            self.store, lambda m: self._ask(channel, m), peer.node_id)
+            self.store, lambda m: self._ask(requests, m), peer.node_id)
         peer.repaired += repaired
 
     async def _ship(self, peer: PeerState, channel: Channel) -> None:
-        await channel.send({"t": "positions"})
-        reply = await channel.receive(self._answer_timeout)
-        await self._record_ack(peer, {k: int(v) for k, v in reply["positions"].items()})
-        await self._reconcile(peer, channel)
+        requests = Requests(channel, self._answer_timeout)
+        try:
+            await self._ship_on(peer, requests)
+        finally:
+            await requests.close()
+
+    async def _ship_on(self, peer: PeerState, requests: Requests) -> None:
+        await self._record_ack(peer, await self._held_by_peer(requests))
+        await self._reconcile(peer, requests)
+        # Batches go out as soon as changes commit, up to MAX_IN_FLIGHT unacknowledged
+        # (pipeline.py): a change committed while a batch is on the wire does not wait for
+        # that round trip, and batches arriving together share the peer's fsync.
+        in_flight: deque[tuple[asyncio.Future[dict[str, Any]], int]] = deque()
+        sent = dict(peer.acked)  # positions shipped, acknowledged or not
         while True:
             peer.wake.clear()
-            records = await self.store.changes_after(peer.acked, BATCH_RECORDS)
-            peer.rounds += 1
-            own = [r.seq for r in records if r.origin == self.store.origin]
-            self._local_seq = max([self._local_seq, *own])
-            if records and self._may_ship(True):
-                await self._send_batch(peer, channel, records)
+            while in_flight and in_flight[0][0].done():
+                future, count = in_flight.popleft()
+                await self._acknowledged(peer, future.result(), count)
+            for origin, seq in peer.acked.items():
+                sent[origin] = max(sent.get(origin, 0), seq)
+            if len(in_flight) < MAX_IN_FLIGHT:
+                records = await self.store.changes_after(sent, BATCH_RECORDS)
+                peer.rounds += 1
+                own = [r.seq for r in records if r.origin == self.store.origin]
+                self._local_seq = max([self._local_seq, *own])
+                if records and self._may_ship(True):
+                    records, future = await self._send_batch(requests, records)
+                    future.add_done_callback(lambda _: peer.wake.set())
+                    in_flight.append((future, len(records)))
+                    for record in records:
+                        sent[record.origin] = max(sent.get(record.origin, 0), record.seq)
+                    continue
+            if in_flight:
+                await peer.wake.wait()  # an acknowledgement, or a new change to ship
                 continue
             try:
                 async with asyncio.timeout(IDLE_RECHECK):
@@ -407,16 +435,34 @@ class Replicator:
                 # Quiet for a while: ask again where the peer stands. This notices a dead
                 # link (no TCP traffic would) and a peer that lost its data (positions drop),
                 # which then gets everything again: the periodic anti-entropy pass.
-                await channel.send({"t": "positions"})
-                reply = await channel.receive(self._answer_timeout)
-                await self._record_ack(peer, {k: int(v) for k, v in reply["positions"].items()})
+                await self._record_ack(peer, await self._held_by_peer(requests))
+                sent = dict(peer.acked)
                 if time.monotonic() - peer.digested >= antientropy.DIGEST_INTERVAL:
-                    await self._reconcile(peer, channel)
+                    await self._reconcile(peer, requests)
 
-    async def _send_batch(self, peer: PeerState, channel: Channel,
-                          records: list[ChangeRecord]) -> None:
+    @staticmethod
+    async def _held_by_peer(requests: Requests) -> dict[str, int]:
+        reply = await requests.ask({"t": "positions"})
+        if reply.get("t") != "ack":  # the answer to "positions" is an acknowledgement
+            raise LinkClosed(f"expected ack, got {reply.get('t')!r}")
+        return _positions(reply)
+
+    async def _acknowledged(self, peer: PeerState, reply: dict[str, Any], count: int) -> None:
+        if reply.get("t") != "ack":
+            raise LinkClosed(f"expected ack, got {reply.get('t')!r}")
+        peer.shipped += count
+        # An acknowledgement names the positions of the origins in its batch (and others as
+        # last known): it can only raise what the peer is known to hold.
+        merged = dict(peer.acked)
+        for origin, seq in _positions(reply).items():
+            merged[origin] = max(merged.get(origin, 0), seq)
+        await self._record_ack(peer, merged)
+        log.debug("replication: %d change(s) to %s acknowledged", count, peer.node_id)
+
+    async def _send_batch(self, requests: Requests, records: list[ChangeRecord]
+                          ) -> tuple[list[ChangeRecord], asyncio.Future[dict[str, Any]]]:
         hashes = [str(r.payload["body"]) for r in records if r.kind in BODY_KINDS]
-        bodies = await self.store.bodies_for(hashes)  # one read for the whole batch
+        bodies = await self.store.bodies_for(hashes) if hashes else {}
         size = 0
         for index, record in enumerate(records):
             if record.kind in BODY_KINDS:
@@ -426,16 +472,11 @@ class Replicator:
                 keep = {str(r.payload["body"]) for r in records if r.kind in BODY_KINDS}
                 bodies = {h: b for h, b in bodies.items() if h in keep}
                 break
-        await channel.send({
+        future = await requests.send({
             "t": "batch", "records": _records_json(records),
             "bodies": {h: base64.b64encode(b).decode() for h, b in bodies.items()},
         })
-        reply = await channel.receive(self._answer_timeout)
-        if reply.get("t") != "ack":
-            raise LinkClosed(f"expected ack, got {reply.get('t')!r}")
-        peer.shipped += len(records)
-        await self._record_ack(peer, {k: int(v) for k, v in reply["positions"].items()})
-        log.debug("replication: %d change(s) to %s acknowledged", len(records), peer.node_id)
+        return records, future
 
     # receiving (listener side) ----------------------------------------------------------------
 
@@ -464,25 +505,86 @@ class Replicator:
             return  # shutting down: the connection task ends here, quietly
         except PeerAuthError as exc:
             log.warning("replication: refused connection from %s: %s", peer, exc)
-        except (OSError, LinkClosed, TimeoutError, ValueError, KeyError) as exc:
+        except (OSError, LinkClosed, PipelineClosed, TimeoutError, ValueError,
+                KeyError) as exc:
             log.info("replication: connection from %s ended: %s", peer, exc)
         finally:
             await channel.close()
 
     async def _serve(self, node: str, channel: Channel) -> None:
-        while True:
-            message = await channel.receive()
-            kind = message.get("t")
-            answer = await antientropy.answer(self.store, message)
-            if answer is not None:
-                await channel.send(answer)
-                continue
-            if kind == "batch":
-                records = _records_from(message["records"])
-                bodies = {h: base64.b64decode(b) for h, b in message["bodies"].items()}
-                applied = await self.store.apply_remote(records, bodies)
-                if applied:
-                    log.info("replication: applied %d change(s) from %s", applied, node)
-            elif kind != "positions":
-                raise LinkClosed(f"unexpected message {kind!r}")
-            await channel.send({"t": "ack", "positions": await self.store.positions()})
+        responder = Responder(channel, channel.writer.close)
+        inbound = _Inbound({self.store.origin, *await self.store.positions()})
+        try:
+            while True:
+                message = await channel.receive()
+                kind = message.get("t")
+                if kind == "batch":
+                    # Started at once, so batches that arrive together share a commit.
+                    await responder.push(self._apply_batch(node, inbound, message))
+                elif kind == "positions":
+                    await responder.push_after(lambda: self._positions_answer(inbound))
+                else:
+                    await responder.push_after(
+                        lambda m=message: self._digest_answer(m))  # type: ignore[misc]
+        finally:
+            await responder.close()
+
+    async def _digest_answer(self, message: dict[str, Any]) -> dict[str, Any]:
+        answer = await antientropy.answer(self.store, message)
+        if answer is None:
+            raise LinkClosed(f"unexpected message {message.get('t')!r}")
+        return answer
+
+    async def _positions_answer(self, inbound: _Inbound) -> dict[str, Any]:
+        held = await self.store.positions()
+        inbound.origins.update(held)
+        return {"t": "ack", "positions": held}
+
+    async def _apply_batch(self, node: str, inbound: _Inbound,
+                           message: dict[str, Any]) -> dict[str, Any]:
+        records = _records_from(message["records"])
+        bodies = {h: base64.b64decode(b) for h, b in message["bodies"].items()}
+
+        def job(tx: Tx) -> tuple[int, dict[str, int]]:
+            # Batches of one link apply in order; after a failed one the rest must not, or
+            # the positions (highest sequence held) would claim the records it lacked.
+            if inbound.broken:
+                raise LinkClosed("an earlier batch on this link failed")
+            try:
+                applied = apply_records(self.store, tx, records, bodies)
+            except Exception:
+                inbound.broken = True
+                raise
+            # The positions as of this commit (the writer is the only writer), read by
+            # primary key per origin instead of a scan of the whole log.
+            inbound.origins.update(r.origin for r in records)
+            return applied, {origin: int(row[0]) for origin in inbound.origins if (row := (
+                tx.conn.execute("SELECT max(seq) FROM changelog WHERE origin = ?",
+                                (origin,)).fetchone())) and row[0] is not None}
+
+        try:
+            applied, held = await self.store._write(job)
+        except BaseException:
+            inbound.broken = True
+            raise
+        if applied:
+            log.info("replication: applied %d change(s) from %s", applied, node)
+        sender = self.peers.get(node)
+        if sender is not None:
+            # The sender holds what it sent: our link to it must not ship that back.
+            for record in records:
+                if record.seq > sender.acked.get(record.origin, 0):
+                    sender.acked[record.origin] = record.seq
+        return {"t": "ack", "positions": held}
+
+
+@dataclass
+class _Inbound:
+    """What the listener knows about one incoming link."""
+
+    origins: set[str]  # every origin this node holds records of
+    broken: bool = False  # a batch failed: later batches of the link are refused
+
+
+def _positions(reply: dict[str, Any]) -> dict[str, int]:
+    return {str(k): int(v) for k, v in reply["positions"].items()}

@@ -3,6 +3,7 @@ client, and commands after them are answered as usual."""
 
 from __future__ import annotations
 
+import imaplib
 import re
 from collections.abc import Callable
 
@@ -10,10 +11,16 @@ import imapclient
 
 from tests.gateway.conftest import ALICE
 from tests.gateway.rawimap import RawImap
+from tests.gateway.replicated import Pool, replicated  # noqa: F401  (fixture)
 from tests.support.gateway import GatewayProcess
 from tests.support.nodes import NodeProcess
 
 MESSAGE = b"Subject: hello\r\n\r\nhi\r\n"
+
+
+def serving(gw: GatewayProcess, user: str, nodes: dict[str, NodeProcess]) -> NodeProcess:
+    node_id = re.findall(rf"login of {re.escape(user)} on (\w+)", gw.log())[-1]
+    return nodes[node_id]
 
 
 def test_notify_events_are_relayed_between_commands(
@@ -50,3 +57,28 @@ def test_notify_events_are_relayed_between_commands(
     finally:
         client.close()
         other.shutdown()
+
+
+def test_notify_is_restored_after_failover(
+    replicated: Callable[..., Pool],  # noqa: F811
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    nodes = replicated("abc").nodes
+    gw = gateway_factory(list(nodes.values()))
+    client = RawImap(gw.imap, timeout=60)
+    try:
+        client.login(*ALICE)
+        out = client.command("n", b"NOTIFY SET (personal (MessageNew MessageExpunge))")
+        assert out[-1].startswith(b"n OK")
+        first = serving(gw, ALICE[0], nodes)
+        first.kill()
+        assert client.command("p", "NOOP")[-1].startswith(b"p OK")  # fails over
+        now = serving(gw, ALICE[0], nodes)
+        assert now is not first
+        with imaplib.IMAP4(*now.imap, timeout=60) as direct:
+            direct.login(*ALICE)
+            assert direct.append("Archive", "", None, MESSAGE)[0] == "OK"
+        assert re.match(rb'\* STATUS "Archive" \(MESSAGES \d+ UIDNEXT \d+ UIDVALIDITY \d+\)',
+                        client.response())
+    finally:
+        client.close()

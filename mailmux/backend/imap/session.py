@@ -125,6 +125,7 @@ MAX_FETCH_BODY_ITEMS = 50  # items of one FETCH that each carry message content
 MAX_FETCH_ITEMS = 100
 OUTPUT_CHUNK = 64 * 1024  # bytes of responses written (and drained) at a time
 SEARCH_CHECK_CHUNK = 256
+NOTIFY_FETCH_MAX = 1000  # new messages one NOTIFY wake-up sends MessageNew's items for
 _ROW_FIELDS = ("seq", "uid", "flags", "modseq")  # messages a SEARCH reads and checks at a time
 _METADATA_CRITERIA = frozenset({"ARRIVAL", "SIZE"})  # SORT keys read from the row alone
 
@@ -260,11 +261,27 @@ class Session:
         lines: Lines = []
         group = notifier.selected_group()
         if self.view is not None and group is not None:
+            view = self.view
+            last = view.uids[-1] if view.uids else 0
             lines += await self.updates(allow_expunge=group.filter == "SELECTED")
+            if group.fetch_attrs and self.view is view:
+                new = view.uids[bisect.bisect_right(view.uids, last):]
+                lines += await self._fetch_new(list(new[:NOTIFY_FETCH_MAX]), group.fetch_attrs)
         infos = await self.store.list_mailboxes(self.me)
         subscriptions = await self.store.subscriptions(self.me)
         selected = self.view.mailbox_id if self.view is not None else None
         return lines + notifier.changes(infos, subscriptions, selected)
+
+    async def _fetch_new(self, uids: list[int], attrs: tuple[FetchAttr, ...]) -> Lines:
+        """NOTIFY's MessageNew (fetch-att): the new messages' items, after their EXISTS."""
+        view = self.selected
+        lines: Lines = []
+        for meta, _ in await self.store.fetch_rows(self.me, view.mailbox_id, uids):
+            lines += self._announce_flags(set(meta.flags))
+            items = fetching.render(attrs, self._recent(meta), None, with_uid=False,
+                                    with_modseq=False)
+            lines.append(untagged(view.seq_of(meta.uid), Atom("FETCH"), items))
+        return lines
 
     def _notify_off(self) -> None:
         if self.notifier is not None and self._committed in self.store.commit_hooks:
@@ -896,9 +913,10 @@ class Session:
     async def _idle_updates(self) -> Lines:
         if self.notifier is None:
             return await self.updates()
-        # the selected mailbox's updates are IDLE's own, whatever the NOTIFY groups say
-        lines = await self.updates()
-        return lines + await self._notifications()
+        if self.notifier.selected_group() is None:
+            # the selected mailbox's updates are IDLE's own, whatever the NOTIFY groups say
+            return await self.updates() + await self._notifications()
+        return await self._notifications()
 
     # selected -----------------------------------------------------------------------------
 

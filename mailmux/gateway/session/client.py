@@ -330,6 +330,9 @@ class ClientSession:
         if self.view is not None:
             self.view.observe(response)
         await self.send(response.raw)
+        if self.view is not None and self.view.unknown():
+            # new mail told by EXISTS: learn its UIDs now, while no command is in flight
+            await relaying.learn_uids(self, self.view)
         return True
 
     async def _pending_line(self) -> bytes | None:

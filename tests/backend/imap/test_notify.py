@@ -52,13 +52,14 @@ def test_events_of_other_mailboxes_arrive_unasked(node: NodeProcess,
 
 def test_selected_mailbox_events_arrive_unasked(node: NodeProcess,
                                                 other: imapclient.IMAPClient) -> None:
-    client = _listening(node.imap, b"(selected (MessageNew MessageExpunge FlagChange)) "
-                        + PERSONAL)
+    client = _listening(node.imap, b"(selected (MessageNew (UID FLAGS) MessageExpunge "
+                        b"FlagChange)) " + PERSONAL)
     try:
         assert client.command("s", "SELECT INBOX")[-1].startswith(b"s OK")
         other.append("INBOX", MESSAGE)
         assert client.response() == b"* 1 EXISTS\r\n"
         assert client.response() == b"* 1 RECENT\r\n"
+        assert client.response() == b"* 1 FETCH (UID 1 FLAGS (\\Recent))\r\n"
         other.select_folder("INBOX")
         other.add_flags([1], [b"\\Flagged"])
         assert re.match(rb"\* 1 FETCH \(.*\\Flagged", client.response())
@@ -78,6 +79,8 @@ def test_initial_status_and_unsupported_events(node: NodeProcess) -> None:
         assert len([r for r in out if r.startswith(b"* STATUS")]) == 2
         out = client.command("b", b"NOTIFY SET (personal (AnnotationChange))")
         assert out[-1].startswith(b"b NO [BADEVENT (MessageNew MessageExpunge FlagChange")
+        out = client.command("d", b"NOTIFY SET (selected (MessageNew (BODY[])))")
+        assert out[-1].startswith(b"d BAD")
         assert client.command("c", "NOOP")[-1].startswith(b"c OK")
     finally:
         client.close()

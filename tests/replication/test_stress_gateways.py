@@ -1,0 +1,118 @@
+"""imaptest stress with state checking through TWO gateways in front of a 3-node pool.
+
+One user, six clients: three imaptest clients on each gateway, all appending, fetching,
+storing and expunging at once. imaptest compares what its clients see (`checkpoint=`) and
+reports a UID that names another message, MODSEQs that differ between sessions, a message
+count that drops, a message whose data changed. Each such line is a broken invariant of
+docs/consistency.md ("one name, one message", "MODSEQ belongs to the change"), and there must
+be none. The short profile (CI) runs 20 s; `-m slow` runs 60 s while a seeded fault injector
+SIGKILLs/SIGSTOPs nodes and restarts them (MAILMUX_FAULT_SEED picks the sequence).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.imaptest.suite import BINARY, WHY_MISSING
+from tests.imaptest.targets import PASSWORD
+from tests.replication.cluster import Cluster, FaultInjector, cluster
+
+USER = "stress2@example.test"
+SHORT_SECONDS = 20
+LONG_SECONDS = 60
+CLIENTS_PER_GATEWAY = 3
+# imaptest's state-checking complaints: one UID naming two messages, a message whose data
+# changed under its UID, sessions disagreeing on MODSEQs, messages vanishing from a view.
+CONSISTENCY = re.compile(r"changed|differ|Message count dropped|went backwards"
+                         r"|UIDNEXT|HIGHESTMODSEQ", re.IGNORECASE)
+# Waiting for the home lease (issue 7, `home`): without it, sessions of one user on two nodes
+# both assign UIDs and MODSEQs. Flip to a plain test the moment it passes (strict xfail fails).
+WITHOUT_HOME = pytest.mark.xfail(
+    strict=True, reason="needs the per-user home lease: sessions of one user on several nodes "
+                        "assign UIDs/MODSEQs concurrently")
+
+
+def consistency_errors(output: str) -> list[str]:
+    errors = []
+    for line in output.splitlines():
+        if line.startswith("Panic:") and "client_update_plan" in line:
+            break  # imaptest's own end-of-run assertion; what follows is its backtrace
+        if line.startswith("Error:") and CONSISTENCY.search(line):
+            errors.append(line)
+    return errors
+
+
+def test_consistency_errors_are_the_state_checkers_lines() -> None:
+    out = ("Error: stress2@example.test[3]: UID 45 changed Message-Id: <a> -> <b>\n"
+           "Error: Checkpoint: client 2: modseqs differ: 391 vs 396\n"
+           "Error: stress2@example.test[1]: Message count dropped 28 -> 25\n"
+           "Error: stress2@example.test[1]: Keyword used without being in FLAGS: $x\n"
+           "Panic: file client-state.c: line 222 (client_update_plan): assertion failed\n"
+           "Error: UID 9 changed after the panic\n")
+    assert consistency_errors(out) == [
+        "Error: stress2@example.test[3]: UID 45 changed Message-Id: <a> -> <b>",
+        "Error: Checkpoint: client 2: modseqs differ: 391 vs 396",
+        "Error: stress2@example.test[1]: Message count dropped 28 -> 25"]
+
+
+def _imaptest(gateway: tuple[str, int], seconds: int) -> subprocess.Popen[str]:
+    assert BINARY is not None
+    mbox = BINARY.parent / "tests" / "default.mbox"
+    host, port = gateway
+    return subprocess.Popen(
+        [str(BINARY), f"host={host}", f"port={port}", f"user={USER}", f"pass={PASSWORD}",
+         f"mbox={mbox}", f"clients={CLIENTS_PER_GATEWAY}", f"secs={seconds}", "checkpoint=5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        env={**os.environ, "LD_LIBRARY_PATH": "/usr/lib/dovecot"}, start_new_session=True)
+
+
+def _stress(pool: Cluster, seconds: int) -> list[str]:
+    runs = [_imaptest(gateway.imap, seconds) for gateway in pool.gateways]
+    outputs = []
+    try:
+        for run in runs:
+            out, _ = run.communicate(timeout=seconds + 180)
+            outputs.append(out)
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                os.killpg(run.pid, 9)
+                run.wait(timeout=10)
+    return outputs
+
+
+def _verdict(outputs: list[str], actions: list[str]) -> None:
+    errors = [e for out in outputs for e in consistency_errors(out)]
+    tails = "\n---\n".join(out[-2000:] for out in outputs)
+    assert errors == [], (f"{len(errors)} consistency error line(s):\n" + "\n".join(errors[:30])
+                          + "\nfaults: " + "; ".join(actions) + "\n" + tails)
+    for out in outputs:  # both imaptests really worked (logged in, ran commands)
+        assert "Logi" in out, out[-2000:]  # the per-second statistics header
+
+
+@WITHOUT_HOME
+@pytest.mark.timeout(SHORT_SECONDS + 400)
+def test_stress_through_two_gateways_has_no_consistency_errors(tmp_path: Path) -> None:
+    if BINARY is None:
+        pytest.skip(WHY_MISSING)
+    with cluster(tmp_path, [USER]) as pool:
+        _verdict(_stress(pool, SHORT_SECONDS), [])
+
+
+@pytest.mark.slow
+@WITHOUT_HOME
+@pytest.mark.timeout(LONG_SECONDS + 600)
+def test_stress_through_two_gateways_with_faults(tmp_path: Path) -> None:
+    if BINARY is None:
+        pytest.skip(WHY_MISSING)
+    seed = int(os.environ.get("MAILMUX_FAULT_SEED", "7"))
+    with cluster(tmp_path, [USER]) as pool:
+        with FaultInjector(pool, seed) as faults:
+            outputs = _stress(pool, LONG_SECONDS)
+        assert faults.errors == [], faults.errors
+        _verdict(outputs, [f"seed {seed}", *faults.actions])
