@@ -47,7 +47,7 @@ from mailmux.protocol.peer.session import (
     plain,
     welcome,
 )
-from mailmux.replication import antientropy
+from mailmux.replication import antientropy, outgoing
 from mailmux.replication.importance import copies_required
 from mailmux.replication.pipeline import MAX_IN_FLIGHT, PipelineClosed, Requests, Responder
 from mailmux.replication.window import BatchWindow, local_now
@@ -150,6 +150,7 @@ class PeerState:
     rounds: int = 0  # shipping decisions taken (tests watch it instead of sleeping)
     digested: float = float("-inf")  # when digests were last compared
     repaired: int = 0  # mailboxes found different and repaired by digest comparison
+    keeping_up: bool = False  # the last read found few records: read the next on the loop
 
 
 class Replicator:
@@ -171,6 +172,7 @@ class Replicator:
         self._local_seq = 0
         self._answer_timeout = 2 * self.rconfig.copy_timeout
         self._handshaking = 0
+        self._origins: set[str] = set()  # origins of the records held here
         # TLS on peer links whenever the node has a certificate (DESIGN: off loopback, always).
         # Peers authenticate each other with the pool secret; TLS adds confidentiality, and the
         # dialer checks the peer's certificate against the node's own (a pool-wide certificate
@@ -186,6 +188,7 @@ class Replicator:
     async def start(self) -> list[Address]:
         assert self.rconfig.listen is not None
         self._local_seq = await self.store.local_seq()
+        self._origins = {self.store.origin, *await self.store.positions()}
         self._server = await asyncio.start_server(self._accept, *self.rconfig.listen,
                                                   ssl=self._server_tls)
         bound: Address = self._server.sockets[0].getsockname()[:2]
@@ -414,7 +417,7 @@ class Replicator:
             for origin, seq in peer.acked.items():
                 sent[origin] = max(sent.get(origin, 0), seq)
             if len(in_flight) < MAX_IN_FLIGHT:
-                records = await self.store.changes_after(sent, BATCH_RECORDS)
+                records = await self._changes_for(peer, sent)
                 peer.rounds += 1
                 own = [r.seq for r in records if r.origin == self.store.origin]
                 self._local_seq = max([self._local_seq, *own])
@@ -437,8 +440,22 @@ class Replicator:
                 # which then gets everything again: the periodic anti-entropy pass.
                 await self._record_ack(peer, await self._held_by_peer(requests))
                 sent = dict(peer.acked)
+                peer.keeping_up = False  # the next read also finds origins not known yet
                 if time.monotonic() - peer.digested >= antientropy.DIGEST_INTERVAL:
                     await self._reconcile(peer, requests)
+
+    async def _changes_for(self, peer: PeerState, sent: dict[str, int]) -> list[ChangeRecord]:
+        """What to ship next: read on the event loop while the link keeps up (few records,
+        origins known), in a worker thread when it has a backlog."""
+        if peer.keeping_up:
+            records = self.store._read_inline(
+                lambda c: outgoing.records_after(c, self._origins, sent),
+                statements=len(self._origins))
+        else:
+            records = await self.store.changes_after(sent, BATCH_RECORDS)
+            self._origins.update(r.origin for r in records)
+        peer.keeping_up = len(records) < outgoing.INLINE_RECORDS
+        return records
 
     @staticmethod
     async def _held_by_peer(requests: Requests) -> dict[str, int]:
@@ -462,7 +479,10 @@ class Replicator:
     async def _send_batch(self, requests: Requests, records: list[ChangeRecord]
                           ) -> tuple[list[ChangeRecord], asyncio.Future[dict[str, Any]]]:
         hashes = [str(r.payload["body"]) for r in records if r.kind in BODY_KINDS]
-        bodies = await self.store.bodies_for(hashes) if hashes else {}
+        bodies = self.store._read_inline(lambda c: outgoing.small_bodies(c, hashes),
+                                         statements=len(set(hashes))) if hashes else {}
+        if len(bodies) < len(set(hashes)):
+            bodies |= await self.store.bodies_for([h for h in hashes if h not in bodies])
         size = 0
         for index, record in enumerate(records):
             if record.kind in BODY_KINDS:
@@ -569,6 +589,7 @@ class Replicator:
             raise
         if applied:
             log.info("replication: applied %d change(s) from %s", applied, node)
+        self._origins.update(held)
         sender = self.peers.get(node)
         if sender is not None:
             # The sender holds what it sent: our link to it must not ship that back.

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from mailmux.gateway.responses import Response, parse_fetch, vanished
 from mailmux.gateway.session.failover import behind
-from mailmux.gateway.session.relay import Relay, _rewritten
+from mailmux.gateway.session.relay import Relay, _plain_search, _rewritten
 from mailmux.gateway.session.replay import SetCommand, parse_set, with_replay_id
 from mailmux.gateway.session.view import MailboxView
 
@@ -103,3 +103,30 @@ def test_vanished_ranges() -> None:
 @given(st.binary(max_size=200))
 def test_parse_fetch_never_raises(tail: bytes) -> None:
     parse_fetch(b"* 1 FETCH (" + tail)
+
+
+def test_numbers_are_translated_while_expunges_wait() -> None:
+    """Message 3 (UID 30) is gone on the node but the client still counts it."""
+    view = MailboxView(select=b"INBOX", uids=[10, 20, 30, 40, 50], pending={30})
+    assert [view.to_node(s) for s in range(1, 6)] == [1, 2, None, 3, 4]
+    assert [view.to_client(n) for n in range(1, 5)] == [1, 2, 4, 5]
+    assert view.from_node(b"* 3 FETCH (FLAGS (\\Seen) UID 40)\r\n") == (
+        b"* 4 FETCH (FLAGS (\\Seen) UID 40)\r\n")
+    assert view.from_node(b"* 5 EXISTS\r\n") == b"* 6 EXISTS\r\n"
+    assert view.from_node(b"* SEARCH 1 3 4 (MODSEQ 9)\r\n", b"SEARCH") == (
+        b"* SEARCH 1 4 5 (MODSEQ 9)\r\n")
+    assert view.from_node(b"* SORT 4 3\r\n", b"SORT") == b"* SORT 5 4\r\n"
+    assert view.from_node(b"* THREAD (3 (4))(1)\r\n", b"THREAD") == b"* THREAD (4 (5))(1)\r\n"
+    assert view.from_node(b"* SEARCH 3\r\n") == b"* SEARCH 3\r\n"  # a UID SEARCH: UIDs
+    assert view.from_node(b"* OK [ALERT] 3 things\r\n") == b"* OK [ALERT] 3 things\r\n"
+    view.pending.clear()
+    assert view.from_node(b"* 3 FETCH (FLAGS ())\r\n") == b"* 3 FETCH (FLAGS ())\r\n"
+
+
+def test_a_search_by_number_is_told_apart_from_numeric_criteria() -> None:
+    assert _plain_search(b"q SEARCH FLAGGED LARGER 1000\r\n")
+    assert _plain_search(b'q SEARCH SUBJECT "1:3" UID 5:9\r\n')
+    assert _plain_search(b"q SORT (DATE) UTF-8 ALL\r\n")
+    assert not _plain_search(b"q SEARCH 1:3 FLAGGED\r\n")
+    assert not _plain_search(b"q SEARCH NOT 4\r\n")
+    assert not _plain_search(b"q SEARCH RETURN (MIN) ALL\r\n")

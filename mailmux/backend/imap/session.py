@@ -270,7 +270,8 @@ class Session:
         infos = await self.store.list_mailboxes(self.me)
         subscriptions = await self.store.subscriptions(self.me)
         selected = self.view.mailbox_id if self.view is not None else None
-        return lines + notifier.changes(infos, subscriptions, selected)
+        # comparing every mailbox is CPU work proportional to the account: off the event loop
+        return lines + await asyncio.to_thread(notifier.changes, infos, subscriptions, selected)
 
     async def _fetch_new(self, uids: list[int], attrs: tuple[FetchAttr, ...]) -> Lines:
         """NOTIFY's MessageNew (fetch-att): the new messages' items, after their EXISTS."""
@@ -608,7 +609,8 @@ class Session:
         infos = await self.store.list_mailboxes(self.me)
         subscriptions = await self.store.subscriptions(self.me)
         selected = self.view.mailbox_id if self.view is not None else None
-        lines = notifier.start(infos, subscriptions, selected, args.status)
+        lines = await asyncio.to_thread(notifier.start, infos, subscriptions, selected,
+                                        args.status)
         self.notifier = notifier
         self.store.commit_hooks.append(self._committed)
         return await self.ok(command, "NOTIFY completed", before=lines)

@@ -840,6 +840,9 @@ def _notify(r: _Reader) -> Notify:
         groups.append(_notify_group(r))
     if not groups:
         raise _Fail("NOTIFY SET needs an event group")
+    # every commit compares each mailbox with these names: keep the product small
+    if sum(len(g.mailboxes) for g in groups) > MAX_NOTIFY_MAILBOXES:
+        raise _Fail(f"at most {MAX_NOTIFY_MAILBOXES} mailboxes in one NOTIFY", "LIMIT")
     return Notify(tuple(groups), status)
 
 

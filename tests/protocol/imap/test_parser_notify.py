@@ -8,7 +8,12 @@ from hypothesis import strategies as st
 
 from mailmux.protocol.imap.commands import FetchAttr, Notify, NotifyGroup
 from mailmux.protocol.imap.errors import ParseError
-from mailmux.protocol.imap.parser import MAX_NOTIFY_GROUPS, NOTIFY_EVENTS, parse_command
+from mailmux.protocol.imap.parser import (
+    MAX_NOTIFY_GROUPS,
+    MAX_NOTIFY_MAILBOXES,
+    NOTIFY_EVENTS,
+    parse_command,
+)
 
 
 def args(raw: bytes) -> object:
@@ -45,6 +50,14 @@ def test_group_count_is_bounded() -> None:
     groups = b" ".join([b"(personal (MessageNew))"] * (MAX_NOTIFY_GROUPS + 1))
     with pytest.raises(ParseError) as info:
         parse_command(b"a NOTIFY SET " + groups + b"\r\n")
+    assert info.value.code == "LIMIT"
+
+
+def test_mailbox_count_is_bounded_across_groups() -> None:
+    half = b" ".join(b"m%d" % i for i in range(MAX_NOTIFY_MAILBOXES // 2 + 1))
+    group = b"(mailboxes (" + half + b") (MessageNew))"
+    with pytest.raises(ParseError) as info:
+        parse_command(b"a NOTIFY SET " + group + b" " + group + b"\r\n")
     assert info.value.code == "LIMIT"
 
 
