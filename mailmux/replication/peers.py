@@ -31,6 +31,7 @@ from typing import Any
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import Unavailable
 from mailmux.backend.load import LoadMeter
+from mailmux.backend.login_failures import PoolLoginFailures
 from mailmux.backend.store.apply import apply_records
 from mailmux.backend.store.interface import ChangeRecord
 from mailmux.backend.store.sqlite import SqliteStore
@@ -172,6 +173,9 @@ class Replicator:
         self._local_seq = 0
         self._answer_timeout = 2 * self.rconfig.copy_timeout
         self._handshaking = 0
+        # Failed logins shared with the peers; the node replaces it with the one its IMAP
+        # server uses.
+        self.failures = PoolLoginFailures(config.lockout_failures, config.lockout_time)
         self._origins: set[str] = set()  # origins of the records held here
         # TLS on peer links whenever the node has a certificate (DESIGN: off loopback, always).
         # Peers authenticate each other with the pool secret; TLS adds confidentiality, and the
@@ -223,6 +227,10 @@ class Replicator:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _committed(self) -> None:
+        self._wake_all()
+
+    def wake_all(self) -> None:
+        """Something besides a change is owed to the peers (failed-login counts)."""
         self._wake_all()
 
     def _wake_all(self) -> None:
@@ -411,6 +419,7 @@ class Replicator:
         sent = dict(peer.acked)  # positions shipped, acknowledged or not
         while True:
             peer.wake.clear()
+            await self._send_failures(peer, requests)
             while in_flight and in_flight[0][0].done():
                 future, count = in_flight.popleft()
                 await self._acknowledged(peer, future.result(), count)
@@ -443,6 +452,17 @@ class Replicator:
                 peer.keeping_up = False  # the next read also finds origins not known yet
                 if time.monotonic() - peer.digested >= antientropy.DIGEST_INTERVAL:
                     await self._reconcile(peer, requests)
+
+    async def _send_failures(self, peer: PeerState, requests: Requests) -> None:
+        """Failed-login counts this node owes the peer (backend/login_failures.py)."""
+        update = self.failures.take(peer.node_id)
+        if not update:
+            return
+        try:
+            await self._ask(requests, {"t": "failures", "users": update})
+        except BaseException:
+            self.failures.give_back(peer.node_id, update)
+            raise
 
     async def _changes_for(self, peer: PeerState, sent: dict[str, int]) -> list[ChangeRecord]:
         """What to ship next: read on the event loop while the link keeps up (few records,
@@ -543,11 +563,19 @@ class Replicator:
                     await responder.push(self._apply_batch(node, inbound, message))
                 elif kind == "positions":
                     await responder.push_after(lambda: self._positions_answer(inbound))
+                elif kind == "failures":
+                    await responder.push_after(
+                        lambda m=message: self._failures_answer(node, m))  # type: ignore[misc]
                 else:
                     await responder.push_after(
                         lambda m=message: self._digest_answer(m))  # type: ignore[misc]
         finally:
             await responder.close()
+
+    async def _failures_answer(self, node: str, message: dict[str, Any]) -> dict[str, Any]:
+        users = message.get("users")
+        self.failures.heard(node, users if isinstance(users, dict) else {})
+        return {"t": "failures"}
 
     async def _digest_answer(self, message: dict[str, Any]) -> dict[str, Any]:
         answer = await antientropy.answer(self.store, message)
