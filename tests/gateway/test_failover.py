@@ -11,7 +11,7 @@ import imaplib
 import json
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -47,22 +47,6 @@ def gateway_with(
 def serving(gw: GatewayProcess, user: str, nodes: dict[str, NodeProcess]) -> NodeProcess:
     node_id = re.findall(rf"login of {re.escape(user)} on (\w+)", gw.log())[-1]
     return nodes[node_id]
-
-
-@pytest.fixture
-def raw() -> Iterator[Callable[[tuple[str, int]], RawImap]]:
-    """Raw clients, every one closed at teardown."""
-    made: list[RawImap] = []
-
-    def connect(address: tuple[str, int]) -> RawImap:
-        made.append(RawImap(address))
-        return made[-1]
-
-    try:
-        yield connect
-    finally:
-        for client in made:
-            client.close()
 
 
 @pytest.fixture
