@@ -3,7 +3,11 @@ STORE throughput (4 concurrent IMAP clients) on a 2-node pool with W=2 (`normal 
 change waits for the peer's fsync'd acknowledgement) as a ratio to the same on a 2-node pool with
 W=1 (`normal = 1`), rounds alternating between the pools so machine noise hits both alike.
 
-    python bench/consistency.py [--messages 300] [--rounds 3]
+    python bench/consistency.py [--messages 300] [--rounds 3] [--clients 4]
+
+With few clients the ratio is the latency of one change's round trip (commit, ship, the peer's
+commit, the acknowledgement); with many, how well concurrent changes share round trips and
+the peer's fsyncs (pipelined batches, group commit).
 
 (Home takeover time is not measured: the per-user lease is not implemented; see
 docs/consistency.md.)
@@ -91,7 +95,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
+    global CLIENTS
+    CLIENTS = args.clients
     with tempfile.TemporaryDirectory() as tmp:
         pools = {w: _pool(Path(tmp) / f"w{w}", normal=w) for w in (1, 2)}
         try:

@@ -18,10 +18,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from mailmux.backend import gatewaykey_cli
 from mailmux.backend.config import BackendConfig, ConfigError, load
 from mailmux.backend.errors import BackendError
 from mailmux.backend.store.interface import BOARD_PREFIX, MailStore
@@ -29,6 +30,9 @@ from mailmux.backend.store.names import board_name
 from mailmux.logsetup import LOG_FORMATS, setup_logging
 from mailmux.outbound import cli as outbound_cli
 from mailmux.privatefiles import NotPrivateError, make_private_dir, open_to_others, require_private
+
+if TYPE_CHECKING:
+    from mailmux.backend.store.sqlite import SqliteStore
 
 log = logging.getLogger("mailmux.backend")
 
@@ -251,6 +255,50 @@ def board_list(config_path: Path) -> None:
         click.echo(name)
 
 
+@board.group("moderator")
+def moderator() -> None:
+    """Board moderators: who may set \\Deleted on a board's posts and expunge them."""
+
+
+@moderator.command("add")
+@click.argument("board_name")
+@click.argument("user_name")
+@config_option
+def moderator_add(board_name: str, user_name: str, config_path: Path) -> None:
+    """Make USER_NAME a moderator of board BOARD_NAME (replicated to every node)."""
+    _with_store(config_path, lambda store: _moderators(store).set_moderator(
+        board_name, user_name, True))
+    click.echo(f"{user_name} moderates board {board_name}")
+
+
+@moderator.command("remove")
+@click.argument("board_name")
+@click.argument("user_name")
+@config_option
+def moderator_remove(board_name: str, user_name: str, config_path: Path) -> None:
+    """Withdraw USER_NAME's moderation of board BOARD_NAME."""
+    _with_store(config_path, lambda store: _moderators(store).set_moderator(
+        board_name, user_name, False))
+    click.echo(f"{user_name} no longer moderates board {board_name}")
+
+
+@moderator.command("list")
+@click.argument("board_name")
+@config_option
+def moderator_list(board_name: str, config_path: Path) -> None:
+    """The moderators of board BOARD_NAME, one a line."""
+    for name in _with_store(config_path, lambda store: _moderators(store).moderators(
+            board_name)):
+        click.echo(name)
+
+
+def _moderators(store: MailStore) -> SqliteStore:
+    from mailmux.backend.store.sqlite import SqliteStore
+
+    assert isinstance(store, SqliteStore)
+    return store
+
+
 # replication --------------------------------------------------------------------------------
 
 
@@ -298,6 +346,7 @@ async def _replication_rows(store: MailStore, config: BackendConfig) -> list[dic
 
 main.add_command(outbound_cli.queue)
 main.add_command(outbound_cli.dkim)
+main.add_command(gatewaykey_cli.gateway_key)
 
 
 # helpers ----------------------------------------------------------------------------------

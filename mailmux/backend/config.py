@@ -69,6 +69,9 @@ class BackendConfig:
     idle_timeout: float = 30 * 60.0
     login_timeout: float = 60.0
     max_unauthenticated: int = 100
+    max_gateway_links: int = 1000  # links pool gateways proved theirs, not yet logged in
+    lockout_failures: int = 10  # failed logins for one user, pool-wide, before a lockout
+    lockout_time: float = 30.0  # a locked user's logins are refused this long after a failure
     max_failed_logins: int = 5
     failed_login_delay: float = 1.0
     auth_cache_ttl: float = 60.0  # seconds a verified login is remembered; 0: never
@@ -106,6 +109,7 @@ _KNOWN = {
     "node_id", "data_dir", "domains", "pool_secret", "pool_secret_file", "listen_imap",
     "listen_smtp", "listen_lmtp", "listen_imaps", "listen_control", "tls_cert", "tls_key",
     "max_message_size", "max_line_length", "idle_timeout", "login_timeout", "max_unauthenticated",
+    "max_gateway_links", "lockout_failures", "lockout_time",
     "max_failed_logins", "failed_login_delay", "auth_cache_ttl", "replication",
     "command_cpu_budget", "max_command_size", "max_mime_parts", "max_mime_depth",
     "intake_networks", "outbound",
@@ -149,6 +153,9 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
         idle_timeout=parse_duration(raw.get("idle_timeout", 1800), "idle_timeout"),
         login_timeout=parse_duration(raw.get("login_timeout", 60), "login_timeout"),
         max_unauthenticated=_positive_int(raw, "max_unauthenticated", 100),
+        max_gateway_links=_positive_int(raw, "max_gateway_links", 1000),
+        lockout_failures=_positive_int(raw, "lockout_failures", 10),
+        lockout_time=parse_duration(raw.get("lockout_time", 30.0), "lockout_time"),
         max_failed_logins=_positive_int(raw, "max_failed_logins", 5),
         auth_cache_ttl=parse_duration(raw.get("auth_cache_ttl", 60.0), "auth_cache_ttl"),
         failed_login_delay=parse_duration(

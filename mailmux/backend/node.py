@@ -20,7 +20,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from mailmux.backend.config import BackendConfig
+from mailmux.backend.gatewaykeys import GatewayKeys
 from mailmux.backend.load import LoadMeter
+from mailmux.backend.login_failures import PoolLoginFailures
 from mailmux.backend.store.interface import MailStore
 
 if TYPE_CHECKING:
@@ -88,14 +90,21 @@ class Node:
         )
         store.logins.ttl = config.auth_cache_ttl
         self._store = store
+        keys = GatewayKeys(config.pool_secret, store.live_gateway_keys)
+        await keys.start()
+        self._stack.push_async_callback(keys.close)
         await self.meter.start()
         self._stack.push_async_callback(self.meter.close)
 
+        failures = PoolLoginFailures(config.lockout_failures, config.lockout_time,
+                                     [peer for peer, _, _ in config.replication.peers])
         replication_address = None
         if config.replication.listen is not None:
             from mailmux.replication.peers import Replicator
 
             self.replicator = Replicator(config, store, self.meter)
+            self.replicator.failures = failures
+            failures.on_change = self.replicator.wake_all
             replication_address = (await self.replicator.start())[0]
             self._stack.push_async_callback(self.replicator.close)
 
@@ -107,15 +116,19 @@ class Node:
             self._stack.push_async_callback(self.outbound.close)
 
         imap = ImapServer(config, self.store, self.meter)
+        imap.keys = keys
+        imap.failures = failures
         imap_address, *imaps = await imap.start()
         self._stack.push_async_callback(imap.close)
 
         intake = SmtpIntake(config, self.store, self.meter)
         intake.handler.outbound = self.outbound
+        intake.handler.keys = keys
         self._stack.push_async_callback(intake.close)
         smtp_address, *lmtp = await intake.start()
 
         control = ControlServer(config, self.store, self.meter)
+        control.keys = keys
         control.endpoints = {
             "imap": format_address(imap_address),
             "smtp": format_address(smtp_address),

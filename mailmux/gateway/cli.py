@@ -126,8 +126,8 @@ async def _member_status(config: GatewayConfig, member: tuple[str, int]) -> dict
     }
     timeout = max(config.discovery_timeout, 1.0)
     try:
-        health = await query(member, HealthRequest(), config.pool_secret, timeout=timeout)
-        load = await query(member, LoadRequest(), config.pool_secret, timeout=timeout)
+        health = await query(member, HealthRequest(), config.gateway_key, timeout=timeout)
+        load = await query(member, LoadRequest(), config.gateway_key, timeout=timeout)
     except (TimeoutError, OSError, ControlError) as exc:
         row["error"] = str(exc) or type(exc).__name__
         return row

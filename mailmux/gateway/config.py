@@ -10,18 +10,18 @@ from mailmux.configfile import (
     ConfigError,
     parse_address,
     parse_duration,
-    pool_secret,
     read_toml,
     reject_unknown,
     require_tls_off_loopback,
     tls_paths,
 )
 from mailmux.metrics import parse_metrics_listen
+from mailmux.protocol.control.keys import GatewayKey, GatewayKeyError, parse_key
 
 SELECTIONS = ("least-load", "first-responder", "p2c")
 
 _KNOWN = {
-    "pool_secret", "pool_secret_file", "listen_imap", "listen_submission", "selection",
+    "gateway_key", "gateway_key_file", "listen_imap", "listen_submission", "selection",
     "discovery_timeout", "request_timeout", "pool", "srv_domain", "broadcast", "tls_cert",
     "tls_key", "discovery_cache_ttl", "dns_server", "domains", "max_line_length",
     "max_message_size", "hang_timeout", "catchup_timeout", "metrics_listen",
@@ -32,7 +32,7 @@ _KNOWN = {
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    pool_secret: bytes
+    gateway_key: GatewayKey  # never the pool secret: that stays on the servers
     listen_imap: tuple[str, int]
     listen_submission: tuple[str, int]
     pool: tuple[tuple[str, int], ...]
@@ -66,6 +66,11 @@ def load(path: str | Path) -> GatewayConfig:
 
 
 def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
+    for key in ("pool_secret", "pool_secret_file"):
+        if key in raw:
+            raise ConfigError(
+                f"{key}: a gateway holds a gateway key, never the pool secret; issue one on a "
+                "node with `mailmux-backend gateway-key add NAME` and set gateway_key_file")
     reject_unknown(raw, _KNOWN)
     selection = raw.get("selection", "least-load")
     if selection not in SELECTIONS:
@@ -83,7 +88,7 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
     if not isinstance(domains, list) or not all(isinstance(d, str) and d for d in domains):
         raise ConfigError("domains: expected a list of domain names")
     config = GatewayConfig(
-        pool_secret=pool_secret(raw, base),
+        gateway_key=gateway_key(raw, base),
         listen_imap=parse_address(raw.get("listen_imap", "127.0.0.1:1143"), "listen_imap"),
         listen_submission=parse_address(
             raw.get("listen_submission", "127.0.0.1:1587"), "listen_submission"
@@ -119,6 +124,26 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_submission")}
     require_tls_off_loopback(listeners, config.tls_cert is not None)
     return config
+
+
+def gateway_key(raw: dict[str, Any], base: Path) -> GatewayKey:
+    """`gateway_key_file` (a file holding NAME:SECRET), or `gateway_key` given inline."""
+    if "gateway_key_file" in raw:
+        path = base / str(raw["gateway_key_file"])
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"gateway_key_file: cannot read {path}: {exc}") from exc
+        where = "gateway_key_file"
+    elif isinstance(raw.get("gateway_key"), str):
+        text, where = str(raw["gateway_key"]), "gateway_key"
+    else:
+        raise ConfigError("gateway_key_file: required (the file `mailmux-backend gateway-key "
+                          "add NAME` wrote)")
+    try:
+        return parse_key(text)
+    except GatewayKeyError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _sender_policy(raw: dict[str, Any]) -> str:

@@ -16,18 +16,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend, UnknownUser
 from mailmux.gateway.pool import Pool
 from mailmux.gateway.selection import Candidate, order
+from mailmux.protocol.control.keys import GatewayKey
+from mailmux.protocol.imap import gatewaylink
 
 log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 2  # a node that fails in both rounds has failed twice and is quarantined
 LOGIN_TAG = b"gw1"
+LINK_TAG = b"gw0"
 _CAPABILITY = re.compile(rb"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 READ_LIMIT = 1024 * 1024
 WRITE_CHUNK = 256 * 1024
@@ -64,8 +69,9 @@ class BackendSession:
         try:
             for start in range(0, len(data), WRITE_CHUNK):
                 self.writer.write(data[start : start + WRITE_CHUNK])
-                async with asyncio.timeout(stall_timeout):
-                    await self.writer.drain()
+                if self.writer.transport.get_write_buffer_size():  # else all went out at once
+                    async with asyncio.timeout(stall_timeout):
+                        await self.writer.drain()
                 if progress is not None:
                     progress()  # the node is reading what we send: it is alive
         except TimeoutError as exc:
@@ -94,8 +100,12 @@ def _capabilities(line: bytes) -> frozenset[str]:
     )
 
 
-async def login(candidate: Candidate, user: str, password: str, timeout: float) -> BackendSession:
-    """One backend, one attempt. Raises AuthenticationFailed or BackendLost."""
+async def login(candidate: Candidate, user: str, password: str, timeout: float,
+                key: GatewayKey | None = None) -> BackendSession:
+    """One backend, one attempt. Raises AuthenticationFailed or BackendLost.
+
+    With a gateway key, the link is first proven a gateway's (XGATEWAY, sent before the
+    greeting arrives): the node then counts it apart from strangers' connections."""
     log.debug("login: trying %s on %s", user, candidate.node_id)
     try:
         async with asyncio.timeout(timeout):
@@ -104,6 +114,9 @@ async def login(candidate: Candidate, user: str, password: str, timeout: float) 
             )
             session = BackendSession(candidate, reader, writer)
             try:
+                if key is not None:
+                    writer.write(gatewaylink.command(LINK_TAG, key, time.time(),
+                                                     os.urandom(gatewaylink.NONCE_BYTES)))
                 greeting = await reader.readline()
                 if not greeting.startswith(b"* OK"):
                     raise BackendLost(f"greeting {greeting[:80]!r}")
@@ -116,6 +129,9 @@ async def login(candidate: Candidate, user: str, password: str, timeout: float) 
                         raise BackendLost("connection closed during LOGIN")
                     if line.startswith(LOGIN_TAG + b" "):
                         break
+                    if line.startswith(LINK_TAG + b" NO"):
+                        log.warning("%s does not take our gateway key: %r", candidate.node_id,
+                                    line[:120])
                     if line.upper().startswith(b"* CAPABILITY "):
                         capabilities = frozenset(line[13:].decode().upper().split())
             except BaseException:
@@ -163,7 +179,8 @@ async def connect(
             if pool.health.is_quarantined(candidate.node_id) and not last_resort:
                 continue
             try:
-                session = await login(candidate, user, password, timeout)
+                session = await login(candidate, user, password, timeout,
+                                      pool.config.gateway_key)
             except BackendLost as exc:
                 reasons.append(f"{candidate.node_id}: {exc}")
                 log.warning("login of %s on %s failed: %s", user, candidate.node_id, exc)

@@ -9,6 +9,8 @@ gateway and then every node, one line each.
 The data dir is private (0700) and its secret-bearing files are 0600. A re-run on the same
 `--data-dir` reuses the pool secret and passwords kept in `DATA_DIR/demo.json`, so the printed
 passwords always work; if that file is gone, the users' passwords are reset on every node.
+The pool secret is for the nodes only: the gateway holds a gateway key of its own
+(`DATA_DIR/demo-gateway.key`, issued with `mailmux-backend gateway-key add`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from mailmux.gateway.app import Gateway
 from mailmux.gateway.pool import parse_endpoint
 from mailmux.privatefiles import make_private_dir, write_private
 from mailmux.protocol.control.codec import ControlError
+from mailmux.protocol.control.keys import GatewayKey, GatewayKeyError, parse_key
 from mailmux.protocol.control.messages import LoadRequest
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,8 @@ READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 LINK_TIMEOUT = 15.0
 STATE_FILE = "demo.json"
+GATEWAY_KEY_NAME = "demo-gateway"
+GATEWAY_KEY_FILE = "demo-gateway.key"
 SECRET_FILE = "pool.key"
 
 Say = Callable[[str], None]
@@ -153,6 +158,36 @@ def reset_password(node: DemoNode, user: str, password: str) -> None:
     result = _user_command(node, "passwd", user, password)
     if result.returncode != 0 and "no user" not in result.stderr.lower():
         raise DemoError(f"resetting {user} on node {node.node_id}: {result.stderr.strip()}")
+
+
+def demo_gateway_key(key_file: Path) -> GatewayKey:
+    """The demo gateway's key: the one in `key_file` from an earlier run, or a new one."""
+    if key_file.exists():
+        try:
+            return parse_key(key_file.read_text())
+        except (OSError, GatewayKeyError) as exc:
+            raise DemoError(f"{key_file}: {exc}") from exc
+    key = GatewayKey(GATEWAY_KEY_NAME, secrets.token_urlsafe(32).encode())
+    write_private(key_file, key.line() + "\n")
+    return key
+
+
+async def prepare_gateway_key(nodes: list[DemoNode], key_file: Path) -> None:
+    """Register the demo gateway's key on every node, as `mailmux-backend gateway-key add`
+    does (replication would bring it too, but the gateway's first discovery must not wait for
+    that). The gateway never gets the pool secret."""
+    from mailmux.backend.config import load as load_node_config
+    from mailmux.backend.store.gatewaykeys import GatewayKeyExists
+    from mailmux.backend.store.sqlite import SqliteStore
+
+    key = demo_gateway_key(key_file)
+    for node in nodes:
+        config = load_node_config(node.config_path)
+        if not config.data_dir.exists():  # an existing one is the node's to judge at start
+            make_private_dir(config.data_dir)
+        async with SqliteStore.open(config.db_path, config.node_id, config.domains) as store:
+            with contextlib.suppress(GatewayKeyExists):
+                await store.add_gateway_key(key.name, key.secret.decode())
 
 
 async def prepare_users(nodes: list[DemoNode], state: DemoState) -> None:
@@ -292,12 +327,14 @@ async def run_demo(count: int, data_dir: Path, port_base: int | None,
     logs = [n.log_path.open("ab") for n in nodes]
     try:
         await prepare_users(nodes, state)
+        key_file = (data_dir / GATEWAY_KEY_FILE).absolute()
+        await prepare_gateway_key(nodes, key_file)
         await _start_nodes(nodes, logs)
         if not await wait_for_links(nodes, state.secret):
             say(f"warning: the nodes did not all link to each other within {LINK_TIMEOUT:.0f} s; "
                 "mail needing two copies is refused until they do (see the node logs)")
         config = gateway_config.from_dict({
-            "pool_secret": state.secret,
+            "gateway_key_file": str(key_file),
             "listen_imap": f"127.0.0.1:{_port(port_base, 0)}",
             "listen_submission": f"127.0.0.1:{_port(port_base, 1)}",
             "pool": [str(n.ready["control"]) for n in nodes if n.ready],

@@ -81,7 +81,7 @@ class Pool:
         self._tokens = itertools.count()
         self._prober: asyncio.Task[None] | None = None
         self.metrics = FailoverMetrics()
-        self.heartbeat = Heartbeat(config.pool_secret, config.hang_timeout, on_hung=self.hung)
+        self.heartbeat = Heartbeat(config.gateway_key, config.hang_timeout, on_hung=self.hung)
 
     # membership -------------------------------------------------------------------------
 
@@ -176,7 +176,7 @@ class Pool:
         self, member: Address, user: str, timeout: float
     ) -> list[tuple[Address, WhoReply]]:
         try:
-            reply = await query(member, WhoRequest(user), self.config.pool_secret, timeout=timeout)
+            reply = await query(member, WhoRequest(user), self.config.gateway_key, timeout=timeout)
         except (TimeoutError, OSError, ControlError) as exc:
             log.debug("discovery: no answer from %s:%d: %r", *member, exc)
             return []
@@ -248,7 +248,7 @@ class Pool:
         """Send one signed WHO to the broadcast address; gather every valid answer in time."""
         assert self.config.broadcast is not None
         loop = asyncio.get_running_loop()
-        secret = self.config.pool_secret
+        secret = self.config.gateway_key
         request_id = os.urandom(NONCE_SIZE)
         replies: list[tuple[Address, WhoReply]] = []
         cache = ReplayCache(max_entries=256)
@@ -311,7 +311,7 @@ class Pool:
             self.health.succeeded(node_id)
             return
         try:
-            await query(control, HealthRequest(), self.config.pool_secret,
+            await query(control, HealthRequest(), self.config.gateway_key,
                         timeout=self.config.discovery_timeout)
         except (TimeoutError, OSError, ControlError) as exc:
             self.health.probe_failed(node_id, repr(exc))

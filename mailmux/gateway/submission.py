@@ -226,7 +226,7 @@ class SubmissionHandler:
         reasons = []
         for candidate in await self._candidates([user]):
             try:
-                await hand_off(candidate.smtp, self.config.pool_secret, sender or "", recipients,
+                await hand_off(candidate.smtp, self.config.gateway_key, sender or "", recipients,
                                message, 2 * self.config.request_timeout)
             except HandoffFailed as exc:
                 reasons.append(f"{candidate.node_id}: {exc}")

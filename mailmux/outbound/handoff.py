@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import aiosmtplib
 
 from mailmux.outbound.gateway_auth import MECHANISM, answer
+from mailmux.protocol.control.keys import Credential
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class HandoffFailed(Exception):
     """This node did not queue the message; another may."""
 
 
-async def hand_off(address: Address, secret: bytes, sender: str, recipients: Sequence[str],
+async def hand_off(address: Address, secret: Credential, sender: str, recipients: Sequence[str],
                    message: bytes, timeout: float) -> None:
     client = aiosmtplib.SMTP(hostname=address[0], port=address[1], timeout=timeout,
                              start_tls=False, use_tls=False)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session
@@ -20,19 +21,22 @@ class PoolGateway:
     name: str = "gateway"
 
 
-async def authenticate(server: SMTP, args: list[str], secret: bytes) -> AuthResult:
+async def authenticate(server: SMTP, args: list[str], secret: bytes,
+                       gateway_secret: Callable[[str], bytes | None] = lambda name: None,
+                       ) -> AuthResult:
     if len(args) != 1:
         return AuthResult(success=False, handled=False, message="501 5.5.2 Bad AUTH data")
     challenge = new_challenge()
     raw = await server.challenge_auth(challenge.decode(), encode_to_b64=True)
     if raw is MISSING or not isinstance(raw, bytes):
         return AuthResult(success=False, handled=False, message="501 5.5.2 Bad AUTH data")
-    if not verify(secret, challenge, raw):
+    who = verify(secret, challenge, raw, gateway_secret)
+    if who is None:
         log.warning("intake: XMAILMUX authentication from %s failed", server.session.peer
                     if server.session else "?")
         return AuthResult(success=False, handled=False,
                           message="535 5.7.8 Authentication credentials invalid")
-    return AuthResult(success=True, auth_data=PoolGateway())
+    return AuthResult(success=True, auth_data=PoolGateway(who))
 
 
 def from_gateway(session: Session) -> bool:

@@ -31,6 +31,7 @@ from typing import Any
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import Unavailable
 from mailmux.backend.load import LoadMeter
+from mailmux.backend.login_failures import PoolLoginFailures
 from mailmux.backend.store.apply import apply_records
 from mailmux.backend.store.interface import ChangeRecord
 from mailmux.backend.store.sqlite import SqliteStore
@@ -47,7 +48,7 @@ from mailmux.protocol.peer.session import (
     plain,
     welcome,
 )
-from mailmux.replication import antientropy
+from mailmux.replication import antientropy, outgoing
 from mailmux.replication.importance import copies_required
 from mailmux.replication.pipeline import MAX_IN_FLIGHT, PipelineClosed, Requests, Responder
 from mailmux.replication.window import BatchWindow, local_now
@@ -150,6 +151,7 @@ class PeerState:
     rounds: int = 0  # shipping decisions taken (tests watch it instead of sleeping)
     digested: float = float("-inf")  # when digests were last compared
     repaired: int = 0  # mailboxes found different and repaired by digest comparison
+    keeping_up: bool = False  # the last read found few records: read the next on the loop
 
 
 class Replicator:
@@ -171,6 +173,10 @@ class Replicator:
         self._local_seq = 0
         self._answer_timeout = 2 * self.rconfig.copy_timeout
         self._handshaking = 0
+        # Failed logins shared with the peers; the node replaces it with the one its IMAP
+        # server uses.
+        self.failures = PoolLoginFailures(config.lockout_failures, config.lockout_time)
+        self._origins: set[str] = set()  # origins of the records held here
         # TLS on peer links whenever the node has a certificate (DESIGN: off loopback, always).
         # Peers authenticate each other with the pool secret; TLS adds confidentiality, and the
         # dialer checks the peer's certificate against the node's own (a pool-wide certificate
@@ -186,6 +192,7 @@ class Replicator:
     async def start(self) -> list[Address]:
         assert self.rconfig.listen is not None
         self._local_seq = await self.store.local_seq()
+        self._origins = {self.store.origin, *await self.store.positions()}
         self._server = await asyncio.start_server(self._accept, *self.rconfig.listen,
                                                   ssl=self._server_tls)
         bound: Address = self._server.sockets[0].getsockname()[:2]
@@ -220,6 +227,10 @@ class Replicator:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _committed(self) -> None:
+        self._wake_all()
+
+    def wake_all(self) -> None:
+        """Something besides a change is owed to the peers (failed-login counts)."""
         self._wake_all()
 
     def _wake_all(self) -> None:
@@ -408,13 +419,14 @@ class Replicator:
         sent = dict(peer.acked)  # positions shipped, acknowledged or not
         while True:
             peer.wake.clear()
+            await self._send_failures(peer, requests)
             while in_flight and in_flight[0][0].done():
                 future, count = in_flight.popleft()
                 await self._acknowledged(peer, future.result(), count)
             for origin, seq in peer.acked.items():
                 sent[origin] = max(sent.get(origin, 0), seq)
             if len(in_flight) < MAX_IN_FLIGHT:
-                records = await self.store.changes_after(sent, BATCH_RECORDS)
+                records = await self._changes_for(peer, sent)
                 peer.rounds += 1
                 own = [r.seq for r in records if r.origin == self.store.origin]
                 self._local_seq = max([self._local_seq, *own])
@@ -437,8 +449,33 @@ class Replicator:
                 # which then gets everything again: the periodic anti-entropy pass.
                 await self._record_ack(peer, await self._held_by_peer(requests))
                 sent = dict(peer.acked)
+                peer.keeping_up = False  # the next read also finds origins not known yet
                 if time.monotonic() - peer.digested >= antientropy.DIGEST_INTERVAL:
                     await self._reconcile(peer, requests)
+
+    async def _send_failures(self, peer: PeerState, requests: Requests) -> None:
+        """Failed-login counts this node owes the peer (backend/login_failures.py)."""
+        update = self.failures.take(peer.node_id)
+        if not update:
+            return
+        try:
+            await self._ask(requests, {"t": "failures", "users": update})
+        except BaseException:
+            self.failures.give_back(peer.node_id, update)
+            raise
+
+    async def _changes_for(self, peer: PeerState, sent: dict[str, int]) -> list[ChangeRecord]:
+        """What to ship next: read on the event loop while the link keeps up (few records,
+        origins known), in a worker thread when it has a backlog."""
+        if peer.keeping_up:
+            records = self.store._read_inline(
+                lambda c: outgoing.records_after(c, self._origins, sent),
+                statements=len(self._origins))
+        else:
+            records = await self.store.changes_after(sent, BATCH_RECORDS)
+            self._origins.update(r.origin for r in records)
+        peer.keeping_up = len(records) < outgoing.INLINE_RECORDS
+        return records
 
     @staticmethod
     async def _held_by_peer(requests: Requests) -> dict[str, int]:
@@ -462,7 +499,10 @@ class Replicator:
     async def _send_batch(self, requests: Requests, records: list[ChangeRecord]
                           ) -> tuple[list[ChangeRecord], asyncio.Future[dict[str, Any]]]:
         hashes = [str(r.payload["body"]) for r in records if r.kind in BODY_KINDS]
-        bodies = await self.store.bodies_for(hashes) if hashes else {}
+        bodies = self.store._read_inline(lambda c: outgoing.small_bodies(c, hashes),
+                                         statements=len(set(hashes))) if hashes else {}
+        if len(bodies) < len(set(hashes)):
+            bodies |= await self.store.bodies_for([h for h in hashes if h not in bodies])
         size = 0
         for index, record in enumerate(records):
             if record.kind in BODY_KINDS:
@@ -523,11 +563,19 @@ class Replicator:
                     await responder.push(self._apply_batch(node, inbound, message))
                 elif kind == "positions":
                     await responder.push_after(lambda: self._positions_answer(inbound))
+                elif kind == "failures":
+                    await responder.push_after(
+                        lambda m=message: self._failures_answer(node, m))  # type: ignore[misc]
                 else:
                     await responder.push_after(
                         lambda m=message: self._digest_answer(m))  # type: ignore[misc]
         finally:
             await responder.close()
+
+    async def _failures_answer(self, node: str, message: dict[str, Any]) -> dict[str, Any]:
+        users = message.get("users")
+        self.failures.heard(node, users if isinstance(users, dict) else {})
+        return {"t": "failures"}
 
     async def _digest_answer(self, message: dict[str, Any]) -> dict[str, Any]:
         answer = await antientropy.answer(self.store, message)
@@ -569,6 +617,7 @@ class Replicator:
             raise
         if applied:
             log.info("replication: applied %d change(s) from %s", applied, node)
+        self._origins.update(held)
         sender = self.peers.get(node)
         if sender is not None:
             # The sender holds what it sent: our link to it must not ship that back.

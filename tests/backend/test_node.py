@@ -111,7 +111,7 @@ def test_port_in_use_is_an_error_not_a_traceback(
 # the demo configs -------------------------------------------------------------------------
 
 
-def test_demo_pool_configs_load_and_fit_together() -> None:
+def test_demo_pool_configs_load_and_fit_together(tmp_path: Path) -> None:
     nodes = {n: backend_config.load(CONFIGS / f"node-{n}.toml") for n in ("a", "b", "c")}
     assert {c.node_id for c in nodes.values()} == {"a", "b", "c"}
     ports = [
@@ -130,7 +130,11 @@ def test_demo_pool_configs_load_and_fit_together() -> None:
         assert config.data_dir.resolve() == (CONFIGS.parent / "data" / node_id).resolve()
 
     raw = tomllib.loads((CONFIGS / "gateway.toml").read_text())
-    assert {"pool_secret", "listen_imap", "listen_submission", "selection", "pool"} <= set(raw)
-    gateway = gateway_config.load(CONFIGS / "gateway.toml")
+    assert {"gateway_key_file", "listen_imap", "listen_submission", "selection", "pool"} <= set(raw)
+    assert "pool_secret" not in raw and "pool_secret_file" not in raw  # servers only
+    # The key file is what `gateway-key add --key-file` writes; here a stand-in beside a copy.
+    (tmp_path / "gateway.toml").write_text((CONFIGS / "gateway.toml").read_text())
+    (tmp_path / raw["gateway_key_file"]).write_text("demo-gateway:" + "k" * 43 + "\n")
+    gateway = gateway_config.load(tmp_path / "gateway.toml")
     assert set(gateway.pool) == {c.listen_control for c in nodes.values()}
-    assert gateway.pool_secret == nodes["a"].pool_secret
+    assert gateway.gateway_key.name == "demo-gateway"

@@ -11,12 +11,12 @@ import pytest
 from mailmux.backend.config import ConfigError
 from mailmux.gateway import config as cfg
 
-BASE: dict[str, Any] = {"pool_secret": "change-me-please", "pool": ["127.0.0.1:14401"]}
+BASE: dict[str, Any] = {"gateway_key": "laptop:0123456789abcdef0123", "pool": ["127.0.0.1:14401"]}
 
 
 def test_design_example_parses(tmp_path: Path) -> None:
     text = """
-pool_secret = "change-me"
+gateway_key = "laptop:change-me-0123456789"
 listen_imap = "127.0.0.1:1143"
 listen_submission = "127.0.0.1:1587"
 selection = "least-load"
@@ -39,7 +39,10 @@ pool = ["127.0.0.1:14401", "127.0.0.1:14402", "127.0.0.1:14403"]
         ({"pool": []}, "pool"),
         ({"listen_imap": "0.0.0.0:143"}, "listen_imap"),
         ({"discovery_timeout": 0}, "discovery_timeout"),
-        ({"pool_secret": "x"}, "pool_secret"),
+        ({"gateway_key": "laptop:short"}, "gateway_key"),
+        ({"gateway_key": "no colon here at all"}, "gateway_key"),
+        ({"pool_secret": "the-pool-secret-0123"}, "pool_secret"),
+        ({"gateway_key_file": "/nonexistent/key"}, "gateway_key_file"),
         ({"bogus": 1}, "bogus"),
     ],
 )

@@ -19,11 +19,11 @@ from mailmux.protocol.control.codec import encode
 from mailmux.protocol.control.messages import WhoReply
 from tests.support.dns_server import DnsServer
 from tests.support.gateway import GatewayProcess
-from tests.support.nodes import SECRET, NodeProcess
+from tests.support.nodes import GATEWAY_KEY, NodeProcess
 
 
 def _config(**raw: object) -> gateway_config.GatewayConfig:
-    return gateway_config.from_dict({"pool_secret": SECRET, "discovery_timeout": 1.0, **raw})
+    return gateway_config.from_dict({"gateway_key": GATEWAY_KEY, "discovery_timeout": 1.0, **raw})
 
 
 def _addr(a: tuple[str, int]) -> str:
@@ -89,7 +89,7 @@ class _Forger(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.asked += 1
-        request = json.loads(data[36:])
+        request = json.loads(data[data.index(b"{"):])
         user = request["body"]["user"]
         reply = WhoReply("rogue", user, True, "127.0.0.1:1", "127.0.0.1:2", 0.0)
         forged = encode(reply, b"not-the-pool-secret", now=time.time(), nonce=os.urandom(16),

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 from mailmux.gateway import config as gateway_config
 from mailmux.gateway.pool import Pool
-from tests.support.nodes import SECRET, NodeProcess
+from tests.support.nodes import GATEWAY_KEY, NodeProcess
 
 
 def _config(**raw: object) -> gateway_config.GatewayConfig:
-    return gateway_config.from_dict({"pool_secret": SECRET, "discovery_timeout": 0.5, **raw})
+    return gateway_config.from_dict({"gateway_key": GATEWAY_KEY, "discovery_timeout": 0.5, **raw})
 
 
 async def test_failed_twice_leaves_the_list_until_a_probe_succeeds(

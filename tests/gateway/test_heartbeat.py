@@ -68,7 +68,7 @@ def test_bytes_from_the_node_count_as_life(silent: tuple[str, int]) -> None:
 
 def test_an_smtp_transfer_to_a_hung_node_is_abandoned(silent: tuple[str, int]) -> None:
     config = gateway_config.from_dict({
-        "pool_secret": SECRET.decode(), "pool": [f"{silent[0]}:{silent[1]}"],
+        "gateway_key": "heartbeat-test:" + SECRET.decode(), "pool": [f"{silent[0]}:{silent[1]}"],
         "hang_timeout": 0.4, "request_timeout": 600,
     })
 

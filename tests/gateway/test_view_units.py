@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mailmux.gateway.responses import Response, parse_fetch, vanished
 from mailmux.gateway.session.failover import behind
-from mailmux.gateway.session.relay import Relay, _rewritten
+from mailmux.gateway.session.relay import Relay, _plain_search, _rewritten
 from mailmux.gateway.session.replay import SetCommand, parse_set, with_replay_id
 from mailmux.gateway.session.view import MailboxView
 
@@ -103,3 +103,81 @@ def test_vanished_ranges() -> None:
 @given(st.binary(max_size=200))
 def test_parse_fetch_never_raises(tail: bytes) -> None:
     parse_fetch(b"* 1 FETCH (" + tail)
+
+
+_EVENTS = st.lists(st.one_of(
+    st.tuples(st.just("exists"), st.integers(0, 6)),
+    st.tuples(st.just("fetch"), st.integers(1, 12)),
+    st.tuples(st.just("expunge"), st.integers(1, 12)),
+    st.tuples(st.just("vanished"), st.integers(1, 40)),
+    st.tuples(st.just("ask"), st.just(0)),
+), max_size=40)
+
+
+@settings(max_examples=400)
+@given(_EVENTS)
+@example([("exists", 2), ("fetch", 2), ("ask", 0), ("expunge", 2), ("ask", 0)])
+@example([("exists", 3), ("fetch", 3), ("fetch", 4), ("ask", 0), ("exists", 0), ("ask", 0)])
+def test_unknown_is_what_a_full_scan_finds_whatever_the_responses(events: list[tuple[str, int]]
+                                                                   ) -> None:
+    """`unknown` scans only past the known prefix; it must still find every None."""
+    view = view_of([])
+    next_uid = 1
+    for kind, n in events:
+        if kind == "exists":
+            view.observe(Response(b"* %d EXISTS\r\n" % (view.exists + n)))
+        elif kind == "fetch" and view.exists:
+            n = n % view.exists + 1
+            if view.uids[n - 1] is None:
+                next_uid += 1  # the map takes whatever UID the backend says
+                view.observe(Response(b"* %d FETCH (UID %d FLAGS ())\r\n" % (n, next_uid * 10)))
+        elif kind == "expunge" and view.exists:
+            view.observe(Response(b"* %d EXPUNGE\r\n" % (n % view.exists + 1)))
+        elif kind == "vanished":
+            view.observe(Response(b"* VANISHED %d\r\n" % (n * 10)))
+        else:
+            assert view.unknown() == [i + 1 for i, u in enumerate(view.uids) if u is None]
+    assert view.unknown() == [i + 1 for i, u in enumerate(view.uids) if u is None]
+    assert None not in view.uids[:view.known]
+
+
+def test_a_learnt_map_is_not_scanned_again() -> None:
+    view = view_of([])
+    view.observe(Response(b"* 3 EXISTS\r\n"))
+    for seq, uid in ((1, 5), (2, 6), (3, 7)):
+        view.observe(Response(b"* %d FETCH (UID %d)\r\n" % (seq, uid)))
+    assert view.unknown() == [] and view.known == 3
+    view.observe(Response(b"* 4 EXISTS\r\n"))
+    assert view.unknown() == [4] and view.known == 3
+    view.observe(Response(b"* 1 EXPUNGE\r\n"))
+    assert view.known == 2 and view.unknown() == [3]
+    view.observe(Response(b"* 1 EXISTS\r\n"))  # a shrinking EXISTS (confused, but followed)
+    view.observe(Response(b"* 3 EXISTS\r\n"))
+    assert view.unknown() == [2, 3]
+
+
+def test_numbers_are_translated_while_expunges_wait() -> None:
+    """Message 3 (UID 30) is gone on the node but the client still counts it."""
+    view = MailboxView(select=b"INBOX", uids=[10, 20, 30, 40, 50], pending={30})
+    assert [view.to_node(s) for s in range(1, 6)] == [1, 2, None, 3, 4]
+    assert [view.to_client(n) for n in range(1, 5)] == [1, 2, 4, 5]
+    assert view.from_node(b"* 3 FETCH (FLAGS (\\Seen) UID 40)\r\n") == (
+        b"* 4 FETCH (FLAGS (\\Seen) UID 40)\r\n")
+    assert view.from_node(b"* 5 EXISTS\r\n") == b"* 6 EXISTS\r\n"
+    assert view.from_node(b"* SEARCH 1 3 4 (MODSEQ 9)\r\n", b"SEARCH") == (
+        b"* SEARCH 1 4 5 (MODSEQ 9)\r\n")
+    assert view.from_node(b"* SORT 4 3\r\n", b"SORT") == b"* SORT 5 4\r\n"
+    assert view.from_node(b"* THREAD (3 (4))(1)\r\n", b"THREAD") == b"* THREAD (4 (5))(1)\r\n"
+    assert view.from_node(b"* SEARCH 3\r\n") == b"* SEARCH 3\r\n"  # a UID SEARCH: UIDs
+    assert view.from_node(b"* OK [ALERT] 3 things\r\n") == b"* OK [ALERT] 3 things\r\n"
+    view.pending.clear()
+    assert view.from_node(b"* 3 FETCH (FLAGS ())\r\n") == b"* 3 FETCH (FLAGS ())\r\n"
+
+
+def test_a_search_by_number_is_told_apart_from_numeric_criteria() -> None:
+    assert _plain_search(b"q SEARCH FLAGGED LARGER 1000\r\n")
+    assert _plain_search(b'q SEARCH SUBJECT "1:3" UID 5:9\r\n')
+    assert _plain_search(b"q SORT (DATE) UTF-8 ALL\r\n")
+    assert not _plain_search(b"q SEARCH 1:3 FLAGGED\r\n")
+    assert not _plain_search(b"q SEARCH NOT 4\r\n")
+    assert not _plain_search(b"q SEARCH RETURN (MIN) ALL\r\n")

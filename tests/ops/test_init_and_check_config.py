@@ -100,11 +100,11 @@ def test_backend_check_config_reports_a_secret_others_can_read(tmp_path: Path) -
 
 def test_gateway_check_config(tmp_path: Path) -> None:
     good = tmp_path / "gw.toml"
-    good.write_text('pool_secret = "0123456789abcdef"\npool = ["127.0.0.1:14401"]\n')
+    good.write_text('gateway_key = "laptop:0123456789abcdef0123"\npool = ["127.0.0.1:14401"]\n')
     result = _cli("gateway", "check-config", "--config", str(good))
     assert result.returncode == 0 and "config OK" in result.stdout, result.stderr
     bad = tmp_path / "bad.toml"
-    bad.write_text('pool_secret = "0123456789abcdef"\npool = ["127.0.0.1:14401"]\n'
+    bad.write_text('gateway_key = "laptop:0123456789abcdef0123"\npool = ["127.0.0.1:14401"]\n'
                    'selection = "random"\n')
     result = _cli("gateway", "check-config", "--config", str(bad))
     assert result.returncode == 2

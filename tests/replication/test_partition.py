@@ -94,6 +94,11 @@ def replica(node_dir: Path) -> dict[str, object]:
         conn.close()
 
 
+def _logins(pool: Cluster) -> dict[str, int]:
+    """Logins of the user each node has served so far (from its log)."""
+    return {i: node.log().count(f"{USER} logged in") for i, node in pool.nodes.items()}
+
+
 def _identical(pool: Cluster) -> bool:
     states = [replica(pool.nodes[i].data_dir) for i in sorted(pool.nodes)]
     return all(s == states[0] for s in states[1:])
@@ -102,15 +107,22 @@ def _identical(pool: Cluster) -> bool:
 def _run(tmp_path: Path, normal: int) -> None:
     seen: Observed = {}
     with cluster(tmp_path, [USER], proxied=True, normal=normal) as pool:
-        with _login(pool.gateways[0].imap) as imap:  # messages both sides can flag
+        # Messages both sides can flag, made on a directly: no gateway has asked about the
+        # user before the split, so none holds an answer naming a node it must not see.
+        with _login(pool.nodes["a"].imap) as imap:
             assert [_append(imap, "before")[0] for _ in range(2)] == ["OK", "OK"]
             _observe(imap, seen)
         wait_until(lambda: _identical(pool), "identical replicas before the split")
         pool.split({"a", "b"})
         pool.hide(0, {"c"})
         pool.hide(1, {"a", "b"})
+        logins = _logins(pool)
         majority = _write_side(pool.gateways[0].imap, "major", 4, seen)
+        assert _logins(pool)["c"] == logins["c"], "gateway 0 sent a session to c"
+        logins = _logins(pool)
         minority = _write_side(pool.gateways[1].imap, "minor", 3, seen)
+        assert {i: n for i, n in _logins(pool).items() if i != "c"} == {
+            i: n for i, n in logins.items() if i != "c"}, "gateway 1 sent a session to a or b"
         pool.heal()
         for gateway in pool.gateways:  # the healed view, through both gateways
             with _login(gateway.imap) as imap:

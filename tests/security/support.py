@@ -40,10 +40,12 @@ def served(address: tuple[str, int], user: tuple[str, str] = BOB,
 class Raw:
     """A raw IMAP connection for sending what no client library would."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = 30.0) -> None:
+    def __init__(self, address: tuple[str, int], timeout: float = 30.0,
+                 greet: bool = True) -> None:
         self.sock = socket.create_connection(address, timeout=timeout)
         self.reader = self.sock.makefile("rb")
-        self.greeting = self.reader.readline()
+        # greet=False: speak first, as a gateway proving its link does
+        self.greeting = self.reader.readline() if greet else b""
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)

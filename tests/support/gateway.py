@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.nodes import SECRET, split_address
+from tests.support.nodes import GATEWAY_KEY, split_address
 
 READY_TIMEOUT = 30.0
 
@@ -68,11 +68,15 @@ class GatewayProcess:
 
 
 def write_gateway_config(
-    path: Path, controls: list[tuple[str, int]], extra: str = "", secret: str = SECRET
+    path: Path, controls: list[tuple[str, int]], extra: str = "", key: str = GATEWAY_KEY
 ) -> GatewayProcess:
+    """A gateway config naming a key file (0600) that holds `key` (NAME:SECRET)."""
     pool = ", ".join(f'"{h}:{p}"' for h, p in controls)
+    key_file = path.with_suffix(".gateway-key")
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
     path.write_text(
-        f'pool_secret = "{secret}"\n'
+        f'gateway_key_file = "{key_file}"\n'
         'listen_imap = "127.0.0.1:0"\n'
         'listen_submission = "127.0.0.1:0"\n'
         f"pool = [{pool}]\n"

@@ -6,6 +6,8 @@ anything it spawned with one signal, whatever happens in the test.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -18,6 +20,10 @@ from pathlib import Path
 from typing import IO
 
 SECRET = "test-pool-secret-0123456789"
+# The key test gateways hold (never the pool secret); every test node knows it from its first
+# start, as if `mailmux-backend gateway-key add test-gateway --key-file ...` had been run.
+GATEWAY_KEY_NAME = "test-gateway"
+GATEWAY_KEY = f"{GATEWAY_KEY_NAME}:test-gateway-key-0123456789abcdef"
 DOMAIN = "example.test"
 READY_TIMEOUT = 30.0
 
@@ -35,6 +41,7 @@ class NodeProcess:
     proc: subprocess.Popen[str] | None = None
     ready: dict[str, object] = field(default_factory=dict)
     stderr_path: Path | None = None
+    with_gateway_key: bool = True  # False: a node that never heard of the test gateway key
 
     @property
     def imap(self) -> tuple[str, int]:
@@ -67,8 +74,15 @@ class NodeProcess:
         result = self.cli("user", "add", user, stdin=password + "\n")
         assert result.returncode == 0, result.stderr
 
+    def add_test_gateway_key(self) -> None:
+        """Register GATEWAY_KEY in the node's store (in-process: a subprocess per node would
+        slow every test down); again after a wipe, so a test gateway can always use it."""
+        if self.with_gateway_key:
+            register_gateway_key(self.config_path, GATEWAY_KEY)
+
     def start(self, env: dict[str, str] | None = None) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.add_test_gateway_key()
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()  # the previous run's pipe
         self.stderr_path = self.data_dir.parent / f"{self.node_id}.stderr.log"
@@ -129,6 +143,27 @@ class NodeProcess:
             return self.proc.wait(timeout=timeout)
         finally:
             self.kill()
+
+
+def register_gateway_key(config_path: Path, line: str) -> None:
+    """Store a gateway key (NAME:SECRET) in a stopped node's database, as the CLI would."""
+    from mailmux.backend.config import load
+    from mailmux.backend.store.gatewaykeys import GatewayKeyExists
+    from mailmux.backend.store.sqlite import SqliteStore
+
+    config = load(config_path)
+    name, _, secret = line.partition(":")
+
+    async def add() -> None:
+        async with SqliteStore.open(config.db_path, config.node_id, config.domains) as store:
+            with contextlib.suppress(GatewayKeyExists):
+                await store.add_gateway_key(name, secret)
+
+    # A thread of its own: the caller may be inside a running event loop (an async test).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, add()).result(timeout=60)
+    for path in config.db_path.parent.glob(config.db_path.name + "*"):
+        path.chmod(0o600)
 
 
 def write_config(

@@ -29,6 +29,7 @@ from mailmux.protocol.control.codec import (
     encode,
     frame,
 )
+from mailmux.protocol.control.keys import Credential
 from mailmux.protocol.control.messages import (
     HealthReply,
     HealthRequest,
@@ -52,7 +53,7 @@ _READ_SIZE = 64 * 1024
 async def query(
     address: Address,
     message: WhoRequest,
-    secret: bytes,
+    secret: Credential,
     *,
     timeout: float,
     transport: Transport = "udp",
@@ -61,7 +62,7 @@ async def query(
 async def query(
     address: Address,
     message: LoadRequest,
-    secret: bytes,
+    secret: Credential,
     *,
     timeout: float,
     transport: Transport = "udp",
@@ -70,7 +71,7 @@ async def query(
 async def query(
     address: Address,
     message: HealthRequest,
-    secret: bytes,
+    secret: Credential,
     *,
     timeout: float,
     transport: Transport = "udp",
@@ -78,7 +79,7 @@ async def query(
 async def query(
     address: Address,
     message: Request,
-    secret: bytes,
+    secret: Credential,
     *,
     timeout: float,
     transport: Transport = "udp",
@@ -97,7 +98,7 @@ async def query(
 async def fan_out(
     addresses: Iterable[Address],
     message: WhoRequest,
-    secret: bytes,
+    secret: Credential,
     timeout: float,
     transport: Transport = "udp",
 ) -> list[tuple[Address, WhoReply, float]]: ...
@@ -105,7 +106,7 @@ async def fan_out(
 async def fan_out(
     addresses: Iterable[Address],
     message: LoadRequest,
-    secret: bytes,
+    secret: Credential,
     timeout: float,
     transport: Transport = "udp",
 ) -> list[tuple[Address, LoadReply, float]]: ...
@@ -113,14 +114,14 @@ async def fan_out(
 async def fan_out(
     addresses: Iterable[Address],
     message: HealthRequest,
-    secret: bytes,
+    secret: Credential,
     timeout: float,
     transport: Transport = "udp",
 ) -> list[tuple[Address, HealthReply, float]]: ...
 async def fan_out(
     addresses: Iterable[Address],
     message: Request,
-    secret: bytes,
+    secret: Credential,
     timeout: float,
     transport: Transport = "udp",
 ) -> Sequence[tuple[Address, Reply, float]]:
@@ -134,7 +135,7 @@ async def fan_out(
 
 
 async def _timed_query(
-    address: Address, message: Request, secret: bytes, timeout: float, transport: Transport
+    address: Address, message: Request, secret: Credential, timeout: float, transport: Transport
 ) -> tuple[Address, Reply, float] | None:
     started = time.monotonic()
     try:
@@ -146,7 +147,7 @@ async def _timed_query(
 
 
 def _reply_filter(
-    request: Request, secret: bytes, request_id: bytes, address: Address
+    request: Request, secret: Credential, request_id: bytes, address: Address
 ) -> Callable[[bytes], Reply | None]:
     """A function that turns received bytes into the awaited reply, or None to keep waiting."""
     expected = reply_type(request)

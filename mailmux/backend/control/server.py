@@ -20,6 +20,7 @@ from collections import Counter
 from importlib import metadata
 
 from mailmux.backend.config import BackendConfig
+from mailmux.backend.gatewaykeys import GatewayKeys
 from mailmux.backend.load import LoadMeter
 from mailmux.backend.store.interface import MailStore
 from mailmux.protocol.control.codec import (
@@ -33,6 +34,7 @@ from mailmux.protocol.control.codec import (
     encode,
     frame,
 )
+from mailmux.protocol.control.keys import Credential
 from mailmux.protocol.control.messages import (
     HealthReply,
     HealthRequest,
@@ -57,6 +59,8 @@ CLOSE_GRACE = 1.0
 WARN_INTERVAL = 10.0  # one warning per (peer host, reason) per interval; the rest at DEBUG
 MAX_WARNING_KEYS = 4096
 BOARD_ADDRESS_PREFIX = "board+"
+# What a gateway key may ask; anything else on this port is for holders of the pool secret.
+GATEWAY_REQUESTS = (WhoRequest, LoadRequest, HealthRequest)
 
 
 def _version() -> str:
@@ -71,6 +75,7 @@ class ControlServer:
         self.config = config
         self.store = store
         self.meter = meter
+        self.keys = GatewayKeys(config.pool_secret)  # the node gives it the store's keys
         # The node fills this in once the IMAP and SMTP servers know their ports.
         self.endpoints: dict[str, str] = {}
         self.dropped: Counter[str] = Counter()
@@ -142,7 +147,7 @@ class ControlServer:
         """Decode and authenticate; on refusal count and log it and return None."""
         try:
             message, envelope = decode(
-                data, self.config.pool_secret, now=time.time(), replay_cache=self._replay
+                data, self.keys.keyring, now=time.time(), replay_cache=self._replay
             )
         except ControlError as exc:
             self._drop(exc.reason, peer, str(exc))
@@ -150,14 +155,27 @@ class ControlServer:
         if not is_request(message):
             self._drop("unexpected", peer, f"{type(message).__name__} is not a request")
             return None
+        if envelope.key is not None and not isinstance(message, GATEWAY_REQUESTS):
+            self._drop("not-allowed", peer,
+                       f"gateway key {envelope.key} may not send {type(message).__name__}")
+            return None
         return message, envelope
 
-    async def respond(self, request: Request, envelope: Envelope) -> bytes:
+    def _credential(self, envelope: Envelope) -> Credential | None:
+        """Answer with what the request was signed with (None: that key was just revoked)."""
+        if envelope.key is None:
+            return self.config.pool_secret
+        return self.keys.keyring.gateway_key(envelope.key)
+
+    async def respond(self, request: Request, envelope: Envelope) -> bytes | None:
         reply = await self.answer(request)
+        credential = self._credential(envelope)
+        if credential is None:
+            return None
         self.answered[type(request).__name__] += 1
         return encode(
             reply,
-            self.config.pool_secret,
+            credential,
             now=time.time(),
             nonce=os.urandom(NONCE_SIZE),
             request_id=envelope.request_id,
@@ -231,7 +249,7 @@ class ControlServer:
             self.dropped["error"] += 1
             log.exception("control: cannot answer %r from %s", request, peer)
             return
-        if self._udp is not None:
+        if self._udp is not None and reply is not None:
             self._udp.sendto(reply, peer)
 
     # TCP ------------------------------------------------------------------------------
@@ -267,8 +285,9 @@ class ControlServer:
             decoder.receive_data(data)
             while (payload := decoder.next_frame()) is not None:
                 accepted = self.accept(payload, peer)
-                if accepted is not None:
-                    writer.write(frame(await self.respond(*accepted)))
+                reply = None if accepted is None else await self.respond(*accepted)
+                if reply is not None:
+                    writer.write(frame(reply))
                     await writer.drain()
 
     async def _read_idle(self, reader: asyncio.StreamReader) -> bytes:

@@ -1,4 +1,12 @@
-"""The node's IMAP listener: accepts connections, enforces connection limits, runs sessions."""
+"""The node's IMAP listener: accepts connections, enforces connection limits, runs sessions.
+
+Strangers share `max_unauthenticated` slots. A pool gateway's links must not compete with them:
+a link that proves it is a gateway's (XGATEWAY, protocol/imap/gatewaylink.py) moves to a budget
+of its own (`max_gateway_links`). With the stranger slots full, a new connection is not refused
+at once: it has `LINK_PROOF_TIMEOUT` to send that proof as its first line (a gateway sends it
+before the greeting), in at most `max_unauthenticated` such trial slots; anything else gets
+`* BYE [UNAVAILABLE]`.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +14,19 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 
 from mailmux import metrics
 from mailmux.backend.config import BackendConfig
+from mailmux.backend.gatewaykeys import GatewayKeys
 from mailmux.backend.imap.recent import RecentClaims
 from mailmux.backend.imap.session import Closed, Session
 from mailmux.backend.load import LoadMeter
+from mailmux.backend.login_failures import PoolLoginFailures
 from mailmux.backend.store.interface import MailStore
+from mailmux.protocol.control.errors import ControlAuthError
+from mailmux.protocol.control.replay import ReplayCache
+from mailmux.protocol.imap import gatewaylink
 from mailmux.protocol.imap.response import untagged_status
 from mailmux.tls import server_context
 
@@ -20,6 +34,7 @@ log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 CLOSE_GRACE = 2.0
+LINK_PROOF_TIMEOUT = 2.0
 
 
 class ImapServer:
@@ -32,6 +47,12 @@ class ImapServer:
         self._tls_server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._unauthenticated: set[Session] = set()
+        self._gateway_links: set[Session] = set()
+        self._trials = 0  # connections over the stranger cap given a chance to prove a gateway
+        self._link_nonces = ReplayCache()
+        self.keys = GatewayKeys(config.pool_secret)  # the node gives it the store's keys
+        # Failed logins counted across the pool; the node shares them with the replicator.
+        self.failures = PoolLoginFailures(config.lockout_failures, config.lockout_time)
         self.recent = RecentClaims()
 
     async def start(self) -> list[Address]:
@@ -61,6 +82,45 @@ class ImapServer:
 
     def authenticated(self, session: Session) -> None:
         self._unauthenticated.discard(session)
+        self._gateway_links.discard(session)
+
+    def gateway_link(self, session: Session, line: bytes) -> str | None:
+        """The gateway key's name if `line` proves a gateway link and its budget has room."""
+        now = time.time()
+        proof = gatewaylink.verify(line, self.keys.keyring, now)
+        if proof is None:
+            return None
+        try:
+            self._link_nonces.remember(bytes.fromhex(proof.nonce), now + gatewaylink.MAX_SKEW,
+                                       now)
+        except ControlAuthError:
+            return None
+        if session not in self._gateway_links and (
+                len(self._gateway_links) >= self.config.max_gateway_links):
+            log.warning("imap %s: gateway link of %s refused, %d open", session.peer,
+                        proof.name, len(self._gateway_links))
+            return None
+        self._unauthenticated.discard(session)
+        self._gateway_links.add(session)
+        return proof.name
+
+    async def _trial(self, session: Session, reader: asyncio.StreamReader) -> bool:
+        """Over the stranger cap: is the first line a gateway's link proof?"""
+        if self._trials >= self.config.max_unauthenticated:
+            return False
+        self._trials += 1
+        try:
+            async with asyncio.timeout(LINK_PROOF_TIMEOUT):
+                line = await reader.readline()
+        except (TimeoutError, ValueError):
+            return False
+        finally:
+            self._trials -= 1
+        name = self.gateway_link(session, line)
+        if name is None:
+            return False
+        session.linked(name, gatewaylink.parse(line))
+        return True
 
     async def _serve_tls(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
@@ -76,13 +136,14 @@ class ImapServer:
         self.meter.session_opened()
         metrics.session_opened("imap")
         try:
-            if len(self._unauthenticated) >= self.config.max_unauthenticated:
+            if len(self._unauthenticated) < self.config.max_unauthenticated:
+                self._unauthenticated.add(session)
+            elif not await self._trial(session, reader):
                 log.warning("imap %s: refused, %d connections not yet logged in",
                             session.peer, len(self._unauthenticated))
                 writer.write(untagged_status("BYE", "too many connections", "UNAVAILABLE"))
                 await writer.drain()
                 return
-            self._unauthenticated.add(session)
             log.debug("imap %s: connected", session.peer)
             await session.run()
         except Closed as exc:
@@ -91,6 +152,7 @@ class ImapServer:
             log.debug("imap %s (%s): connection lost: %r", session.peer, session.user, exc)
         finally:
             self._unauthenticated.discard(session)
+            self._gateway_links.discard(session)
             session._unselect()
             session._notify_off()
             self.meter.session_closed()

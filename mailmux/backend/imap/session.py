@@ -51,6 +51,7 @@ from mailmux.backend.store.interface import (
     ViewChanges,
 )
 from mailmux.backend.store.replay import REPLAY, Replayed
+from mailmux.protocol.imap import gatewaylink
 from mailmux.protocol.imap.commands import (
     Append,
     Authenticate,
@@ -156,6 +157,8 @@ class Session:
         self.known_flags: set[str] = set()  # flags announced by the last untagged FLAGS
         self.contexts = Contexts()  # SEARCH/SORT RETURN (UPDATE) of the selected mailbox
         self.failed_logins = 0
+        self.gateway: str | None = None  # the gateway key that vouched for this link
+        self._preface: list[bytes] = []  # answers owed before the first command is read
         self.tls = False
         self.started = asyncio.get_running_loop().time()
         self.inflater: Inflater | None = None  # COMPRESS=DEFLATE (RFC 4978) is on
@@ -291,15 +294,36 @@ class Session:
 
     # main loop ----------------------------------------------------------------------------
 
+    def linked(self, name: str, proof: gatewaylink.LinkProof | None) -> None:
+        """A gateway's link, proven (by the server) before the greeting was sent."""
+        self.gateway = name
+        if proof is not None:
+            self._preface.append(tagged(proof.tag, "OK", "gateway link", "XGATEWAY"))
+
+    def _gateway_link(self, line: bytes) -> Lines | None:
+        proof = gatewaylink.parse(line.strip() + b"\r\n")
+        if proof is None:
+            return None
+        name = self.server.gateway_link(self, line.strip() + b"\r\n")
+        if name is None:
+            return [tagged(proof.tag, "NO", "not a gateway of this pool", "AUTHENTICATIONFAILED")]
+        self.gateway = name
+        return [tagged(proof.tag, "OK", "gateway link", "XGATEWAY")]
+
     async def run(self) -> None:
         caps = " ".join(self.capabilities())
-        await self.send([untagged_status("OK", "mailmux ready", f"CAPABILITY {caps}")])
+        await self.send([untagged_status("OK", "mailmux ready", f"CAPABILITY {caps}"),
+                         *self._preface])
         while self.state is not State.LOGOUT:
             event = await self.next_event()
             if isinstance(event, FramingError):
                 await self.send([self._framing_reply(event)])
                 if event.fatal:
                     raise Closed(event.message)
+                continue
+            if self.state is State.NOT_AUTHENTICATED and self.gateway is None and (
+                    link := self._gateway_link(event.raw)) is not None:
+                await self.send(link)
                 continue
             try:
                 raw, replay_id = split_replay(event.raw)
@@ -535,7 +559,19 @@ class Session:
 
     async def _login(self, tag: str, user: str, password: str) -> Lines:
         user = user.strip().lower()
+        failures = self.server.failures
+        if failures.locked(user) > 0:
+            # Not even checked: a guess made during the lockout is a wasted guess.
+            self.failed_logins += 1
+            log.info("imap %s: login for %s refused, locked after %d failures in the pool",
+                     self.peer, user, failures.count(user))
+            if self.failed_logins >= self.config.max_failed_logins:
+                await self.send([tagged(tag, "NO", "invalid credentials", "AUTHENTICATIONFAILED"),
+                                 untagged_status("BYE", "too many failed logins")])
+                raise Closed("too many failed logins")
+            return [tagged(tag, "NO", "invalid credentials", "AUTHENTICATIONFAILED")]
         if await self.store.authenticate(user, password):
+            failures.succeeded(user)
             self.user = user
             self.state = State.AUTHENTICATED
             self.server.authenticated(self)
@@ -546,6 +582,8 @@ class Session:
             caps = " ".join(self.capabilities())
             return [tagged(tag, "OK", "logged in", f"CAPABILITY {caps}")]
         self.failed_logins += 1
+        if await self.store.has_user(user):
+            failures.failed(user)
         metrics.login("imap", False)
         log.info("imap %s: failed login for %s (%d)", self.peer, user, self.failed_logins)
         delay = min(self.config.failed_login_delay * 2 ** (self.failed_logins - 1),
@@ -1263,6 +1301,7 @@ class Session:
                             out: _Output) -> None:
         """Bodies are read a bounded batch at a time (by bytes), never a whole range."""
         view = self.selected
+        parse = fetching.needs_parse(attrs)
         batch: list[MessageMeta] = []
         size = 0
         for i, meta in enumerate(metas):
@@ -1278,7 +1317,7 @@ class Session:
                     await out.add(announce)
                 items = fetching.render_items(attrs, self._recent(fresh[row.uid]), raw,
                                               with_uid=with_uid, with_modseq=with_modseq)
-                await out.message(view.seq_of(row.uid), items)
+                await out.message(view.seq_of(row.uid), items, parse)
             batch, size = [], 0
 
     async def _mark_seen(self, rows: list[tuple[MessageMeta, bytes | None]]
@@ -1396,7 +1435,8 @@ class _Output:
         lines, self.lines, self.size = self.lines, [], 0
         await self.session.send(lines)
 
-    async def message(self, seq: int, items: Iterator[tuple[Atom, object]]) -> None:
+    async def message(self, seq: int, items: Iterator[tuple[Atom, object]],
+                      parse: bool = True) -> None:
         """One `* n FETCH (...)` made and sent item by item: 50 copies of a big body are
         never held at once. A part the message lacks (FetchError) leaves the message out when
         nothing of it was sent yet, else ends its list early."""
@@ -1405,7 +1445,9 @@ class _Output:
         try:
             # Each item is made in a worker thread: parsing a poison message (a header of
             # megabytes, thousands of parts) must not stall the event loop.
-            while (item := await asyncio.to_thread(_encoded_item, items)) is not None:
+            # Whole bodies and plain attributes are only copied: made here, no thread hop.
+            while (item := (await asyncio.to_thread(_encoded_item, items) if parse
+                            else _encoded_item(items))) is not None:
                 piece = item if first else b" " + item
                 first = False
                 pending.append(piece)

@@ -23,6 +23,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from mailmux.backend.config import BackendConfig
 from mailmux.backend.errors import BackendError, LimitExceeded
+from mailmux.backend.gatewaykeys import GatewayKeys
 from mailmux.backend.load import LoadMeter
 from mailmux.backend.message.limits import check_structure
 from mailmux.backend.smtp import replies
@@ -54,6 +55,7 @@ class IntakeHandler:
         self.meter = meter
         self.closing = False  # set by SmtpIntake.close: no new transactions
         self.outbound: OutboundWorker | None = None  # the node's outbound queue, if enabled
+        self.keys = GatewayKeys(config.pool_secret)  # the node gives it the store's keys
         self._in_flight = 0
         self._drained = asyncio.Event()
         self._drained.set()
@@ -62,7 +64,8 @@ class IntakeHandler:
 
     async def auth_XMAILMUX(self, server: SMTP, args: list[str]) -> AuthResult:
         """A pool gateway handing over mail for outside recipients (outbound/gateway_auth.py)."""
-        return await outbound_intake.authenticate(server, args, self.config.pool_secret)
+        return await outbound_intake.authenticate(server, args, self.config.pool_secret,
+                                                  self.keys.secret)
 
     async def handle_EHLO(
         self,

@@ -19,7 +19,7 @@ import logging
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
-from mailmux.backend.store import replay
+from mailmux.backend.store import boardflags, gatewaykeys, replay
 from mailmux.backend.store.interface import BOARD_OWNER, ChangeRecord
 from mailmux.backend.store.schema import SUBTREE
 from mailmux.backend.store.writer import Tx
@@ -28,7 +28,6 @@ from mailmux.outbound import records as outbound_records
 if TYPE_CHECKING:
     from mailmux.backend.store.sqlite import SqliteStore
 
-SEEN = "\\Seen"
 log = logging.getLogger(__name__)
 
 
@@ -86,7 +85,7 @@ def _user_del(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
                                          (user,)).fetchall():
         tx.touched.add(mailbox_id)
     for table, column in (("users", "name"), ("mailboxes", "owner"), ("subscriptions", "user"),
-                          ("board_seen", "user")):
+                          ("board_seen", "user"), ("board_flags", "user")):
         tx.conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (user,))
 
 
@@ -238,13 +237,10 @@ def _message_flags(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
     changes = [(f, 1) for f in _p(record, "added") or []] + [
         (f, 0) for f in _p(record, "removed") or []]
     for flag, present in changes:
-        if user is not None and flag == SEEN:  # a board reader's own \Seen
-            if present:
-                conn.execute("INSERT OR IGNORE INTO board_seen VALUES (?, ?, ?)",
-                             (user, mailbox[0], uid))
-            else:
-                conn.execute("DELETE FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
-                             (user, mailbox[0], uid))
+        if user is not None and flag not in boardflags.SHARED:  # a board reader's own flag
+            mine = frozenset({flag})
+            boardflags.set_private(conn, user, mailbox[0], uid, mine if present else frozenset(),
+                                   frozenset() if present else mine)
             continue
         stamp = conn.execute(
             "SELECT hlc, origin, present FROM flag_stamps WHERE mailbox_id = ? AND guid = ? "
@@ -336,7 +332,24 @@ def _replay_forget(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
     replay.forget(tx.conn, (str(_p(record, "scope")), str(_p(record, "id"))), record.origin)
 
 
+def _gateway_key_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    gatewaykeys.apply_add(tx.conn, str(_p(record, "name")), str(_p(record, "secret")),
+                          record.hlc, record.origin)
+
+
+def _gateway_key_revoke(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    gatewaykeys.apply_revoke(tx.conn, str(_p(record, "name")), record.hlc, record.origin)
+
+
+def _board_moderator(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
+    boardflags.apply_moderator(tx.conn, str(_p(record, "board")), str(_p(record, "user")),
+                               bool(_p(record, "present")), record.hlc, record.origin)
+
+
 _HANDLERS = {
+    "board.moderator": _board_moderator,
+    "gatewaykey.add": _gateway_key_add,
+    "gatewaykey.revoke": _gateway_key_revoke,
     "replay": _replay,
     "replay.forget": _replay_forget,
     "user.add": _user_add,

@@ -116,6 +116,10 @@ def _has_flag(flag: str, user: str | None) -> Condition:
         return Condition(f"({sql} OR EXISTS (SELECT 1 FROM board_seen b WHERE b.user = ? AND "
                          "b.mailbox_id = m.mailbox_id AND b.uid = m.uid))",
                          (f" {flag} ", user), True, False)
+    if user is not None:  # a board reader's own flags (backend/store/boardflags.py)
+        return Condition(f"({sql} OR EXISTS (SELECT 1 FROM board_flags b WHERE b.user = ? AND "
+                         "b.mailbox_id = m.mailbox_id AND b.uid = m.uid AND b.flag = ?))",
+                         (f" {flag} ", user, flag), True, False)
     return Condition(sql, (f" {flag} ",), True, False)
 
 

@@ -41,7 +41,7 @@ from mailmux.backend.errors import (
 from mailmux.backend.message.limits import check_keywords
 from mailmux.backend.message.parsed import ParsedMessage
 from mailmux.backend.message.search import IndexEntry, index_entry
-from mailmux.backend.store import names, replay
+from mailmux.backend.store import boardflags, gatewaykeys, names, replay
 from mailmux.backend.store.hlc import HybridClock
 from mailmux.backend.store.interface import (
     BOARD_OWNER,
@@ -124,13 +124,16 @@ def _rows_of(conn: sqlite3.Connection, select: str, params: tuple[Any, ...], mai
 
 
 def _board_seen(owner: str) -> str:
-    """A column saying whether the asking user (the first parameter) has seen a board post;
-    the parameter stays in place for ordinary mailboxes so callers bind the same values."""
-    if owner == BOARD_OWNER:
-        return ("EXISTS (SELECT 1 FROM board_seen b WHERE b.user = ? AND "
-                "b.mailbox_id = m.mailbox_id AND b.uid = m.uid)")
-    return "(? IS NULL)"
+    """A column with the asking user's (the first parameter's) own flags on a board post
+    (text or NULL; see boardflags.py); the parameter stays in place for ordinary mailboxes so
+    callers bind the same values."""
+    return boardflags.private_column(owner == BOARD_OWNER)
 
+
+
+def _mailbox_exists(conn: sqlite3.Connection, owner: str, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM mailboxes WHERE owner = ? AND name = ?",
+                        (owner, name)).fetchone() is not None
 
 
 class SqliteStore:
@@ -195,6 +198,8 @@ class SqliteStore:
         conn.execute("PRAGMA busy_timeout=10000")
         prepare(conn)  # executescript commits on its own; the DDL is idempotent
         replay.prepare(conn)
+        gatewaykeys.prepare(conn)
+        boardflags.prepare(conn)
         row = conn.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()
         if row is None:
             # A wiped node comes back as a new origin: peers still hold its old history
@@ -435,6 +440,7 @@ class SqliteStore:
             tx.conn.execute("DELETE FROM mailboxes WHERE owner = ?", (user,))
             tx.conn.execute("DELETE FROM subscriptions WHERE user = ?", (user,))
             tx.conn.execute("DELETE FROM board_seen WHERE user = ?", (user,))
+            tx.conn.execute("DELETE FROM board_flags WHERE user = ?", (user,))
             self._collect_bodies(tx)
             self._log(tx, "user.del", {"user": user})
 
@@ -467,6 +473,27 @@ class SqliteStore:
             self.logins.remember(user, password, stored)
         return ok
 
+    # gateway keys (store/gatewaykeys.py) -------------------------------------------------------
+
+    async def add_gateway_key(self, name: str, secret: str) -> None:
+        def job(tx: Tx) -> None:
+            gatewaykeys.add(tx.conn, lambda kind, payload: self._log(tx, kind, payload),
+                            name, secret, self.clock.now(), self.origin)
+
+        await self._write(job)
+
+    async def revoke_gateway_key(self, name: str) -> None:
+        def job(tx: Tx) -> None:
+            gatewaykeys.revoke(tx.conn, lambda kind, payload: self._log(tx, kind, payload), name)
+
+        await self._write(job)
+
+    async def gateway_keys(self) -> list[gatewaykeys.KeyInfo]:
+        return await self._read(gatewaykeys.listing)
+
+    async def live_gateway_keys(self) -> dict[str, bytes]:
+        return await self._read(gatewaykeys.live)
+
     # boards -----------------------------------------------------------------------------------
 
     async def add_board(self, name: str) -> None:
@@ -476,6 +503,26 @@ class SqliteStore:
             self._create(tx, BOARD_OWNER, BOARD_PREFIX + board, None)
 
         await self._write(job)
+
+    async def set_moderator(self, board: str, user: str, present: bool) -> None:
+        """Grant (or withdraw) moderation of `board` (a board name) to `user`."""
+        mailbox = BOARD_PREFIX + names.board_name(board)
+        user = user.lower()
+
+        def job(tx: Tx) -> None:
+            if not _mailbox_exists(tx.conn, BOARD_OWNER, mailbox):
+                raise MailboxNotFound(f"no board {board}")
+            if present and not tx.conn.execute("SELECT 1 FROM users WHERE name = ?",
+                                               (user,)).fetchone():
+                raise UserNotFound(f"no user {user}")
+            boardflags.set_moderator(tx.conn, lambda kind, payload: self._log(tx, kind, payload),
+                                     mailbox, user, present, self.clock.now(), self.origin)
+
+        await self._write(job)
+
+    async def moderators(self, board: str) -> list[str]:
+        mailbox = BOARD_PREFIX + names.board_name(board)
+        return await self._read(lambda c: boardflags.moderators(c, mailbox))
 
     async def list_boards(self) -> list[str]:
         rows = await self._read(
@@ -725,7 +772,9 @@ class SqliteStore:
             self.index_body(conn, body_hash, body, index)
         size = conn.execute("SELECT length(data) FROM bodies WHERE hash = ?",
                             (body_hash,)).fetchone()[0]
-        shared = flags - {SEEN} if owner == BOARD_OWNER else flags
+        # A board post starts with no shared flags: what the poster asked for (other than
+        # \Seen, theirs alone) would otherwise show for every reader.
+        shared = frozenset() if owner == BOARD_OWNER else flags
         conn.execute(
             "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (mailbox_id, uid, guid, body_hash, internaldate.isoformat(), size,
@@ -835,19 +884,18 @@ class SqliteStore:
                                  (mailbox_id,)).fetchone()
             if board is None:
                 raise MailboxNotFound("the mailbox no longer exists")
-            seen: set[int] = set()
+            private: dict[int, set[str]] = {}
             if board[0] == BOARD_OWNER:
-                seen = {r[0] for r in conn.execute(
-                    "SELECT uid FROM board_seen WHERE user = ? AND mailbox_id = ?",
-                    (user.lower(), mailbox_id))}
+                for uid, flag in conn.execute(
+                        "SELECT uid, flag FROM board_private WHERE user = ? AND mailbox_id = ?",
+                        (user.lower(), mailbox_id)):
+                    private.setdefault(uid, set()).add(flag)
             out = []
             for uid, guid, flags, modseq, size, internaldate in conn.execute(
                 "SELECT uid, guid, flags, modseq, size, internaldate FROM messages "
                 "WHERE mailbox_id = ? ORDER BY uid", (mailbox_id,)
             ):
-                flag_set = _flags_set(flags)
-                if uid in seen:
-                    flag_set |= {SEEN}
+                flag_set = _flags_set(flags) | private.get(uid, set())
                 out.append(MessageMeta(uid, guid, flag_set, modseq, size,
                                        datetime.fromisoformat(internaldate)))
             return out
@@ -949,7 +997,7 @@ class SqliteStore:
                 return ViewChanges(row[1], (), ())
             more = limit + 1 if limit >= 0 else -1
             changed = tuple(
-                (uid, _flags_set(flags) | ({SEEN} if seen else frozenset()), m)
+                (uid, _flags_set(flags) | _flags_set(seen or ""), m)
                 for uid, flags, m, seen in conn.execute(
                     # the LIMIT inside, on the (mailbox_id, modseq) index, before the sort:
                     # a short read stops after limit + 1 rows however many changed
@@ -991,7 +1039,7 @@ class SqliteStore:
             for uid, guid, flags, modseq, size, date, seen, data in _rows_of(
                 conn, columns, (user.lower(),), mailbox_id, uids,
             ):
-                flag_set = _flags_set(flags) | ({SEEN} if seen else frozenset())
+                flag_set = _flags_set(flags) | _flags_set(seen or "")
                 meta = MessageMeta(uid, guid, flag_set, modseq, size,
                                    datetime.fromisoformat(date))
                 out.append((meta, bytes(data) if data is not None else None))
@@ -1020,7 +1068,8 @@ class SqliteStore:
                             "FROM messages m", (user.lower(),), mailbox_id, uids)
             if owner[0] != BOARD_OWNER:
                 return [(uid, flags, modseq) for uid, flags, modseq, _ in rows]
-            return [(uid, _flags_text(_flags_set(flags) | {SEEN}) if seen else flags, modseq)
+            return [(uid, _flags_text(_flags_set(flags) | _flags_set(seen)) if seen else flags,
+                     modseq)
                     for uid, flags, modseq, seen in rows]
 
         return await self._read(read)
@@ -1029,15 +1078,16 @@ class SqliteStore:
     def _few_flag_rows(conn: sqlite3.Connection, user: str, mailbox_id: int,
                        uids: Sequence[int]) -> list[tuple[int, str, int]]:
         """`flag_rows` for a few UIDs in one statement (the owner joined in, a board's
-        per-reader \\Seen looked up only on a board): a deleted mailbox has no rows."""
+        per-reader flags looked up only on a board): a deleted mailbox has no rows."""
         rows = conn.execute(
-            "SELECT m.uid, m.flags, m.modseq, b.owner = ? AND EXISTS (SELECT 1 FROM board_seen s "
-            "WHERE s.user = ? AND s.mailbox_id = m.mailbox_id AND s.uid = m.uid) "
+            "SELECT m.uid, m.flags, m.modseq, CASE WHEN b.owner = ? THEN (SELECT "
+            "group_concat(p.flag, ' ') FROM board_private p WHERE p.user = ? AND "
+            "p.mailbox_id = m.mailbox_id AND p.uid = m.uid) END "
             "FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE m.mailbox_id = ? "
             f"AND m.uid IN ({','.join('?' * len(uids))}) ORDER BY m.uid",
             (BOARD_OWNER, user.lower(), mailbox_id, *uids))
-        return [(uid, _flags_text(_flags_set(flags) | {SEEN}) if seen else flags, modseq)
-                for uid, flags, modseq, seen in rows]
+        return [(uid, _flags_text(_flags_set(flags) | _flags_set(mine)) if mine else flags,
+                 modseq) for uid, flags, modseq, mine in rows]
 
     async def flag_lines(self, mailbox_id: int, uids: Sequence[int], first_seq: int,
                          fields: tuple[str, ...]) -> bytes | None:
@@ -1093,6 +1143,7 @@ class SqliteStore:
             failed: list[int] = []
             modseq: int | None = None
             owner_name = self._mailbox_key(conn, mailbox_id)
+            moderator = is_board and boardflags.is_moderator(conn, owner_name[1], user.lower())
             for uid, flags, row_modseq, guid, seen in list(_rows_of(
                 conn, f"SELECT m.uid, m.flags, m.modseq, m.guid, {_board_seen(board[0])} "
                 "FROM messages m", (user.lower(),), mailbox_id, sorted(set(uids)),
@@ -1101,11 +1152,16 @@ class SqliteStore:
                 if unchanged_since is not None and row[1] > unchanged_since:
                     failed.append(uid)
                     continue
-                old = _flags_set(row[0])
-                if seen:
-                    old |= {SEEN}
-                new = (wanted if mode == "replace" else old | wanted if mode == "add"
-                       else old - wanted)
+                shared = _flags_set(row[0])
+                private = _flags_set(seen or "")
+                old = shared | private
+                if is_board:
+                    shared, private = boardflags.board_store(mode, shared, private, wanted,
+                                                             moderator)
+                    new = shared | private
+                else:
+                    new = boardflags.apply_store(mode, old, wanted)
+                    shared = new
                 if new == old:
                     continue
                 check_keywords(new)
@@ -1113,19 +1169,13 @@ class SqliteStore:
                     modseq = self.clock.now()
                     conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) "
                                  "WHERE id = ?", (modseq, mailbox_id))
-                shared = new - {SEEN} if is_board else new
                 conn.execute(
                     "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
                     (_flags_text(set(shared)), modseq, mailbox_id, uid),
                 )
                 if is_board:
-                    if SEEN in new:
-                        conn.execute("INSERT OR IGNORE INTO board_seen VALUES (?, ?, ?)",
-                                     (user.lower(), mailbox_id, uid))
-                    else:
-                        conn.execute(
-                            "DELETE FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
-                            (user.lower(), mailbox_id, uid))
+                    boardflags.set_private(conn, user.lower(), mailbox_id, uid, new - old,
+                                           old - new)
                 assert modseq is not None
                 before[uid] = old
                 changed.append(FlagChange(uid, frozenset(new), modseq))
@@ -1158,11 +1208,8 @@ class SqliteStore:
         if row is None:
             return None
         flags = _flags_set(row[0])
-        if row[1] == BOARD_OWNER and conn.execute(
-            "SELECT 1 FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
-            (user.lower(), mailbox_id, uid),
-        ).fetchone():
-            flags |= {SEEN}
+        if row[1] == BOARD_OWNER:
+            flags |= boardflags.private_flags(conn, user.lower(), mailbox_id, uid)
         return flags
 
     def _set_flags(self, tx: Tx, user: str, mailbox_id: int, uid: int,
@@ -1178,15 +1225,15 @@ class SqliteStore:
         modseq = self.clock.now()
         conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) WHERE id = ?",
                      (modseq, mailbox_id))
-        shared = flags - {SEEN} if is_board else flags
+        shared = flags
+        if is_board:  # only SHARED flags live in the post; the rest are this reader's own
+            before = conn.execute("SELECT flags FROM messages WHERE mailbox_id = ? AND uid = ?",
+                                  (mailbox_id, uid)).fetchone()
+            shared = (_flags_set(before[0]) - boardflags.SHARED) | (flags & boardflags.SHARED)
+            boardflags.set_private(conn, user.lower(), mailbox_id, uid,
+                                   (flags - shared) - old, (old - flags) - shared)
         conn.execute("UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
                      (_flags_text(set(shared)), modseq, mailbox_id, uid))
-        if is_board:
-            conn.execute("DELETE FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
-                         (user.lower(), mailbox_id, uid))
-            if SEEN in flags:
-                conn.execute("INSERT INTO board_seen VALUES (?, ?, ?)",
-                             (user.lower(), mailbox_id, uid))
         owner, name = self._mailbox_key(conn, mailbox_id)
         self._log(tx, "message.flags", {
             "owner": owner, "mailbox": name, "uid": uid, "guid": row[0],
@@ -1206,8 +1253,9 @@ class SqliteStore:
                                (mailbox_id,)).fetchone()
             if row is None:
                 raise MailboxNotFound("the mailbox no longer exists")
-            if row[0] == BOARD_OWNER:
-                raise NotPermitted("board posts cannot be deleted by users")
+            if row[0] == BOARD_OWNER and not boardflags.is_moderator(
+                    conn, self._mailbox_key(conn, mailbox_id)[1], user.lower()):
+                raise NotPermitted("only the board's moderators may expunge its posts")
             self._remember(tx, key, {})
             return self._delete_rows(tx, mailbox_id, uids)
 
@@ -1289,11 +1337,8 @@ class SqliteStore:
             if row is None:
                 continue
             flags = _flags_set(row[2])
-            if source_owner == BOARD_OWNER and conn.execute(
-                "SELECT 1 FROM board_seen WHERE user = ? AND mailbox_id = ? AND uid = ?",
-                (user.lower(), source, uid),
-            ).fetchone():
-                flags |= {SEEN}
+            if source_owner == BOARD_OWNER:
+                flags |= boardflags.private_flags(conn, user.lower(), source, uid)
             # A copy is a new message (RFC 3501): its own GUID, the same body row.
             result = self._add_message(tx, dest_row, None, row[1], flags,
                                        datetime.fromisoformat(row[3]), _new_guid(), user)

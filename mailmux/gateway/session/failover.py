@@ -193,30 +193,31 @@ async def reconcile(session: ClientSession, view: MailboxView, node: MailboxView
     present = {u for u in node.uids if u is not None}
     gone = [i + 1 for i, u in enumerate(view.uids) if u is not None and u not in present]
     if gone and not current.allows_expunge:
-        raise ViewLost(f"{len(gone)} message(s) were expunged meanwhile, and no EXPUNGE may be "
-                       f"sent during {current.name}")
-    if gone and _qresync(session):
-        # RFC 7162 3.2.10: once QRESYNC is enabled, expunges are told as VANISHED only
-        uids = [u for u in (view.uids[s - 1] for s in gone) if u is not None]
-        await _tell(session, view, b"* VANISHED %s\r\n" % format_sequence_set(uids).encode())
-    for seq in reversed([] if _qresync(session) else gone):
-        await _tell(session, view, b"* %d EXPUNGE\r\n" % seq)
+        # No EXPUNGE may be sent now (RFC 3501 7.4.1): the client keeps counting them until
+        # the next point where one may (relay.py tells them); numbers are translated meanwhile.
+        view.pending |= {u for u in view.uids if u is not None and u not in present}
+    elif gone:
+        await tell_gone(session, view, [u for u in view.uids if u is not None
+                                        and u not in present])
     if gone:
         current.view_changed = True
-    if len(node.uids) < len(view.uids):
+    live = [i for i, u in enumerate(view.uids) if u not in view.pending]
+    if len(node.uids) < len(live):
         raise ViewLost("the new node holds fewer messages than the client's view")
-    for i, uid in enumerate(view.uids):
+    for k, i in enumerate(live):
+        uid = view.uids[i]
         if uid is None:
-            view.uids[i] = node.uids[i]
-        elif uid != node.uids[i]:
-            raise ViewLost(f"message {i + 1} is UID {node.uids[i]} on the new node, "
+            view.uids[i] = node.uids[k]
+        elif uid != node.uids[k]:
+            raise ViewLost(f"message {i + 1} is UID {node.uids[k]} on the new node, "
                            f"not {uid}")
-    if len(node.uids) > len(view.uids):
-        await _tell(session, view, b"* %d EXISTS\r\n" % len(node.uids))
-        for i in range(len(view.uids)):
-            if view.uids[i] is None:
-                view.uids[i] = node.uids[i]
+    if len(node.uids) > len(live):
+        extra = len(node.uids) - len(live)
+        await _tell(session, view, b"* %d EXISTS\r\n" % (len(view.uids) + extra))
+        view.uids[-extra:] = node.uids[len(live):]
     for i, uid in enumerate(view.uids):
+        if uid in view.pending:
+            continue
         assert uid is not None
         shown, now = view.flags.get(uid), node.flags.get(uid)
         if now is None:
@@ -228,6 +229,20 @@ async def reconcile(session: ClientSession, view: MailboxView, node: MailboxView
         view.uidnext = node.uidnext
     if node.highestmodseq is not None:
         view.highestmodseq = max(view.highestmodseq or 0, node.highestmodseq)
+
+
+async def tell_gone(session: ClientSession, view: MailboxView, uids: list[int]) -> None:
+    """Tell the client these messages are gone: VANISHED once QRESYNC is enabled (RFC 7162
+    3.2.10), else one EXPUNGE each, highest number first."""
+    if not uids:
+        return
+    view.pending -= set(uids)
+    if _qresync(session):
+        await _tell(session, view, b"* VANISHED %s\r\n" % format_sequence_set(uids).encode())
+        return
+    seqs = sorted((s for u in uids if (s := view.seq_of(u)) is not None), reverse=True)
+    for seq in seqs:
+        await _tell(session, view, b"* %d EXPUNGE\r\n" % seq)
 
 
 def _qresync(session: ClientSession) -> bool:

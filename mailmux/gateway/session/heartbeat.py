@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from mailmux.backend.control.client import query
 from mailmux.gateway.session.metrics import HANGS
 from mailmux.protocol.control.codec import ControlError
+from mailmux.protocol.control.keys import Credential
 from mailmux.protocol.control.messages import HealthRequest
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Registration:
 
 
 class Heartbeat:
-    def __init__(self, secret: bytes, hang_timeout: float,
+    def __init__(self, secret: Credential, hang_timeout: float,
                  on_hung: Callable[[str, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.secret = secret

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
 from mailmux.gateway.literals import non_synchronising
 from mailmux.gateway.responses import Response, ResponseTooLarge, Spill, parse_fetch
-from mailmux.gateway.session.failover import ViewLost, failover
+from mailmux.gateway.session.failover import ViewLost, failover, tell_gone
 from mailmux.gateway.session.replay import (
     NO_EXPUNGE_DURING,
     REPLAYABLE,
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 
 MAX_FAILOVERS = 3
 SET_COMMANDS = frozenset({"FETCH", "COPY", "MOVE", "STORE"})
+NUMBERED_ANSWERS = frozenset({"SEARCH", "SORT", "THREAD"})  # answers list message numbers
+# Criteria keys whose argument is a number that is no message number.
+_NUMBER_ARGS = frozenset({b"LARGER", b"SMALLER", b"OLDER", b"YOUNGER", b"MODSEQ", b"UID"})
+_SET_TOKEN = re.compile(rb"^[0-9*][0-9*:,]*$")
 
 
 @dataclass
@@ -86,6 +91,9 @@ async def relay(session: ClientSession, tag: bytes, raw: bytes, name: str) -> bo
                 break
             await exchange(session, current)
             break
+        except ViewLost as lost:
+            # A command the gateway cannot put in the node's numbering (rare: see wire).
+            return await session.bye(str(lost))
         except ResponseTooLarge as exc:
             # Every node holds the same message: failing over would not help, and the node
             # did nothing wrong. The stream is mid-literal, so the session cannot go on.
@@ -118,7 +126,10 @@ def prepare(session: ClientSession, tag: bytes, raw: bytes, name: str) -> Relay:
     if name in REPLAYABLE:
         current.replay_id = session.replay_id()
     view = session.view
-    if view is not None and name in SET_COMMANDS | {"EXPUNGE"}:
+    # UID FETCH, STORE and COPY name UIDs, which failover does not move: replayed whole (the
+    # response filter drops what was relayed), they need no copy of a 100k-message map.
+    by_uid = current.uid and name in ("FETCH", "STORE", "COPY")
+    if view is not None and name in SET_COMMANDS | {"EXPUNGE"} and not by_uid:
         current.snapshot = list(view.uids)
         if name == "MOVE":
             current.may_remove = set(SetCommand(raw).targets(current.snapshot) or ())
@@ -134,10 +145,17 @@ def prepare(session: ClientSession, tag: bytes, raw: bytes, name: str) -> Relay:
 def wire(session: ClientSession, current: Relay) -> bytes | None:
     """The bytes to send for this attempt; None when nothing is left to ask (answer locally)."""
     raw = current.raw
-    if current.attempt > 0 and current.snapshot is not None and current.name in SET_COMMANDS:
+    pending = session.view is not None and bool(session.view.pending) and current.view is None
+    if pending:
+        current.view_changed = True  # the node's numbers are not the client's: go by UID
+        if current.name in NUMBERED_ANSWERS and not current.uid and not _plain_search(raw):
+            raise ViewLost(f"{current.name} by message number while the client still counts "
+                           "messages expunged meanwhile")
+    if ((current.attempt > 0 or pending) and current.snapshot is not None
+            and current.name in SET_COMMANDS):
         command = SetCommand(raw)
         if command.ok:
-            raw = _rewritten(current, command) or b""
+            raw = _rewritten(current, command, session.view) or b""
             if not raw:
                 return None
     backend = session.backend
@@ -148,9 +166,21 @@ def wire(session: ClientSession, current: Relay) -> bytes | None:
     return raw
 
 
-def _rewritten(current: Relay, command: SetCommand) -> bytes | None:
+def _plain_search(raw: bytes) -> bool:
+    """A SEARCH/SORT/THREAD that names no message numbers and asks for no ESEARCH answer:
+    the node's answer then only needs its numbers translated."""
+    words = re.sub(rb'"(?:[^"\\]|\\.)*"', b'""', raw.split(b"\r\n", 1)[0]).split()
+    if any(w.upper() == b"RETURN" for w in words):
+        return False
+    return not any(_SET_TOKEN.match(w) and words[i - 1].upper() not in _NUMBER_ARGS
+                   for i, w in enumerate(words) if i > 1)
+
+
+def _rewritten(current: Relay, command: SetCommand,
+               view: MailboxView | None = None) -> bytes | None:
     snapshot = current.snapshot
     assert snapshot is not None and command.numbers is not None
+    gone = view.pending if view is not None else set()
     if current.name == "FETCH" and current.fetched:
         if command.uid:
             targets = command.targets(snapshot)
@@ -160,12 +190,16 @@ def _rewritten(current: Relay, command: SetCommand) -> bytes | None:
         else:
             seqs = resolve(command.numbers, range(1, len(snapshot) + 1), len(snapshot))
             left = [s for s in seqs if s not in current.fetched]
+            if gone and left:
+                uids = [u for s in left if (u := snapshot[s - 1]) is not None and u not in gone]
+                return command.with_set(uids, uid=True) if uids else None
         return command.with_set(left) if left else None
     if current.view_changed and not command.uid:
         targets = command.targets(snapshot)
         if not targets:
             raise ViewLost("a command by sequence number cannot be translated after expunges")
-        return command.with_set(targets, uid=True)
+        targets = [u for u in targets if u not in gone]  # gone on the node: nothing to do
+        return command.with_set(targets, uid=True) if targets else None
     return current.raw
 
 
@@ -175,7 +209,8 @@ async def exchange(session: ClientSession, current: Relay) -> None:
     data = wire(session, current)
     if data is None:
         # Everything the command asked for was relayed before the node was lost.
-        await forward(session, current, Response(current.tag + b" OK FETCH completed\r\n"))
+        await forward(session, current, Response(
+            current.tag + b" OK %s completed\r\n" % current.name.encode()))
         return
     spill = _spill(session, current)
     await session.write_backend(backend, data)
@@ -225,6 +260,8 @@ def _spill(session: ClientSession, current: Relay) -> Spill:
     """Where the start of a large response goes: straight to the client."""
 
     async def send(data: bytes) -> None:
+        if not current.partial and current.view is None and session.view is not None:
+            data = session.view.from_node(data)  # the start of a FETCH: its number
         current.partial = True
         await session.send(data)
 
@@ -250,6 +287,10 @@ async def forward(session: ClientSession, current: Relay, response: Response) ->
             return False
         raise BackendLost(f"backend said {response.raw[:80]!r}")
     view = current.view or session.view
+    if view is not None and view.pending and response.raw.startswith(b"* "):
+        numbers = current.name.encode() if (current.name in NUMBERED_ANSWERS
+                                            and not current.uid) else None
+        response = Response(view.from_node(response.raw, numbers))
     if current.name == "FETCH" and response.raw.startswith(b"* "):
         fetch = parse_fetch(response.raw)
         key = None if fetch is None else (fetch.uid if current.uid else fetch.seq)
@@ -263,11 +304,24 @@ async def forward(session: ClientSession, current: Relay, response: Response) ->
         if view is not None and response.status == b"OK":
             view.observe(response)
             await learn_uids(session, view)
+        await _tell_pending(session, current)
     elif view is not None:
         view.observe(response)
     current.forwarded += 1
-    await session.send(response.raw)
+    if current.final is not None or current.continued or not session.hold(response.raw):
+        await session.send(response.raw)
+    if response.is_continuation and current.name == "IDLE":
+        await _tell_pending(session, current)  # IDLE may carry EXPUNGE: no need to wait
     return current.final is not None
+
+
+async def _tell_pending(session: ClientSession, current: Relay) -> None:
+    """Messages gone meanwhile that the client still counts are told as soon as a command that
+    may carry EXPUNGE is under way (RFC 3501 7.4.1)."""
+    view = session.view
+    if view is not None and view.pending and current.view is None and current.allows_expunge:
+        await tell_gone(session, view, [u for u in view.uids
+                                        if u is not None and u in view.pending])
 
 
 async def learn_uids(session: ClientSession, view: MailboxView) -> None:
@@ -283,10 +337,13 @@ async def learn_uids(session: ClientSession, view: MailboxView) -> None:
         return
     low, high = unknown[0], unknown[-1]
     tag = session.internal_tag()
+    first, last = view.to_node(low) or low, view.to_node(high) or high
     try:
-        await session.write_backend(backend, b"%s FETCH %d:%d (UID FLAGS)\r\n" % (tag, low, high))
+        await session.write_backend(backend, b"%s FETCH %d:%d (UID FLAGS)\r\n" % (tag, first, last))
         while True:
             response = await session.read_backend(backend)
+            if view.pending and response.raw.startswith(b"* "):
+                response = Response(view.from_node(response.raw))
             if response.tagged_as(tag):
                 return
             if response.raw.startswith(b"* BYE"):

@@ -13,9 +13,13 @@ the client the way a server would have told it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from mailmux.gateway.responses import Response, highestmodseq, parse_fetch, vanished
+
+_NUMBERED = re.compile(rb"^\* (\d+) (EXISTS|EXPUNGE|FETCH)\b", re.IGNORECASE)
+_LISTING = re.compile(rb"^\* (SEARCH|SORT|THREAD)\b", re.IGNORECASE)
 
 
 def flag_key(flags: bytes) -> frozenset[bytes]:
@@ -34,6 +38,13 @@ class MailboxView:
     flags: dict[int, bytes] = field(default_factory=dict)  # UID → flags the client was shown
     gone: set[int] = field(default_factory=set)  # UIDs the client saw expunged
     confused: bool = False  # a response the map cannot follow: the view is no longer exact
+    # No None in uids[:known]: `unknown` (asked after every command) scans only from there, so
+    # a command costs what is new, not what the mailbox holds. UIDs are only ever filled in.
+    known: int = field(default=0, compare=False, repr=False)
+    # UIDs gone on the node that the client still counts: found by a failover during a command
+    # that may not carry EXPUNGE (RFC 3501 7.4.1), told at the next point that may. Meanwhile
+    # the node numbers messages without them, the client with them: `from_node` / `to_node`.
+    pending: set[int] = field(default_factory=set)
 
     @property
     def exists(self) -> int:
@@ -41,13 +52,55 @@ class MailboxView:
 
     def unknown(self) -> list[int]:
         """Sequence numbers whose UID the gateway does not know yet."""
-        return [i + 1 for i, uid in enumerate(self.uids) if uid is None]
+        uids = self.uids
+        try:
+            first = uids.index(None, min(self.known, len(uids)))
+        except ValueError:
+            self.known = len(uids)
+            return []
+        self.known = first
+        return [i + 1 for i in range(first, len(uids)) if uids[i] is None]
 
     def seq_of(self, uid: int) -> int | None:
         try:
             return self.uids.index(uid) + 1
         except ValueError:
             return None
+
+    def to_node(self, seq: int) -> int | None:
+        """The node's number for the client's message `seq` (None: gone on the node)."""
+        if not 1 <= seq <= len(self.uids) or self.uids[seq - 1] in self.pending:
+            return None
+        return seq - sum(1 for u in self.uids[:seq - 1] if u in self.pending)
+
+    def to_client(self, node_seq: int) -> int:
+        """The client's number for the node's message `node_seq`."""
+        count = 0
+        for i, uid in enumerate(self.uids):
+            if uid not in self.pending:
+                count += 1
+                if count == node_seq:
+                    return i + 1
+        return node_seq + len(self.pending)  # beyond the view: a message new to both
+
+    def from_node(self, raw: bytes, numbers: bytes | None = None) -> bytes:
+        """An untagged response in the node's numbering, in the client's. `numbers` names a
+        non-UID SEARCH/SORT/THREAD whose answer lists message numbers."""
+        if not self.pending:
+            return raw
+        if (match := _NUMBERED.match(raw)) is not None:
+            n = int(match.group(1))
+            kind = match.group(2).upper()
+            shown = n + len(self.pending) if kind == b"EXISTS" else self.to_client(n)
+            return b"* %d %s" % (shown, raw[len(match.group(0)) - len(match.group(2)):])
+        if numbers is not None and (match := _LISTING.match(raw)) is not None:
+            head, body = raw[:match.end()], raw[match.end():]
+            cut = body.upper().find(b"(MODSEQ")
+            listed, tail = (body, b"") if cut < 0 or numbers == b"THREAD" else (
+                body[:cut], body[cut:])
+            listed = re.sub(rb"\d+", lambda m: b"%d" % self.to_client(int(m.group(0))), listed)
+            return head + listed + tail
+        return raw
 
     def observe(self, response: Response) -> None:
         raw = response.raw
@@ -59,12 +112,15 @@ class MailboxView:
             if n < len(self.uids):
                 self.confused = True  # EXISTS may not shrink the mailbox
                 del self.uids[n:]
+                self.known = min(self.known, n)
             self.uids.extend([None] * (n - len(self.uids)))
         elif (n := response.expunge) is not None:
             if not 1 <= n <= len(self.uids):
                 self.confused = True
                 return
             uid = self.uids.pop(n - 1)
+            if n <= self.known:
+                self.known -= 1
             if uid is not None:
                 self.gone.add(uid)
                 self.flags.pop(uid, None)
@@ -88,6 +144,7 @@ class MailboxView:
             for uid in known:
                 self.flags.pop(uid, None)
             self.uids = [u for u in self.uids if u not in dropped]
+            self.known = 0
         elif (v := response.uidvalidity) is not None:
             self.uidvalidity = v
         elif (u := response.uidnext) is not None:

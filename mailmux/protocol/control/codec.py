@@ -19,6 +19,15 @@ A message is refused (in this order) if it is larger than 8 KiB, lacks the magic
 is not well-formed JSON of the expected shape, names an unknown type, is timestamped more than
 `max_skew` seconds away from `now`, or reuses a nonce (`ReplayCache`). No I/O happens here: the
 caller supplies the clock and the randomness.
+
+A gateway signs with its gateway key (`keys.py`) instead of the pool secret; its messages are
+
+    GMAGIC (4 bytes "MMG1") | name length (1 byte) | key name | HMAC-SHA256 | JSON body
+
+with the MAC over everything before and after it, keyed by a key derived from the gateway key
+with a label of its own. A node decodes with a `Keyring` (the pool secret and a lookup of live
+gateway keys) and learns from `Envelope.key` which gateway key signed, or None for the pool
+secret; it answers with the same credential.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from typing import Any
 
 from mailmux.protocol.control.errors import ControlAuthError, ControlDecodeError, ControlError
 from mailmux.protocol.control.framing import FrameDecoder, frame
+from mailmux.protocol.control.keys import Credential, GatewayKey, Keyring
 from mailmux.protocol.control.messages import (
     MESSAGE_TYPES,
     REPLY_TYPES,
@@ -59,6 +69,7 @@ __all__ = [
 ]
 
 MAGIC = b"MMC1"
+GMAGIC = b"MMG1"
 VERSION = 1
 MAX_MESSAGE_SIZE = 8 * 1024
 NONCE_SIZE = 16
@@ -66,6 +77,7 @@ DEFAULT_MAX_SKEW = 30.0
 _MAC_SIZE = hashlib.sha256().digest_size
 _HEADER_SIZE = len(MAGIC) + _MAC_SIZE
 _KEY_LABEL = b"mailmux control v1"
+_GATEWAY_LABEL = b"mailmux gateway control v1"
 _ENVELOPE_KEYS = {"v", "type", "ts", "nonce", "body"}
 
 
@@ -76,11 +88,12 @@ class Envelope:
     timestamp: float
     nonce: bytes
     request_id: bytes  # a request's own nonce, or the one a reply answers
+    key: str | None = None  # the gateway key that signed it; None: the pool secret
 
 
 def encode(
     message: Message,
-    secret: bytes,
+    secret: Credential,
     *,
     now: float,
     nonce: bytes,
@@ -102,7 +115,7 @@ def encode(
     if request_id is not None:
         envelope["re"] = request_id.hex()
     body = json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode()
-    data = MAGIC + _mac(secret, body) + body
+    data = _signed(secret, body)
     if len(data) > MAX_MESSAGE_SIZE:
         raise ValueError(f"control message of {len(data)} bytes exceeds {MAX_MESSAGE_SIZE}")
     return data
@@ -110,16 +123,17 @@ def encode(
 
 def decode(
     data: bytes,
-    secret: bytes,
+    secret: Credential | Keyring,
     *,
     now: float,
     replay_cache: ReplayCache,
     max_skew: float = DEFAULT_MAX_SKEW,
 ) -> tuple[Message, Envelope]:
     """Verify and parse one message; raises ControlAuthError or ControlDecodeError only."""
-    body = _verified_body(data, secret)
+    body, key = _verified_body(data, secret)
     raw = _parse_json(body)
     message, envelope = _from_envelope(raw)
+    envelope = dataclasses.replace(envelope, key=key)
     if not math.isfinite(envelope.timestamp) or abs(now - envelope.timestamp) > max_skew:
         raise ControlAuthError("forged or replayed: timestamp outside the window", reason="stale")
     replay_cache.remember(envelope.nonce, envelope.timestamp + max_skew, now)
@@ -154,6 +168,27 @@ def _mac(secret: bytes, body: bytes) -> bytes:
     return hmac.new(_control_key(secret), MAGIC + body, hashlib.sha256).digest()
 
 
+def _gateway_prefix(name: str) -> bytes:
+    raw = name.encode()
+    return GMAGIC + bytes([len(raw)]) + raw
+
+
+def _gateway_mac(key: GatewayKey, prefix: bytes, body: bytes) -> bytes:
+    return hmac.new(_gateway_control_key(key.secret), prefix + body, hashlib.sha256).digest()
+
+
+@cache
+def _gateway_control_key(secret: bytes) -> bytes:
+    return hmac.new(secret, _GATEWAY_LABEL, hashlib.sha256).digest()
+
+
+def _signed(credential: Credential, body: bytes) -> bytes:
+    if isinstance(credential, GatewayKey):
+        prefix = _gateway_prefix(credential.name)
+        return prefix + _gateway_mac(credential, prefix, body) + body
+    return MAGIC + _mac(credential, body) + body
+
+
 @cache
 def _control_key(secret: bytes) -> bytes:
     return hmac.new(secret, _KEY_LABEL, hashlib.sha256).digest()
@@ -162,17 +197,44 @@ def _control_key(secret: bytes) -> bytes:
 # --- decoding helpers ---------------------------------------------------------------------
 
 
-def _verified_body(data: bytes, secret: bytes) -> bytes:
+def _verified_body(data: bytes, secret: Credential | Keyring) -> tuple[bytes, str | None]:
+    """The authenticated body and the gateway key that signed it (None: the pool secret)."""
     if len(data) > MAX_MESSAGE_SIZE:
         raise ControlDecodeError(
             f"{len(data)} bytes exceeds {MAX_MESSAGE_SIZE}", reason="oversized"
         )
+    if data.startswith(GMAGIC):
+        return _verified_gateway_body(data, secret)
     if len(data) < _HEADER_SIZE or not data.startswith(MAGIC):
         raise ControlDecodeError("not a mailmux control message")
+    pool_secret = secret.pool_secret if isinstance(secret, Keyring) else secret
+    if isinstance(pool_secret, GatewayKey):
+        raise ControlAuthError("signed with the pool secret, expected our gateway key",
+                               reason="bad-mac")
     mac, body = data[len(MAGIC) : _HEADER_SIZE], data[_HEADER_SIZE:]
-    if not hmac.compare_digest(mac, _mac(secret, body)):
+    if not hmac.compare_digest(mac, _mac(pool_secret, body)):
         raise ControlAuthError("forged or replayed: bad MAC", reason="bad-mac")
-    return body
+    return body, None
+
+
+def _verified_gateway_body(data: bytes, secret: Credential | Keyring) -> tuple[bytes, str]:
+    size = data[len(GMAGIC)] if len(data) > len(GMAGIC) else 0
+    end = len(GMAGIC) + 1 + size
+    if size == 0 or len(data) < end + _MAC_SIZE:
+        raise ControlDecodeError("truncated gateway-key message")
+    prefix, mac, body = data[:end], data[end : end + _MAC_SIZE], data[end + _MAC_SIZE :]
+    name = prefix[len(GMAGIC) + 1 :].decode("ascii", "replace")
+    if isinstance(secret, Keyring):
+        key = secret.gateway_key(name)
+    elif isinstance(secret, GatewayKey) and secret.name == name:
+        key = secret
+    else:
+        key = None
+    if key is None:
+        raise ControlAuthError(f"gateway key {name!r} unknown or revoked", reason="unknown-key")
+    if not hmac.compare_digest(mac, _gateway_mac(key, prefix, body)):
+        raise ControlAuthError("forged or replayed: bad MAC", reason="bad-mac")
+    return body, name
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:

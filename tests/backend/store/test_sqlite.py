@@ -116,7 +116,9 @@ async def test_deliver_to_users_and_boards(store: SqliteStore) -> None:
     assert (await store.get_mailbox(ALICE, "Boards/news")).unseen == 0
     assert (await store.get_mailbox(BOB, "Boards/news")).unseen == 1
     bob_view = (await store.messages(BOB, board.id))[0]
-    assert bob_view.flags == {"\\Flagged"}  # shared flag, not alice's \Seen
+    assert bob_view.flags == frozenset()  # alice's flags are hers alone (finding 10)
+    alice_view = (await store.messages(ALICE, board.id))[0]
+    assert alice_view.flags == {"\\Seen", "\\Flagged"}
     with pytest.raises(NotPermitted):
         await store.expunge(BOB, board.id, [1])
     assert await store.list_boards() == ["news"] and await store.has_board("news")
