@@ -7,7 +7,8 @@ Starts, each in its own temporary directory and on loopback ports:
 - nginx with `libnginx-mod-mail` in front of the same mailmux node, with a small auth_http
   endpoint (a thread here) that sends every login to that node.
 For every size in `--sizes` one user holds an INBOX of that many ~2 KB messages on both servers
-(mailmux filled through the store API, Dovecot as Maildir files). Each figure is the median of
+(mailmux filled through the store API, Dovecot as Maildir files); for the mixed-load figures
+MIX_USERS more users hold MIX_MESSAGES each, one client per user. Each figure is the median of
 `--rounds` repetitions, mailmux and Dovecot interleaved so machine noise hits both alike. Asserts
 nothing; prints figures and ratios (for times, mailmux ÷ Dovecot > 1 means mailmux is slower).
 
@@ -51,8 +52,22 @@ WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel
          "sierra", "tango", "uniform", "victor", "whiskey", "xray"]
 
 
+MIX_USERS = 50
+MIX_MESSAGES = 200
+
+
 def user_for(size: int) -> str:
     return f"u{size}@{DOMAIN}"
+
+
+def mix_user(k: int) -> str:
+    return f"mix{k}@{DOMAIN}"
+
+
+def _mailboxes(sizes: list[int]) -> list[tuple[str, int]]:
+    """(user, messages) of every INBOX the run fills."""
+    return ([(user_for(s), s) for s in sizes]
+            + [(mix_user(k), MIX_MESSAGES) for k in range(MIX_USERS)])
 
 
 def message(i: int) -> bytes:
@@ -72,8 +87,7 @@ def message(i: int) -> bytes:
 
 async def _fill_mailmux(db: Path, sizes: list[int]) -> None:
     async with SqliteStore.open(db, "bench", (DOMAIN,)) as store:
-        for size in sizes:
-            user = user_for(size)
+        for user, size in _mailboxes(sizes):
             await store.add_user(user, PASSWORD)
             for start in range(0, size, 1000):
                 batch = range(start, min(size, start + 1000))
@@ -97,8 +111,8 @@ def _sha(body: bytes) -> str:
 
 
 def _fill_maildir(root: Path, sizes: list[int]) -> None:
-    for size in sizes:
-        box = root / "mail" / user_for(size)
+    for user, size in _mailboxes(sizes):
+        box = root / "mail" / user
         for sub in ("cur", "new", "tmp"):
             (box / sub).mkdir(parents=True, exist_ok=True)
         base = int(time.time()) - size
@@ -144,7 +158,7 @@ def dovecot(root: Path, sizes: list[int]) -> Iterator[Address]:
     root.chmod(0o755)
     hashed = subprocess.run(["doveadm", "pw", "-s", "ARGON2ID", "-p", PASSWORD],
                             capture_output=True, text=True, check=True).stdout.strip()
-    (root / "passwd").write_text("".join(f"{user_for(s)}:{hashed}\n" for s in sizes))
+    (root / "passwd").write_text("".join(f"{u}:{hashed}\n" for u, _ in _mailboxes(sizes)))
     _fill_maildir(root, sizes)
     subprocess.run(["chown", "-R", "dovecot:dovecot", str(root / "mail"), str(root / "home")],
                    check=True)
@@ -299,6 +313,29 @@ class Client:
                 return out
             out.append(line)
 
+    def run_bulk(self, command: str) -> int:
+        """Octets of the answer to `command`, read in large pieces and not parsed: for
+        throughput figures, where parsing each response here would measure this client. The
+        answer's end is its tagged line (the bench's messages never hold one)."""
+        self.n += 1
+        tag = f"b{self.n}".encode()
+        self.sock.sendall(tag + b" " + command.encode() + b"\r\n")
+        end = b"\r\n" + tag + b" "
+        total, tail = 0, b"\r\n"
+        while True:
+            chunk = self.file.read1(1 << 20)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            total += len(chunk)
+            window = tail + chunk
+            at = window.rfind(end)
+            if at >= 0 and window.endswith(b"\r\n") and window.find(b"\r\n", at + 2) == (
+                    len(window) - 2):
+                if window[at + len(end):at + len(end) + 2] != b"OK":
+                    raise RuntimeError(f"{command[:40]!r}: {window[at:]!r}")
+                return total
+            tail = window[-200:]
+
     def close(self) -> None:
         with contextlib.suppress(OSError, RuntimeError, ConnectionError):
             self.run("LOGOUT")
@@ -409,6 +446,62 @@ def round_trip_ms(address: Address, size: int, command: str) -> tuple[float, flo
     return times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
 
 
+def fetch_bodies_mb_s(address: Address, size: int) -> float:
+    """`FETCH 1:* BODY.PEEK[]` over the whole INBOX (at most 20,000 messages: 40 MB), MB/s."""
+    c = Client(address, user_for(size))
+    c.run("SELECT INBOX")
+    last = min(size, 20_000)
+    received = 0
+
+    def fetch() -> None:
+        nonlocal received
+        received = c.run_bulk(f"FETCH 1:{last} BODY.PEEK[]")
+
+    t = timed(fetch)
+    c.close()
+    return received / t / 1e6
+
+
+def mixed_rate(address: Address, clients: int, seconds: float) -> float:
+    """ops/s of `clients` clients, each in its own INBOX of MIX_MESSAGES messages, each doing
+    what a mail client does between syncs: mostly flag reads and changes, some bodies, a
+    search, a NOOP, now and then a new message and a re-SELECT."""
+    def worker(k: int) -> int:
+        c = Client(address, mix_user(k))
+        c.run("SELECT INBOX")
+        rng = random.Random(k)
+        done = 0
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            n = rng.randint(1, MIX_MESSAGES)
+            pick = rng.random()
+            if pick < 0.35:
+                c.run(f"UID FETCH {n} (FLAGS)")
+            elif pick < 0.55:
+                c.run(f"UID STORE {n} {'+-'[done % 2]}FLAGS.SILENT (\\Flagged)")
+            elif pick < 0.70:
+                c.run(f"FETCH {n} BODY.PEEK[]")
+            elif pick < 0.80:
+                c.run(f"UID SEARCH SUBJECT subj{n}q")
+            elif pick < 0.90:
+                c.run("NOOP")
+            elif pick < 0.95:
+                c.run("APPEND Bench", message(20_000_000 + k * 100_000 + done))
+            else:
+                c.run("SELECT INBOX")
+            done += 1
+        c.close()
+        return done
+
+    for k in range(clients):
+        setup = Client(address, mix_user(k))
+        with contextlib.suppress(RuntimeError):
+            setup.run("CREATE Bench")
+        setup.close()
+    with ThreadPoolExecutor(clients) as pool:
+        return sum(pool.map(worker, range(clients))) / seconds
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -429,6 +522,12 @@ FIGURES: list[tuple[str, Callable[..., float], bool]] = [
     ("STORE ops/s, 4 clients", lambda a, s, sec: store_rate(a, s, 4, sec), True),
     ("APPEND msg/s, 8 clients", lambda a, s, _: append_rate(a, s), True),
     ("logins/s, 10 clients", lambda a, s, sec: login_rate(a, s, 10, sec), True),
+    ("FETCH 1:* BODY.PEEK[] MB/s", lambda a, s, _: fetch_bodies_mb_s(a, s), True),
+]
+# Figures that do not depend on the big INBOX's size: measured once, after the sizes.
+MIXED: list[tuple[str, Callable[[Address, float], float]]] = [
+    ("mixed ops/s, 10 clients", lambda a, sec: mixed_rate(a, 10, sec)),
+    ("mixed ops/s, 50 clients", lambda a, sec: mixed_rate(a, 50, sec)),
 ]
 
 
@@ -472,6 +571,15 @@ def main() -> None:
                     print(f"  {size:>7} {label:<28} mailmux {rows[-1][2]:10.2f}  "
                           f"dovecot {rows[-1][3]:10.2f}", flush=True)
                 print(f"  {size:>7} node RSS {rss_mb(node.pid):.0f} MB", flush=True)
+            for label, mixed in MIXED:
+                ours, theirs = [], []
+                for _ in range(args.rounds):
+                    ours.append(mixed(node.imap, args.seconds))
+                    theirs.append(mixed(dove, args.seconds))
+                rows.append((label, MIX_MESSAGES, statistics.median(ours),
+                             statistics.median(theirs), True))
+                print(f"  {MIX_MESSAGES:>7} {label:<28} mailmux {rows[-1][2]:10.2f}  "
+                      f"dovecot {rows[-1][3]:10.2f}", flush=True)
             proxies = _proxies(node.imap, gateway, proxy, sizes[0], args.rounds)
         _print(rows, proxies)
 
@@ -487,6 +595,12 @@ def _proxies(direct: Address, gateway: Address, proxy: Address, size: int,
         for i, stat in enumerate(("p50", "p99")):
             d, g, n = (statistics.median(s[i] for s in samples[k]) for k in "dgn")
             out.append((f"{label} {stat}", d, g, n))
+    samples_mb: dict[str, list[float]] = {"d": [], "g": [], "n": []}
+    for _ in range(rounds):
+        for key, address in (("d", direct), ("g", gateway), ("n", proxy)):
+            samples_mb[key].append(fetch_bodies_mb_s(address, size))
+    d, g, n = (statistics.median(samples_mb[k]) for k in "dgn")
+    out.append(("FETCH 1:* BODY.PEEK[] MB/s (higher is better)", d, g, n))
     return out
 
 
@@ -501,7 +615,8 @@ def _print(rows: list[tuple[str, int, float, float, bool]],
         print(f"| {label} | {size} | {ours:.2f} | {theirs:.2f} | {ratio:.2f} | "
               f"{'mailmux ahead' if better else 'Dovecot ahead'} |")
     print()
-    print("| round trip (ms) | direct | gateway | nginx | gateway ÷ direct | nginx ÷ direct |")
+    print("| through a proxy (ms, or MB/s where said) | direct | gateway | nginx | "
+          "gateway ÷ direct | nginx ÷ direct |")
     print("|---|---|---|---|---|---|")
     for label, d, g, n in proxies:
         print(f"| {label} | {d:.3f} | {g:.3f} | {n:.3f} | {g / d:.2f} | {n / d:.2f} |")

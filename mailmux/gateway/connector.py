@@ -69,8 +69,9 @@ class BackendSession:
         try:
             for start in range(0, len(data), WRITE_CHUNK):
                 self.writer.write(data[start : start + WRITE_CHUNK])
-                async with asyncio.timeout(stall_timeout):
-                    await self.writer.drain()
+                if self.writer.transport.get_write_buffer_size():  # else all went out at once
+                    async with asyncio.timeout(stall_timeout):
+                        await self.writer.drain()
                 if progress is not None:
                     progress()  # the node is reading what we send: it is alive
         except TimeoutError as exc:

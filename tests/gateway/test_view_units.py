@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mailmux.gateway.responses import Response, parse_fetch, vanished
@@ -103,6 +103,57 @@ def test_vanished_ranges() -> None:
 @given(st.binary(max_size=200))
 def test_parse_fetch_never_raises(tail: bytes) -> None:
     parse_fetch(b"* 1 FETCH (" + tail)
+
+
+_EVENTS = st.lists(st.one_of(
+    st.tuples(st.just("exists"), st.integers(0, 6)),
+    st.tuples(st.just("fetch"), st.integers(1, 12)),
+    st.tuples(st.just("expunge"), st.integers(1, 12)),
+    st.tuples(st.just("vanished"), st.integers(1, 40)),
+    st.tuples(st.just("ask"), st.just(0)),
+), max_size=40)
+
+
+@settings(max_examples=400)
+@given(_EVENTS)
+@example([("exists", 2), ("fetch", 2), ("ask", 0), ("expunge", 2), ("ask", 0)])
+@example([("exists", 3), ("fetch", 3), ("fetch", 4), ("ask", 0), ("exists", 0), ("ask", 0)])
+def test_unknown_is_what_a_full_scan_finds_whatever_the_responses(events: list[tuple[str, int]]
+                                                                   ) -> None:
+    """`unknown` scans only past the known prefix; it must still find every None."""
+    view = view_of([])
+    next_uid = 1
+    for kind, n in events:
+        if kind == "exists":
+            view.observe(Response(b"* %d EXISTS\r\n" % (view.exists + n)))
+        elif kind == "fetch" and view.exists:
+            n = n % view.exists + 1
+            if view.uids[n - 1] is None:
+                next_uid += 1  # the map takes whatever UID the backend says
+                view.observe(Response(b"* %d FETCH (UID %d FLAGS ())\r\n" % (n, next_uid * 10)))
+        elif kind == "expunge" and view.exists:
+            view.observe(Response(b"* %d EXPUNGE\r\n" % (n % view.exists + 1)))
+        elif kind == "vanished":
+            view.observe(Response(b"* VANISHED %d\r\n" % (n * 10)))
+        else:
+            assert view.unknown() == [i + 1 for i, u in enumerate(view.uids) if u is None]
+    assert view.unknown() == [i + 1 for i, u in enumerate(view.uids) if u is None]
+    assert None not in view.uids[:view.known]
+
+
+def test_a_learnt_map_is_not_scanned_again() -> None:
+    view = view_of([])
+    view.observe(Response(b"* 3 EXISTS\r\n"))
+    for seq, uid in ((1, 5), (2, 6), (3, 7)):
+        view.observe(Response(b"* %d FETCH (UID %d)\r\n" % (seq, uid)))
+    assert view.unknown() == [] and view.known == 3
+    view.observe(Response(b"* 4 EXISTS\r\n"))
+    assert view.unknown() == [4] and view.known == 3
+    view.observe(Response(b"* 1 EXPUNGE\r\n"))
+    assert view.known == 2 and view.unknown() == [3]
+    view.observe(Response(b"* 1 EXISTS\r\n"))  # a shrinking EXISTS (confused, but followed)
+    view.observe(Response(b"* 3 EXISTS\r\n"))
+    assert view.unknown() == [2, 3]
 
 
 def test_numbers_are_translated_while_expunges_wait() -> None:

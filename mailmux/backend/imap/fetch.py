@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Iterator
 
 from mailmux.backend.message.bodystructure import bodystructure
@@ -32,6 +33,7 @@ def needs_body(attrs: tuple[FetchAttr, ...]) -> bool:
 _LIGHT = frozenset({"FLAGS", "UID", "MODSEQ"})
 
 
+@functools.lru_cache(maxsize=256)  # a client sends the same few item lists again and again
 def light_template(attrs: tuple[FetchAttr, ...], *, with_uid: bool,
                    with_modseq: bool) -> tuple[str, tuple[str, ...]] | None:
     """For FETCHes of nothing but FLAGS, UID and MODSEQ (what clients send for every folder
@@ -103,6 +105,12 @@ def render_items(
 def body_items(attrs: tuple[FetchAttr, ...]) -> int:
     """How many items of a FETCH send message content (each can be as big as the message)."""
     return sum(1 for a in attrs if a.name in _NEEDS_BODY)
+
+
+def needs_parse(attrs: tuple[FetchAttr, ...]) -> bool:
+    """Whether rendering looks inside the message (a section, ENVELOPE, BODYSTRUCTURE...);
+    a FETCH of whole bodies and plain attributes is only copying."""
+    return not all(_whole(a) for a in attrs)
 
 
 def _whole(attr: FetchAttr) -> bool:

@@ -1301,6 +1301,7 @@ class Session:
                             out: _Output) -> None:
         """Bodies are read a bounded batch at a time (by bytes), never a whole range."""
         view = self.selected
+        parse = fetching.needs_parse(attrs)
         batch: list[MessageMeta] = []
         size = 0
         for i, meta in enumerate(metas):
@@ -1316,7 +1317,7 @@ class Session:
                     await out.add(announce)
                 items = fetching.render_items(attrs, self._recent(fresh[row.uid]), raw,
                                               with_uid=with_uid, with_modseq=with_modseq)
-                await out.message(view.seq_of(row.uid), items)
+                await out.message(view.seq_of(row.uid), items, parse)
             batch, size = [], 0
 
     async def _mark_seen(self, rows: list[tuple[MessageMeta, bytes | None]]
@@ -1434,7 +1435,8 @@ class _Output:
         lines, self.lines, self.size = self.lines, [], 0
         await self.session.send(lines)
 
-    async def message(self, seq: int, items: Iterator[tuple[Atom, object]]) -> None:
+    async def message(self, seq: int, items: Iterator[tuple[Atom, object]],
+                      parse: bool = True) -> None:
         """One `* n FETCH (...)` made and sent item by item: 50 copies of a big body are
         never held at once. A part the message lacks (FetchError) leaves the message out when
         nothing of it was sent yet, else ends its list early."""
@@ -1443,7 +1445,9 @@ class _Output:
         try:
             # Each item is made in a worker thread: parsing a poison message (a header of
             # megabytes, thousands of parts) must not stall the event loop.
-            while (item := await asyncio.to_thread(_encoded_item, items)) is not None:
+            # Whole bodies and plain attributes are only copied: made here, no thread hop.
+            while (item := (await asyncio.to_thread(_encoded_item, items) if parse
+                            else _encoded_item(items))) is not None:
                 piece = item if first else b" " + item
                 first = False
                 pending.append(piece)

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
+HOLD_MAX = 32 * 1024  # responses held back to leave together with the command's last one
 # Before login the gateway cannot know the backends' lists: it offers what every mailmux node
 # offers. After login the client sees the serving backend's list less DENIED, plus what the
 # gateway answers itself.
@@ -108,6 +109,8 @@ class ClientSession:
         self._replays = itertools.count(1)
         self._token = secrets.token_hex(8)
         self.queued: deque[CommandBytes] = deque()
+        self._held: list[bytes] = []  # responses waiting to leave with the next send
+        self._held_size = 0
         self.watch: Registration | None = None
         self.standby: BackendSession | None = None  # logged in on another node, kept ready
         self._standby_task: asyncio.Task[None] | None = None
@@ -214,11 +217,26 @@ class ClientSession:
 
     # the client's side ------------------------------------------------------------------
 
+    def hold(self, data: bytes) -> bool:
+        """Keep a response to go out with the next `send` (one write, one segment, for a
+        command's untagged responses and its tagged answer); False when enough is held already
+        and the caller must send."""
+        if self._held_size + len(data) > HOLD_MAX:
+            return False
+        self._held.append(data)
+        self._held_size += len(data)
+        return True
+
     async def send(self, data: bytes) -> None:
         """Write to the client. Its failure is the client's: it ends this session, nothing else."""
+        if self._held:
+            self._held.append(data)
+            data = b"".join(self._held)
+            self._held, self._held_size = [], 0
         try:
             self.writer.write(self.deflater.compress(data) if self.deflater else data)
-            await self.writer.drain()
+            if self.writer.transport.get_write_buffer_size():
+                await self.writer.drain()  # only a slow client makes us wait
         except OSError as exc:
             raise ClientGone(f"writing to the client: {exc!r}") from exc
 
@@ -261,9 +279,14 @@ class ClientSession:
         backend says meanwhile is passed on as it comes."""
         if self.queued:
             return self.queued.popleft()
+        incomplete = False
         while True:
             event = self.framer.next_event()
             if isinstance(event, NeedData):
+                if incomplete:
+                    # Part of a command (a literal without its CRLF): no answer will carry
+                    # our ACK soon, so ACK now. A whole command's answer carries it.
+                    quickack(self.writer)
                 try:
                     async with asyncio.timeout(self._login_deadline()):
                         data = await (self._read_relaying_events() if events
@@ -277,7 +300,7 @@ class ClientSession:
                 if not data:
                     raise ClientGone("the client closed the connection")
                 self.framer.receive_data(data)
-                quickack(self.writer)
+                incomplete = True
                 if self.inflater is not None and self.inflater.pending:
                     await asyncio.sleep(0)  # a long expansion still lets others run
                 continue
@@ -370,30 +393,33 @@ class ClientSession:
     async def read_backend(self, backend: BackendSession, spill: Spill | None = None) -> Response:
         """One whole response. The deadline measures silence: arriving bytes push it back,
         and it stops while a slow client takes a streamed piece of a large response."""
-        timeout = self.response_timeout()
-        loop = asyncio.get_running_loop()
         watch = self.watch
         try:
             first = await self._pending_line()
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             raise BackendLost(backend.lost or f"{backend.node_id}: {exc!r}") from exc
         try:
-            async with asyncio.timeout(timeout) as deadline:
+            async with asyncio.timeout(None) as deadline:
+                silence = _Silence(deadline, self.response_timeout())
+
                 def progress() -> None:
-                    if timeout is not None:
-                        deadline.reschedule(loop.time() + timeout)
+                    silence.heard()
                     if watch is not None:
                         watch.heard()
 
                 async def paused(data: bytes) -> None:
                     assert spill is not None
-                    deadline.reschedule(None)
+                    silence.pause()
                     await spill(data)
+                    silence.resume()
                     progress()
 
-                return await read_response(backend.reader, self.config.max_message_size,
-                                           progress, paused if spill is not None else None,
-                                           first)
+                try:
+                    return await read_response(backend.reader, self.config.max_message_size,
+                                               progress, paused if spill is not None else None,
+                                               first)
+                finally:
+                    silence.stop()
         except TimeoutError as exc:
             raise BackendLost(f"{backend.node_id} did not answer in time") from exc
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -481,6 +507,56 @@ class ClientSession:
         with contextlib.suppress(ClientGone):
             await self.send(b"* BYE [UNAVAILABLE] mail server unavailable, please reconnect\r\n")
         return False
+
+
+class _Silence:
+    """Expires an asyncio.timeout once the backend was silent for `timeout` seconds.
+
+    Arriving bytes only note the time; one timer, when it fires, looks whether they came
+    since and sets itself again if so (rescheduling a timer for every line cost more than
+    relaying the line)."""
+
+    def __init__(self, deadline: asyncio.Timeout, timeout: float | None) -> None:
+        self.deadline = deadline
+        self.timeout = timeout
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()
+        self.paused = False
+        self.timer: asyncio.TimerHandle | None = None
+        if timeout is not None:
+            self.timer = self.loop.call_at(self.last + timeout, self._check)
+
+    def heard(self) -> None:
+        self.last = self.loop.time()
+
+    def pause(self) -> None:
+        """A slow client takes a piece: its time is not the backend's silence."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.last = self.loop.time()
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.timeout is not None:
+            self.timer = self.loop.call_at(self.last + self.timeout, self._check)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _check(self) -> None:
+        assert self.timeout is not None
+        due = self.last + self.timeout
+        now = self.loop.time()
+        if self.paused:
+            self.timer = None  # resume() sets it again
+        elif due <= now:
+            self.timer = None
+            self.deadline.reschedule(now)  # expires at once: TimeoutError in the reader
+        else:
+            self.timer = self.loop.call_at(due, self._check)
 
 
 def _tag_and_name(raw: bytes) -> tuple[bytes | None, str]:

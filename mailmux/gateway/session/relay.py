@@ -126,7 +126,10 @@ def prepare(session: ClientSession, tag: bytes, raw: bytes, name: str) -> Relay:
     if name in REPLAYABLE:
         current.replay_id = session.replay_id()
     view = session.view
-    if view is not None and name in SET_COMMANDS | {"EXPUNGE"}:
+    # UID FETCH, STORE and COPY name UIDs, which failover does not move: replayed whole (the
+    # response filter drops what was relayed), they need no copy of a 100k-message map.
+    by_uid = current.uid and name in ("FETCH", "STORE", "COPY")
+    if view is not None and name in SET_COMMANDS | {"EXPUNGE"} and not by_uid:
         current.snapshot = list(view.uids)
         if name == "MOVE":
             current.may_remove = set(SetCommand(raw).targets(current.snapshot) or ())
@@ -305,7 +308,8 @@ async def forward(session: ClientSession, current: Relay, response: Response) ->
     elif view is not None:
         view.observe(response)
     current.forwarded += 1
-    await session.send(response.raw)
+    if current.final is not None or current.continued or not session.hold(response.raw):
+        await session.send(response.raw)
     if response.is_continuation and current.name == "IDLE":
         await _tell_pending(session, current)  # IDLE may carry EXPUNGE: no need to wait
     return current.final is not None

@@ -38,6 +38,9 @@ class MailboxView:
     flags: dict[int, bytes] = field(default_factory=dict)  # UID → flags the client was shown
     gone: set[int] = field(default_factory=set)  # UIDs the client saw expunged
     confused: bool = False  # a response the map cannot follow: the view is no longer exact
+    # No None in uids[:known]: `unknown` (asked after every command) scans only from there, so
+    # a command costs what is new, not what the mailbox holds. UIDs are only ever filled in.
+    known: int = field(default=0, compare=False, repr=False)
     # UIDs gone on the node that the client still counts: found by a failover during a command
     # that may not carry EXPUNGE (RFC 3501 7.4.1), told at the next point that may. Meanwhile
     # the node numbers messages without them, the client with them: `from_node` / `to_node`.
@@ -49,7 +52,14 @@ class MailboxView:
 
     def unknown(self) -> list[int]:
         """Sequence numbers whose UID the gateway does not know yet."""
-        return [i + 1 for i, uid in enumerate(self.uids) if uid is None]
+        uids = self.uids
+        try:
+            first = uids.index(None, min(self.known, len(uids)))
+        except ValueError:
+            self.known = len(uids)
+            return []
+        self.known = first
+        return [i + 1 for i in range(first, len(uids)) if uids[i] is None]
 
     def seq_of(self, uid: int) -> int | None:
         try:
@@ -102,12 +112,15 @@ class MailboxView:
             if n < len(self.uids):
                 self.confused = True  # EXISTS may not shrink the mailbox
                 del self.uids[n:]
+                self.known = min(self.known, n)
             self.uids.extend([None] * (n - len(self.uids)))
         elif (n := response.expunge) is not None:
             if not 1 <= n <= len(self.uids):
                 self.confused = True
                 return
             uid = self.uids.pop(n - 1)
+            if n <= self.known:
+                self.known -= 1
             if uid is not None:
                 self.gone.add(uid)
                 self.flags.pop(uid, None)
@@ -131,6 +144,7 @@ class MailboxView:
             for uid in known:
                 self.flags.pop(uid, None)
             self.uids = [u for u in self.uids if u not in dropped]
+            self.known = 0
         elif (v := response.uidvalidity) is not None:
             self.uidvalidity = v
         elif (u := response.uidnext) is not None:
