@@ -98,18 +98,24 @@ class Prober(threading.Thread):
         super().__init__(daemon=True)
         self.imap = imaplib.IMAP4(*node.imap, timeout=600)
         self.imap.login(USER, PASSWORD)
-        self.latencies: list[float] = []
+        self.latencies: list[tuple[float, float]] = []  # (answered at, seconds taken)
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
             began = time.perf_counter()
             self.imap.noop()
-            self.latencies.append(time.perf_counter() - began)
+            done = time.perf_counter()
+            self.latencies.append((done, done - began))
             self.stop.wait(0.05)  # a probe interval, not synchronisation
 
+    def worst(self, start: float, end: float) -> float:
+        """The slowest NOOP answered while [start, end] ran (ms)."""
+        return 1000 * max((t for at, t in self.latencies if start <= at <= end + 0.5),
+                          default=0.0)
 
-def _timed(imap: imaplib.IMAP4, command: str) -> tuple[float, str]:
+
+def _timed(imap: imaplib.IMAP4, command: str) -> tuple[float, str, float]:
     tag = imap._new_tag().decode()  # type: ignore[attr-defined]
     began = time.perf_counter()
     imap.send(f"{tag} {command}\r\n".encode())
@@ -121,7 +127,7 @@ def _timed(imap: imaplib.IMAP4, command: str) -> tuple[float, str]:
             if status != "OK":
                 status = line.decode().strip()
             break
-    return time.perf_counter() - began, status
+    return time.perf_counter() - began, status, began
 
 
 def main() -> None:
@@ -147,10 +153,13 @@ def main() -> None:
             prober.stop.set()
             prober.join()
             baseline = results[0][1]
-            print(f"\n{'command':24} {'seconds':>9} {'x SEARCH ALL':>13}  answer")
-            for name, seconds, status in results:
-                print(f"{name:24} {seconds:9.3f} {seconds / baseline:13.1f}  {status}")
-            lat = sorted(prober.latencies)
+            print(f"\n{'command':24} {'seconds':>9} {'x SEARCH ALL':>13} {'NOOP max ms':>12}"
+                  "  answer")
+            for name, seconds, status, began in results:
+                worst = prober.worst(began, began + seconds)
+                print(f"{name:24} {seconds:9.3f} {seconds / baseline:13.1f} {worst:12.0f}  "
+                      f"{status}")
+            lat = sorted(t for _, t in prober.latencies)
             print(f"\nNOOP from a second client meanwhile: {len(lat)} probes, median "
                   f"{statistics.median(lat) * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms")
             imap.logout()

@@ -4,9 +4,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.gateway import GatewayProcess, write_gateway_config
 from tests.support.nodes import NodeProcess, write_config
+
+# Speed goals live in bench/: on a loaded CI machine an example's wall time says nothing about
+# correctness, so no per-example deadline and no "too slow" health check.
+settings.register_profile(
+    "mailmux", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("mailmux")
 
 
 @pytest.fixture

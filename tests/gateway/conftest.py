@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.gateway.rawimap import RawImap
 from tests.support.nodes import NodeProcess
 
 ALICE = ("alice@example.test", "alice-pw")
@@ -21,3 +22,17 @@ def pool3(node_factory: Callable[..., NodeProcess]) -> list[NodeProcess]:
     return nodes
 
 
+@pytest.fixture
+def raw() -> Iterator[Callable[[tuple[str, int]], RawImap]]:
+    """Raw-socket IMAP clients, every one closed at teardown."""
+    made: list[RawImap] = []
+
+    def connect(address: tuple[str, int]) -> RawImap:
+        made.append(RawImap(address))
+        return made[-1]
+
+    try:
+        yield connect
+    finally:
+        for client in made:
+            client.close()

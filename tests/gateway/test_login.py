@@ -62,8 +62,12 @@ def test_p2c_spreads_logins_from_three_gateways(
             held = list(pool.map(login, range(300)))
         per_node = Counter(n for gw in gateways for n in _login_log(gw))
         assert sum(per_node.values()) == 300
-        assert min(per_node[n] for n in "abc") > 0
-        assert max(per_node.values()) / min(per_node.values()) <= 1.5, per_node
+        # Herding (every gateway choosing one node from stale answers) puts nearly all 300 on
+        # one or two nodes. The bound is loose because a node's score includes its event-loop
+        # lag, which a loaded machine raises for one node more than another: that node then
+        # rightly gets fewer sessions.
+        assert min(per_node[n] for n in "abc") >= 30, per_node
+        assert max(per_node.values()) / min(per_node.values()) <= 3, per_node
     finally:
         for client in held:
             client.logout()

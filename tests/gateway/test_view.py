@@ -6,7 +6,7 @@ from __future__ import annotations
 import imaplib
 import re
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -18,21 +18,6 @@ from tests.support.gateway import GatewayProcess
 from tests.support.nodes import NodeProcess
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def raw() -> Iterator[Callable[[tuple[str, int]], RawImap]]:
-    made: list[RawImap] = []
-
-    def connect(address: tuple[str, int]) -> RawImap:
-        made.append(RawImap(address))
-        return made[-1]
-
-    try:
-        yield connect
-    finally:
-        for client in made:
-            client.close()
 
 
 @pytest.fixture

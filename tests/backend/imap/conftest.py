@@ -28,11 +28,12 @@ def alice(node: NodeProcess) -> Iterator[imapclient.IMAPClient]:
 
 @pytest.fixture
 def quick_node(node_factory: Callable[..., NodeProcess]) -> NodeProcess:
-    """A node with tiny limits, for the limit tests."""
+    """A node with tiny limits, for the limit tests (login_timeout long enough that a loaded
+    machine does not time a test's own connections out)."""
     n = node_factory(
         "q",
         extra=(
-            'login_timeout = "1s"\nmax_unauthenticated = 3\nmax_failed_logins = 2\n'
+            'login_timeout = "4s"\nmax_unauthenticated = 3\nmax_failed_logins = 2\n'
             'failed_login_delay = "10ms"\nmax_line_length = 2048\nmax_message_size = 100000'
         ),
     )
