@@ -5,7 +5,6 @@ from __future__ import annotations
 import imaplib
 import signal
 import smtplib
-import socket
 import time
 import urllib.request
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.gateway import GatewayProcess, write_gateway_config
 from tests.support.nodes import NodeProcess, split_address
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -52,18 +52,11 @@ def wait_for(address: object, check: Callable[[Samples], bool]) -> Samples:
         time.sleep(0.05)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def metered_node(node_factory: Callable[..., NodeProcess]) -> NodeProcess:
     # A peer that is never up: every local change stays in its replication backlog.
     replication = (f'[replication]\nlisten = "127.0.0.1:0"\n'
-                   f'peers = ["b=127.0.0.1:{_free_port()}"]\n')
+                   f'peers = ["b=127.0.0.1:{free_port()}"]\n')
     node = node_factory("a", extra=METRICS, replication=replication)
     node.add_user(*ALICE)
     node.add_user(*BOB)
