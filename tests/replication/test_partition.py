@@ -9,8 +9,7 @@ gateways. Afterwards:
   HIGHESTMODSEQ (compared in each node's SQLite file);
 - no client ever saw one UID name two messages (every FETCH any client made is kept);
 - the minority side refused every change (`NO [UNAVAILABLE]`) — with W=2 that is the copies
-  rule; with `normal = 1` only the home lease (a majority grants it) can refuse, so that case
-  is a strict xfail until the lease lands.
+  rule; with `normal = 1` only the home lease (a majority grants it) can refuse.
 """
 
 from __future__ import annotations

@@ -30,11 +30,12 @@ CLIENTS_PER_GATEWAY = 3
 # changed under its UID, sessions disagreeing on MODSEQs, messages vanishing from a view.
 CONSISTENCY = re.compile(r"changed|differ|Message count dropped|went backwards"
                          r"|UIDNEXT|HIGHESTMODSEQ", re.IGNORECASE)
-# Waiting for the home lease (issue 7, `home`): without it, sessions of one user on two nodes
-# both assign UIDs and MODSEQs. Flip to a plain test the moment it passes (strict xfail fails).
-WITHOUT_HOME = pytest.mark.xfail(
-    strict=True, reason="needs the per-user home lease: sessions of one user on several nodes "
-                        "assign UIDs/MODSEQs concurrently")
+# The short run passes since the home lease (one node commits a user's changes). Under faults
+# it does not yet: with SIGKILL/SIGSTOP of homes imaptest still sees "Message count dropped",
+# "modseqs differ" and "flags differ" lines. Flip it too the moment it passes (strict xfail).
+UNDER_FAULTS = pytest.mark.xfail(
+    strict=True, reason="under SIGKILL/SIGSTOP of nodes imaptest still sees message counts "
+                        "drop and MODSEQs/flags differ between sessions")
 
 
 def consistency_errors(output: str) -> list[str]:
@@ -98,7 +99,6 @@ def _verdict(pool: Cluster, outputs: list[str], actions: list[str]) -> None:
         assert len(logins) >= CLIENTS_PER_GATEWAY, tails
 
 
-@WITHOUT_HOME
 @pytest.mark.timeout(SHORT_SECONDS + 400)
 def test_stress_through_two_gateways_has_no_consistency_errors(tmp_path: Path) -> None:
     if BINARY is None:
@@ -108,7 +108,7 @@ def test_stress_through_two_gateways_has_no_consistency_errors(tmp_path: Path) -
 
 
 @pytest.mark.slow
-@WITHOUT_HOME
+@UNDER_FAULTS
 @pytest.mark.timeout(LONG_SECONDS + 600)
 def test_stress_through_two_gateways_with_faults(tmp_path: Path) -> None:
     if BINARY is None:
