@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import json
 import os
@@ -74,13 +75,30 @@ class Demo:
 
 
 @pytest.fixture
-def demos() -> Iterator[list[Demo]]:
+def demos(tmp_path: Path) -> Iterator[list[Demo]]:
     started: list[Demo] = []
     try:
         yield started
     finally:
         for demo in started:
             demo.kill()
+        _kill_nodes_under(tmp_path)
+
+
+def _kill_nodes_under(directory: Path) -> None:
+    """Nodes run in sessions of their own (the demo stops them in order), so killing a demo's
+    group does not reach them: any node whose config lies under the test's directory is
+    killed here, whatever happened to the demo (one was once found still running)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mailmux.backend" in argv and any(str(directory).encode() in a for a in argv):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _login(address: object, user: dict[str, str]) -> None:
