@@ -51,6 +51,7 @@ from mailmux.backend.store.interface import (
     ViewChanges,
 )
 from mailmux.backend.store.replay import REPLAY, Replayed
+from mailmux.inflated import read_inflated
 from mailmux.protocol.imap import gatewaylink
 from mailmux.protocol.imap.commands import (
     Append,
@@ -182,19 +183,8 @@ class Session:
         inflater = self.inflater
         if inflater is None:
             return await self.reader.read(READ_SIZE)
-        while True:
-            if inflater.pending:
-                piece = self._inflate(inflater)
-                if piece:
-                    return piece
-            data = await self.reader.read(READ_SIZE)
-            if not data:
-                return b""
-            inflater.feed(data)
-
-    def _inflate(self, inflater: Inflater) -> bytes:
         try:
-            return inflater.read()
+            return await read_inflated(self.reader, inflater, READ_SIZE)
         except CompressError as exc:
             raise Closed(str(exc)) from None
 

@@ -26,6 +26,7 @@ from mailmux.gateway.session import relay as relaying
 from mailmux.gateway.session.heartbeat import Registration
 from mailmux.gateway.session.states import Input, SessionState, step
 from mailmux.gateway.session.view import MailboxView
+from mailmux.inflated import read_inflated
 from mailmux.protocol.imap.compress import CompressError, Deflater, Inflater
 from mailmux.protocol.imap.errors import ParseError
 from mailmux.protocol.imap.framing import (
@@ -247,18 +248,10 @@ class ClientSession:
         inflater = self.inflater
         if inflater is None:
             return await self.reader.read(READ_SIZE)
-        while True:
-            if inflater.pending:
-                try:
-                    piece = inflater.read()
-                except CompressError as exc:
-                    raise ClientGone(str(exc)) from None
-                if piece:
-                    return piece
-            data = await self.reader.read(READ_SIZE)
-            if not data:
-                return b""
-            inflater.feed(data)
+        try:
+            return await read_inflated(self.reader, inflater, READ_SIZE)
+        except CompressError as exc:
+            raise ClientGone(str(exc)) from None
 
     async def compress(self, tag: bytes, raw: bytes) -> bool:
         """COMPRESS DEFLATE (RFC 4978) between the client and the gateway; the gateway still
