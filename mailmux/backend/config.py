@@ -48,6 +48,9 @@ class ReplicationConfig:
     batch_backlog: int = 10_000
     copies: CopiesConfig = field(default_factory=CopiesConfig)
     copy_timeout: float = 5.0
+    # A sync point (NOOP, CHECK, SELECT...) on a node that is not the user's home waits at most
+    # this long to hold what a majority holds (replication/barrier.py).
+    read_barrier: float = 2.0
     degrade: bool = False  # accept with fewer copies than asked when peers are down
     lease: float = 1.8  # a user's home lease (takeover after the home dies: about this long)
     lease_margin: float = 0.15  # the holder stops this much early (clock drift, scheduling)
@@ -120,6 +123,7 @@ _KNOWN = {
 _KNOWN_REPLICATION = {
     "listen", "peers", "mode", "batch_window", "batch_backlog", "copies", "copy_timeout",
     "degrade", "lease", "lease_margin",
+    "read_barrier",
 }
 
 
@@ -262,6 +266,7 @@ def _replication(raw: object) -> ReplicationConfig:
         batch_backlog=_positive_int(raw, "batch_backlog", 10_000),
         copies=_copies(raw.get("copies", {})),
         copy_timeout=parse_duration(raw.get("copy_timeout", 5.0), "replication.copy_timeout"),
+        read_barrier=parse_duration(raw.get("read_barrier", 2.0), "replication.read_barrier"),
         degrade=bool(raw.get("degrade", False)),
         **_lease(raw),
     )

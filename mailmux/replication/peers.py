@@ -49,6 +49,7 @@ from mailmux.protocol.peer.session import (
     welcome,
 )
 from mailmux.replication import antientropy, outgoing
+from mailmux.replication.barrier import ReadBarrier
 from mailmux.replication.home import HomeLeases
 from mailmux.replication.importance import copies_required
 from mailmux.replication.pipeline import MAX_IN_FLIGHT, PipelineClosed, Requests, Responder
@@ -175,6 +176,7 @@ class Replicator:
         self._answer_timeout = 2 * self.rconfig.copy_timeout
         self._handshaking = 0
         self.homes: HomeLeases | None = None
+        self.barrier: ReadBarrier | None = None
         # Failed logins shared with the peers; the node replaces it with the one its IMAP
         # server uses.
         self.failures = PoolLoginFailures(config.lockout_failures, config.lockout_time)
@@ -211,6 +213,9 @@ class Replicator:
         self.store.home_now = self.homes.holds
         self.store.interest_hook = self.homes.touch
         self._spawn(self.homes.renew_forever())
+        self.barrier = ReadBarrier(self)
+        self.store.commit_hooks.append(self.barrier.committed)
+        self.store.read_barrier_hook = self.barrier.wait
         self.meter.replication_backlog = self.backlog
         self.meter.replication_details = self.details
         for peer in self.peers.values():
@@ -229,8 +234,13 @@ class Replicator:
         self.store.precheck_hook = None
         self.store.home_hook = None
         self.store.interest_hook = None
+        self.store.read_barrier_hook = None
         if self._committed in self.store.commit_hooks:
             self.store.commit_hooks.remove(self._committed)
+        if self.barrier is not None:
+            if self.barrier.committed in self.store.commit_hooks:
+                self.store.commit_hooks.remove(self.barrier.committed)
+            await self.barrier.close()
         if self._server is not None:
             self._server.close()
             self._server = None

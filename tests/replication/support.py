@@ -37,7 +37,7 @@ def make_pool(node_factory: Callable[..., NodeProcess]) -> Iterator[Callable[...
     proxies: list[TcpProxy] = []
 
     def make(ids: str = "abc", *, proxied: bool = False, normal: int = 2,
-             copy_timeout: str = "2s", extra: str = "") -> Pool:
+             copy_timeout: str = "2s", extra: str = "", replication_extra: str = "") -> Pool:
         ports = {i: free_port() for i in ids}
         routes: dict[tuple[str, str], TcpProxy] = {}
         nodes = {}
@@ -57,6 +57,7 @@ def make_pool(node_factory: Callable[..., NodeProcess]) -> Iterator[Callable[...
                 f'listen = "127.0.0.1:{ports[i]}"\n'
                 f"peers = [{', '.join(peers)}]\n"
                 f'copy_timeout = "{copy_timeout}"\n'
+                f"{replication_extra}"
                 "[replication.copies]\n"
                 f'high = "all"\nnormal = {normal}\nbulk = 1\n'
             ), extra=extra)

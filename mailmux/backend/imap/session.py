@@ -360,6 +360,8 @@ class Session:
                 lines = await handler(command)
                 if self.contexts and lines and self.state is State.SELECTED:
                     lines[-1:-1] = await self._context_updates()
+            except Replayed:
+                raise  # the same replay id raced in: _dispatch_replay answers as the original
             except BackendError as exc:
                 lines = [exc.imap_reply(command.tag)]
             except Closed:
@@ -490,6 +492,8 @@ class Session:
                 tagged(command.tag, "OK", "CAPABILITY completed")]
 
     async def do_NOOP(self, command: Command) -> Lines:
+        if self.user is not None:
+            await self.store.read_barrier(self.me)  # a sync point: see what others were told
         return await self.ok(command, "NOOP completed")
 
     async def do_LOGOUT(self, command: Command) -> Lines:
@@ -672,6 +676,7 @@ class Session:
             return [*closed, tagged(command.tag, "BAD", "ENABLE QRESYNC first", "CLIENTBUG")]
         if args.condstore or "QRESYNC" in self.enabled:
             self.enabled.add("CONDSTORE")
+        await self.store.read_barrier(self.me)
         state = await self.store.select_state(self.me, args.mailbox)
         info = state.info
         # Listen first: a change committed after the snapshot still wakes this view.
@@ -805,6 +810,7 @@ class Session:
     async def do_STATUS(self, command: Command) -> Lines:
         args = command.args
         assert isinstance(args, StatusArgs)
+        await self.store.read_barrier(self.me)
         info = await self.store.get_mailbox(self.me, args.mailbox)
         line = await self._status_line(info, args.items)
         return await self.ok(command, "STATUS completed", before=[line])
@@ -901,6 +907,7 @@ class Session:
 
     async def do_IDLE(self, command: Command) -> Lines:
         await self.send([continuation("idling")])
+        await self.store.read_barrier(self.me)
         await self.send(await self._idle_updates())
         self.idling = True
         reader = asyncio.ensure_future(self.next_event())
@@ -956,6 +963,7 @@ class Session:
         return self.view
 
     async def do_CHECK(self, command: Command) -> Lines:
+        await self.store.read_barrier(self.me)
         return await self.ok(command, "CHECK completed")
 
     async def do_CLOSE(self, command: Command) -> Lines:

@@ -199,6 +199,9 @@ class MailStore(Protocol):
     # replay ids (store/replay.py): the answer recorded for a gateway replay id, if any
     async def replay_answer(self, scope: str, replay_id: str) -> dict[str, Any] | None: ...
 
+    # sync points on a node that is not the user's home first catch up (replication/barrier.py)
+    async def read_barrier(self, user: str) -> None: ...
+
     # change log -------------------------------------------------------------------
     async def changes_since(
         self, origin: str, seq: int, limit: int = 1000

@@ -184,6 +184,9 @@ class SqliteStore:
         self.home_epoch: Callable[[str], int] = lambda user: 0
         self.home_now: Callable[[str], bool] = lambda user: False
         self.interest_hook: Callable[[str], None] | None = None
+        # Before a sync point on a node that is not the user's home: catch up with what a
+        # majority holds (replication/barrier.py).
+        self.read_barrier_hook: Callable[[str], Awaitable[None]] | None = None
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -383,6 +386,12 @@ class SqliteStore:
         if key is not None:
             replay.forget(tx.conn, key, self.origin)
             self._log(tx, "replay.forget", {"scope": key[0], "id": key[1]})
+
+    async def read_barrier(self, user: str) -> None:
+        """Hold every change of `user` acknowledged anywhere before this call, as far as a
+        bounded wait allows (a no-op on the user's home and on a lone node)."""
+        if self.read_barrier_hook is not None:
+            await self.read_barrier_hook(user)
 
     async def replay_answer(self, scope: str, replay_id: str) -> dict[str, Any] | None:
         # one row by primary key, before every replayable command the gateway relays

@@ -152,6 +152,10 @@ def behind(view: MailboxView, node: MailboxView, expected: set[int]) -> Lag | No
     if (view.highestmodseq is not None and node.highestmodseq is not None
             and node.highestmodseq < view.highestmodseq):
         return Lag(f"HIGHESTMODSEQ {node.highestmodseq} < {view.highestmodseq}", False)
+    older = [u for u, m in view.modseqs.items() if node.modseqs.get(u, m) < m]
+    if older:
+        return Lag(f"{len(older)} message(s) have a lower MODSEQ than the client was shown",
+                   False)
     missing = [u for u in known if u not in present and u not in expected]
     caught_up_by_modseq = (view.highestmodseq is not None and node.highestmodseq is not None)
     if missing and not caught_up_by_modseq:
@@ -215,6 +219,7 @@ async def reconcile(session: ClientSession, view: MailboxView, node: MailboxView
         extra = len(node.uids) - len(live)
         await _tell(session, view, b"* %d EXISTS\r\n" % (len(view.uids) + extra))
         view.uids[-extra:] = node.uids[len(live):]
+    qresync = _qresync(session)
     for i, uid in enumerate(view.uids):
         if uid in view.pending:
             continue
@@ -222,8 +227,18 @@ async def reconcile(session: ClientSession, view: MailboxView, node: MailboxView
         shown, now = view.flags.get(uid), node.flags.get(uid)
         if now is None:
             continue
-        if shown is not None and flag_key(shown) != flag_key(now):
-            await _tell(session, view, b"* %d FETCH (FLAGS (%s))\r\n" % (i + 1, now))
+        # With CONDSTORE the node reports MODSEQs; the client must learn a message's new one
+        # even when its flags read the same (another session's change, undone or redone),
+        # and is never told a MODSEQ below the one it has (RFC 7162 3.1.1: they only grow).
+        modseq, seen = node.modseqs.get(uid), view.modseqs.get(uid)
+        moved = modseq is not None and seen is not None and modseq > seen
+        if (shown is not None and flag_key(shown) != flag_key(now)) or moved:
+            items = b"FLAGS (%s)" % now
+            if qresync:
+                items += b" UID %d" % uid  # a QRESYNC client keeps its cache by UID
+            if modseq is not None and (seen is None or modseq > seen):
+                items += b" MODSEQ (%d)" % modseq
+            await _tell(session, view, b"* %d FETCH (%s)\r\n" % (i + 1, items))
         view.flags[uid] = now
     if node.uidnext is not None and (view.uidnext is None or node.uidnext > view.uidnext):
         view.uidnext = node.uidnext

@@ -354,10 +354,18 @@ async def learn_uids(session: ClientSession, view: MailboxView) -> None:
                     view.observe(response)  # a UID the client was never shown: kept here
                     continue
                 shown = view.flags.get(fetch.uid)
-                if fetch.flags is None or (shown is not None
+                seen = view.modseqs.get(fetch.uid)
+                newer = fetch.modseq is not None and (seen is None or fetch.modseq > seen)
+                if fetch.flags is None or (shown is not None and not (newer and seen)
                                            and flag_key(shown) == flag_key(fetch.flags)):
                     continue
-                response = Response(b"* %d FETCH (FLAGS (%s))\r\n" % (fetch.seq, fetch.flags))
+                # Flags (or a MODSEQ) the client has not seen yet; with CONDSTORE the MODSEQ
+                # goes along (RFC 7162 3.2.4), or the client keeps the old one beside the new
+                # flags. A MODSEQ below the one shown is never told: they only grow.
+                items = b"FLAGS (%s)" % fetch.flags
+                if fetch.modseq is not None and newer:
+                    items += b" MODSEQ (%d)" % fetch.modseq
+                response = Response(b"* %d FETCH (%s)\r\n" % (fetch.seq, items))
             view.observe(response)
             await session.send(response.raw)
     except BackendLost as exc:

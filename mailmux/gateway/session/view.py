@@ -36,6 +36,9 @@ class MailboxView:
     highestmodseq: int | None = None
     uids: list[int | None] = field(default_factory=list)  # seq - 1 → UID
     flags: dict[int, bytes] = field(default_factory=dict)  # UID → flags the client was shown
+    # UID → the MODSEQ the client was shown (CONDSTORE): after failover a message whose MODSEQ
+    # moved is told again even when its flags read the same (RFC 7162 3.2.4).
+    modseqs: dict[int, int] = field(default_factory=dict)
     gone: set[int] = field(default_factory=set)  # UIDs the client saw expunged
     confused: bool = False  # a response the map cannot follow: the view is no longer exact
     # No None in uids[:known]: `unknown` (asked after every command) scans only from there, so
@@ -124,6 +127,7 @@ class MailboxView:
             if uid is not None:
                 self.gone.add(uid)
                 self.flags.pop(uid, None)
+                self.modseqs.pop(uid, None)
         elif (fetch := parse_fetch(raw)) is not None:
             if not 1 <= fetch.seq <= len(self.uids):
                 self.confused = True
@@ -137,12 +141,15 @@ class MailboxView:
                 self.flags[uid] = fetch.flags
             if fetch.modseq is not None:
                 self._modseq(fetch.modseq)
+                if uid is not None:
+                    self.modseqs[uid] = fetch.modseq
         elif (uids := vanished(raw)) is not None:
             dropped = set(uids)
             known = {u for u in self.uids if u in dropped}
             self.gone |= known  # only what the client knew of matters after failover
             for uid in known:
                 self.flags.pop(uid, None)
+                self.modseqs.pop(uid, None)
             self.uids = [u for u in self.uids if u not in dropped]
             self.known = 0
         elif (v := response.uidvalidity) is not None:
