@@ -4,9 +4,11 @@ the merge rules are `backend/store/repair.py`).
 On every (re)connection and then every `DIGEST_INTERVAL` seconds, the dialling node compares
 its per-mailbox digests with the peer's; for a mailbox that differs it compares bucket digests,
 fetches the rows of the buckets that differ (and which of its own GUIDs there the peer has
-tombstoned, and the bodies it lacks), and merges them. Log positions play no part, so a record
-lost, skipped or applied differently is repaired all the same. Every node dials every peer, so
-both sides of each pair pull from each other and converge.
+tombstoned, and the bodies it lacks), and merges them. A record lost, skipped or applied
+differently is repaired all the same; but a mailbox is merged only when both sides hold the
+same change records (the rows answer says which): a difference that records still in flight
+will settle is left to them, so MODSEQs stay those of the records, identical everywhere. Every
+node dials every peer, so both sides of each pair pull from each other and converge.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from mailmux.backend.store import repair
 from mailmux.backend.store.sqlite import SqliteStore
+from mailmux.backend.store.writer import Tx
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +42,10 @@ async def answer(store: SqliteStore, message: dict[str, Any]) -> dict[str, Any] 
     if kind == "rows":
         key = repair.key_from_text(str(message["k"]))
         wanted = [int(b) for b in message["b"]]
-        rows = await store._read(lambda c: repair.rows(c, key, wanted))
-        return {"t": "rows", "r": [r.to_json() for r in rows],
-                "h": await store._read(lambda c: repair.highest(c, key))}
+        rows, high, held = await store._read(lambda c: (
+            repair.rows(c, key, wanted), repair.highest(c, key), repair.positions(c)))
+        # The records this snapshot reflects: the puller merges only if it holds the same.
+        return {"t": "rows", "r": [r.to_json() for r in rows], "h": high, "p": held}
     if kind == "tombstoned":
         key = repair.key_from_text(str(message["k"]))
         guids = [str(g) for g in message["g"]][: repair.MAX_ROWS]
@@ -92,8 +96,24 @@ async def _mailbox(store: SqliteStore, ask: Ask, text: str, peer: str) -> bool:
     if need:
         raw = (await ask({"t": "bodies", "h": need}))["b"]
         bodies = {h: base64.b64decode(b) for h, b in raw.items()}
-    merged = await store._write(
-        lambda tx: repair.merge(tx, key, rows, gone, store.clock, bodies, their_highest))
+    held = answer.get("p")
+    their_positions = ({str(o): int(s) for o, s in held.items()} if isinstance(held, dict)
+                       else None)
+
+    def job(tx: Tx) -> repair.Merged | None:
+        # Only what the log cannot settle is repaired: while either side holds change records
+        # the other lacks (records in flight after a restart, a hang, a busy link), the rows
+        # differ because of them, and merging them here would stamp local MODSEQs that the
+        # records' own (the same on every replica) then never replace. The next pass retries.
+        if their_positions is not None and repair.positions(tx.conn) != their_positions:
+            return None
+        return repair.merge(tx, key, rows, gone, store.clock, bodies, their_highest)
+
+    merged = await store._write(job)
+    if merged is None:
+        log.debug("anti-entropy: %s/%s differs from %s while records are in flight; the log "
+                  "settles it first", key[0], key[1], peer)
+        return False
     if merged.changed:
         log.warning("anti-entropy: %s/%s differed from %s; repaired: %d added, %d removed, "
                     "%d flag change(s)", key[0], key[1], peer, merged.added, merged.removed,

@@ -118,6 +118,12 @@ def rows(conn: sqlite3.Connection, key: MailboxKey, wanted: list[int]) -> list[R
     return out
 
 
+def positions(conn: sqlite3.Connection) -> dict[str, int]:
+    """The highest sequence held per origin: which change records this replica holds."""
+    return {str(origin): int(seq) for origin, seq in conn.execute(
+        "SELECT origin, max(seq) FROM changelog GROUP BY origin")}
+
+
 def highest(conn: sqlite3.Connection, key: MailboxKey) -> int:
     row = conn.execute("SELECT highestmodseq FROM mailboxes WHERE owner = ? AND name = ? AND "
                        "uidvalidity = ?", key).fetchone()
