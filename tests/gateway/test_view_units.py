@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mailmux.gateway.responses import Response, parse_fetch, vanished
-from mailmux.gateway.session.failover import behind
+from mailmux.gateway.session.failover import behind, reconcile
 from mailmux.gateway.session.relay import Relay, _plain_search, _rewritten
 from mailmux.gateway.session.replay import SetCommand, parse_set, with_replay_id
 from mailmux.gateway.session.view import MailboxView
@@ -63,6 +65,52 @@ def test_new_messages_the_client_was_told_of_must_be_there() -> None:
     lag = behind(client, view_of([1, 2]), set())
     assert lag is not None and lag.hard
     assert behind(client, view_of([1, 2, 7]), set()) is None
+
+
+def test_a_replica_behind_the_shown_modseq_and_missing_known_messages_is_hard_lag() -> None:
+    """Found under faults: a new node behind the HIGHESTMODSEQ the client was shown lacked
+    messages the client knew; after catch-up they were told as EXPUNGEd, though they were only
+    on their way, and imaptest saw UIDs change under sequence numbers."""
+    client = view_of([1, 2, 3])
+    client.highestmodseq = 20
+    node = view_of([1, 3])
+    node.highestmodseq = 12
+    lag = behind(client, node, set())
+    assert lag is not None and lag.hard
+    node.highestmodseq = 20  # caught up: 2 was expunged meanwhile, which may be told
+    assert behind(client, node, set()) is None
+    everything = view_of([1, 2, 3])
+    everything.highestmodseq = 12  # behind, but nothing missing: wait, then reconcile
+    lag = behind(client, everything, set())
+    assert lag is not None and not lag.hard
+
+
+class _Session:
+    """What `reconcile` needs of a client session: its ENABLEs and a way to the client."""
+
+    def __init__(self) -> None:
+        self.enabled: list[bytes] = []
+        self.sent: list[bytes] = []
+
+    async def send(self, raw: bytes) -> None:
+        self.sent.append(raw)
+
+
+def test_failover_tells_a_message_whose_modseq_moved_even_with_the_same_flags() -> None:
+    """Found by imaptest's checkpoints under faults ("modseqs differ"): the reconcile after a
+    failover told flags that differ, never a MODSEQ, so a client kept a stale one."""
+    client = view_of([1, 2, 3])
+    node = view_of([1, 2, 3])
+    for view, modseqs in ((client, (10, 11, 30)), (node, (10, 15, 25))):
+        for seq, modseq in enumerate(modseqs, 1):
+            view.observe(Response(b"* %d FETCH (UID %d FLAGS (\\Seen) MODSEQ (%d))\r\n"
+                                  % (seq, seq, modseq)))
+    session = _Session()
+    current = Relay(tag=b"a1", raw=b"a1 NOOP\r\n", name="NOOP")
+    asyncio.run(reconcile(session, client, node, current))  # type: ignore[arg-type]
+    # 2 moved on: told with its MODSEQ; 3 is lower on the node: MODSEQs never go back.
+    assert session.sent == [b"* 2 FETCH (FLAGS (\\Seen) MODSEQ (15))\r\n"]
+    assert client.modseqs == {1: 10, 2: 15, 3: 30}
 
 
 def test_replay_ids_go_right_after_the_tag() -> None:

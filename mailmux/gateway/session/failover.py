@@ -149,14 +149,19 @@ def behind(view: MailboxView, node: MailboxView, expected: set[int]) -> Lag | No
     unknown = len(view.uids) - len(known)
     if unknown and sum(1 for u in present if u > newest) < unknown:
         return Lag("it lacks new messages the client was told of", True)
+    missing = [u for u in known if u not in present and u not in expected]
     if (view.highestmodseq is not None and node.highestmodseq is not None
             and node.highestmodseq < view.highestmodseq):
-        return Lag(f"HIGHESTMODSEQ {node.highestmodseq} < {view.highestmodseq}", False)
+        # Behind what the client was shown and without messages it knows: they may well be
+        # on their way, not expunged. Telling EXPUNGE now would be a guess the node's later
+        # state can contradict (the message back under its old UID), so this lag is hard.
+        return Lag(f"HIGHESTMODSEQ {node.highestmodseq} < {view.highestmodseq}"
+                   + (f" and {len(missing)} message(s) the client knows missing"
+                      if missing else ""), bool(missing))
     older = [u for u, m in view.modseqs.items() if node.modseqs.get(u, m) < m]
     if older:
         return Lag(f"{len(older)} message(s) have a lower MODSEQ than the client was shown",
                    False)
-    missing = [u for u in known if u not in present and u not in expected]
     caught_up_by_modseq = (view.highestmodseq is not None and node.highestmodseq is not None)
     if missing and not caught_up_by_modseq:
         return Lag(f"it lacks {len(missing)} message(s) the client knows of", False)
