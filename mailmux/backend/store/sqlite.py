@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import sqlite3
@@ -1458,20 +1460,27 @@ class SqliteStore:
     async def changes_after(
         self, known: dict[str, int], limit: int = 1000
     ) -> list[ChangeRecord]:
-        """Records of any origin beyond what a peer says it holds, oldest first per origin."""
+        """Records of any origin beyond what a peer says it holds: in sequence order per
+        origin, and across origins in HLC order. A user's home changes hands only after the
+        new home holds the old one's records, so its records come later in HLC; sent in that
+        order, a peer that lacked the old home's last records applies them before the new
+        home's, and each record's MODSEQ (its HLC) lands above the mailbox's HIGHESTMODSEQ
+        there as everywhere (store/apply.py gives a late record a local MODSEQ instead)."""
         def read(conn: sqlite3.Connection) -> list[ChangeRecord]:
-            out: list[ChangeRecord] = []
+            runs: list[list[ChangeRecord]] = []
             origins = [r[0] for r in conn.execute("SELECT DISTINCT origin FROM changelog")]
             for origin in origins:
                 rows = conn.execute(
                     "SELECT origin, seq, hlc, kind, payload FROM changelog "
                     "WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?",
-                    (origin, known.get(origin, 0), limit - len(out)),
+                    (origin, known.get(origin, 0), limit),
                 ).fetchall()
-                out += [ChangeRecord(o, s, h, k, json.loads(p)) for o, s, h, k, p in rows]
-                if len(out) >= limit:
-                    break
-            return out
+                if rows:
+                    runs.append([ChangeRecord(o, s, h, k, json.loads(p))
+                                 for o, s, h, k, p in rows])
+            # heapq.merge takes each run's records in their own (sequence) order.
+            merged = heapq.merge(*runs, key=lambda r: (r.hlc, r.origin))
+            return list(itertools.islice(merged, limit))
 
         return await self._read(read)
 
