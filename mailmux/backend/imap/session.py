@@ -392,6 +392,24 @@ class Session:
         finally:
             REPLAY.reset(token)
 
+    async def _replayed_store_flags(self, command: Command, failed: object) -> Lines:
+        """A replayed STORE answers with the FETCH responses the original gave: the flags (and,
+        with CONDSTORE, MODSEQ) its messages have now. Without them a client whose STORE was
+        replayed after a failover keeps the MODSEQ it had before its own change."""
+        args = command.args
+        view = self.view
+        if not isinstance(args, Store) or view is None or (args.silent and not view.condstore):
+            return []
+        skip = {int(u) for u in failed} if isinstance(failed, list) else set()
+        uids = [u for u in view.resolve(args.sequence, command.uid) if u not in skip]
+        rows = await self.store.fetch_rows(self.me, view.mailbox_id, uids)
+        lines: Lines = self._announce_flags({f for m, _ in rows for f in m.flags})
+        for meta, _ in rows:
+            view.reported(meta.uid, meta.modseq)
+            lines.append(view.flags_response(meta.uid, meta.flags, meta.modseq,
+                                             with_uid=command.uid))
+        return lines
+
     async def _replayed(self, command: Command, answer: dict[str, object]) -> Lines:
         name = command.name
         code: str | None = None
@@ -417,7 +435,8 @@ class Session:
                 shown = [int(u) for u in failed] if command.uid else [
                     view.seq_of(int(u)) for u in failed if int(u) in view.uids]
                 modified = f"MODIFIED {format_sequence_set(shown)}" if shown else None
-            return await self.ok(command, "STORE completed", modified)
+            report = await self._replayed_store_flags(command, failed)
+            return await self.ok(command, "STORE completed", modified, before=report)
         return await self.ok(command, f"{name} completed")
 
     # pending updates ----------------------------------------------------------------------

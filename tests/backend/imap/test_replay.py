@@ -85,6 +85,21 @@ def test_replayed_copy_move_store_expunge_create_take_effect_once(node: NodeProc
         assert b"\\Seen" in flags
 
 
+def test_a_replayed_store_answers_with_the_flags_and_modseq_it_gave(node: NodeProcess) -> None:
+    """Found under faults: a STORE replayed after failover was answered OK alone, so the
+    client kept the MODSEQ from before its own change (imaptest: "modseqs differ")."""
+    raw_session(node, _append(b"a1"))
+    commands = [b"s SELECT INBOX (CONDSTORE)\r\n",
+                b"f XREPLAY r-flag STORE 1 +FLAGS (\\Flagged)\r\n"]
+    first, again = raw_session(node, *commands), raw_session(node, *commands)
+    pattern = rb"\* 1 FETCH \(FLAGS \(([^)]*)\) MODSEQ \((\d+)\)\)"
+    [(flags, modseq)] = re.findall(pattern, first)
+    [(flags_again, modseq_again)] = re.findall(pattern, again)
+    assert b"\\Flagged" in flags and b"\\Flagged" in flags_again
+    assert modseq_again == modseq
+    assert _tagged(again, b"f") == _tagged(first, b"f")
+
+
 def test_a_malformed_replay_prefix_is_bad_and_the_session_goes_on(node: NodeProcess) -> None:
     out = raw_session(node, b"x1 XREPLAY bad/id NOOP\r\n", b"x2 XREPLAY\r\n", b"x3 NOOP\r\n")
     assert _tagged(out, b"x1").startswith(b"BAD")
