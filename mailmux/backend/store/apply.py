@@ -163,7 +163,8 @@ def _message_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
         _resolve_uid_conflict(store, tx, mailbox, uid, str(taken[0]), record)
         return
     _insert(conn, tx, mailbox[0], uid, guid, body_hash, _p(record, "internaldate"),
-            _p(record, "size"), _p(record, "flags"), _modseq(store, conn, mailbox[0], record.hlc))
+            _p(record, "size"), _p(record, "flags"),
+            _modseq(store, conn, mailbox[0], record.hlc, record))
 
 
 def _epoch_of(conn: sqlite3.Connection, guid: str) -> int | None:
@@ -192,7 +193,7 @@ def _by_epoch(store: SqliteStore, tx: Tx, mailbox: tuple[Any, ...], uid: int, lo
                            "body_hash, internaldate, size, flags", (mailbox_id, uid)).fetchone()
         _insert(conn, tx, mailbox_id, uid, str(_p(record, "guid")), _p(record, "body"),
                 _p(record, "internaldate"), _p(record, "size"), _p(record, "flags"),
-                _modseq(store, conn, mailbox_id, record.hlc))
+                _modseq(store, conn, mailbox_id, record.hlc, record))
         loser = (local_guid, row[0], row[1], row[2], str(row[3]).split())
     else:
         loser = (str(_p(record, "guid")), _p(record, "body"), _p(record, "internaldate"),
@@ -231,15 +232,28 @@ def _move(conn: sqlite3.Connection, tx: Tx, mailbox_id: int, old: int, new: int)
     tx.touched.add(mailbox_id)
 
 
-def _modseq(store: SqliteStore, conn: sqlite3.Connection, mailbox_id: int, hlc: int) -> int:
+def _modseq(store: SqliteStore, conn: sqlite3.Connection, mailbox_id: int, hlc: int,
+            record: ChangeRecord | None = None) -> int:
     """The MODSEQ a replicated change gets here: its record's HLC, verbatim, whenever it is
-    above the mailbox's HIGHESTMODSEQ (always so when one node at a time changes a mailbox).
-    A change made concurrently elsewhere can arrive below it; it then gets a fresh local value
-    above, or the sessions open here (which catch up from the MODSEQ they know) would never
-    see it. Anti-entropy later settles both replicas on the larger value."""
+    above the mailbox's HIGHESTMODSEQ (always so when one node at a time changes a mailbox),
+    or equal to it as the next record of the same change (a STORE or EXPUNGE of several
+    messages logs one record per message, all with the change's one MODSEQ; a batch never
+    splits them, see `SqliteStore.changes_after`). A change made concurrently elsewhere can
+    arrive below it; it then gets a fresh local value above, or the sessions open here (which
+    catch up from the MODSEQ they know) would never see it. Anti-entropy later settles both
+    replicas on the larger value."""
     highest = int(conn.execute("SELECT highestmodseq FROM mailboxes WHERE id = ?",
                                (mailbox_id,)).fetchone()[0])
-    return hlc if hlc > highest else store.clock.update(highest)
+    if hlc > highest or (hlc == highest and record is not None and _same_change(conn, record)):
+        return hlc
+    return store.clock.update(highest)
+
+
+def _same_change(conn: sqlite3.Connection, record: ChangeRecord) -> bool:
+    """The record before this one from its origin is part of the same change (same HLC)."""
+    row = conn.execute("SELECT hlc FROM changelog WHERE origin = ? AND seq = ?",
+                       (record.origin, record.seq - 1)).fetchone()
+    return row is not None and int(row[0]) == record.hlc
 
 
 def bodies_present(conn: sqlite3.Connection, hashes: list[str]) -> set[str]:
@@ -325,7 +339,7 @@ def _message_flags(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
             flags.discard(flag)
     # The message's MODSEQ is the latest change record that touched it, whether or not that
     # record won the per-flag merge: so it is the same on every replica, whatever the order.
-    modseq = _modseq(store, conn, mailbox[0], record.hlc)
+    modseq = _modseq(store, conn, mailbox[0], record.hlc, record)
     conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) WHERE id = ?",
                  (modseq, mailbox[0]))
     conn.execute("UPDATE messages SET flags = ?, modseq = max(modseq, ?) WHERE mailbox_id = ? "
@@ -351,7 +365,7 @@ def _message_expunge(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
                      (mailbox[0], guid))
     # (The `expunged` trigger stamped it HIGHESTMODSEQ + 1; _modseq is at least that.)
     conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) WHERE id = ?",
-                 (_modseq(store, conn, mailbox[0], record.hlc), mailbox[0]))
+                 (_modseq(store, conn, mailbox[0], record.hlc, record), mailbox[0]))
     tx.touched.add(mailbox[0])
 
 

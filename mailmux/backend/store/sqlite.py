@@ -1478,9 +1478,21 @@ class SqliteStore:
                 if rows:
                     runs.append([ChangeRecord(o, s, h, k, json.loads(p))
                                  for o, s, h, k, p in rows])
-            # heapq.merge takes each run's records in their own (sequence) order.
+            # heapq.merge takes each run's records in their own (sequence) order. A change's
+            # records (one per message, one HLC) are never split between batches: a replica
+            # applies them in one transaction, each with the change's MODSEQ (apply.py).
             merged = heapq.merge(*runs, key=lambda r: (r.hlc, r.origin))
-            return list(itertools.islice(merged, limit))
+            out = list(itertools.islice(merged, limit))
+            if out:
+                last = out[-1]
+                # Read lazily, by primary key: it stops at the first record of another change.
+                for o, s, h, k, p in conn.execute(
+                        "SELECT origin, seq, hlc, kind, payload FROM changelog "
+                        "WHERE origin = ? AND seq > ? ORDER BY seq", (last.origin, last.seq)):
+                    if h != last.hlc or s != out[-1].seq + 1:
+                        break
+                    out.append(ChangeRecord(o, s, h, k, json.loads(p)))
+            return out
 
         return await self._read(read)
 

@@ -80,3 +80,35 @@ async def test_a_limited_batch_keeps_each_origins_records_in_sequence(
         assert seqs == list(range(1, len(seqs) + 1))  # a prefix, in order, no gap
     hlcs = [r.hlc for r in records]
     assert hlcs == sorted(hlcs)
+
+
+@pytest.mark.timeout(60)
+async def test_a_store_of_several_messages_keeps_its_one_modseq_on_every_replica(
+    stores: list[SqliteStore],
+) -> None:
+    """Found by the stress under faults ("modseqs differ"): a STORE logs one record per message,
+    all with the STORE's MODSEQ; a replica took the first verbatim and, the next ones being no
+    longer above its HIGHESTMODSEQ, gave each a local MODSEQ of its own."""
+    home, replica, other = stores
+    for _ in range(3):
+        await home.append(ALICE, "INBOX", BODY)
+    info = await home.get_mailbox(ALICE, "INBOX")
+    await home.store_flags(ALICE, info.id, [1, 2, 3], "add", ["\\Flagged"])
+    await sync(home, replica)
+    await sync(replica, other)
+    assert await modseqs(replica) == await modseqs(home)
+    assert await modseqs(other) == await modseqs(home)
+    assert len(set((await modseqs(home))[1].values())) == 1
+
+
+@pytest.mark.timeout(60)
+async def test_a_batch_never_splits_one_changes_records(stores: list[SqliteStore]) -> None:
+    home = stores[0]
+    for _ in range(4):
+        await home.append(ALICE, "INBOX", BODY)
+    info = await home.get_mailbox(ALICE, "INBOX")
+    await home.store_flags(ALICE, info.id, [1, 2, 3, 4], "add", ["\\Seen"])
+    records = await home.changes_after({}, limit=100_000)
+    first = next(i for i, r in enumerate(records) if r.kind == "message.flags")
+    batch = await home.changes_after({}, limit=first + 1)  # the limit falls inside the STORE
+    assert [r.kind for r in batch[first:]] == ["message.flags"] * 4
