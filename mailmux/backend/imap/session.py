@@ -156,6 +156,10 @@ class Session:
         self.feed: asyncio.Queue[int] | None = None
         self.enabled: set[str] = set()
         self.known_flags: set[str] = set()  # flags announced by the last untagged FLAGS
+        # Updates the view already took in (EXPUNGE, FETCH, EXISTS...) but not yet sent: a
+        # command that fails after taking them in must still send them with its NO, or the
+        # client's numbering and the view's part (dispatch).
+        self._untold: Lines = []
         self.contexts = Contexts()  # SEARCH/SORT RETURN (UPDATE) of the selected mailbox
         self.failed_logins = 0
         self.gateway: str | None = None  # the gateway key that vouched for this link
@@ -171,6 +175,7 @@ class Session:
     # I/O ------------------------------------------------------------------------------------
 
     async def send(self, lines: Lines) -> None:
+        self._untold = []  # whatever the view took in so far goes out with these
         if lines:
             data = b"".join(lines)
             self.writer.write(self.deflater.compress(data) if self.deflater else data)
@@ -355,6 +360,7 @@ class Session:
         log.debug("imap %s (%s): %s%s", self.peer, self.user, "UID " if command.uid else "",
                   command.name)
         started = time.monotonic()
+        self._untold = []
         with self.server.meter.transaction():
             try:
                 lines = await handler(command)
@@ -363,13 +369,14 @@ class Session:
             except Replayed:
                 raise  # the same replay id raced in: _dispatch_replay answers as the original
             except BackendError as exc:
-                lines = [exc.imap_reply(command.tag)]
+                lines = [*self._untold, exc.imap_reply(command.tag)]
             except Closed:
                 raise
             except (OSError, ValueError, LookupError) as exc:
                 log.exception("imap %s (%s): %s failed", self.peer, self.user, command.name)
-                lines = [tagged(command.tag, "NO", f"internal error: {type(exc).__name__}",
-                                "SERVERBUG")]
+                lines = [*self._untold, tagged(command.tag, "NO",
+                                               f"internal error: {type(exc).__name__}",
+                                               "SERVERBUG")]
             finally:
                 metrics.observe_command(
                     f"UID {command.name}" if command.uid else command.name,
@@ -388,7 +395,8 @@ class Session:
         try:
             return await self.dispatch(command)
         except Replayed as exc:  # the same id raced in on another session
-            return await self._replayed(command, exc.answer)
+            untold = list(self._untold)  # updates the view took in before the refusal
+            return [*untold, *await self._replayed(command, exc.answer)]
         finally:
             REPLAY.reset(token)
 
@@ -479,7 +487,9 @@ class Session:
             view.recent.update(claims.peek(key, new) if view.readonly else claims.claim(key, new))
             lines.append(untagged(len(view.recent), Atom("RECENT")))
         used = {f for _, flags, _ in changes.changed for f in flags}
-        return [*self._announce_flags(used), *lines]
+        told = [*self._announce_flags(used), *lines]
+        self._untold.extend(told)
+        return told
 
     def _announce_flags(self, used: set[str]) -> Lines:
         """An untagged FLAGS before the first response that uses a keyword not yet in it."""
