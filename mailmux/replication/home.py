@@ -18,13 +18,19 @@ link per peer, beside the replication link, so that a lease round never waits be
   under is still held (`Fence.valid`); otherwise it is undone (a deposed home is fenced).
 - The lease is renewed while the user is in use here (a login, a change, a delivery within
   INTEREST seconds), and left to lapse otherwise.
+- Epochs are durable: an acceptor writes every epoch it grants to the store (`meta`
+  `lease:<user>`, fsync'd) before the grant leaves, and reloads them at start, so after any
+  restart, of one node or of the whole pool, a new home's epoch is above every earlier one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -43,6 +49,7 @@ log = logging.getLogger(__name__)
 INTEREST = 60.0  # keep renewing this long after the user's last login/change here
 MINORITY_AFTER = 0.5  # no majority answering for this long: refuse the change at once
 RETRY = 0.05  # between claim rounds while another holder hands over or expires
+EPOCH_KEY = "lease:"  # store meta key prefix of a user's highest granted epoch and holder
 
 
 @dataclass
@@ -92,7 +99,42 @@ class HomeLeases:
         self._link_locks: dict[str, asyncio.Lock] = {}
         self.positions: Callable[[], Awaitable[dict[str, int]]] = replicator.store.positions
         self._lapsed: set[str] = set()  # users whose lapse was logged
+        self._accepting: dict[str, asyncio.Lock] = {}  # one grant (and its write) at a time
         self.claims = 0  # successful claim rounds (a new term here), for status and tests
+
+    async def load(self) -> None:
+        """The epochs granted before this start: never grant or claim below them."""
+        terms: dict[str, tuple[int, str]] = {}
+        for key, value in (await self.replicator.store.meta(EPOCH_KEY)).items():
+            try:
+                saved = json.loads(value)
+                terms[key[len(EPOCH_KEY):]] = (int(saved["epoch"]), str(saved["holder"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("home: unreadable saved epoch %s=%r: %s", key, value, exc)
+        self.acceptor.restore(terms)
+        for user, (epoch, _holder) in terms.items():
+            self.proposer.seen(user, epoch)
+        if terms:
+            log.info("home: %d saved lease epoch(s) restored", len(terms))
+
+    async def _accept(self, request: LeaseRequest) -> LeaseAnswer:
+        """The acceptor's answer, its epoch durable before a grant is sent."""
+        lock = self._accepting.setdefault(request.user, asyncio.Lock())
+        async with lock:
+            answer = self.acceptor.on_request(request, time.monotonic())
+            unsaved = self.acceptor.unsaved.get(request.user)
+            if unsaved is None:
+                return answer
+            epoch, holder = unsaved
+            try:
+                await self.replicator.store.set_meta(
+                    EPOCH_KEY + request.user, json.dumps({"epoch": epoch, "holder": holder}))
+            except (OSError, sqlite3.Error) as exc:
+                # Not durable, so not granted: the promise kept here only holds others off.
+                log.warning("home: cannot save epoch %d of %s: %s", epoch, request.user, exc)
+                return dataclasses.replace(answer, granted=False)
+            self.acceptor.saved(request.user, epoch, holder)
+            return answer
 
     # answers for WHO and status ----------------------------------------------------------------
 
@@ -279,7 +321,7 @@ class HomeLeases:
     async def _request(self, dest: str,
                        request: LeaseRequest) -> tuple[LeaseAnswer, dict[str, int]] | None:
         if dest == self.node:
-            return self.acceptor.on_request(request, time.monotonic()), await self.positions()
+            return await self._accept(request), await self.positions()
         reply = await self._call(dest, {"t": "lease.request", **_request_json(request)}, "lease")
         if reply is None:
             return None
@@ -353,7 +395,7 @@ class HomeLeases:
         kind = str(message.get("t"))
         now = time.monotonic()
         if kind == "lease.request":
-            answer = self.acceptor.on_request(_request_from(message), now)
+            answer = await self._accept(_request_from(message))
             return {"t": kind, **_answer_json(answer), "positions": await self.positions()}
         if kind == "lease.release":
             self.acceptor.on_release(LeaseRelease(str(message["user"]), str(message["holder"]),

@@ -205,7 +205,9 @@ class Replicator:
         # Boards are written by many users at once and have no home: their UIDs stay in this
         # node's residue class. A user's UIDs are given out by the user's home, in order.
         self.store.uid_slot = (pool.index(self.config.node_id), len(pool))
-        self.homes = HomeLeases(self)
+        homes = HomeLeases(self)
+        await homes.load()  # before any lease request is answered
+        self.homes = homes
         self.store.home_hook = self.homes.fence
         self.store.home_epoch = self.homes.epoch
         self.store.home_now = self.homes.holds

@@ -76,6 +76,29 @@ def test_who_names_the_home_and_another_node_takes_over_after_sigkill(
 
 
 @pytest.mark.timeout(120)
+def test_after_every_node_restarts_the_next_home_has_a_higher_epoch(
+    make_pool: Callable[..., Pool],
+) -> None:
+    pool = make_pool("abc")
+    a, b, c = pool.nodes.values()
+    assert _append(a, "first")[0] == "OK"
+    assert _append(b, "second")[0] == "OK"  # a hands over to b: a second, higher epoch
+    wait_for(lambda: _who(b).home == "b", "b as the home")
+    before = _who(b).epoch
+    assert before >= 2
+    for node in (a, b, c):
+        node.kill()  # the whole pool at once: no node remembers a lease in memory
+    for node in (a, b, c):
+        node.start()
+    status, answer = _append(c, "third")
+    assert status == "OK" and _uid(answer) == 3
+    wait_for(lambda: _who(c).home == "c", "c as the home")
+    # Epochs in memory only would restart at 1 here, below the terms before the restart,
+    # and the clash rule ("the newer epoch keeps the UID") would pick the wrong message.
+    assert _who(c).epoch > before
+
+
+@pytest.mark.timeout(120)
 def test_a_stopped_home_cannot_commit_beside_its_successor(
     make_pool: Callable[..., Pool],
 ) -> None:
