@@ -216,6 +216,18 @@ class Pool:
         )
         return candidates
 
+    async def home_of(self, user: str, policy: str) -> Candidate | None:
+        """The node the (possibly cached) answers name as the user's lease holder, if it is a
+        live candidate; None when no node holds the lease (no node chosen for it here)."""
+        answers, _ = await self._recent_answers(user, policy)
+        home = _home(answers)
+        if not home or self.health.is_quarantined(home):
+            return None
+        for answer in answers:
+            if answer.reply.node_id == home and answer.reply.serves:
+                return replace(answer.candidate(), home=True)
+        return None
+
     def _choose(self, user: str, candidates: list[Candidate], policy: str) -> str:
         """No live home: the least-loaded candidate (by the policy), the same one for every
         login of the user until the lease shows in the answers."""
