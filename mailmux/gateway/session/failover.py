@@ -124,8 +124,8 @@ async def move_home(session: ClientSession, current: Relay) -> bool:
     if old is None or session.user is None or session.password is None:
         return False
     pool = session.proxy.pool
-    home = await pool.home_of(session.user, session.config.selection)
-    if home is None or home.node_id == old.node_id:
+    home = await pool.home_of(session.user, session.config.selection, old.candidate)
+    if home is None:
         return False
     if session.standby is not None and session.standby.node_id == home.node_id:
         backend = session.take_standby([])
