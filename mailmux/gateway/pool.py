@@ -216,6 +216,29 @@ class Pool:
         )
         return candidates
 
+    async def home_of(self, user: str, policy: str, serving: Candidate) -> Candidate | None:
+        """The user's lease holder, if it is a live node other than `serving`; None when the
+        home is `serving`, or no node holds the lease. From the cached answers while fresh,
+        else from `serving` alone (one datagram to a node known alive: a change never waits
+        on the whole pool's answers); a full discovery only when the home is elsewhere."""
+        cached = self._answers.get(user)
+        if cached is not None and cached[0] > time.monotonic():
+            home = _home(cached[1])
+        else:
+            try:
+                reply = await query(serving.control, WhoRequest(user), self.config.gateway_key,
+                                    timeout=self.config.discovery_timeout)
+            except (TimeoutError, OSError, ControlError) as exc:
+                log.debug("home of %s: no answer from %s: %r", user, serving.node_id, exc)
+                return None
+            home = reply.home
+        if not home or home == serving.node_id or self.health.is_quarantined(home):
+            return None
+        for candidate in await self.discover(user, policy):
+            if candidate.node_id == home:
+                return candidate
+        return None
+
     def _choose(self, user: str, candidates: list[Candidate], policy: str) -> str:
         """No live home: the least-loaded candidate (by the policy), the same one for every
         login of the user until the lease shows in the answers."""

@@ -17,9 +17,13 @@ holder's lease starts only once X's grant reached it. The margin absorbs clock *
 its own intervals.
 
 A restarted acceptor has forgotten its promises, so it grants nothing for one lease period
-(`Acceptor(now, restarted=True)`): every promise it made before the crash has expired by then.
-That is why nothing needs to be persisted for safety. Epochs are persisted by the caller when
-they rise (`Acceptor.epochs`), only so that fencing by epoch survives restarts.
+(`Acceptor(now, quiet=duration)`): every promise it made before the crash has expired by then.
+That is why no promise needs to be persisted for the one-holder property. Epochs are: every
+epoch an acceptor grants is first written down by the caller (`Acceptor.unsaved`, then
+`restore` after a restart), so a pool that restarted, even all at once, still never grants a
+lower or equal epoch to another holder, and the epoch keeps naming one holder's term for
+fencing stale records ("the newer epoch keeps the UID"). A proposer starts above every epoch
+its node has seen (`Proposer.seen`).
 
 Renewal: the holder sends a new round before its lease ends (`due`); the same holder at the
 same epoch is granted again, extending the promise. A new holder must use a higher epoch than
@@ -74,6 +78,19 @@ class Acceptor:
         self.promises: dict[str, _Promise] = {}
         self.epochs: dict[str, int] = {}  # highest epoch seen per user
         self.terms: dict[str, str] = {}  # the holder granted that highest epoch
+        # Epochs granted but not yet durable: the caller writes them down before the answer
+        # leaves (and `saved` them), so a restart can never forget an epoch it granted.
+        self.unsaved: dict[str, tuple[int, str]] = {}
+
+    def restore(self, terms: dict[str, tuple[int, str]]) -> None:
+        """The epochs (and their holders) written down before a restart."""
+        for user, (epoch, holder) in terms.items():
+            if epoch > self.epochs.get(user, 0):
+                self.epochs[user], self.terms[user] = epoch, holder
+
+    def saved(self, user: str, epoch: int, holder: str) -> None:
+        if self.unsaved.get(user) == (epoch, holder):
+            del self.unsaved[user]
 
     def on_request(self, request: LeaseRequest, now: float) -> LeaseAnswer:
         user = request.user
@@ -84,6 +101,8 @@ class Acceptor:
         granted = self._grantable(request, promise, seen, now)
         if granted:
             self.promises[user] = _Promise(request.holder, request.epoch, now + request.duration)
+            if (request.epoch, request.holder) != (seen, self.terms.get(user)):
+                self.unsaved[user] = (request.epoch, request.holder)
             self.epochs[user] = seen = request.epoch
             self.terms[user] = request.holder
             promise = self.promises[user]
@@ -143,6 +162,11 @@ class Proposer:
         self.duration = duration
         self.margin = margin
         self.claims: dict[str, _Claim] = {}
+        self.floor: dict[str, int] = {}  # epochs this node saw before a restart
+
+    def seen(self, user: str, epoch: int) -> None:
+        """An epoch this node has seen (e.g. restored from disk): claim only above it."""
+        self.floor[user] = max(self.floor.get(user, 0), epoch)
 
     @property
     def majority(self) -> int:
@@ -156,7 +180,7 @@ class Proposer:
         term began between (see Acceptor._grantable)."""
         state = self.claims.setdefault(user, _Claim())
         if not self.holds(user, now) and not (same_term and state.epoch > 0):
-            state.epoch = max(state.epoch, state.seen_epoch) + 1
+            state.epoch = max(state.epoch, state.seen_epoch, self.floor.get(user, 0)) + 1
         state.round += 1
         state.sent = now
         state.grants = set()

@@ -10,21 +10,30 @@ link per peer, beside the replication link, so that a lease round never waits be
   changes in flight for that user, then releases). A dead home's lease runs out at the
   acceptors within one lease period. No majority within the deadline → Unavailable, the
   minority refusal (unless `degrade` is set: then the node commits without a lease).
-- A new home catches up before it commits: every grant carries the acceptor's log positions, and
-  the home waits until it holds every record any granter held. An acknowledged change is on W
-  nodes and W + majority > pool size (3 nodes, W = 2), so some granter has it: the new home never
-  reuses or goes below a UID or MODSEQ an acknowledged change used.
+- A new home catches up before it commits: it learns the log positions of at least
+  N - W + 1 nodes (N the pool, W the `normal` copy count; never fewer than a majority), taken
+  after it won the lease: every grant carries the granter's positions, and the other nodes are
+  asked (`lease.positions`). It then waits until it holds every record any of them held. An
+  acknowledged change is on W nodes, and any N - W + 1 nodes include one of them, so the new
+  home never reuses or goes below a UID or MODSEQ an acknowledged change used, whatever N and
+  W. With fewer nodes answering it refuses changes (reads go on) until enough are back.
 - After the copies of a change are made, the change is confirmed only if the lease it started
   under is still held (`Fence.valid`); otherwise it is undone (a deposed home is fenced).
 - The lease is renewed while the user is in use here (a login, a change, a delivery within
   INTEREST seconds), and left to lapse otherwise.
+- Epochs are durable: an acceptor writes every epoch it grants to the store (`meta`
+  `lease:<user>`, fsync'd) before the grant leaves, and reloads them at start, so after any
+  restart, of one node or of the whole pool, a new home's epoch is above every earlier one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -43,6 +52,7 @@ log = logging.getLogger(__name__)
 INTEREST = 60.0  # keep renewing this long after the user's last login/change here
 MINORITY_AFTER = 0.5  # no majority answering for this long: refuse the change at once
 RETRY = 0.05  # between claim rounds while another holder hands over or expires
+EPOCH_KEY = "lease:"  # store meta key prefix of a user's highest granted epoch and holder
 
 
 @dataclass
@@ -92,7 +102,42 @@ class HomeLeases:
         self._link_locks: dict[str, asyncio.Lock] = {}
         self.positions: Callable[[], Awaitable[dict[str, int]]] = replicator.store.positions
         self._lapsed: set[str] = set()  # users whose lapse was logged
+        self._accepting: dict[str, asyncio.Lock] = {}  # one grant (and its write) at a time
         self.claims = 0  # successful claim rounds (a new term here), for status and tests
+
+    async def load(self) -> None:
+        """The epochs granted before this start: never grant or claim below them."""
+        terms: dict[str, tuple[int, str]] = {}
+        for key, value in (await self.replicator.store.meta(EPOCH_KEY)).items():
+            try:
+                saved = json.loads(value)
+                terms[key[len(EPOCH_KEY):]] = (int(saved["epoch"]), str(saved["holder"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("home: unreadable saved epoch %s=%r: %s", key, value, exc)
+        self.acceptor.restore(terms)
+        for user, (epoch, _holder) in terms.items():
+            self.proposer.seen(user, epoch)
+        if terms:
+            log.info("home: %d saved lease epoch(s) restored", len(terms))
+
+    async def _accept(self, request: LeaseRequest) -> LeaseAnswer:
+        """The acceptor's answer, its epoch durable before a grant is sent."""
+        lock = self._accepting.setdefault(request.user, asyncio.Lock())
+        async with lock:
+            answer = self.acceptor.on_request(request, time.monotonic())
+            unsaved = self.acceptor.unsaved.get(request.user)
+            if unsaved is None:
+                return answer
+            epoch, holder = unsaved
+            try:
+                await self.replicator.store.set_meta(
+                    EPOCH_KEY + request.user, json.dumps({"epoch": epoch, "holder": holder}))
+            except (OSError, sqlite3.Error) as exc:
+                # Not durable, so not granted: the promise kept here only holds others off.
+                log.warning("home: cannot save epoch %d of %s: %s", epoch, request.user, exc)
+                return dataclasses.replace(answer, granted=False)
+            self.acceptor.saved(request.user, epoch, holder)
+            return answer
 
     # answers for WHO and status ----------------------------------------------------------------
 
@@ -121,6 +166,16 @@ class HomeLeases:
             granted, _ = await self._round(user)
             if self.proposer.holds(user, time.monotonic()):
                 await self._catch_up(user, granted, time.monotonic() + self.duration)
+
+    def catch_up_quorum(self) -> int:
+        """Nodes whose positions a new home must learn: any N - W + 1 nodes include one of the
+        W holding an acknowledged change (W = `normal`; a majority at least, the granters).
+        W = 1 gives that up (the one copy may be on a dead home): a majority, or no home
+        could ever be made while any node is down."""
+        pool, copies = len(self.proposer.nodes), self.replicator.rconfig.copies.normal
+        if copies < 2:
+            return self.proposer.majority
+        return min(pool, max(self.proposer.majority, pool - copies + 1))
 
     # the commit path -------------------------------------------------------------------------
 
@@ -180,6 +235,9 @@ class HomeLeases:
                 elif time.monotonic() - cut_off_since >= MINORITY_AFTER:
                     deadline = time.monotonic()  # a minority: refuse now, not in seconds
             epoch = self.proposer.epoch(user)
+            if self.proposer.holds(user, time.monotonic()) and self.ready.get(user) != epoch:
+                # Won earlier (at login, or a catch-up that ran out of time): try again now.
+                await self._catch_up(user, {}, deadline)
             if self.proposer.holds(user, time.monotonic()):
                 if self.ready.get(user) == epoch:
                     return epoch
@@ -209,41 +267,70 @@ class HomeLeases:
             await self._round(user, same_term=True)
 
     async def _round(self, user: str, *, same_term: bool = False
-                     ) -> tuple[list[dict[str, int]], int]:
+                     ) -> tuple[dict[str, dict[str, int]], int]:
         """One claim or renewal round: the granters' log positions, how many answered."""
         requests = self.proposer.claim(user, time.monotonic(), same_term=same_term)
         answers = await asyncio.gather(*(self._request(dest, req) for dest, req in requests))
-        granted: list[dict[str, int]] = []
+        granted: dict[str, dict[str, int]] = {}
         for answer in answers:
             if answer is None:
                 continue
             lease_answer, positions = answer
             self.proposer.on_answer(lease_answer, time.monotonic())
             if lease_answer.granted:
-                granted.append(positions)
+                granted[lease_answer.acceptor] = positions
         return granted, sum(1 for a in answers if a is not None)
 
-    async def _catch_up(self, user: str, granted: list[dict[str, int]], deadline: float) -> None:
-        """Hold every record a granter held before committing for `user` as its home."""
+    async def _catch_up(self, user: str, granted: dict[str, dict[str, int]],
+                        deadline: float) -> None:
+        """Hold every record that `catch_up_quorum` nodes held once this node held the lease
+        (the granters' positions were read then; the others are asked now) before committing
+        for `user` as its home."""
         epoch = self.proposer.epoch(user)
         if self.ready.get(user) == epoch:
             return
-        wanted: dict[str, int] = {}
-        for positions in granted:
-            for origin, seq in positions.items():
-                wanted[origin] = max(wanted.get(origin, 0), int(seq))
+        known = dict(granted)
+        needed = self.catch_up_quorum()
         while True:
-            have = await self.positions()
-            behind = {o: s for o, s in wanted.items() if have.get(o, 0) < s}
-            if not behind:
+            if len(known) < needed:
+                missing = [n for n in self.proposer.nodes if n not in known]
+                found = await asyncio.gather(*(self._positions_of(n) for n in missing))
+                known.update({n: p for n, p in zip(missing, found, strict=True)
+                              if p is not None})
+            behind: dict[str, int] | None = None
+            if len(known) >= needed:
+                wanted: dict[str, int] = {}
+                for positions in known.values():
+                    for origin, seq in positions.items():
+                        wanted[origin] = max(wanted.get(origin, 0), int(seq))
+                have = await self.positions()
+                behind = {o: s for o, s in wanted.items() if have.get(o, 0) < s}
+            if behind == {}:
                 self.ready[user] = epoch
                 self.claims += 1
                 log.info("home: %s holds %s at epoch %d", self.node, user, epoch)
                 return
             if time.monotonic() >= deadline:
-                log.warning("home: %s not caught up for %s: behind %s", self.node, user, behind)
+                if behind is None:
+                    log.warning("home: %s not caught up for %s: positions from %d of the %d "
+                                "nodes needed", self.node, user, len(known), needed)
+                else:
+                    log.warning("home: %s not caught up for %s: behind %s", self.node, user,
+                                behind)
                 return
             await asyncio.sleep(RETRY)  # records arrive over the replication links
+
+    async def _positions_of(self, node: str) -> dict[str, int] | None:
+        if node == self.node:
+            return await self.positions()
+        reply = await self._call(node, {"t": "lease.positions"}, "lease")
+        if reply is None:
+            return None
+        try:
+            return {str(k): int(v) for k, v in reply["positions"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning("home: bad positions from %s: %s", node, exc)
+            return None
 
     # renewal ------------------------------------------------------------------------------------
 
@@ -279,7 +366,7 @@ class HomeLeases:
     async def _request(self, dest: str,
                        request: LeaseRequest) -> tuple[LeaseAnswer, dict[str, int]] | None:
         if dest == self.node:
-            return self.acceptor.on_request(request, time.monotonic()), await self.positions()
+            return await self._accept(request), await self.positions()
         reply = await self._call(dest, {"t": "lease.request", **_request_json(request)}, "lease")
         if reply is None:
             return None
@@ -353,7 +440,7 @@ class HomeLeases:
         kind = str(message.get("t"))
         now = time.monotonic()
         if kind == "lease.request":
-            answer = self.acceptor.on_request(_request_from(message), now)
+            answer = await self._accept(_request_from(message))
             return {"t": kind, **_answer_json(answer), "positions": await self.positions()}
         if kind == "lease.release":
             self.acceptor.on_release(LeaseRelease(str(message["user"]), str(message["holder"]),
@@ -361,6 +448,8 @@ class HomeLeases:
             return {"t": kind}
         if kind == "lease.yield":
             return {"t": kind, "released": await self._yield(str(message["user"]).lower())}
+        if kind == "lease.positions":
+            return {"t": kind, "positions": await self.positions()}
         raise ValueError(f"unknown lease message {kind!r}")
 
     async def _yield(self, user: str) -> bool:

@@ -63,6 +63,7 @@ BATCH_RECORDS = 500
 BATCH_BODY_BYTES = 8 * 1024 * 1024
 IDLE_RECHECK = 1.0
 RESPONSIVE = 3.0  # a peer not heard from for longer does not count for the precheck
+FIRST_BACKOFF = 0.2  # reconnect backoff, doubling up to MAX_BACKOFF
 MAX_BACKOFF = 5.0
 READ_SIZE = 256 * 1024
 ACK_PERSIST_INTERVAL = 1.0
@@ -154,6 +155,10 @@ class PeerState:
     digested: float = float("-inf")  # when digests were last compared
     repaired: int = 0  # mailboxes found different and repaired by digest comparison
     keeping_up: bool = False  # the last read found few records: read the next on the loop
+    # Set when the peer dialled us while our link to it was down: it is back (say, restarted),
+    # so the dialer retries now instead of at the end of its backoff, which by then may be
+    # seconds, and a new home there would refuse changes for want of a linked peer.
+    redial: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Replicator:
@@ -207,7 +212,9 @@ class Replicator:
         # Boards are written by many users at once and have no home: their UIDs stay in this
         # node's residue class. A user's UIDs are given out by the user's home, in order.
         self.store.uid_slot = (pool.index(self.config.node_id), len(pool))
-        self.homes = HomeLeases(self)
+        homes = HomeLeases(self)
+        await homes.load()  # before any lease request is answered
+        self.homes = homes
         self.store.home_hook = self.homes.fence
         self.store.home_epoch = self.homes.epoch
         self.store.home_now = self.homes.holds
@@ -367,16 +374,19 @@ class Replicator:
     # shipping (dialer side) ------------------------------------------------------------------
 
     async def _ship_forever(self, peer: PeerState) -> None:
-        backoff = 0.2
+        backoff = FIRST_BACKOFF
         while True:
+            peer.redial.clear()
             try:
                 channel = await self._dial(peer)
             except (OSError, TimeoutError, PeerAuthError, LinkClosed) as exc:
                 peer.last_error = str(exc) or type(exc).__name__
-                await asyncio.sleep(backoff)  # reconnect backoff, not synchronisation
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff):  # reconnect backoff, cut short
+                        await peer.redial.wait()  # when the peer dials us
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
-            backoff = 0.2
+            backoff = FIRST_BACKOFF
             peer.connected = True
             log.info("replication: linked to %s at %s:%d", peer.node_id, *peer.address)
             try:
@@ -564,6 +574,9 @@ class Replicator:
             nonce = os.urandom(16)
             writer.write(plain(welcome(secret, self.config.node_id, their_nonce, nonce)))
             channel.sealer = Sealer.for_session(secret, their_nonce, nonce, dialer=False)
+            known = self.peers.get(node)
+            if known is not None and not known.connected:
+                known.redial.set()
             await self._serve(node, channel)
         except asyncio.CancelledError:
             return  # shutting down: the connection task ends here, quietly

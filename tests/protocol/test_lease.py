@@ -2,12 +2,14 @@
 messages, crashing and restarting nodes, clocks running at slightly different rates.
 
 Safety: at no instant do two nodes both believe they hold a valid lease for one user.
+Epochs: a new holder's epoch is above every earlier holder's, across restarts of any number of
+nodes (acceptors write an epoch down before granting it, and reload it when they restart).
 Liveness: once the network delivers again, a live majority elects a holder.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -43,6 +45,7 @@ class Node:
     offset: float
     acceptor: Acceptor | None = None
     proposer: Proposer | None = None
+    disk: dict[str, tuple[int, str]] = field(default_factory=dict)  # survives crashes
 
     def local(self, now: float) -> float:
         return self.offset + self.rate * now
@@ -54,6 +57,7 @@ class LeaseModel(RuleBasedStateMachine):
         self.now = 0.0
         self.nodes: dict[str, Node] = {}
         self.wire: list[tuple[str, Message]] = []
+        self.terms: dict[str, list[tuple[int, str]]] = {u: [] for u in USERS}  # held, in order
 
     @initialize(count=st.sampled_from([3, 5]),
                 rates=st.lists(st.sampled_from([1 - DRIFT, 1.0, 1 + DRIFT]), min_size=5,
@@ -70,6 +74,9 @@ class LeaseModel(RuleBasedStateMachine):
         local = node.local(self.now)
         node.acceptor = Acceptor(node.name, local, quiet=quiet)
         node.proposer = Proposer(node.name, list(self.nodes), DURATION, MARGIN)
+        node.acceptor.restore(node.disk)
+        for user, (epoch, _holder) in node.disk.items():
+            node.proposer.seen(user, epoch)
 
     def _live(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.proposer is not None]
@@ -152,6 +159,15 @@ class LeaseModel(RuleBasedStateMachine):
             node.acceptor = node.proposer = None
             self.wire = [(dest, m) for dest, m in self.wire if dest != node.name]
 
+    @rule()
+    def crash_all(self) -> None:
+        """The whole pool goes down (power cut) and comes back."""
+        for node in self.nodes.values():
+            node.acceptor = node.proposer = None
+        self.wire.clear()
+        for node in self.nodes.values():
+            self._boot(node, quiet=DURATION)
+
     @rule(data=st.data())
     def restart(self, data: st.DataObject) -> None:
         down = [n for n in self.nodes.values() if n.proposer is None]
@@ -166,6 +182,9 @@ class LeaseModel(RuleBasedStateMachine):
         local = node.local(self.now)
         if isinstance(message, LeaseRequest):
             answer = node.acceptor.on_request(message, local)
+            for user, (epoch, holder) in list(node.acceptor.unsaved.items()):
+                node.disk[user] = (epoch, holder)  # written (fsync'd) before the answer leaves
+                node.acceptor.saved(user, epoch, holder)
             self.wire.append((message.holder, answer))
         elif isinstance(message, LeaseAnswer):
             node.proposer.on_answer(answer=message, now=local)
@@ -182,6 +201,22 @@ class LeaseModel(RuleBasedStateMachine):
             holders = [n.name for n in self._live()
                        if n.proposer is not None and n.proposer.holds(user, n.local(self.now))]
             assert len(holders) <= 1, (user, holders, self.now)
+
+    @invariant()
+    def a_new_term_has_a_higher_epoch(self) -> None:
+        for user in USERS:
+            for node in self._live():
+                assert node.proposer is not None
+                if not node.proposer.holds(user, node.local(self.now)):
+                    continue
+                term = (node.proposer.epoch(user), node.name)
+                held = self.terms[user]
+                if held and held[-1] == term:
+                    continue
+                # A holder's own same-term renewal after a lapse is the same term again.
+                assert term not in held or term == held[-1], (term, held)
+                assert all(epoch < term[0] for epoch, _ in held), (term, held)
+                held.append(term)
 
     @precondition(lambda self: len(self._live()) * 2 > len(self.nodes))
     @rule(data=st.data(), user=st.sampled_from(USERS))
@@ -254,3 +289,46 @@ def test_a_restarted_acceptor_cannot_make_a_second_holder() -> None:
     for dest, request in c.claim("u", 0.5):
         c.on_answer(acceptors[dest].on_request(request, 0.5), 0.5)
     assert not c.holds("u", 0.5)
+
+
+def test_a_restarted_pool_gives_the_next_home_a_higher_epoch() -> None:
+    nodes = ["a", "b", "c"]
+    disks: dict[str, dict[str, tuple[int, str]]] = {n: {} for n in nodes}
+
+    def boot(now: float) -> dict[str, Acceptor]:
+        acceptors = {}
+        for n in nodes:
+            acceptors[n] = Acceptor(n, now, quiet=2.0)
+            acceptors[n].restore(disks[n])
+        return acceptors
+
+    def run(proposer: Proposer, acceptors: dict[str, Acceptor], now: float) -> None:
+        for dest, request in proposer.claim("u", now):
+            answer = acceptors[dest].on_request(request, now)
+            for user, (epoch, holder) in list(acceptors[dest].unsaved.items()):
+                disks[dest][user] = (epoch, holder)
+                acceptors[dest].saved(user, epoch, holder)
+            proposer.on_answer(answer, now)
+
+    acceptors = boot(-2.0)
+    a = Proposer("a", nodes, 2.0, 0.2)
+    for _ in range(2):
+        run(a, acceptors, 0.0)
+        a.release("u")
+        for n in nodes:
+            acceptors[n].promises.clear()
+    run(a, acceptors, 0.0)
+    assert a.holds("u", 0.0) and a.epoch("u") == 3
+    assert {d["u"] for d in disks.values()} == {(3, "a")}
+    # Every node restarts; b claims once the quiet period is over.
+    acceptors = boot(10.0)
+    b = Proposer("b", nodes, 2.0, 0.2)
+    b.seen("u", disks["b"]["u"][0])
+    run(b, acceptors, 12.0)
+    assert b.holds("u", 12.0) and b.epoch("u") == 4
+    # A proposer that forgot (no floor) learns from the refusals and still goes higher.
+    c = Proposer("c", nodes, 2.0, 0.2)
+    run(c, acceptors, 20.0)
+    assert not c.holds("u", 20.0)
+    run(c, acceptors, 20.0)
+    assert c.holds("u", 20.0) and c.epoch("u") == 5

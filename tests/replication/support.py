@@ -31,6 +31,12 @@ class Pool:
         for proxy in self.proxies.values():
             proxy.heal()
 
+    def split(self, side: set[str]) -> None:
+        """Cut every link between `side` and the other nodes (both directions)."""
+        for (source, target), proxy in self.proxies.items():
+            if (source in side) != (target in side):
+                proxy.cut()
+
 
 @pytest.fixture
 def make_pool(node_factory: Callable[..., NodeProcess]) -> Iterator[Callable[..., Pool]]:

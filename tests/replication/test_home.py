@@ -11,6 +11,7 @@ import re
 import signal
 import smtplib
 import socket
+import time
 from collections.abc import Callable
 
 import pytest
@@ -73,6 +74,64 @@ def test_who_names_the_home_and_another_node_takes_over_after_sigkill(
     for node in (b, c):
         wait_for(lambda n=node: _who(n).home == "b", f"{node.node_id} naming b as the home")
     assert _who(c).epoch > epoch
+
+
+@pytest.mark.timeout(120)
+def test_after_every_node_restarts_the_next_home_has_a_higher_epoch(
+    make_pool: Callable[..., Pool],
+) -> None:
+    pool = make_pool("abc")
+    a, b, c = pool.nodes.values()
+    assert _append(a, "first")[0] == "OK"
+    assert _append(b, "second")[0] == "OK"  # a hands over to b: a second, higher epoch
+    wait_for(lambda: _who(b).home == "b", "b as the home")
+    before = _who(b).epoch
+    assert before >= 2
+    for node in (a, b, c):
+        node.kill()  # the whole pool at once: no node remembers a lease in memory
+    for node in (a, b, c):
+        node.start()
+    status, answer = _append(c, "third")
+    assert status == "OK" and _uid(answer) == 3
+    wait_for(lambda: _who(c).home == "c", "c as the home")
+    # Epochs in memory only would restart at 1 here, below the terms before the restart,
+    # and the clash rule ("the newer epoch keeps the UID") would pick the wrong message.
+    assert _who(c).epoch > before
+
+
+@pytest.mark.timeout(300)
+def test_in_five_nodes_with_w_2_a_new_home_never_reuses_an_acknowledged_uid(
+    make_pool: Callable[..., Pool],
+) -> None:
+    """Five nodes, W = 2: the two copies of an acknowledged APPEND (on a and b) can both be
+    outside the majority {c, d, e} that grants the next lease. Catching up with the granters
+    alone, c would give the same UID to another message; it must learn the positions of
+    N - W + 1 = 4 nodes first, so it refuses until a or b is back, then follows on."""
+    pool = make_pool("abcde", proxied=True)
+    a, c = pool.nodes["a"], pool.nodes["c"]
+    assert _append(a, "one")[0] == "OK"
+    for _attempt in range(3):
+        with imaplib.IMAP4(*a.imap, timeout=30) as imap:
+            imap.login(*ALICE)
+            wait_for(lambda: _who(a).home == "a", "a as the home")
+            pool.split({"a", "b"})  # a's lease has a moment left: W = 2 is a and b
+            status, data = imap.append("INBOX", "", None, _message("two"))
+        if status == "OK":
+            break
+        pool.heal()  # a's lease ran out before the copies came back: try again
+        assert _append(a, "again")[0] == "OK"
+    assert status == "OK", data
+    acknowledged = _uid(data[0] or b"")
+    status, answer = _append(c, "three")
+    assert (status, b"[UNAVAILABLE]" in answer) == ("NO", True), (status, answer)
+    pool.heal()
+    deadline = time.monotonic() + 60
+    while (result := _append(c, "three"))[0] != "OK":  # each attempt waits seconds itself
+        assert time.monotonic() < deadline, "c never caught up after the heal"
+    assert _uid(result[1]) == acknowledged + 1
+    nodes = list(pool.nodes.values())
+    wait_for(lambda: all(inbox(n) == inbox(a) for n in nodes), "identical replicas")
+    assert b"body of two" in inbox(c)[acknowledged][1]
 
 
 @pytest.mark.timeout(120)

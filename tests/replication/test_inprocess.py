@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -51,6 +52,20 @@ def _certificate(directory: Path) -> dict[str, str]:
     return {"tls_cert": str(cert), "tls_key": str(key)}
 
 
+def _config(tmp_path: Path, node: str, other: str, ports: dict[str, int], mode: str,
+            tls: dict[str, str]) -> backend_config.BackendConfig:
+    return backend_config.from_dict({
+        "node_id": node, "data_dir": str(tmp_path / node), "domains": ["example.test"],
+        "pool_secret": SECRET, "listen_imap": "127.0.0.1:0", "listen_smtp": "127.0.0.1:0",
+        "listen_control": "127.0.0.1:0", **tls,
+        "replication": {"listen": f"127.0.0.1:{ports[node]}",
+                        "peers": [f"{other}=127.0.0.1:{ports[other]}"], "mode": mode,
+                        "batch_window": "02:00-05:00", "batch_backlog": 1000,
+                        "copy_timeout": "3s",
+                        "copies": {"high": "all", "normal": 1, "bulk": 1}},
+    })
+
+
 @pytest.fixture
 async def pair(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Pair]:
     mode = getattr(request, "param", "immediate")
@@ -60,16 +75,7 @@ async def pair(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[
     result = Pair()
     opened = []
     for node, other in (("a", "b"), ("b", "a")):
-        config = backend_config.from_dict({
-            "node_id": node, "data_dir": str(tmp_path / node), "domains": ["example.test"],
-            "pool_secret": SECRET, "listen_imap": "127.0.0.1:0", "listen_smtp": "127.0.0.1:0",
-            "listen_control": "127.0.0.1:0", **tls,
-            "replication": {"listen": f"127.0.0.1:{ports[node]}",
-                            "peers": [f"{other}=127.0.0.1:{ports[other]}"], "mode": mode,
-                            "batch_window": "02:00-05:00", "batch_backlog": 1000,
-                            "copy_timeout": "3s",
-                            "copies": {"high": "all", "normal": 1, "bulk": 1}},
-        })
+        config = _config(tmp_path, node, other, ports, mode, tls)
         manager = SqliteStore.open(config.db_path, node, config.domains)
         store = await manager.__aenter__()
         opened.append(manager)
@@ -167,3 +173,29 @@ async def test_per_peer_backlog_and_lag_in_the_load_report(pair: Pair) -> None:
     assert set(details) == {"peer.b.backlog", "peer.b.connected",
                             "peer.b.responsive", "peer.b.lag_s"}
     assert pair.replicators["a"].details()["peer.b.connected"] == 1.0
+
+
+async def test_a_peer_that_comes_back_is_linked_again_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer that starts dials us; our dialer, deep in its backoff, tries again at once
+    (a new home there would otherwise refuse changes for want of a linked peer)."""
+    from mailmux.replication import peers
+
+    monkeypatch.setattr(peers, "FIRST_BACKOFF", 600.0)
+    monkeypatch.setattr(peers, "MAX_BACKOFF", 600.0)
+    ports = {"a": free_port(), "b": free_port()}
+    replicators: list[Replicator] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for node, other in (("a", "b"), ("b", "a")):
+            config = _config(tmp_path, node, other, ports, "immediate", {})
+            store = await stack.enter_async_context(
+                SqliteStore.open(config.db_path, node, config.domains))
+            replicator = Replicator(config, store, LoadMeter())
+            stack.push_async_callback(replicator.close)
+            await replicator.start()
+            replicators.append(replicator)
+            if node == "a":  # b is not up yet: a's first dial fails, the next is 600 s away
+                link = replicator.peers["b"]
+                await until(lambda link=link: _true(link.last_error != ""))  # type: ignore[misc]
+        await until(lambda: _true(link.connected))

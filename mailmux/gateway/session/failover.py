@@ -23,8 +23,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mailmux.gateway.connector import connect
-from mailmux.gateway.errors import BackendLost, NoBackend
+from mailmux.gateway.connector import connect, login
+from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
 from mailmux.gateway.responses import Response
 from mailmux.gateway.session.states import Input
 from mailmux.gateway.session.view import MailboxView, flag_key
@@ -76,13 +76,7 @@ async def failover(session: ClientSession, current: Relay, cause: BaseException)
             )
         session.use(backend)
         try:
-            for enable in session.enabled:
-                await internal(session, enable)
-            # A SELECT in flight replaces the selected mailbox: restoring the old one is moot.
-            if session.view is not None and current.view is None:
-                await restore_view(session, session.view, current)
-            if session.notify is not None:
-                await internal(session, session.notify)  # its initial STATUS stays here
+            await _restore(session, current)
             break
         except BackendLost as exc:
             # The replacement failed too while being restored: try the next one.
@@ -106,6 +100,64 @@ async def failover(session: ClientSession, current: Relay, cause: BaseException)
     if session.view is not None:
         session.want_standby()
     log.info("imap %s (%s): now on %s", session.peer, session.user, session.backend.node_id)
+
+
+async def _restore(session: ClientSession, current: Relay) -> None:
+    """Put the session's state (ENABLE, selected mailbox, NOTIFY) on its new backend."""
+    for enable in session.enabled:
+        await internal(session, enable)
+    # A SELECT in flight replaces the selected mailbox: restoring the old one is moot.
+    if session.view is not None and current.view is None:
+        await restore_view(session, session.view, current)
+    if session.notify is not None:
+        await internal(session, session.notify)  # its initial STATUS stays here
+
+
+async def move_home(session: ClientSession, current: Relay) -> bool:
+    """Before a change: if the answers name another live node as the user's home, move the
+    session there (as a failover does, but nothing failed). A change made where the session is
+    would take the lease from the home; with the user's sessions on two nodes, the lease would
+    go back and forth at every change. Any trouble on the way leaves the session where it is
+    (the node then asks the home to hand over, as before) or, once the old backend is dropped,
+    is an ordinary failover."""
+    old = session.backend
+    if old is None or session.user is None or session.password is None:
+        return False
+    pool = session.proxy.pool
+    home = await pool.home_of(session.user, session.config.selection, old.candidate)
+    if home is None:
+        return False
+    if session.standby is not None and session.standby.node_id == home.node_id:
+        backend = session.take_standby([])
+    else:
+        backend = None
+    if backend is None:
+        try:
+            backend = await login(home, session.user, session.password,
+                                  session.config.request_timeout, pool.config.gateway_key)
+        except (BackendLost, AuthenticationFailed) as exc:
+            log.info("imap %s (%s): staying on %s: the home %s did not take the session: %s",
+                     session.peer, session.user, old.node_id, home.node_id, exc)
+            if isinstance(exc, BackendLost):
+                pool.failed(home.node_id, str(exc))  # twice: left out, not tried at each change
+            return False
+        backend.release = pool.placed(home.node_id)
+    log.info("imap %s (%s): moving from %s to the home %s before %s", session.peer,
+             session.user, old.node_id, home.node_id, current.name or "a change")
+    session.transition(Input.BACKEND_LOST)
+    await session.drop_backend()
+    session.use(backend)
+    try:
+        await _restore(session, current)
+    except BackendLost as exc:
+        await failover(session, current, exc)
+        return True
+    if current.view is not None:
+        current.view = MailboxView(select=current.view.select)
+    session.transition(Input.RESTORED)
+    if session.view is not None:
+        session.want_standby()
+    return True
 
 
 async def internal(session: ClientSession, command: bytes) -> list[Response]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
 from mailmux.gateway.literals import non_synchronising
 from mailmux.gateway.responses import Response, ResponseTooLarge, Spill, parse_fetch
-from mailmux.gateway.session.failover import ViewLost, failover, tell_gone
+from mailmux.gateway.session.failover import ViewLost, failover, move_home, tell_gone
 from mailmux.gateway.session.replay import (
     NO_EXPUNGE_DURING,
     REPLAYABLE,
@@ -66,6 +66,7 @@ class Relay:
     view: MailboxView | None = None  # SELECT/EXAMINE: the view being opened
     replay_id: str | None = None
     attempt: int = 0  # 0: first send; n: the n-th replay after failover
+    moved: bool = False  # the session moved to the user's home before the first send
     snapshot: list[int | None] | None = None  # the client's seq→UID map when it sent this
     fetched: set[int] = field(default_factory=set)  # FETCH: seqs (UID FETCH: UIDs) relayed
     may_remove: set[int] = field(default_factory=set)  # UIDs this command itself may expunge
@@ -80,6 +81,11 @@ class Relay:
 async def relay(session: ClientSession, tag: bytes, raw: bytes, name: str) -> bool:
     """Relay one command, failing over as needed; False when the session is over."""
     current = prepare(session, tag, raw, name)
+    if current.replay_id is not None:  # a change: made on the user's home, if it is elsewhere
+        try:
+            current.moved = await move_home(session, current)
+        except (NoBackend, ViewLost, AuthenticationFailed) as lost:
+            return await session.bye(str(lost))
     started: float | None = None
     failed_node = ""
     for attempt in itertools.count():
@@ -151,7 +157,7 @@ def wire(session: ClientSession, current: Relay) -> bytes | None:
         if current.name in NUMBERED_ANSWERS and not current.uid and not _plain_search(raw):
             raise ViewLost(f"{current.name} by message number while the client still counts "
                            "messages expunged meanwhile")
-    if ((current.attempt > 0 or pending) and current.snapshot is not None
+    if ((current.attempt > 0 or current.moved or pending) and current.snapshot is not None
             and current.name in SET_COMMANDS):
         command = SetCommand(raw)
         if command.ok:
