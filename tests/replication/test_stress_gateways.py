@@ -31,11 +31,15 @@ CLIENTS_PER_GATEWAY = 3
 CONSISTENCY = re.compile(r"changed|differ|Message count dropped|went backwards"
                          r"|UIDNEXT|HIGHESTMODSEQ", re.IGNORECASE)
 # The short run passes since the home lease (one node commits a user's changes). Under faults
-# it does not yet: with SIGKILL/SIGSTOP of homes imaptest still sees "Message count dropped",
-# "modseqs differ" and "flags differ" lines. Flip it too the moment it passes (strict xfail).
+# it passed for seeds 1-5 and 7-12 once the read barrier, MODSEQ-exact replication and the
+# gateway's MODSEQ reconcile landed (docs/consistency.md, rules 8-10). One class remains,
+# rarely: seed 6 ends with one "modseqs differ" line — a session that failed over from a hung
+# node during the checkpoint's CHECK misses one flag change made by the new home just before it
+# took the session (the lease was changing hands every few hundred ms between nodes serving
+# the two gateways). Not strict: most seeds pass; remove it once seed 6 passes too.
 UNDER_FAULTS = pytest.mark.xfail(
-    strict=True, reason="under SIGKILL/SIGSTOP of nodes imaptest still sees message counts "
-                        "drop and MODSEQs/flags differ between sessions")
+    strict=False, reason="rarely (seed 6) one 'modseqs differ' line remains: a session failed "
+                         "over during the checkpoint's CHECK misses one change of the new home")
 
 
 def consistency_errors(output: str) -> list[str]:
