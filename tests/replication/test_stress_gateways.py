@@ -27,19 +27,24 @@ SHORT_SECONDS = 20
 LONG_SECONDS = 60
 CLIENTS_PER_GATEWAY = 3
 # imaptest's state-checking complaints: one UID naming two messages, a message whose data
-# changed under its UID, sessions disagreeing on MODSEQs, messages vanishing from a view.
+# changed under its UID, sessions disagreeing on MODSEQs, messages vanishing from a view, and
+# at a checkpoint sessions disagreeing on a sequence number's UID or on the message count.
 CONSISTENCY = re.compile(r"changed|differ|Message count dropped|went backwards"
-                         r"|UIDNEXT|HIGHESTMODSEQ", re.IGNORECASE)
+                         r"|UIDNEXT|HIGHESTMODSEQ|UID \d+ != \d+|Mailbox has only",
+                         re.IGNORECASE)
 # The short run passes since the home lease (one node commits a user's changes). Under faults
 # it passed for seeds 1-5 and 7-12 once the read barrier, MODSEQ-exact replication and the
-# gateway's MODSEQ reconcile landed (docs/consistency.md, rules 8-10). One class remains,
-# rarely: seed 6 ends with one "modseqs differ" line — one session keeps a message's MODSEQ
-# from before a flag change the home made while the lease was changing hands every few hundred
-# ms and the previous home was being SIGSTOPped (its sessions failing over mid-CHECK); the
-# exact path is not pinned down yet. Not strict: most seeds pass; remove it once seed 6 does.
+# gateway's MODSEQ reconcile landed (docs/consistency.md, rules 8-10). Two classes remain,
+# rarely, their exact paths not pinned down yet: (1) seed 6 ends with one "modseqs differ"
+# line — one session keeps a message's MODSEQ from before a flag change the home made while the
+# lease was changing hands every few hundred ms and the previous home was being SIGSTOPped (its
+# sessions failing over mid-CHECK); (2) seed 8 once ended with a checkpoint where one session
+# counted one message fewer ("Mailbox has only N of M", "UID x != y"). Not strict: most seeds
+# pass; remove it once these do.
 UNDER_FAULTS = pytest.mark.xfail(
-    strict=False, reason="rarely (seed 6) one 'modseqs differ' line remains: a session keeps a "
-                         "MODSEQ from before a change made while the home changed hands")
+    strict=False, reason="rarely (seeds 6, 8) one session's view lags at a checkpoint: a MODSEQ "
+                         "from before a change, or one message fewer, while the home changes "
+                         "hands under SIGSTOP/SIGKILL")
 
 
 def consistency_errors(output: str) -> list[str]:
@@ -56,13 +61,17 @@ def test_consistency_errors_are_the_state_checkers_lines() -> None:
     out = ("Error: stress2@example.test[3]: UID 45 changed Message-Id: <a> -> <b>\n"
            "Error: Checkpoint: client 2: modseqs differ: 391 vs 396\n"
            "Error: stress2@example.test[1]: Message count dropped 28 -> 25\n"
+           "Error: Checkpoint: client 4: Message seq=9 UID 61 != 64\n"
+           "Error: Checkpoint: client 4: Mailbox has only 35 of 36 messages\n"
            "Error: stress2@example.test[1]: Keyword used without being in FLAGS: $x\n"
            "Panic: file client-state.c: line 222 (client_update_plan): assertion failed\n"
            "Error: UID 9 changed after the panic\n")
     assert consistency_errors(out) == [
         "Error: stress2@example.test[3]: UID 45 changed Message-Id: <a> -> <b>",
         "Error: Checkpoint: client 2: modseqs differ: 391 vs 396",
-        "Error: stress2@example.test[1]: Message count dropped 28 -> 25"]
+        "Error: stress2@example.test[1]: Message count dropped 28 -> 25",
+        "Error: Checkpoint: client 4: Message seq=9 UID 61 != 64",
+        "Error: Checkpoint: client 4: Mailbox has only 35 of 36 messages"]
 
 
 def _imaptest(gateway: tuple[str, int], seconds: int) -> subprocess.Popen[str]:
