@@ -27,15 +27,24 @@ SHORT_SECONDS = 20
 LONG_SECONDS = 60
 CLIENTS_PER_GATEWAY = 3
 # imaptest's state-checking complaints: one UID naming two messages, a message whose data
-# changed under its UID, sessions disagreeing on MODSEQs, messages vanishing from a view.
+# changed under its UID, sessions disagreeing on MODSEQs, messages vanishing from a view, and
+# at a checkpoint sessions disagreeing on a sequence number's UID or on the message count.
 CONSISTENCY = re.compile(r"changed|differ|Message count dropped|went backwards"
-                         r"|UIDNEXT|HIGHESTMODSEQ", re.IGNORECASE)
+                         r"|UIDNEXT|HIGHESTMODSEQ|UID \d+ != \d+|Mailbox has only",
+                         re.IGNORECASE)
 # The short run passes since the home lease (one node commits a user's changes). Under faults
-# it does not yet: with SIGKILL/SIGSTOP of homes imaptest still sees "Message count dropped",
-# "modseqs differ" and "flags differ" lines. Flip it too the moment it passes (strict xfail).
+# it passes for seeds 7, 9, 11, 12 and 13 (not 6 and 8) since the read barrier, MODSEQ-exact
+# replication and the gateway's MODSEQ reconcile (docs/consistency.md, rules 8-10). Two remain,
+# rarely, their exact paths not pinned down yet: (1) seed 6 ends with one "modseqs differ"
+# line — one session keeps a message's MODSEQ from before a flag change the home made while the
+# lease was changing hands every few hundred ms and the previous home was being SIGSTOPped (its
+# sessions failing over mid-CHECK); (2) seed 8 once ended with a checkpoint where one session
+# counted one message fewer ("Mailbox has only N of M", "UID x != y"). Not strict: most seeds
+# pass; remove it once these do.
 UNDER_FAULTS = pytest.mark.xfail(
-    strict=True, reason="under SIGKILL/SIGSTOP of nodes imaptest still sees message counts "
-                        "drop and MODSEQs/flags differ between sessions")
+    strict=False, reason="rarely (seeds 6, 8) one session's view lags at a checkpoint: a MODSEQ "
+                         "from before a change, or one message fewer, while the home changes "
+                         "hands under SIGSTOP/SIGKILL")
 
 
 def consistency_errors(output: str) -> list[str]:
@@ -52,13 +61,17 @@ def test_consistency_errors_are_the_state_checkers_lines() -> None:
     out = ("Error: stress2@example.test[3]: UID 45 changed Message-Id: <a> -> <b>\n"
            "Error: Checkpoint: client 2: modseqs differ: 391 vs 396\n"
            "Error: stress2@example.test[1]: Message count dropped 28 -> 25\n"
+           "Error: Checkpoint: client 4: Message seq=9 UID 61 != 64\n"
+           "Error: Checkpoint: client 4: Mailbox has only 35 of 36 messages\n"
            "Error: stress2@example.test[1]: Keyword used without being in FLAGS: $x\n"
            "Panic: file client-state.c: line 222 (client_update_plan): assertion failed\n"
            "Error: UID 9 changed after the panic\n")
     assert consistency_errors(out) == [
         "Error: stress2@example.test[3]: UID 45 changed Message-Id: <a> -> <b>",
         "Error: Checkpoint: client 2: modseqs differ: 391 vs 396",
-        "Error: stress2@example.test[1]: Message count dropped 28 -> 25"]
+        "Error: stress2@example.test[1]: Message count dropped 28 -> 25",
+        "Error: Checkpoint: client 4: Message seq=9 UID 61 != 64",
+        "Error: Checkpoint: client 4: Mailbox has only 35 of 36 messages"]
 
 
 def _imaptest(gateway: tuple[str, int], seconds: int) -> subprocess.Popen[str]:
