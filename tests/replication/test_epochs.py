@@ -29,4 +29,6 @@ async def test_saved_epochs_come_back_highest_first_and_a_torn_line_is_skipped(
     path = tmp_path / FILE_NAME
     assert len(path.read_text().splitlines()) == 2
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert EpochFile(tmp_path).load() == loaded
+    third = EpochFile(tmp_path)
+    assert third.load() == loaded
+    third.close()
