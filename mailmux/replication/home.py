@@ -21,9 +21,9 @@ link per peer, beside the replication link, so that a lease round never waits be
   under is still held (`Fence.valid`); otherwise it is undone (a deposed home is fenced).
 - The lease is renewed while the user is in use here (a login, a change, a delivery within
   INTEREST seconds), and left to lapse otherwise.
-- Epochs are durable: an acceptor writes every epoch it grants to the store (`meta`
-  `lease:<user>`, fsync'd) before the grant leaves, and reloads them at start, so after any
-  restart, of one node or of the whole pool, a new home's epoch is above every earlier one.
+- Epochs are durable: an acceptor writes every epoch it grants (fsync'd, `epochs.py`) before
+  the grant leaves, and reloads them at start, so after any restart, of one node or of the
+  whole pool, a new home's epoch is above every earlier one.
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -43,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from mailmux.backend.errors import NoMajority, Unavailable
 from mailmux.protocol.lease import Acceptor, LeaseAnswer, LeaseRelease, LeaseRequest, Proposer
 from mailmux.protocol.peer.session import PeerAuthError
+from mailmux.replication.epochs import EpochFile
 
 if TYPE_CHECKING:
     from mailmux.replication.peers import Channel, PeerState, Replicator
@@ -52,7 +51,6 @@ log = logging.getLogger(__name__)
 INTEREST = 60.0  # keep renewing this long after the user's last login/change here
 MINORITY_AFTER = 0.5  # no majority answering for this long: refuse the change at once
 RETRY = 0.05  # between claim rounds while another holder hands over or expires
-EPOCH_KEY = "lease:"  # store meta key prefix of a user's highest granted epoch and holder
 
 
 @dataclass
@@ -103,17 +101,12 @@ class HomeLeases:
         self.positions: Callable[[], Awaitable[dict[str, int]]] = replicator.store.positions
         self._lapsed: set[str] = set()  # users whose lapse was logged
         self._accepting: dict[str, asyncio.Lock] = {}  # one grant (and its write) at a time
+        self.epoch_file = EpochFile(config.data_dir)
         self.claims = 0  # successful claim rounds (a new term here), for status and tests
 
     async def load(self) -> None:
         """The epochs granted before this start: never grant or claim below them."""
-        terms: dict[str, tuple[int, str]] = {}
-        for key, value in (await self.replicator.store.meta(EPOCH_KEY)).items():
-            try:
-                saved = json.loads(value)
-                terms[key[len(EPOCH_KEY):]] = (int(saved["epoch"]), str(saved["holder"]))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("home: unreadable saved epoch %s=%r: %s", key, value, exc)
+        terms = await asyncio.to_thread(self.epoch_file.load)
         self.acceptor.restore(terms)
         for user, (epoch, _holder) in terms.items():
             self.proposer.seen(user, epoch)
@@ -130,9 +123,8 @@ class HomeLeases:
                 return answer
             epoch, holder = unsaved
             try:
-                await self.replicator.store.set_meta(
-                    EPOCH_KEY + request.user, json.dumps({"epoch": epoch, "holder": holder}))
-            except (OSError, sqlite3.Error) as exc:
+                await self.epoch_file.save(request.user, epoch, holder)
+            except OSError as exc:
                 # Not durable, so not granted: the promise kept here only holds others off.
                 log.warning("home: cannot save epoch %d of %s: %s", epoch, request.user, exc)
                 return dataclasses.replace(answer, granted=False)
@@ -433,6 +425,7 @@ class HomeLeases:
     async def close(self) -> None:
         for dest in list(self._links):
             await self._drop(dest)
+        await asyncio.to_thread(self.epoch_file.close)
 
     # answering peers ----------------------------------------------------------------------------
 
