@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mailmux.backend.store import repair
+from mailmux.backend.store import repair, statesync
 from mailmux.backend.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,16 @@ async def answer(store: SqliteStore, message: dict[str, Any]) -> dict[str, Any] 
         guids = [str(g) for g in message["g"]][: repair.MAX_ROWS]
         return {"t": "tombstoned", "g": await store._read(
             lambda c: repair.tombstoned(c, key, guids))}
+    if kind == "state.digests":
+        kinds = [str(k) for k in message.get("k") or statesync.KINDS]
+        return {"t": kind, "d": await store._read(lambda c: statesync.digests(c, kinds))}
+    if kind == "state.buckets":
+        which = _kind(message)
+        return {"t": kind, "b": await store._read(lambda c: statesync.buckets(c, which))}
+    if kind == "state.rows":
+        which = _kind(message)
+        buckets = [str(b) for b in message["b"]][:256]
+        return {"t": kind, "r": await store._read(lambda c: statesync.rows(c, which, buckets))}
     if kind == "bodies":
         found = await store.bodies_for([str(h) for h in message["h"]][: repair.MAX_ROWS])
         out: dict[str, str] = {}
@@ -60,15 +70,53 @@ async def answer(store: SqliteStore, message: dict[str, Any]) -> dict[str, Any] 
     return None
 
 
+def _kind(message: dict[str, Any]) -> str:
+    which = str(message.get("k"))
+    if which not in statesync.KINDS:
+        raise KeyError(f"no state kind {which!r}")
+    return which
+
+
 async def reconcile(store: SqliteStore, ask: Ask, peer: str) -> int:
-    """Pull and merge whatever differs from `peer`; returns the mailboxes repaired."""
+    """Pull and merge whatever differs from `peer`; returns the mailboxes and state kinds
+    repaired. Users, mailboxes and subscriptions first (messages need their mailbox), then
+    the messages, then what names messages (readers' board flags) and the rest."""
+    repaired = await _state(store, ask, peer, statesync.EARLY)
     mine = await store._read(repair.digests)
     theirs = (await ask({"t": "digests"}))["d"]
-    repaired = 0
     for text in sorted(set(mine) & set(theirs)):
         if mine[text] != theirs[text] and await _mailbox(store, ask, text, peer):
             repaired += 1
+    return repaired + await _state(store, ask, peer, statesync.LATE)
+
+
+async def _state(store: SqliteStore, ask: Ask, peer: str, kinds: tuple[str, ...]) -> int:
+    mine = await store._read(lambda c: statesync.digests(c, kinds))
+    theirs = (await ask({"t": "state.digests", "k": list(kinds)}))["d"]
+    repaired = 0
+    for which in kinds:
+        if which in theirs and mine.get(which) != theirs[which]:
+            repaired += await _kind_pass(store, ask, peer, which)
     return repaired
+
+
+async def _kind_pass(store: SqliteStore, ask: Ask, peer: str, which: str) -> int:
+    mine = await store._read(lambda c: statesync.buckets(c, which))
+    theirs = (await ask({"t": "state.buckets", "k": which}))["b"]
+    differ = sorted(b for b in set(mine) | set(theirs) if mine.get(b) != theirs.get(b))
+    if not differ:
+        return 0
+    rows = (await ask({"t": "state.rows", "k": which, "b": differ}))["r"]
+    need = await store._read(lambda c: statesync.bodies_wanted(c, which, rows))
+    bodies: dict[str, bytes] = {}
+    if need:
+        raw = (await ask({"t": "bodies", "h": need}))["b"]
+        bodies = {h: base64.b64decode(b) for h, b in raw.items()}
+    changed = await store._write(lambda tx: statesync.merge(tx, which, rows, bodies))
+    if not changed:
+        return 0
+    log.warning("anti-entropy: %d %s row(s) differed from %s; repaired", changed, which, peer)
+    return 1
 
 
 async def _mailbox(store: SqliteStore, ask: Ask, text: str, peer: str) -> bool:

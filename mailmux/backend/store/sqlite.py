@@ -42,7 +42,7 @@ from mailmux.backend.errors import (
 from mailmux.backend.message.limits import check_keywords
 from mailmux.backend.message.parsed import ParsedMessage
 from mailmux.backend.message.search import IndexEntry, index_entry
-from mailmux.backend.store import boardflags, gatewaykeys, names, replay
+from mailmux.backend.store import boardflags, gatewaykeys, names, replay, statesync
 from mailmux.backend.store.hlc import HybridClock
 from mailmux.backend.store.interface import (
     BOARD_OWNER,
@@ -214,6 +214,7 @@ class SqliteStore:
         replay.prepare(conn)
         gatewaykeys.prepare(conn)
         boardflags.prepare(conn)
+        statesync.prepare(conn)
         row = conn.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()
         if row is None:
             # A wiped node comes back as a new origin: peers still hold its old history
@@ -403,6 +404,10 @@ class SqliteStore:
         tx.logged = seq
         if kind == "message.add":  # what a replay-id run added, should two runs meet
             tx.adds.append([stamp, payload])
+        # The content registers anti-entropy compares, stamped as a peer applying this record
+        # stamps them (statesync.py); a local change is the latest, so it always stamps.
+        statesync.before(conn, kind, payload, stamp, self.origin)
+        statesync.after(conn, kind, payload, stamp, self.origin)
 
     def _notify(self, mailbox_ids: set[int]) -> None:
         for hook in self.commit_hooks:
@@ -509,8 +514,10 @@ class SqliteStore:
 
     async def add_gateway_key(self, name: str, secret: str) -> None:
         def job(tx: Tx) -> None:
-            gatewaykeys.add(tx.conn, lambda kind, payload: self._log(tx, kind, payload),
-                            name, secret, self.clock.now(), self.origin)
+            # The key's stamp is its record's HLC, as on the replicas applying the record.
+            hlc = self.clock.now()
+            gatewaykeys.add(tx.conn, lambda kind, payload: self._log(tx, kind, payload, hlc),
+                            name, secret, hlc, self.origin)
 
         await self._write(job)
 
@@ -547,8 +554,10 @@ class SqliteStore:
             if present and not tx.conn.execute("SELECT 1 FROM users WHERE name = ?",
                                                (user,)).fetchone():
                 raise UserNotFound(f"no user {user}")
-            boardflags.set_moderator(tx.conn, lambda kind, payload: self._log(tx, kind, payload),
-                                     mailbox, user, present, self.clock.now(), self.origin)
+            hlc = self.clock.now()  # the grant's stamp is its record's HLC, as on replicas
+            boardflags.set_moderator(tx.conn,
+                                     lambda kind, payload: self._log(tx, kind, payload, hlc),
+                                     mailbox, user, present, hlc, self.origin)
 
         await self._write(job)
 
@@ -1223,7 +1232,8 @@ class SqliteStore:
                     "guid": row[2], "added": sorted(new - old), "removed": sorted(old - new),
                     "user": user.lower() if is_board else None,
                 }, hlc=modseq)
-                self._stamp_flags(tx, mailbox_id, row[2], new - old, old - new, modseq)
+                self._stamp_flags(tx, mailbox_id, row[2], new - old, old - new, modseq,
+                                  shared_only=is_board)
             if changed:
                 tx.touched.add(mailbox_id)
             self._remember(tx, key, {"failed": failed})
@@ -1279,7 +1289,8 @@ class SqliteStore:
             "added": sorted(flags - old), "removed": sorted(old - flags),
             "user": user.lower() if is_board else None,
         }, hlc=modseq)
-        self._stamp_flags(tx, mailbox_id, row[0], flags - old, old - flags, modseq)
+        self._stamp_flags(tx, mailbox_id, row[0], flags - old, old - flags, modseq,
+                          shared_only=is_board)
         tx.touched.add(mailbox_id)
 
     async def expunge(self, user: str, mailbox_id: int, uids: Sequence[int]) -> list[int]:
@@ -1334,10 +1345,14 @@ class SqliteStore:
         return (str(row[0]), str(row[1])) if row else ("", "")
 
     def _stamp_flags(self, tx: Tx, mailbox_id: int, guid: str, added: frozenset[str],
-                     removed: frozenset[str], hlc: int) -> None:
+                     removed: frozenset[str], hlc: int, shared_only: bool = False) -> None:
         """Per-flag last-writer stamps, so that replicas merge concurrent changes per flag;
-        the stamp is the change record's HLC (and MODSEQ)."""
+        the stamp is the change record's HLC (and MODSEQ). On a board only the shared flags
+        are the post's (a reader's own are stamped per reader, statesync.py): a reader's
+        \\Seen stamped here would reach every reader through the message repair."""
         for flag, present in [(f, 1) for f in added] + [(f, 0) for f in removed]:
+            if shared_only and flag not in boardflags.SHARED:
+                continue
             tx.conn.execute(
                 "INSERT OR REPLACE INTO flag_stamps VALUES (?, ?, ?, ?, ?, ?)",
                 (mailbox_id, guid, flag, hlc, self.origin, present),
