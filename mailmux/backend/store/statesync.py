@@ -97,10 +97,12 @@ def put(conn: sqlite3.Connection, kind: str, k: str, hlc: int, origin: str,
         present: bool) -> bool:
     """Stamp a register if the change is later than its stamp; False: an older change, which
     must not take effect."""
-    if not newer(conn, kind, k, hlc, origin, present):
+    held = stamp_of(conn, kind, k)
+    if held is not None and (hlc, origin) < held[:2]:
         return False
-    _set(conn, kind, k, hlc, origin, int(present))
-    return True
+    if held is None or (hlc, origin, int(present)) > held:
+        _set(conn, kind, k, hlc, origin, int(present))
+    return True  # the same record again (a wiped log refilled) applies again, harmlessly
 
 
 def _set(conn: sqlite3.Connection, kind: str, k: str, hlc: int, origin: str,
@@ -355,9 +357,36 @@ def _rank(value: list[Any] | None) -> tuple[Any, ...]:
                                         json.dumps(value[3:4]))
 
 
+def _logged(conn: sqlite3.Connection, kinds: tuple[str, ...], field: str, match: str,
+            value: str, hlc: int, origin: str) -> str | None:
+    """What the change record stamped (hlc, origin) set `value` to, if this node holds it."""
+    for (payload,) in conn.execute(
+            f"SELECT payload FROM changelog WHERE origin = ? AND hlc = ? AND kind IN "
+            f"({', '.join('?' * len(kinds))})", (origin, hlc, *kinds)):
+        record = json.loads(payload)
+        if str(record.get(match)) == value:
+            found = record.get(field)
+            return "" if found is None else str(found)
+    return None
+
+
+def _wins(conn: sqlite3.Connection, theirs: list[Any], mine: list[Any] | None,
+          truth: Callable[[], str | None]) -> bool:
+    """Whether their register beats mine. At one stamp with different values (a value altered
+    behind the stamp's back), the record that set it decides when this node holds it, so the
+    altered side takes the true value and the true side keeps it; else the larger value."""
+    if (mine is not None and theirs[:3] == mine[:3] and theirs[2] and theirs[3] != mine[3]):
+        known = truth()
+        if known is not None:
+            return bool(str(theirs[3]) == known)
+    return _rank(theirs) > _rank(mine)
+
+
 def _merge_user(tx: Tx, k: str, theirs: list[Any], mine: list[Any] | None,
                 bodies: Mapping[str, bytes]) -> bool:
-    if _rank(theirs) <= _rank(mine):
+    if not _wins(tx.conn, theirs, mine, lambda: _logged(
+            tx.conn, ("user.add", "user.passwd"), "hash", "user", k, int(theirs[0]),
+            str(theirs[1]))):
         return False
     conn = tx.conn
     hlc, origin, present = int(theirs[0]), str(theirs[1]), int(theirs[2])
@@ -392,7 +421,9 @@ def _merge_mailbox(tx: Tx, k: str, theirs: list[Any], mine: list[Any] | None,
         conn.execute("UPDATE mailboxes SET uidnext = ? WHERE owner = ? AND name = ? AND "
                      "uidvalidity = ?", (int(theirs[4]), owner, name, int(uidvalidity)))
         changed = True
-    if _rank(theirs) <= _rank(mine):
+    if not _wins(conn, theirs, mine, lambda: _logged(
+            conn, ("mailbox.create", "board.add"), "special_use", "name", name, int(theirs[0]),
+            str(theirs[1]))):
         return changed
     if owner != BOARD_OWNER and not conn.execute("SELECT 1 FROM users WHERE name = ?",
                                                  (owner,)).fetchone():

@@ -107,6 +107,12 @@ TAMPER = {
     "password": (["UPDATE users SET password_hash = 'x' WHERE name = 'alice@example.test'",
                   "DELETE FROM state_stamps WHERE kind = 'user'"],
                  "SELECT name, password_hash FROM users"),
+    "password altered": (["UPDATE users SET password_hash = 'zzz' WHERE name = "
+                          "'alice@example.test'"], "SELECT name, password_hash FROM users"),
+    "special-use altered": (["UPDATE mailboxes SET special_use = '\\Junk' WHERE name = 'Trash'"],
+                            "SELECT owner, name, special_use FROM mailboxes"),
+    "moderator withdrawn": (["UPDATE board_moderators SET present = 0"],
+                            "SELECT board, user, present FROM board_moderators"),
     "mailbox": (["DELETE FROM mailboxes WHERE name = 'Projects'"],
                 "SELECT owner, name, uidvalidity, special_use FROM mailboxes"),
     "uidvalidity": (["UPDATE mailboxes SET uidvalidity = 5 WHERE name = 'Projects'"],
