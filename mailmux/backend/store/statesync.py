@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS state_stamps (
 ) WITHOUT ROWID;
 """
 
-SEP = "\0"
+SEP = "\x1f"  # unit separator: no user id, mailbox name or flag holds a control character
 BUCKET_CHARS = 2  # 256 buckets per kind
 MAX_ROWS = 5000  # rows in one answer; a larger difference is repaired over several passes
 
@@ -184,15 +184,21 @@ def _stamps(conn: sqlite3.Connection, kind: str) -> dict[str, Stamp]:
 
 def _registers(actual: Mapping[str, list[Any]], stamps: Mapping[str, Stamp],
                keep: Callable[[str], bool]) -> Rows:
-    """(hlc, origin, present, *value) per key: the stamp of the change that set the register
-    last, and what the table actually holds (present or not, and its value)."""
+    """(hlc, origin, agrees, present, *value) per key: the stamp of the change that set the
+    register last, whether the table agrees with it (present where the change made it
+    present, absent where it removed it), and what the table holds. A row added or removed
+    behind the stamp's back disagrees, and loses to the same stamp's agreeing row."""
     out: Rows = {}
     for k in set(actual) | set(stamps):
         if not keep(k):
             continue
-        hlc, origin = stamps[k][:2] if k in stamps else NO_STAMP
+        held = stamps.get(k)
+        hlc, origin = held[:2] if held is not None else NO_STAMP
+        meant = held[2] if held is not None else None
         value = actual.get(k)
-        out[k] = [hlc, origin, 1, *value] if value is not None else [hlc, origin, 0]
+        agrees = int(meant is None or meant == int(value is not None))
+        out[k] = [hlc, origin, agrees, 1, *value] if value is not None else [
+            hlc, origin, agrees, 0]
     return out
 
 
@@ -345,16 +351,26 @@ def merge(tx: Tx, kind: str, theirs: Rows, bodies: Mapping[str, bytes] | None = 
     mine = ROWS[kind](conn)
     changed = 0
     for k, value in sorted(theirs.items()):
+        if kind in _REGISTERS and not value[2]:
+            # Their table disagrees with their stamp: only the stamp's meaning travels (a row
+            # there that the change removed says "absent"; one it lost says nothing).
+            if not value[3]:
+                continue
+            value = [value[0], value[1], 1, 0]
         if _MERGE[kind](tx, k, value, mine.get(k), bodies or {}):
             changed += 1
     return changed
 
 
+_REGISTERS = (USER, MAILBOX, SUB, BFLAG)
+
+
 def _rank(value: list[Any] | None) -> tuple[Any, ...]:
-    """Registers order by (hlc, origin, present, value): the latest change wins, and at one
-    stamp a present row beats an absent one (a row lost behind the stamp's back returns)."""
+    """Registers order by (hlc, origin, agrees, present, value): the latest change wins; at
+    one stamp the row that agrees with it, then a present row (nothing is lost), then the
+    larger value (UIDNEXT, joined by max elsewhere, is not part of it)."""
     return (-1,) if value is None else (int(value[0]), str(value[1]), int(value[2]),
-                                        json.dumps(value[3:4]))
+                                        int(value[3]), json.dumps(value[4:5]))
 
 
 def _logged(conn: sqlite3.Connection, kinds: tuple[str, ...], field: str, match: str,
@@ -375,10 +391,10 @@ def _wins(conn: sqlite3.Connection, theirs: list[Any], mine: list[Any] | None,
     """Whether their register beats mine. At one stamp with different values (a value altered
     behind the stamp's back), the record that set it decides when this node holds it, so the
     altered side takes the true value and the true side keeps it; else the larger value."""
-    if (mine is not None and theirs[:3] == mine[:3] and theirs[2] and theirs[3] != mine[3]):
+    if mine is not None and theirs[:4] == mine[:4] and theirs[3] and theirs[4] != mine[4]:
         known = truth()
         if known is not None:
-            return bool(str(theirs[3]) == known)
+            return bool(str(theirs[4]) == known)
     return _rank(theirs) > _rank(mine)
 
 
@@ -389,10 +405,10 @@ def _merge_user(tx: Tx, k: str, theirs: list[Any], mine: list[Any] | None,
             str(theirs[1]))):
         return False
     conn = tx.conn
-    hlc, origin, present = int(theirs[0]), str(theirs[1]), int(theirs[2])
+    hlc, origin, present = int(theirs[0]), str(theirs[1]), int(theirs[3])
     if present:
         conn.execute("INSERT INTO users VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                     "password_hash = excluded.password_hash", (k, str(theirs[3]), hlc >> 16))
+                     "password_hash = excluded.password_hash", (k, str(theirs[4]), hlc >> 16))
     else:
         delete_user(tx, k)
     _set(conn, USER, k, hlc, origin, present)
@@ -416,10 +432,10 @@ def _merge_mailbox(tx: Tx, k: str, theirs: list[Any], mine: list[Any] | None,
     conn = tx.conn
     owner, name, uidvalidity = k.split(SEP)
     changed = False
-    if mine is not None and mine[2] and theirs[2] and int(theirs[4]) > int(mine[4]):
+    if mine is not None and mine[3] and theirs[3] and int(theirs[5]) > int(mine[5]):
         # UIDNEXT only grows: a UID given out anywhere is never given again.
         conn.execute("UPDATE mailboxes SET uidnext = ? WHERE owner = ? AND name = ? AND "
-                     "uidvalidity = ?", (int(theirs[4]), owner, name, int(uidvalidity)))
+                     "uidvalidity = ?", (int(theirs[5]), owner, name, int(uidvalidity)))
         changed = True
     if not _wins(conn, theirs, mine, lambda: _logged(
             conn, ("mailbox.create", "board.add"), "special_use", "name", name, int(theirs[0]),
@@ -428,14 +444,14 @@ def _merge_mailbox(tx: Tx, k: str, theirs: list[Any], mine: list[Any] | None,
     if owner != BOARD_OWNER and not conn.execute("SELECT 1 FROM users WHERE name = ?",
                                                  (owner,)).fetchone():
         return changed  # the user is gone here (and their rows with them)
-    hlc, origin, present = int(theirs[0]), str(theirs[1]), int(theirs[2])
+    hlc, origin, present = int(theirs[0]), str(theirs[1]), int(theirs[3])
     held = conn.execute("SELECT id, uidvalidity FROM mailboxes WHERE owner = ? AND name = ?",
                         (owner, name)).fetchone()
     if present:
-        special = str(theirs[3]) or None
+        special = str(theirs[4]) or None
         if held is not None and int(held[1]) == int(uidvalidity):
             conn.execute("UPDATE mailboxes SET special_use = ?, uidnext = max(uidnext, ?) "
-                         "WHERE id = ?", (special, int(theirs[4]), held[0]))
+                         "WHERE id = ?", (special, int(theirs[5]), held[0]))
         else:
             if held is not None:
                 # Another incarnation holds the name here: the later-stamped one keeps it (the
@@ -452,7 +468,7 @@ def _merge_mailbox(tx: Tx, k: str, theirs: list[Any], mine: list[Any] | None,
                 _set(conn, MAILBOX, other, hlc, origin, 0)
             cur = conn.execute("INSERT INTO mailboxes (owner, name, uidvalidity, uidnext, "
                                "special_use) VALUES (?, ?, ?, ?, ?)",
-                               (owner, name, int(uidvalidity), int(theirs[4]), special))
+                               (owner, name, int(uidvalidity), int(theirs[5]), special))
             assert cur.lastrowid is not None
             tx.touched.add(cur.lastrowid)
     elif held is not None and int(held[1]) == int(uidvalidity):
@@ -470,7 +486,7 @@ def _merge_sub(tx: Tx, k: str, theirs: list[Any], mine: list[Any] | None,
     user, name = k.split(SEP)
     if not conn.execute("SELECT 1 FROM users WHERE name = ?", (user,)).fetchone():
         return False
-    hlc, origin, present = int(theirs[0]), str(theirs[1]), int(theirs[2])
+    hlc, origin, present = int(theirs[0]), str(theirs[1]), int(theirs[3])
     if present:
         conn.execute("INSERT OR IGNORE INTO subscriptions VALUES (?, ?)", (user, name))
     else:
@@ -491,7 +507,7 @@ def _merge_bflag(tx: Tx, k: str, theirs: list[Any], mine: list[Any] | None,
     if post is None or not conn.execute("SELECT 1 FROM users WHERE name = ?",
                                         (user,)).fetchone():
         return False
-    hlc, origin, present = int(theirs[0]), str(theirs[1]), int(theirs[2])
+    hlc, origin, present = int(theirs[0]), str(theirs[1]), int(theirs[3])
     mine_flag = frozenset({flag})
     boardflags.set_private(conn, user, int(post[0]), int(post[1]),
                            mine_flag if present else frozenset(),

@@ -65,6 +65,11 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, SqliteStore]]
         await a.add_user(BOB, "bob-pw")
         await a.create_mailbox(ALICE, "Projects")
         await a.set_subscribed(ALICE, "Projects", True)
+        await a.set_subscribed(ALICE, "Junk", False)
+        await a.add_user("carol@example.test", "carol-pw")
+        await a.delete_user("carol@example.test")
+        await a.create_mailbox(ALICE, "Old")
+        await a.delete_mailbox(ALICE, "Old")
         await a.add_board("news")
         await a.set_moderator("news", BOB, True)
         await a.deliver(["board+news@example.test"], POST, "x@example.org")
@@ -120,6 +125,14 @@ TAMPER = {
     "uidnext": (["UPDATE mailboxes SET uidnext = 1"],
                 "SELECT owner, name, uidnext FROM mailboxes"),
     "subscription": (["DELETE FROM subscriptions"], "SELECT user, name FROM subscriptions"),
+    "unsubscribed one back": (["INSERT INTO subscriptions VALUES ('alice@example.test', "
+                               "'Junk')"], "SELECT user, name FROM subscriptions"),
+    "deleted user back": (["INSERT INTO users VALUES ('carol@example.test', 'h', 0)"],
+                          "SELECT name FROM users"),
+    "deleted mailbox back": (["INSERT INTO mailboxes (owner, name, uidvalidity) SELECT "
+                              "'alice@example.test', 'Old', CAST(substr(key, 24) AS INTEGER) "
+                              "FROM state_stamps WHERE kind = 'mailbox' AND present = 0"],
+                             "SELECT owner, name FROM mailboxes"),
     "board flags": (["DELETE FROM board_seen", "DELETE FROM board_flags"],
                     "SELECT user, flag FROM board_private"),
     "moderator": (["DELETE FROM board_moderators"],
