@@ -215,6 +215,10 @@ class SqliteStore:
         gatewaykeys.prepare(conn)
         boardflags.prepare(conn)
         statesync.prepare(conn)
+        dropped = statesync.sweep_orphans(conn)
+        if dropped:
+            log.warning("dropped %d row(s) of mailboxes that no longer exist (deleted by hand?)",
+                        dropped)
         row = conn.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()
         if row is None:
             # A wiped node comes back as a new origin: peers still hold its old history

@@ -73,6 +73,18 @@ def prepare(conn: sqlite3.Connection) -> None:
     conn.executescript(DDL)
 
 
+def sweep_orphans(conn: sqlite3.Connection) -> int:
+    """Drop rows whose mailbox is gone: mailboxes deleted by hand with foreign keys off (the
+    sqlite3 shell's default) leave them, and the next mailbox given the same id would inherit
+    them. Run at start; returns the rows dropped."""
+    dropped = 0
+    for table in ("messages", "board_seen", "board_flags", "flag_stamps", "mailbox_counts",
+                  "mailbox_keywords", "expunged"):
+        dropped += conn.execute(
+            f"DELETE FROM {table} WHERE mailbox_id NOT IN (SELECT id FROM mailboxes)").rowcount
+    return dropped
+
+
 def key(*parts: object) -> str:
     return SEP.join(str(p) for p in parts)
 
