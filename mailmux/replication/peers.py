@@ -52,6 +52,7 @@ from mailmux.replication import antientropy, outgoing
 from mailmux.replication.home import HomeLeases
 from mailmux.replication.importance import copies_required
 from mailmux.replication.pipeline import MAX_IN_FLIGHT, PipelineClosed, Requests, Responder
+from mailmux.replication.routing import HomeRouter
 from mailmux.replication.window import BatchWindow, local_now
 from mailmux.tls import server_context
 
@@ -175,6 +176,7 @@ class Replicator:
         self._answer_timeout = 2 * self.rconfig.copy_timeout
         self._handshaking = 0
         self.homes: HomeLeases | None = None
+        self.router = HomeRouter(self)
         # Failed logins shared with the peers; the node replaces it with the one its IMAP
         # server uses.
         self.failures = PoolLoginFailures(config.lockout_failures, config.lockout_time)
@@ -210,6 +212,7 @@ class Replicator:
         self.store.home_epoch = self.homes.epoch
         self.store.home_now = self.homes.holds
         self.store.interest_hook = self.homes.touch
+        self.store.route_hook = self.router.deliver
         self._spawn(self.homes.renew_forever())
         self.meter.replication_backlog = self.backlog
         self.meter.replication_details = self.details
@@ -229,6 +232,7 @@ class Replicator:
         self.store.precheck_hook = None
         self.store.home_hook = None
         self.store.interest_hook = None
+        self.store.route_hook = None
         if self._committed in self.store.commit_hooks:
             self.store.commit_hooks.remove(self._committed)
         if self._server is not None:
@@ -239,6 +243,7 @@ class Replicator:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.homes is not None:
             await self.homes.close()
+        await self.router.close()
 
     def _committed(self) -> None:
         self._wake_all()
@@ -580,6 +585,10 @@ class Replicator:
                 elif kind == "failures":
                     await responder.push_after(
                         lambda m=message: self._failures_answer(node, m))  # type: ignore[misc]
+                elif kind == "deliver":
+                    # Delivery links carry nothing else (routing.py).
+                    await responder.push_after(
+                        lambda m=message: self.router.answer(m))  # type: ignore[misc]
                 elif str(kind).startswith("lease."):
                     # Lease links carry nothing else, so their answers come in order.
                     await responder.push_after(

@@ -184,6 +184,9 @@ class SqliteStore:
         self.home_epoch: Callable[[str], int] = lambda user: 0
         self.home_now: Callable[[str], bool] = lambda user: False
         self.interest_hook: Callable[[str], None] | None = None
+        # Deliveries split by the recipients' homes (replication/routing.py).
+        self.route_hook: Callable[[Sequence[str], bytes, str],
+                                  Awaitable[list[AppendResult]]] | None = None
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -889,6 +892,18 @@ class SqliteStore:
     async def deliver(
         self, recipients: Sequence[str], body: bytes, guid: str
     ) -> list[AppendResult]:
+        """Store a delivery. With replication, each recipient's copy is committed by that
+        user's home: a share for users homed elsewhere goes there (`route_hook`,
+        replication/routing.py), so no lease moves for one message."""
+        if self.route_hook is not None and replay.current(replay.SMTP_SCOPE) is None:
+            return await self.route_hook(recipients, body, guid)
+        return await self.deliver_here(recipients, body, guid)
+
+    async def deliver_here(
+        self, recipients: Sequence[str], body: bytes, guid: str
+    ) -> list[AppendResult]:
+        """Store a delivery on this node, as the home of every recipient (taking the leases
+        it does not hold)."""
         now = datetime.now(UTC)
         body_hash = _body_hash(body)
         key = replay.current(replay.SMTP_SCOPE)
