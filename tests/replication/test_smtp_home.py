@@ -36,8 +36,9 @@ def _copies(node: NodeProcess, user: str, subject: str) -> list[tuple[int, int, 
     try:
         rows = db.execute(
             "SELECT b.uidvalidity, m.uid, (SELECT c.origin FROM changelog c WHERE c.kind = "
-            "'message.add' AND json_extract(c.payload, '$.guid') = m.guid ORDER BY c.hlc "
-            "LIMIT 1) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id "
+            "'message.add' AND json_extract(c.payload, '$.guid') = m.guid AND "
+            "json_extract(c.payload, '$.owner') = b.owner ORDER BY c.hlc LIMIT 1) "
+            "FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id "
             "JOIN bodies d ON d.hash = m.body_hash WHERE b.owner = ? AND b.name = 'INBOX' "
             "AND instr(d.data, ?) > 0", (user, f"Subject: {subject}".encode())).fetchall()
         return sorted((int(v), int(u), str(o)) for v, u, o in rows)
@@ -64,11 +65,17 @@ def homes(make_pool: Callable[..., Pool]) -> Iterator[Pool]:
             def login(node: NodeProcess = node, user: tuple[str, str] = user) -> bool:
                 try:
                     imap = imaplib.IMAP4(*node.imap, timeout=10)
+                except OSError:
+                    return False
+                try:
                     imap.login(*user)
-                except (imaplib.IMAP4.error, OSError):
+                except imaplib.IMAP4.error:
+                    imap.shutdown()  # bob's user record has not reached c yet
                     return False
                 stack.callback(imap.logout)
-                return True
+                # A change makes the node claim the lease for certain (the login's claim is
+                # one round, which links still coming up can miss).
+                return bool(imap.subscribe("INBOX")[0] == "OK")
 
             wait_for(login, f"{user[0]} logged in on {node.node_id}")
         for node in pool.nodes.values():
