@@ -43,7 +43,7 @@ from mailmux.backend.message.limits import check_keywords
 from mailmux.backend.message.parsed import ParsedMessage
 from mailmux.backend.message.search import IndexEntry, index_entry
 from mailmux.backend.store import boardflags, gatewaykeys, names, replay, statesync
-from mailmux.backend.store.hlc import HybridClock
+from mailmux.backend.store.hlc import COUNTER_BITS, HybridClock, wall_ms
 from mailmux.backend.store.interface import (
     BOARD_OWNER,
     BOARD_PREFIX,
@@ -391,6 +391,15 @@ class SqliteStore:
         if key is not None:
             replay.forget(tx.conn, key, self.origin)
             self._log(tx, "replay.forget", {"scope": key[0], "id": key[1]})
+
+    async def prune_replays(self, keep: float, max_rows: int) -> int:
+        """Forget replay ids older than `keep` seconds and beyond the `max_rows` newest, in
+        short transactions; returns the rows removed."""
+        cutoff = (wall_ms() - int(keep * 1000)) << COUNTER_BITS
+        total = 0
+        while removed := await self._write(lambda tx: replay.prune(tx.conn, cutoff, max_rows)):
+            total += removed
+        return total
 
     async def replay_answer(self, scope: str, replay_id: str) -> dict[str, Any] | None:
         # one row by primary key, before every replayable command the gateway relays
