@@ -1,5 +1,7 @@
-"""Keeps the node's histories bounded: replay ids and runs older than `replay_keep` or beyond
-the `replay_max` newest are forgotten, every PRUNE_INTERVAL seconds (store/replay.py)."""
+"""Keeps the node's histories bounded, every PRUNE_INTERVAL seconds: replay ids and runs older
+than `replay_keep` or beyond the `replay_max` newest are forgotten (store/replay.py), and so is
+the QRESYNC expunge history older than `expunged_keep` or beyond `expunged_max` per mailbox
+(store/history.py)."""
 
 from __future__ import annotations
 
@@ -31,15 +33,18 @@ class HistoryPruner:
                 await self._task
 
     async def prune(self) -> int:
-        removed = await self.store.prune_replays(self.config.replay_keep, self.config.replay_max)
-        if removed:
-            log.info("pruned %d replay record(s)", removed)
-        return removed
+        config = self.config
+        replays = await self.store.prune_replays(config.replay_keep, config.replay_max)
+        expunges = await self.store.prune_expunged(config.expunged_keep, config.expunged_max)
+        if replays or expunges:
+            log.info("pruned %d replay record(s) and %d expunge history entries", replays,
+                     expunges)
+        return replays + expunges
 
     async def _run(self) -> None:
         while True:
             try:
                 await self.prune()
             except Exception:  # a failed pass must not end pruning for the node's lifetime
-                log.exception("pruning the replay history failed")
+                log.exception("pruning the replay and expunge histories failed")
             await asyncio.sleep(PRUNE_INTERVAL)  # the pruning period, not synchronisation

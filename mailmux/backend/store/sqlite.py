@@ -42,7 +42,7 @@ from mailmux.backend.errors import (
 from mailmux.backend.message.limits import check_keywords
 from mailmux.backend.message.parsed import ParsedMessage
 from mailmux.backend.message.search import IndexEntry, index_entry
-from mailmux.backend.store import boardflags, gatewaykeys, names, replay, statesync
+from mailmux.backend.store import boardflags, gatewaykeys, history, names, replay, statesync
 from mailmux.backend.store.hlc import COUNTER_BITS, HybridClock, wall_ms
 from mailmux.backend.store.interface import (
     BOARD_OWNER,
@@ -398,6 +398,15 @@ class SqliteStore:
         cutoff = (wall_ms() - int(keep * 1000)) << COUNTER_BITS
         total = 0
         while removed := await self._write(lambda tx: replay.prune(tx.conn, cutoff, max_rows)):
+            total += removed
+        return total
+
+    async def prune_expunged(self, keep: float, max_rows: int) -> int:
+        """Prune the QRESYNC history (history.py) older than `keep` seconds and beyond the
+        `max_rows` newest per mailbox, in short transactions; returns the entries removed."""
+        cutoff = (wall_ms() - int(keep * 1000)) << COUNTER_BITS
+        total = 0
+        while removed := await self._write(lambda tx: history.prune(tx.conn, cutoff, max_rows)):
             total += removed
         return total
 
@@ -1082,6 +1091,14 @@ class SqliteStore:
                     "ORDER BY 1", (user.lower(), mailbox_id, modseq, more)))
             if limit >= 0 and len(changed) > limit:
                 return None
+            if modseq < history.horizon(conn, mailbox_id):
+                # The history of expunges was pruned past this MODSEQ (history.py).
+                if limit >= 0:
+                    return None
+                uidnext = conn.execute("SELECT uidnext FROM mailboxes WHERE id = ?",
+                                       (mailbox_id,)).fetchone()[0]
+                return ViewChanges(row[1], changed,
+                                   history.vanished_since_horizon(conn, mailbox_id, uidnext))
             gone = tuple(r[0] for r in conn.execute(
                 "SELECT * FROM (SELECT uid FROM expunged INDEXED BY expunged_modseq "
                 "WHERE mailbox_id = ? AND modseq > ? "

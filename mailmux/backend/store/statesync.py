@@ -79,7 +79,7 @@ def sweep_orphans(conn: sqlite3.Connection) -> int:
     them. Run at start; returns the rows dropped."""
     dropped = 0
     for table in ("messages", "board_seen", "board_flags", "flag_stamps", "mailbox_counts",
-                  "mailbox_keywords", "expunged"):
+                  "mailbox_keywords", "expunged", "expunged_horizon"):
         dropped += conn.execute(
             f"DELETE FROM {table} WHERE mailbox_id NOT IN (SELECT id FROM mailboxes)").rowcount
     return dropped
