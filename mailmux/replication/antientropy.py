@@ -112,7 +112,8 @@ async def _kind_pass(store: SqliteStore, ask: Ask, peer: str, which: str) -> int
     if need:
         raw = (await ask({"t": "bodies", "h": need}))["b"]
         bodies = {h: base64.b64decode(b) for h, b in raw.items()}
-    changed = await store._write(lambda tx: statesync.merge(tx, which, rows, bodies))
+    changed = await store._write(
+        lambda tx: statesync.merge(tx, which, rows, bodies, store.clock))
     if not changed:
         return 0
     log.warning("anti-entropy: %d %s row(s) differed from %s; repaired", changed, which, peer)

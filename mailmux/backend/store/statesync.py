@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from mailmux.backend.store import boardflags, gatewaykeys
+from mailmux.backend.store.hlc import HybridClock
 from mailmux.backend.store.interface import BOARD_OWNER
 from mailmux.backend.store.writer import Tx
 from mailmux.outbound import records as outbound_records
@@ -357,9 +358,14 @@ def bodies_wanted(conn: sqlite3.Connection, kind: str, theirs: Rows) -> list[str
 # merging ------------------------------------------------------------------------------------
 
 
-def merge(tx: Tx, kind: str, theirs: Rows, bodies: Mapping[str, bytes] | None = None) -> int:
-    """Join a peer's rows of one kind into this node's; returns the rows that changed here."""
+def merge(tx: Tx, kind: str, theirs: Rows, bodies: Mapping[str, bytes] | None = None,
+          clock: HybridClock | None = None) -> int:
+    """Join a peer's rows of one kind into this node's; returns the rows that changed here.
+    The node's clock moves past every stamp taken in, so a later local change of the same
+    register stamps later (else the register would keep the peer's older-looking value)."""
     conn = tx.conn
+    if clock is not None:
+        clock.update(max((_hlc_of(kind, v) for v in theirs.values()), default=0))
     mine = ROWS[kind](conn)
     changed = 0
     for k, value in sorted(theirs.items()):
@@ -375,6 +381,14 @@ def merge(tx: Tx, kind: str, theirs: Rows, bodies: Mapping[str, bytes] | None = 
 
 
 _REGISTERS = (USER, MAILBOX, SUB, BFLAG)
+
+
+def _hlc_of(kind: str, value: list[Any]) -> int:
+    if kind in _REGISTERS or kind == MODERATOR:
+        return int(value[0])
+    if kind == GATEWAYKEY and len(value) > 1:
+        return int(value[1])
+    return 0
 
 
 def _rank(value: list[Any] | None) -> tuple[Any, ...]:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from mailmux.backend.store import statesync
+from mailmux.backend.store.hlc import HybridClock, wall_ms
 from mailmux.backend.store.interface import ChangeRecord
 from mailmux.backend.store.sqlite import SqliteStore
 from mailmux.outbound.queue import OutboundQueue
@@ -48,7 +49,7 @@ async def _pull(target: SqliteStore, source: SqliteStore, kind: str) -> int:
     rows = await source._read(lambda c: statesync.rows(c, kind, differ))
     need = await target._read(lambda c: statesync.bodies_wanted(c, kind, rows))
     bodies = await source.bodies_for(need)
-    return await target._write(lambda tx: statesync.merge(tx, kind, rows, bodies))
+    return await target._write(lambda tx: statesync.merge(tx, kind, rows, bodies, target.clock))
 
 
 async def _sync(a: SqliteStore, b: SqliteStore) -> None:
@@ -251,3 +252,18 @@ async def test_a_readers_board_flag_never_becomes_shared_through_the_message_rep
     alice_view = await b.messages(ALICE, (await b.get_mailbox(ALICE, "Boards/news")).id)
     assert "\\Seen" not in bob_view[0].flags
     assert {"\\Seen", "$Read"} <= set(alice_view[0].flags)
+
+
+async def test_a_local_change_after_a_repair_from_a_peer_whose_clock_runs_ahead_stands(
+    pair: tuple[SqliteStore, SqliteStore],
+) -> None:
+    """The repair moves this node's clock past the stamps it takes in: a password set here
+    afterwards is the later change everywhere (it was stamped below the peer's, and lost)."""
+    a, b = pair
+    a.clock = HybridClock(physical=lambda: wall_ms() + 60_000, last=a.clock.now())
+    await a.set_password(ALICE, "from-a")
+    await _pull(b, a, statesync.USER)
+    await b.set_password(ALICE, "from-b")
+    await _sync(a, b)
+    assert await a.authenticate(ALICE, "from-b") and await b.authenticate(ALICE, "from-b")
+    assert await _digests(a) == await _digests(b)
