@@ -152,6 +152,7 @@ class PeerState:
     persisted: float = float("-inf")  # when the acknowledged position was last saved
     rounds: int = 0  # shipping decisions taken (tests watch it instead of sleeping)
     digested: float = float("-inf")  # when digests were last compared
+    state_digested: float = float("-inf")  # when the state besides messages was compared
     repaired: int = 0  # mailboxes found different and repaired by digest comparison
     keeping_up: bool = False  # the last read found few records: read the next on the loop
 
@@ -415,10 +416,14 @@ class Replicator:
             raise LinkClosed(f"expected {message.get('t')!r}, got {reply.get('t')!r}")
         return reply
 
-    async def _reconcile(self, peer: PeerState, requests: Requests) -> None:
-        peer.digested = time.monotonic()
+    async def _reconcile(self, peer: PeerState, requests: Requests,
+                         linked: bool = False) -> None:
+        peer.digested = now = time.monotonic()
+        state = linked or now - peer.state_digested >= antientropy.STATE_INTERVAL
+        if state:
+            peer.state_digested = now
         repaired = await antientropy.reconcile(
-            self.store, lambda m: self._ask(requests, m), peer.node_id)
+            self.store, lambda m: self._ask(requests, m), peer.node_id, state)
         peer.repaired += repaired
 
     async def _ship(self, peer: PeerState, channel: Channel) -> None:
@@ -430,7 +435,7 @@ class Replicator:
 
     async def _ship_on(self, peer: PeerState, requests: Requests) -> None:
         await self._record_ack(peer, await self._held_by_peer(requests))
-        await self._reconcile(peer, requests)
+        await self._reconcile(peer, requests, linked=True)
         # Batches go out as soon as changes commit, up to MAX_IN_FLIGHT unacknowledged
         # (pipeline.py): a change committed while a batch is on the wire does not wait for
         # that round trip, and batches arriving together share the peer's fsync.
