@@ -93,6 +93,10 @@ class BackendConfig:
     pool_secret_file: Path | None = None  # where pool_secret came from, for its permission check
     metrics_listen: tuple[str, int] | None = None  # Prometheus /metrics endpoint
     boards_autosubscribe: bool = True  # every user is subscribed to every board
+    replay_keep: float = 7 * 24 * 3600.0  # seconds a replay id is remembered
+    replay_max: int = 1_000_000  # replay ids (and runs) kept at most, the newest
+    expunged_keep: float = 30 * 24 * 3600.0  # seconds the QRESYNC expunge history reaches back
+    expunged_max: int = 100_000  # expunges remembered per mailbox at most, the newest
 
     @property
     def tls_enabled(self) -> bool:
@@ -120,7 +124,8 @@ _KNOWN = {
     "max_failed_logins", "failed_login_delay", "auth_cache_ttl", "replication",
     "command_cpu_budget", "max_command_size", "max_mime_parts", "max_mime_depth",
     "intake_networks", "outbound",
-    "metrics_listen", "boards_autosubscribe",
+    "metrics_listen", "boards_autosubscribe", "replay_keep", "replay_max",
+    "expunged_keep", "expunged_max",
 }
 _KNOWN_REPLICATION = {
     "listen", "peers", "mode", "batch_window", "batch_backlog", "copies", "copy_timeout",
@@ -185,6 +190,11 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> BackendConfig:
         ),
         metrics_listen=parse_metrics_listen(raw.get("metrics_listen")),
         boards_autosubscribe=_bool(raw, "boards_autosubscribe", True),
+        replay_keep=parse_duration(raw.get("replay_keep", 7 * 24 * 3600.0), "replay_keep"),
+        replay_max=_positive_int(raw, "replay_max", 1_000_000),
+        expunged_keep=parse_duration(raw.get("expunged_keep", 30 * 24 * 3600.0),
+                                     "expunged_keep"),
+        expunged_max=_positive_int(raw, "expunged_max", 100_000),
     )
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_smtp", "listen_control")}
     require_tls_off_loopback(listeners, config.tls_enabled)

@@ -80,6 +80,7 @@ class Node:
     async def _start(self) -> None:
         from mailmux.backend.control.server import ControlServer
         from mailmux.backend.imap.server import ImapServer
+        from mailmux.backend.pruning import HistoryPruner
         from mailmux.backend.smtp.server import SmtpIntake
         from mailmux.backend.store.sqlite import SqliteStore
 
@@ -95,6 +96,9 @@ class Node:
         self._stack.push_async_callback(keys.close)
         await self.meter.start()
         self._stack.push_async_callback(self.meter.close)
+        pruner = HistoryPruner(config, store)
+        pruner.start()
+        self._stack.push_async_callback(pruner.close)
 
         failures = PoolLoginFailures(config.lockout_failures, config.lockout_time,
                                      [peer for peer, _, _ in config.replication.peers])

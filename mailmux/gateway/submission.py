@@ -22,6 +22,7 @@ import base64
 import binascii
 import collections
 import contextlib
+import hashlib
 import logging
 import ssl
 import time
@@ -238,6 +239,30 @@ class SubmissionHandler:
 
     async def _deliver(self, sender: str | None, recipients: list[str], message: bytes,
                        guid: str) -> str:
+        """Each recipient's copy goes to that user's home (the node that commits the user's
+        changes): one transaction per home, so no home has to hand a user's lease to another
+        node for one message. Each has its own replay id, derived from the recipients it
+        carries, so a retry of one group elsewhere is recognised and the groups never take
+        each other for replays."""
+        groups = await self._by_home(recipients)
+        if len(groups) == 1:
+            return await self._deliver_to(sender, recipients, message, guid)
+        done = await asyncio.gather(*(
+            self._deliver_to(sender, group, message, _group_id(guid, group))
+            for group in groups))
+        return ",".join(done)
+
+    async def _by_home(self, recipients: list[str]) -> list[list[str]]:
+        found = await asyncio.gather(
+            *(self.pool.discover(r, self.config.selection) for r in recipients))
+        groups: dict[str, list[str]] = {}
+        for recipient, candidates in zip(recipients, found, strict=True):
+            home = next((c.node_id for c in candidates if c.home), "")
+            groups.setdefault(home, []).append(recipient)
+        return list(groups.values())
+
+    async def _deliver_to(self, sender: str | None, recipients: list[str], message: bytes,
+                          guid: str) -> str:
         reasons: list[str] = []
         tried: set[str] = set()
         # A second look after failures: the first answer (cached, or first-responder's
@@ -317,6 +342,12 @@ class SubmissionHandler:
             ids = {c.node_id for c in found}
             common = {k: v for k, v in common.items() if k in ids}
         return order(list(common.values()), self.config.selection)
+
+
+def _group_id(guid: str, recipients: list[str]) -> str:
+    """The replay id of one home's share of a transaction (valid XREPLAY characters)."""
+    digest = hashlib.sha256("\n".join(sorted(r.lower() for r in recipients)).encode())
+    return f"{guid}.{digest.hexdigest()[:12]}"
 
 
 async def _initial_or_challenge(server: SMTP, args: list[str], prompt: str) -> bytes | None:

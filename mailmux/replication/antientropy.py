@@ -15,16 +15,25 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mailmux.backend.store import repair
+from mailmux.backend.store import repair, statesync
 from mailmux.backend.store.sqlite import SqliteStore
 from mailmux.backend.store.writer import Tx
 
 log = logging.getLogger(__name__)
 
 DIGEST_INTERVAL = 10.0
+# The state besides messages changes rarely and costs more to digest (a row per user, mailbox,
+# subscription...): compared on every (re)connection, then this often.
+STATE_INTERVAL = 60.0
+STATE_DIGEST_MAX_AGE = 60.0
+_digest_cache: weakref.WeakKeyDictionary[
+    SqliteStore, dict[tuple[str, ...], tuple[int, float, dict[str, str]]]
+] = weakref.WeakKeyDictionary()
 MAX_BODY_BYTES = 8 * 1024 * 1024  # per bodies answer; the rest follows on the next pass
 
 Ask = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -51,6 +60,16 @@ async def answer(store: SqliteStore, message: dict[str, Any]) -> dict[str, Any] 
         guids = [str(g) for g in message["g"]][: repair.MAX_ROWS]
         return {"t": "tombstoned", "g": await store._read(
             lambda c: repair.tombstoned(c, key, guids))}
+    if kind == "state.digests":
+        kinds = tuple(str(k) for k in message.get("k") or statesync.KINDS)
+        return {"t": kind, "d": await state_digests(store, kinds)}
+    if kind == "state.buckets":
+        which = _kind(message)
+        return {"t": kind, "b": await store._read(lambda c: statesync.buckets(c, which))}
+    if kind == "state.rows":
+        which = _kind(message)
+        buckets = [str(b) for b in message["b"]][:256]
+        return {"t": kind, "r": await store._read(lambda c: statesync.rows(c, which, buckets))}
     if kind == "bodies":
         found = await store.bodies_for([str(h) for h in message["h"]][: repair.MAX_ROWS])
         out: dict[str, str] = {}
@@ -64,15 +83,68 @@ async def answer(store: SqliteStore, message: dict[str, Any]) -> dict[str, Any] 
     return None
 
 
-async def reconcile(store: SqliteStore, ask: Ask, peer: str) -> int:
-    """Pull and merge whatever differs from `peer`; returns the mailboxes repaired."""
+def _kind(message: dict[str, Any]) -> str:
+    which = str(message.get("k"))
+    if which not in statesync.KINDS:
+        raise KeyError(f"no state kind {which!r}")
+    return which
+
+
+async def reconcile(store: SqliteStore, ask: Ask, peer: str, state: bool = True) -> int:
+    """Pull and merge whatever differs from `peer`; returns the mailboxes and state kinds
+    repaired. Users, mailboxes and subscriptions first (messages need their mailbox), then
+    the messages, then what names messages (readers' board flags) and the rest."""
+    repaired = await _state(store, ask, peer, statesync.EARLY) if state else 0
     mine = await store._read(repair.digests)
     theirs = (await ask({"t": "digests"}))["d"]
-    repaired = 0
     for text in sorted(set(mine) & set(theirs)):
         if mine[text] != theirs[text] and await _mailbox(store, ask, text, peer):
             repaired += 1
+    return repaired + (await _state(store, ask, peer, statesync.LATE) if state else 0)
+
+
+async def state_digests(store: SqliteStore, kinds: tuple[str, ...]) -> dict[str, str]:
+    """The per-kind digests, computed again only after a commit of this node's (or after
+    STATE_DIGEST_MAX_AGE, for what another process, such as the CLI, wrote): every peer asks
+    for them, and every pass compares them, so an idle pool does not rehash its state."""
+    commits, now = store.commits, time.monotonic()
+    cache = _digest_cache.setdefault(store, {})
+    held = cache.get(kinds)
+    if held is not None and held[0] == commits and now - held[1] < STATE_DIGEST_MAX_AGE:
+        return held[2]
+    digests = await store._read(lambda c: statesync.digests(c, kinds))
+    cache[kinds] = (commits, now, digests)
+    return digests
+
+
+async def _state(store: SqliteStore, ask: Ask, peer: str, kinds: tuple[str, ...]) -> int:
+    mine = await state_digests(store, kinds)
+    theirs = (await ask({"t": "state.digests", "k": list(kinds)}))["d"]
+    repaired = 0
+    for which in kinds:
+        if which in theirs and mine.get(which) != theirs[which]:
+            repaired += await _kind_pass(store, ask, peer, which)
     return repaired
+
+
+async def _kind_pass(store: SqliteStore, ask: Ask, peer: str, which: str) -> int:
+    mine = await store._read(lambda c: statesync.buckets(c, which))
+    theirs = (await ask({"t": "state.buckets", "k": which}))["b"]
+    differ = sorted(b for b in set(mine) | set(theirs) if mine.get(b) != theirs.get(b))
+    if not differ:
+        return 0
+    rows = (await ask({"t": "state.rows", "k": which, "b": differ}))["r"]
+    need = await store._read(lambda c: statesync.bodies_wanted(c, which, rows))
+    bodies: dict[str, bytes] = {}
+    if need:
+        raw = (await ask({"t": "bodies", "h": need}))["b"]
+        bodies = {h: base64.b64decode(b) for h, b in raw.items()}
+    changed = await store._write(
+        lambda tx: statesync.merge(tx, which, rows, bodies, store.clock))
+    if not changed:
+        return 0
+    log.warning("anti-entropy: %d %s row(s) differed from %s; repaired", changed, which, peer)
+    return 1
 
 
 async def _mailbox(store: SqliteStore, ask: Ask, text: str, peer: str) -> bool:

@@ -53,6 +53,7 @@ from mailmux.replication.barrier import ReadBarrier
 from mailmux.replication.home import HomeLeases
 from mailmux.replication.importance import copies_required
 from mailmux.replication.pipeline import MAX_IN_FLIGHT, PipelineClosed, Requests, Responder
+from mailmux.replication.routing import HomeRouter
 from mailmux.replication.window import BatchWindow, local_now
 from mailmux.tls import server_context
 
@@ -153,6 +154,7 @@ class PeerState:
     persisted: float = float("-inf")  # when the acknowledged position was last saved
     rounds: int = 0  # shipping decisions taken (tests watch it instead of sleeping)
     digested: float = float("-inf")  # when digests were last compared
+    state_digested: float = float("-inf")  # when the state besides messages was compared
     repaired: int = 0  # mailboxes found different and repaired by digest comparison
     keeping_up: bool = False  # the last read found few records: read the next on the loop
     # Set when the peer dialled us while our link to it was down: it is back (say, restarted),
@@ -182,6 +184,7 @@ class Replicator:
         self._handshaking = 0
         self.homes: HomeLeases | None = None
         self.barrier: ReadBarrier | None = None
+        self.router = HomeRouter(self)
         # Failed logins shared with the peers; the node replaces it with the one its IMAP
         # server uses.
         self.failures = PoolLoginFailures(config.lockout_failures, config.lockout_time)
@@ -219,6 +222,7 @@ class Replicator:
         self.store.home_epoch = self.homes.epoch
         self.store.home_now = self.homes.holds
         self.store.interest_hook = self.homes.touch
+        self.store.route_hook = self.router.deliver
         self._spawn(self.homes.renew_forever())
         self.barrier = ReadBarrier(self)
         self.store.commit_hooks.append(self.barrier.committed)
@@ -242,6 +246,7 @@ class Replicator:
         self.store.home_hook = None
         self.store.interest_hook = None
         self.store.read_barrier_hook = None
+        self.store.route_hook = None
         if self._committed in self.store.commit_hooks:
             self.store.commit_hooks.remove(self._committed)
         if self.barrier is not None:
@@ -256,6 +261,7 @@ class Replicator:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.homes is not None:
             await self.homes.close()
+        await self.router.close()
 
     def _committed(self) -> None:
         self._wake_all()
@@ -430,10 +436,14 @@ class Replicator:
             raise LinkClosed(f"expected {message.get('t')!r}, got {reply.get('t')!r}")
         return reply
 
-    async def _reconcile(self, peer: PeerState, requests: Requests) -> None:
-        peer.digested = time.monotonic()
+    async def _reconcile(self, peer: PeerState, requests: Requests,
+                         linked: bool = False) -> None:
+        peer.digested = now = time.monotonic()
+        state = linked or now - peer.state_digested >= antientropy.STATE_INTERVAL
+        if state:
+            peer.state_digested = now
         repaired = await antientropy.reconcile(
-            self.store, lambda m: self._ask(requests, m), peer.node_id)
+            self.store, lambda m: self._ask(requests, m), peer.node_id, state)
         peer.repaired += repaired
 
     async def _ship(self, peer: PeerState, channel: Channel) -> None:
@@ -445,7 +455,7 @@ class Replicator:
 
     async def _ship_on(self, peer: PeerState, requests: Requests) -> None:
         await self._record_ack(peer, await self._held_by_peer(requests))
-        await self._reconcile(peer, requests)
+        await self._reconcile(peer, requests, linked=True)
         # Batches go out as soon as changes commit, up to MAX_IN_FLIGHT unacknowledged
         # (pipeline.py): a change committed while a batch is on the wire does not wait for
         # that round trip, and batches arriving together share the peer's fsync.
@@ -603,6 +613,10 @@ class Replicator:
                 elif kind == "failures":
                     await responder.push_after(
                         lambda m=message: self._failures_answer(node, m))  # type: ignore[misc]
+                elif kind == "deliver":
+                    # Delivery links carry nothing else (routing.py).
+                    await responder.push_after(
+                        lambda m=message: self.router.answer(m))  # type: ignore[misc]
                 elif str(kind).startswith("lease."):
                     # Lease links carry nothing else, so their answers come in order.
                     await responder.push_after(

@@ -19,7 +19,7 @@ import logging
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
-from mailmux.backend.store import boardflags, gatewaykeys, replay
+from mailmux.backend.store import boardflags, gatewaykeys, replay, statesync
 from mailmux.backend.store.interface import BOARD_OWNER, ChangeRecord
 from mailmux.backend.store.schema import SUBTREE
 from mailmux.backend.store.writer import Tx
@@ -48,7 +48,11 @@ def apply_records(store: SqliteStore, tx: Tx, records: list[ChangeRecord],
         store.clock.update(record.hlc)
         handler = _HANDLERS.get(record.kind)
         if handler is not None:
-            handler(store, tx, record)
+            # A record older than what last set its register (users, mailboxes,
+            # subscriptions: statesync.py) arrived late: applying it would undo a later change.
+            if statesync.before(conn, record.kind, record.payload, record.hlc, record.origin):
+                handler(store, tx, record)
+                statesync.after(conn, record.kind, record.payload, record.hlc, record.origin)
         elif record.kind in outbound_records.KINDS:
             outbound_records.apply(conn, record.kind, record.payload, bodies)
         applied += 1
@@ -114,8 +118,12 @@ def _mailbox_rename(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
     if old == "INBOX":
         return  # RENAME INBOX is logged as a create plus message moves
     for mailbox_id, name in tx.conn.execute(SUBTREE, (owner, old, old + "/")).fetchall():
-        tx.conn.execute("UPDATE OR IGNORE mailboxes SET name = ? WHERE id = ?",
-                        (new + name[len(old):], mailbox_id))
+        renamed = new + name[len(old):]
+        moved = tx.conn.execute("UPDATE OR IGNORE mailboxes SET name = ? WHERE id = ?",
+                                (renamed, mailbox_id)).rowcount
+        if moved:  # the subscription follows, as where the rename was made
+            tx.conn.execute("UPDATE OR IGNORE subscriptions SET name = ? WHERE user = ? AND "
+                            "name = ?", (renamed, owner, name))
 
 
 def _subscribe(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
@@ -322,6 +330,10 @@ def _message_flags(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
         (f, 0) for f in _p(record, "removed") or []]
     for flag, present in changes:
         if user is not None and flag not in boardflags.SHARED:  # a board reader's own flag
+            if not statesync.newer(conn, statesync.BFLAG, statesync.bflag_key(
+                    str(user), str(mailbox[2]), str(guid), flag), record.hlc, record.origin,
+                    bool(present)):
+                continue  # a later change of this reader's flag is already here
             mine = frozenset({flag})
             boardflags.set_private(conn, user, mailbox[0], uid, mine if present else frozenset(),
                                    frozenset() if present else mine)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from mailmux.backend.store.boardflags import SHARED
 from mailmux.backend.store.hlc import HybridClock
+from mailmux.backend.store.interface import BOARD_OWNER
 from mailmux.backend.store.writer import Tx
 
 BUCKET = 512  # UIDs per second-level digest
@@ -181,6 +183,10 @@ def merge(tx: Tx, key: MailboxKey, theirs: list[Row], gone: list[str], clock: Hy
         if int(mine[0]) != row.uid:
             continue  # renumbered on one side (legacy conflict rule): the log settles it
         flags = set(str(mine[1]).split())
+        if key[0] == BOARD_OWNER:
+            # A board post's own flags are the shared ones; stamps of readers' own flags
+            # (older nodes stamped them here) must not make a reader's flag everyone's.
+            row = replace(row, stamps=tuple(s for s in row.stamps if s[0] in SHARED))
         if _merge_flags(conn, mailbox_id, row, flags):
             result.flags += 1
             if flags != set(str(mine[1]).split()):

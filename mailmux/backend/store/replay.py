@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS replay_runs (
     adds TEXT NOT NULL,
     PRIMARY KEY (scope, id, origin, hlc)
 );
+CREATE INDEX IF NOT EXISTS replays_hlc ON replays(hlc);
+CREATE INDEX IF NOT EXISTS replay_runs_hlc ON replay_runs(hlc);
 """
 
 Key = tuple[str, str]  # (scope: the user, or SMTP_SCOPE; id)
@@ -159,3 +161,22 @@ def merge(conn: sqlite3.Connection, key: Key, run: Run) -> tuple[Run, Run] | Non
                      (json.dumps(run.answer, sort_keys=True), run.hlc, *key))
         return run, held
     return held, run
+
+
+PRUNE_BATCH = 1000  # rows per transaction: the writer is never held long
+
+
+def prune(conn: sqlite3.Connection, older_than: int, keep: int) -> int:
+    """Forget replay ids (and their runs) stamped before HLC `older_than`, and all but the
+    `keep` newest of each table; at most PRUNE_BATCH rows per table per call. A gateway replays
+    within seconds of a failure, so a window of days keeps every replay that can still come;
+    a forgotten id is executed afresh."""
+    removed = 0
+    for table in ("replays", "replay_runs"):
+        removed += conn.execute(
+            f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE hlc < ? "
+            "ORDER BY hlc LIMIT ?)", (older_than, PRUNE_BATCH)).rowcount
+        removed += conn.execute(
+            f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY hlc DESC "
+            "LIMIT ? OFFSET ?)", (PRUNE_BATCH, keep)).rowcount
+    return removed

@@ -116,6 +116,10 @@ CREATE TABLE IF NOT EXISTS expunged (
     PRIMARY KEY (mailbox_id, uid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged(mailbox_id, modseq);
+CREATE TABLE IF NOT EXISTS expunged_horizon (
+    mailbox_id INTEGER PRIMARY KEY,
+    modseq INTEGER NOT NULL  -- the history of expunges at or below this MODSEQ was pruned
+);
 CREATE INDEX IF NOT EXISTS messages_modseq ON messages(mailbox_id, modseq);
 CREATE INDEX IF NOT EXISTS messages_unseen ON messages(mailbox_id, uid)
     WHERE instr(' ' || flags || ' ', ' \Seen ') = 0;
@@ -141,6 +145,7 @@ CREATE TRIGGER IF NOT EXISTS mailbox_summaries_gone AFTER DELETE ON mailboxes BE
     DELETE FROM mailbox_counts WHERE mailbox_id = old.id;
     DELETE FROM mailbox_keywords WHERE mailbox_id = old.id;
     DELETE FROM expunged WHERE mailbox_id = old.id;
+    DELETE FROM expunged_horizon WHERE mailbox_id = old.id;
 END;
 CREATE TRIGGER IF NOT EXISTS messages_counted AFTER INSERT ON messages BEGIN
     UPDATE mailbox_counts SET messages = messages + 1, size = size + new.size,

@@ -44,8 +44,8 @@ from mailmux.backend.errors import (
 from mailmux.backend.message.limits import check_keywords
 from mailmux.backend.message.parsed import ParsedMessage
 from mailmux.backend.message.search import IndexEntry, index_entry
-from mailmux.backend.store import boardflags, gatewaykeys, names, replay
-from mailmux.backend.store.hlc import HybridClock
+from mailmux.backend.store import boardflags, gatewaykeys, history, names, replay, statesync
+from mailmux.backend.store.hlc import COUNTER_BITS, HybridClock, wall_ms
 from mailmux.backend.store.interface import (
     BOARD_OWNER,
     BOARD_PREFIX,
@@ -189,6 +189,9 @@ class SqliteStore:
         # Before a sync point on a node that is not the user's home: catch up with what a
         # majority holds (replication/barrier.py).
         self.read_barrier_hook: Callable[[str], Awaitable[None]] | None = None
+        # Deliveries split by the recipients' homes (replication/routing.py).
+        self.route_hook: Callable[[Sequence[str], bytes, str],
+                                  Awaitable[list[AppendResult]]] | None = None
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -219,6 +222,11 @@ class SqliteStore:
         replay.prepare(conn)
         gatewaykeys.prepare(conn)
         boardflags.prepare(conn)
+        statesync.prepare(conn)
+        dropped = statesync.sweep_orphans(conn)
+        if dropped:
+            log.warning("dropped %d row(s) of mailboxes that no longer exist (deleted by hand?)",
+                        dropped)
         row = conn.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()
         if row is None:
             # A wiped node comes back as a new origin: peers still hold its old history
@@ -395,6 +403,24 @@ class SqliteStore:
         if self.read_barrier_hook is not None:
             await self.read_barrier_hook(user)
 
+    async def prune_replays(self, keep: float, max_rows: int) -> int:
+        """Forget replay ids older than `keep` seconds and beyond the `max_rows` newest, in
+        short transactions; returns the rows removed."""
+        cutoff = (wall_ms() - int(keep * 1000)) << COUNTER_BITS
+        total = 0
+        while removed := await self._write(lambda tx: replay.prune(tx.conn, cutoff, max_rows)):
+            total += removed
+        return total
+
+    async def prune_expunged(self, keep: float, max_rows: int) -> int:
+        """Prune the QRESYNC history (history.py) older than `keep` seconds and beyond the
+        `max_rows` newest per mailbox, in short transactions; returns the entries removed."""
+        cutoff = (wall_ms() - int(keep * 1000)) << COUNTER_BITS
+        total = 0
+        while removed := await self._write(lambda tx: history.prune(tx.conn, cutoff, max_rows)):
+            total += removed
+        return total
+
     async def replay_answer(self, scope: str, replay_id: str) -> dict[str, Any] | None:
         # one row by primary key, before every replayable command the gateway relays
         return self._read_inline(lambda c: replay.lookup(c, (scope.lower(), replay_id)))
@@ -414,6 +440,10 @@ class SqliteStore:
         tx.logged = seq
         if kind == "message.add":  # what a replay-id run added, should two runs meet
             tx.adds.append([stamp, payload])
+        # The content registers anti-entropy compares, stamped as a peer applying this record
+        # stamps them (statesync.py); a local change is the latest, so it always stamps.
+        statesync.before(conn, kind, payload, stamp, self.origin)
+        statesync.after(conn, kind, payload, stamp, self.origin)
 
     def _notify(self, mailbox_ids: set[int]) -> None:
         for hook in self.commit_hooks:
@@ -520,8 +550,10 @@ class SqliteStore:
 
     async def add_gateway_key(self, name: str, secret: str) -> None:
         def job(tx: Tx) -> None:
-            gatewaykeys.add(tx.conn, lambda kind, payload: self._log(tx, kind, payload),
-                            name, secret, self.clock.now(), self.origin)
+            # The key's stamp is its record's HLC, as on the replicas applying the record.
+            hlc = self.clock.now()
+            gatewaykeys.add(tx.conn, lambda kind, payload: self._log(tx, kind, payload, hlc),
+                            name, secret, hlc, self.origin)
 
         await self._write(job)
 
@@ -558,8 +590,10 @@ class SqliteStore:
             if present and not tx.conn.execute("SELECT 1 FROM users WHERE name = ?",
                                                (user,)).fetchone():
                 raise UserNotFound(f"no user {user}")
-            boardflags.set_moderator(tx.conn, lambda kind, payload: self._log(tx, kind, payload),
-                                     mailbox, user, present, self.clock.now(), self.origin)
+            hlc = self.clock.now()  # the grant's stamp is its record's HLC, as on replicas
+            boardflags.set_moderator(tx.conn,
+                                     lambda kind, payload: self._log(tx, kind, payload, hlc),
+                                     mailbox, user, present, hlc, self.origin)
 
         await self._write(job)
 
@@ -887,6 +921,18 @@ class SqliteStore:
     async def deliver(
         self, recipients: Sequence[str], body: bytes, guid: str
     ) -> list[AppendResult]:
+        """Store a delivery. With replication, each recipient's copy is committed by that
+        user's home: a share for users homed elsewhere goes there (`route_hook`,
+        replication/routing.py), so no lease moves for one message."""
+        if self.route_hook is not None and replay.current(replay.SMTP_SCOPE) is None:
+            return await self.route_hook(recipients, body, guid)
+        return await self.deliver_here(recipients, body, guid)
+
+    async def deliver_here(
+        self, recipients: Sequence[str], body: bytes, guid: str
+    ) -> list[AppendResult]:
+        """Store a delivery on this node, as the home of every recipient (taking the leases
+        it does not hold)."""
         now = datetime.now(UTC)
         body_hash = _body_hash(body)
         key = replay.current(replay.SMTP_SCOPE)
@@ -1056,6 +1102,14 @@ class SqliteStore:
                     "ORDER BY 1", (user.lower(), mailbox_id, modseq, more)))
             if limit >= 0 and len(changed) > limit:
                 return None
+            if modseq < history.horizon(conn, mailbox_id):
+                # The history of expunges was pruned past this MODSEQ (history.py).
+                if limit >= 0:
+                    return None
+                uidnext = conn.execute("SELECT uidnext FROM mailboxes WHERE id = ?",
+                                       (mailbox_id,)).fetchone()[0]
+                return ViewChanges(row[1], changed,
+                                   history.vanished_since_horizon(conn, mailbox_id, uidnext))
             gone = tuple(r[0] for r in conn.execute(
                 "SELECT * FROM (SELECT uid FROM expunged INDEXED BY expunged_modseq "
                 "WHERE mailbox_id = ? AND modseq > ? "
@@ -1234,7 +1288,8 @@ class SqliteStore:
                     "guid": row[2], "added": sorted(new - old), "removed": sorted(old - new),
                     "user": user.lower() if is_board else None,
                 }, hlc=modseq)
-                self._stamp_flags(tx, mailbox_id, row[2], new - old, old - new, modseq)
+                self._stamp_flags(tx, mailbox_id, row[2], new - old, old - new, modseq,
+                                  shared_only=is_board)
             if changed:
                 tx.touched.add(mailbox_id)
             self._remember(tx, key, {"failed": failed})
@@ -1290,7 +1345,8 @@ class SqliteStore:
             "added": sorted(flags - old), "removed": sorted(old - flags),
             "user": user.lower() if is_board else None,
         }, hlc=modseq)
-        self._stamp_flags(tx, mailbox_id, row[0], flags - old, old - flags, modseq)
+        self._stamp_flags(tx, mailbox_id, row[0], flags - old, old - flags, modseq,
+                          shared_only=is_board)
         tx.touched.add(mailbox_id)
 
     async def expunge(self, user: str, mailbox_id: int, uids: Sequence[int]) -> list[int]:
@@ -1345,10 +1401,14 @@ class SqliteStore:
         return (str(row[0]), str(row[1])) if row else ("", "")
 
     def _stamp_flags(self, tx: Tx, mailbox_id: int, guid: str, added: frozenset[str],
-                     removed: frozenset[str], hlc: int) -> None:
+                     removed: frozenset[str], hlc: int, shared_only: bool = False) -> None:
         """Per-flag last-writer stamps, so that replicas merge concurrent changes per flag;
-        the stamp is the change record's HLC (and MODSEQ)."""
+        the stamp is the change record's HLC (and MODSEQ). On a board only the shared flags
+        are the post's (a reader's own are stamped per reader, statesync.py): a reader's
+        \\Seen stamped here would reach every reader through the message repair."""
         for flag, present in [(f, 1) for f in added] + [(f, 0) for f in removed]:
+            if shared_only and flag not in boardflags.SHARED:
+                continue
             tx.conn.execute(
                 "INSERT OR REPLACE INTO flag_stamps VALUES (?, ?, ?, ?, ?, ?)",
                 (mailbox_id, guid, flag, hlc, self.origin, present),
