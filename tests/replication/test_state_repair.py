@@ -83,8 +83,8 @@ def _populate(pool: Pool) -> None:
         imap.login(*ALICE)
         imap.select("Boards/news")
         assert imap.store("1", "+FLAGS", "(\\Seen $Read)")[0] == "OK"
-    _cli(a, "gateway-key", "add", "gw-live")
-    _cli(a, "gateway-key", "add", "gw-gone")
+    _cli(a, "gateway-key", "add", "gw-live", "--key-file", str(a.data_dir / "gw-live.key"))
+    _cli(a, "gateway-key", "add", "gw-gone", "--key-file", str(a.data_dir / "gw-gone.key"))
     _cli(a, "gateway-key", "revoke", "gw-gone")
     nodes = list(pool.nodes.values())
     wait_for(lambda: _identical(nodes), "every node in step before the damage")
