@@ -417,9 +417,12 @@ class SqliteStore:
         """Append a change record; `hlc` is the change's MODSEQ when it has one (a message
         change's MODSEQ is its record's HLC, so every replica gives it the same one)."""
         conn = tx.conn
-        row = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
-        seq = int(row[0]) + 1 if row else 1
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
+        # one statement per record, not a read and a write (every change pays it)
+        row = conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
+                           "WHERE key = 'seq' RETURNING value").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta VALUES ('seq', '1')")
+        seq = int(row[0]) if row else 1
         stamp = self.clock.now() if hlc is None else hlc
         conn.execute(
             "INSERT INTO changelog VALUES (?, ?, ?, ?, ?)",
@@ -1202,18 +1205,18 @@ class SqliteStore:
         def job(tx: Tx) -> StoreResult:
             replay.check(tx, key)
             conn = tx.conn
-            board = conn.execute("SELECT owner FROM mailboxes WHERE id = ?",
-                                 (mailbox_id,)).fetchone()
-            if board is None:
+            row = conn.execute("SELECT owner, name FROM mailboxes WHERE id = ?",
+                               (mailbox_id,)).fetchone()
+            if row is None:
                 raise MailboxNotFound("the mailbox no longer exists")
-            is_board = board[0] == BOARD_OWNER
+            owner_name = (str(row[0]), str(row[1]))
+            is_board = owner_name[0] == BOARD_OWNER
             changed: list[FlagChange] = []
             failed: list[int] = []
             modseq: int | None = None
-            owner_name = self._mailbox_key(conn, mailbox_id)
             moderator = is_board and boardflags.is_moderator(conn, owner_name[1], user.lower())
             for uid, flags, row_modseq, guid, seen in list(_rows_of(
-                conn, f"SELECT m.uid, m.flags, m.modseq, m.guid, {_board_seen(board[0])} "
+                conn, f"SELECT m.uid, m.flags, m.modseq, m.guid, {_board_seen(owner_name[0])} "
                 "FROM messages m", (user.lower(),), mailbox_id, sorted(set(uids)),
             )):
                 row = (flags, row_modseq, guid)
