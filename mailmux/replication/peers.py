@@ -34,7 +34,7 @@ from mailmux.backend.load import LoadMeter
 from mailmux.backend.login_failures import PoolLoginFailures
 from mailmux.backend.store.apply import apply_records
 from mailmux.backend.store.interface import ChangeRecord
-from mailmux.backend.store.sqlite import SqliteStore
+from mailmux.backend.store.sqlite import SqliteStore, index_entries_before_commit
 from mailmux.backend.store.writer import Tx
 from mailmux.protocol.control.errors import ControlDecodeError
 from mailmux.protocol.peer.session import (
@@ -650,8 +650,32 @@ class Replicator:
 
     async def _apply_batch(self, node: str, inbound: _Inbound,
                            message: dict[str, Any]) -> dict[str, Any]:
+        # Batches of a link reach the writer in arrival order: each waits for the one before
+        # it to be queued, while the parsing below (off the writer) overlaps.
+        before, queued = inbound.queued, asyncio.get_running_loop().create_future()
+        inbound.queued = queued
+        try:
+            return await self._apply_batch_in_turn(node, inbound, message, before, queued)
+        except BaseException:
+            inbound.broken = True
+            raise
+        finally:
+            if not queued.done():
+                queued.set_result(None)
+
+    async def _apply_batch_in_turn(self, node: str, inbound: _Inbound, message: dict[str, Any],
+                                   before: asyncio.Future[None] | None,
+                                   queued: asyncio.Future[None]) -> dict[str, Any]:
         records = _records_from(message["records"])
         bodies = {h: base64.b64decode(b) for h, b in message["bodies"].items()}
+        # A message's SEARCH index entry (a MIME parse) is made here, before the commit, as the
+        # home makes its own: inside the job it would hold the peer's writer, and so every
+        # acknowledgement waiting behind it, for the parse.
+        added = {str(r.payload.get("body")) for r in records if r.kind == "message.add"}
+        wanted = {h: b for h, b in bodies.items() if h in added}
+        indexes = await index_entries_before_commit(wanted) if wanted else {}
+        if before is not None:
+            await before
 
         def job(tx: Tx) -> tuple[int, dict[str, int]]:
             # Batches of one link apply in order; after a failed one the rest must not, or
@@ -659,7 +683,7 @@ class Replicator:
             if inbound.broken:
                 raise LinkClosed("an earlier batch on this link failed")
             try:
-                applied = apply_records(self.store, tx, records, bodies)
+                applied = apply_records(self.store, tx, records, bodies, indexes)
             except Exception:
                 inbound.broken = True
                 raise
@@ -670,11 +694,9 @@ class Replicator:
                 tx.conn.execute("SELECT max(seq) FROM changelog WHERE origin = ?",
                                 (origin,)).fetchone())) and row[0] is not None}
 
-        try:
-            applied, held = await self.store._write(job)
-        except BaseException:
-            inbound.broken = True
-            raise
+        written = self.store._submit(job)
+        queued.set_result(None)
+        applied, held = await written
         if applied:
             log.info("replication: applied %d change(s) from %s", applied, node)
         self._origins.update(held)
@@ -693,6 +715,7 @@ class _Inbound:
 
     origins: set[str]  # every origin this node holds records of
     broken: bool = False  # a batch failed: later batches of the link are refused
+    queued: asyncio.Future[None] | None = None  # resolved once the last batch is queued
 
 
 def _positions(reply: dict[str, Any]) -> dict[str, int]:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import shutil
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +15,10 @@ import pytest
 
 from mailmux.backend import config as backend_config
 from mailmux.backend.load import LoadMeter
+from mailmux.backend.message.search import IndexEntry
+from mailmux.backend.store import sqlite as sqlite_module
 from mailmux.backend.store.sqlite import SqliteStore
+from mailmux.protocol.imap.commands import SearchKey
 from mailmux.replication.peers import Replicator
 from tests.support.nodes import SECRET
 from tests.support.ports import free_port
@@ -199,3 +203,38 @@ async def test_a_peer_that_comes_back_is_linked_again_at_once(
                 link = replicator.peers["b"]
                 await until(lambda link=link: _true(link.last_error != ""))  # type: ignore[misc]
         await until(lambda: _true(link.connected))
+
+
+async def test_the_peer_parses_shipped_messages_off_its_writer_thread(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A message's SEARCH index entry (a MIME parse) is made before the transaction, on the
+    home and on the peer alike: parsed inside the peer's apply job it held the peer's writer,
+    and every acknowledgement queued behind it, for the parse (APPEND's replicated round trip
+    cost more than STORE's)."""
+    threads: list[str] = []
+    real = sqlite_module._index_of
+
+    def watched(body: bytes) -> IndexEntry:
+        threads.append(threading.current_thread().name)
+        return real(body)
+
+    monkeypatch.setattr(sqlite_module, "_index_of", watched)
+    a, b = pair.stores["a"], pair.stores["b"]
+    await a.add_user(ALICE, "pw")
+    await until(lambda: b.has_user(ALICE))
+    for i in range(3):  # high importance: acknowledged only once b holds it
+        body = f"Importance: high\r\nSubject: m{i}\r\n\r\nx{i}\r\n".encode()
+        await a.append(ALICE, "INBOX", body)
+    assert (await b.get_mailbox(ALICE, "INBOX")).messages == 3
+    assert len(threads) == 6, threads  # each message parsed once on a and once on b
+    # small messages: parsed on the event loop (a thread hop costs more than the parse)
+    assert set(threads) == {"MainThread"}, threads
+    threads.clear()
+    big = b"Importance: high\r\nSubject: big\r\n\r\n" + b"0123456789abcde\r\n" * 2000
+    await a.append(ALICE, "INBOX", big)
+    assert len(threads) == 2 and "MainThread" not in threads, threads
+    assert "mailmux-writer" not in threads, threads
+    found = await b.search(ALICE, (await b.get_mailbox(ALICE, "INBOX")).id,
+                           SearchKey("SUBJECT", ("m1",)), 10)
+    assert [uid for uid, _, _ in found] == [2], found

@@ -1355,7 +1355,7 @@ class Session:
             return rows
         try:
             result = await self.store.store_flags(self.me, view.mailbox_id, unseen, "add",
-                                                  ["\\Seen"])
+                                                  ["\\Seen"], source=self.feed)
         except NoMajority:
             # A node cut off from the pool's majority still serves reads: BODY[] then
             # behaves like BODY.PEEK[] (the change could not be made safely).
@@ -1380,8 +1380,10 @@ class Session:
         # \\Recent is the server's to set (RFC 3501 2.3.2)
         flags = [f for f in args.flags if f != "\\Recent"]
         check_keywords(flags)
+        # This session tells its client about the change itself (or the client asked for
+        # silence): its own commit need not wake it for a catch-up read.
         result = await self.store.store_flags(self.me, view.mailbox_id, uids, args.mode,
-                                              flags, args.unchanged_since)
+                                              flags, args.unchanged_since, source=self.feed)
         lines: Lines = [*before, *self._announce_flags(set(flags))]
         changed = {c.uid: c for c in result.changed}
         for change in result.changed:

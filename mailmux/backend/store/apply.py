@@ -32,10 +32,14 @@ log = logging.getLogger(__name__)
 
 
 def apply_records(store: SqliteStore, tx: Tx, records: list[ChangeRecord],
-                  bodies: dict[str, bytes]) -> int:
+                  bodies: dict[str, bytes], indexes: dict[str, Any] | None = None) -> int:
+    """`indexes`: the bodies' SEARCH index entries (`IndexEntry` by hash), computed before
+    the transaction so that parsing messages does not hold the writer; any missing one is
+    computed here."""
     applied = 0
     conn = tx.conn
     tx.bodies = bodies
+    tx.indexes = indexes or {}
     for record in records:
         if conn.execute("SELECT 1 FROM changelog WHERE origin = ? AND seq = ?",
                         (record.origin, record.seq)).fetchone():
@@ -161,7 +165,7 @@ def _message_add(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
         if body is None:
             return  # expunged at the origin before it shipped: a later expunge follows
         conn.execute("INSERT OR IGNORE INTO bodies VALUES (?, ?)", (body_hash, body))
-        store.index_body(conn, body_hash, body)
+        store.index_body(conn, body_hash, body, tx.indexes.get(body_hash))
     uid = int(_p(record, "uid"))
     taken = conn.execute("SELECT guid FROM messages WHERE mailbox_id = ? AND uid = ?",
                          (mailbox[0], uid)).fetchone()

@@ -187,6 +187,7 @@ class MailStore(Protocol):
         mode: str,
         flags: Sequence[str],
         unchanged_since: int | None = None,
+        source: object = None,
     ) -> StoreResult: ...
     async def expunge(self, user: str, mailbox_id: int, uids: Sequence[int]) -> list[int]: ...
     async def copy(

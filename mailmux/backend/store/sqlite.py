@@ -66,7 +66,7 @@ from mailmux.backend.store.passwords import hash_password, verify_password
 from mailmux.backend.store.schema import SUBTREE, prepare
 from mailmux.backend.store.search_sql import compile_key
 from mailmux.backend.store.uid_cache import UidCache
-from mailmux.backend.store.writer import Tx, Writer
+from mailmux.backend.store.writer import Touched, Tx, Writer
 from mailmux.protocol.imap.commands import SearchKey
 
 T = TypeVar("T")
@@ -106,12 +106,29 @@ def _copy_answer(result: CopyResult) -> dict[str, Any]:
 
 DEFAULT_LOGIN_CACHE_TTL = 60.0
 _IN_LIMIT = 256  # beyond this many UIDs, one range scan beats a long IN list
+INLINE_PARSE_BYTES = 16 * 1024  # messages up to this size are indexed on the event loop
 _LINE_ITEMS = {"uid": "'UID ' || m.uid", "flags": "'FLAGS (' || m.flags || ')'",
                "modseq": "'MODSEQ (' || m.modseq || ')'"}
 
 
 def _index_of(body: bytes) -> IndexEntry:
     return index_entry(ParsedMessage.from_bytes(body))
+
+
+def index_entries(bodies: dict[str, bytes]) -> dict[str, IndexEntry]:
+    """SEARCH index entries of bodies, by hash (a MIME parse each)."""
+    return {body_hash: _index_of(body) for body_hash, body in bodies.items()}
+
+
+async def index_entries_before_commit(bodies: dict[str, bytes]) -> dict[str, IndexEntry]:
+    """`index_entries`, made before a transaction rather than inside it (where the parse
+    would hold the writer and every write queued behind it). A few small messages are parsed
+    right here: a worker thread's wake-up costs more than their parse on a busy machine, and
+    the parse holds the GIL in any thread. Larger ones go to a worker thread, so that the
+    event loop is never held for long."""
+    if sum(len(body) for body in bodies.values()) <= INLINE_PARSE_BYTES:
+        return index_entries(bodies)
+    return await asyncio.to_thread(index_entries, bodies)
 
 
 def _rows_of(conn: sqlite3.Connection, select: str, params: tuple[Any, ...], mailbox_id: int,
@@ -152,6 +169,7 @@ class SqliteStore:
         self.domains = tuple(d.lower() for d in domains)
         self.clock = HybridClock()
         self._listeners: dict[int, set[asyncio.Queue[int]]] = {}
+        self.wakes = 0  # change-feed wake-ups sent (tests count them)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -342,32 +360,39 @@ class SqliteStore:
         finally:
             conn.execute("COMMIT")
 
-    async def _write(self, fn: Callable[[Tx], T]) -> T:
+    async def _write(self, fn: Callable[[Tx], T], source: object = None) -> T:
+        return await self._submit(fn, source)
+
+    def _submit(self, fn: Callable[[Tx], T], source: object = None) -> asyncio.Future[T]:
+        """Queue a write at once (writes commit in the order queued); await the future."""
         assert self._writer is not None, "the store is closed"
-        return await self._writer.run(fn)
+        return self._writer.submit(fn, source)
 
     async def _change(self, job: Callable[[Tx], T], *, users: Sequence[str] = (),
                       body: bytes | None = None,
-                      undo: Callable[[Tx, T], None] | None = None) -> T:
+                      undo: Callable[[Tx, T], None] | None = None,
+                      source: object = None) -> T:
         """Run a change as the home of `users`, and return only once as many nodes as it needs
         hold it (W copies: by importance for a message `body`, `normal` otherwise). If the
         copies cannot be made, or the lease was lost meanwhile, the change is undone where it
         can be — exactly its own rows, never anything matched by content — and Unavailable is
-        raised."""
+        raised. `source` is the change feed of the session making the change, when that
+        session tells its client about the change itself: the commit does not wake it."""
         if self.home_hook is None or not users:
-            return await self._change_copied(job, body, undo, None)
+            return await self._change_copied(job, body, undo, None, source)
         async with self.home_hook(users) as fence:
-            return await self._change_copied(job, body, undo, fence)
+            return await self._change_copied(job, body, undo, fence, source)
 
     async def _change_copied(self, job: Callable[[Tx], T], body: bytes | None,
-                             undo: Callable[[Tx, T], None] | None, fence: Fence | None) -> T:
+                             undo: Callable[[Tx, T], None] | None, fence: Fence | None,
+                             source: object = None) -> T:
         if self.precheck_hook is not None:
             self.precheck_hook(body)
 
         def run(tx: Tx) -> tuple[T, int]:
             return job(tx), tx.logged
 
-        result, seq = await self._write(run)
+        result, seq = await self._write(run, source)
         if seq and self.copies_hook is not None:
             try:
                 await self.copies_hook(body, seq)
@@ -429,9 +454,12 @@ class SqliteStore:
         """Append a change record; `hlc` is the change's MODSEQ when it has one (a message
         change's MODSEQ is its record's HLC, so every replica gives it the same one)."""
         conn = tx.conn
-        row = conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
-        seq = int(row[0]) + 1 if row else 1
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(seq),))
+        # one statement per record, not a read and a write (every change pays it)
+        row = conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
+                           "WHERE key = 'seq' RETURNING value").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta VALUES ('seq', '1')")
+        seq = int(row[0]) if row else 1
         stamp = self.clock.now() if hlc is None else hlc
         conn.execute(
             "INSERT INTO changelog VALUES (?, ?, ?, ?, ?)",
@@ -445,12 +473,16 @@ class SqliteStore:
         statesync.before(conn, kind, payload, stamp, self.origin)
         statesync.after(conn, kind, payload, stamp, self.origin)
 
-    def _notify(self, mailbox_ids: set[int]) -> None:
+    def _notify(self, touched: Touched) -> None:
         for hook in self.commit_hooks:
             hook()
-        for mailbox_id in mailbox_ids:
+        for mailbox_id, sources in touched.items():
             for q in self._listeners.get(mailbox_id, ()):
-                q.put_nowait(mailbox_id)
+                # A session is not woken by a commit that holds only its own change: it has
+                # told its client already, and waking it costs a catch-up read per command.
+                if len(sources) != 1 or q not in sources:
+                    self.wakes += 1
+                    q.put_nowait(mailbox_id)
 
     def listen(self, mailbox_id: int) -> asyncio.Queue[int]:
         q: asyncio.Queue[int] = asyncio.Queue()
@@ -884,7 +916,7 @@ class SqliteStore:
         message_guid = guid or _new_guid()
         key = replay.current(user)
 
-        index = await asyncio.to_thread(_index_of, body)
+        index = (await index_entries_before_commit({body_hash: body}))[body_hash]
 
         def job(tx: Tx) -> AppendResult:
             replay.check(tx, key)
@@ -937,7 +969,7 @@ class SqliteStore:
         body_hash = _body_hash(body)
         key = replay.current(replay.SMTP_SCOPE)
 
-        index = await asyncio.to_thread(_index_of, body)
+        index = (await index_entries_before_commit({body_hash: body}))[body_hash]
 
         def job(tx: Tx) -> list[AppendResult]:
             replay.check(tx, key)
@@ -1227,7 +1259,7 @@ class SqliteStore:
 
     async def store_flags(
         self, user: str, mailbox_id: int, uids: Sequence[int], mode: str, flags: Sequence[str],
-        unchanged_since: int | None = None,
+        unchanged_since: int | None = None, source: object = None,
     ) -> StoreResult:
         wanted = frozenset(flags) - {RECENT}
         if mode not in ("replace", "add", "remove"):
@@ -1238,18 +1270,18 @@ class SqliteStore:
         def job(tx: Tx) -> StoreResult:
             replay.check(tx, key)
             conn = tx.conn
-            board = conn.execute("SELECT owner FROM mailboxes WHERE id = ?",
-                                 (mailbox_id,)).fetchone()
-            if board is None:
+            row = conn.execute("SELECT owner, name FROM mailboxes WHERE id = ?",
+                               (mailbox_id,)).fetchone()
+            if row is None:
                 raise MailboxNotFound("the mailbox no longer exists")
-            is_board = board[0] == BOARD_OWNER
+            owner_name = (str(row[0]), str(row[1]))
+            is_board = owner_name[0] == BOARD_OWNER
             changed: list[FlagChange] = []
             failed: list[int] = []
             modseq: int | None = None
-            owner_name = self._mailbox_key(conn, mailbox_id)
             moderator = is_board and boardflags.is_moderator(conn, owner_name[1], user.lower())
             for uid, flags, row_modseq, guid, seen in list(_rows_of(
-                conn, f"SELECT m.uid, m.flags, m.modseq, m.guid, {_board_seen(board[0])} "
+                conn, f"SELECT m.uid, m.flags, m.modseq, m.guid, {_board_seen(owner_name[0])} "
                 "FROM messages m", (user.lower(),), mailbox_id, sorted(set(uids)),
             )):
                 row = (flags, row_modseq, guid)
@@ -1303,7 +1335,7 @@ class SqliteStore:
                     self._set_flags(tx, user, mailbox_id, change.uid, before[change.uid])
             self._forget(tx, key)
 
-        return await self._change(job, users=(user,), undo=undo)
+        return await self._change(job, users=(user,), undo=undo, source=source)
 
     def _current_flags(self, conn: sqlite3.Connection, user: str, mailbox_id: int,
                        uid: int) -> frozenset[str] | None:

@@ -3,9 +3,10 @@
 Coroutines hand in jobs (functions of a `Tx`) and await a future. The thread takes every job
 waiting, runs each inside its own SAVEPOINT of one `BEGIN IMMEDIATE` transaction (a job that
 raises rolls back alone and gets its exception), commits once — with synchronous=FULL that is the
-fsync — and only then resolves the futures and tells the change feed which mailboxes changed. So
-when `await writer.run(job)` returns, the write is on disk, and concurrent deliveries share one
-fsync instead of paying one each.
+fsync — and only then resolves the futures and tells the change feed which mailboxes changed, and
+by whom (a job's `source`: the feed of the session that made it, which need not be woken by its
+own change). So when `await writer.run(job)` returns, the write is on disk, and concurrent
+deliveries share one fsync instead of paying one each.
 
 Lingering: once a commit is acknowledged, the sessions it answered send their next writes a
 moment later, and a writer that starts the next commit at once takes only the stragglers —
@@ -30,6 +31,8 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# mailbox id -> the sources of the jobs of one commit that touched it (None: not a session's)
+Touched = dict[int, set[object]]
 MAX_BATCH = 256
 LINGER_MAX = 0.002  # seconds: the most a batch waits for the writes of the last one's clients
 
@@ -42,6 +45,7 @@ class Tx:
     touched: set[int] = field(default_factory=set)
     logged: int = 0  # the last local change-log sequence this job wrote
     bodies: dict[str, bytes] = field(default_factory=dict)  # bodies shipped with remote changes
+    indexes: dict[str, Any] = field(default_factory=dict)  # their SEARCH index entries, by hash
     added: list[Any] = field(default_factory=list)  # messages a copy made (undone if refused)
     adds: list[list[Any]] = field(default_factory=list)  # [hlc, payload] of message.add logged
 
@@ -50,6 +54,7 @@ class Tx:
 class _Job:
     fn: Callable[[Tx], Any]
     future: asyncio.Future[Any]
+    source: object = None
 
 
 _STOP = object()
@@ -57,7 +62,7 @@ _STOP = object()
 
 class Writer:
     def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop,
-                 notify: Callable[[set[int]], None]) -> None:
+                 notify: Callable[[Touched], None]) -> None:
         self._conn = conn
         self._loop = loop
         self._notify = notify
@@ -72,10 +77,14 @@ class Writer:
     def conn(self) -> sqlite3.Connection:
         return self._conn
 
-    async def run(self, fn: Callable[[Tx], T]) -> T:
+    async def run(self, fn: Callable[[Tx], T], source: object = None) -> T:
+        return await self.submit(fn, source)
+
+    def submit(self, fn: Callable[[Tx], T], source: object = None) -> asyncio.Future[T]:
+        """Queue a job now (jobs commit in the order submitted) and return its future."""
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Job(fn, future))
-        return await future
+        self._queue.put(_Job(fn, future, source))
+        return future
 
     async def close(self) -> None:
         self._queue.put(_STOP)
@@ -117,7 +126,7 @@ class Writer:
 
     def _commit(self, batch: list[_Job]) -> None:
         results: list[tuple[_Job, Any, BaseException | None]] = []
-        touched: set[int] = set()
+        touched: Touched = {}
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -132,7 +141,8 @@ class Writer:
                     results.append((job, None, exc))
                     continue
                 conn.execute("RELEASE job")
-                touched |= tx.touched
+                for mailbox_id in tx.touched:
+                    touched.setdefault(mailbox_id, set()).add(job.source)
                 results.append((job, value, None))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -140,13 +150,13 @@ class Writer:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             results = [(job, None, exc) for job in batch]
-            touched = set()
+            touched = {}
         self.commits += 1
         self.jobs += len(batch)
         self._loop.call_soon_threadsafe(self._deliver, results, touched)
 
     def _deliver(self, results: list[tuple[_Job, Any, BaseException | None]],
-                 touched: set[int]) -> None:
+                 touched: Touched) -> None:
         for job, value, error in results:
             if job.future.done():
                 continue  # the awaiting coroutine was cancelled; the write still happened
