@@ -13,6 +13,13 @@ MIX_USERS more users hold MIX_MESSAGES each, one client per user. Each figure is
 nothing; prints figures and ratios (for times, mailmux ÷ Dovecot > 1 means mailmux is slower).
 
     python bench/compare.py [--sizes 1000,10000,100000] [--rounds 3] [--seconds 2]
+        [--only "SELECT,FETCH 1:* (FLAGS),UID FETCH"] [--fill-cache DIR]
+
+`--only` keeps the figures whose label starts with one of the given prefixes ("mixed" for
+the mixed loads, "proxy" for the gateway/nginx table); without it every figure runs.
+`--fill-cache DIR` keeps the filled mailmux database in DIR and starts later runs with the same
+sizes from a copy of it (filling 100k messages through the store takes many minutes; the
+bench messages are the same every run, so the copy holds the same mail).
 """
 
 from __future__ import annotations
@@ -83,6 +90,21 @@ def message(i: int) -> bytes:
 
 
 # --- filling the stores ------------------------------------------------------------------
+
+
+def _fill_mailmux_cached(db: Path, sizes: list[int], cache: Path | None) -> None:
+    if cache is None:
+        asyncio.run(_fill_mailmux(db, sizes))
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    kept = cache / f"mailmux-{'-'.join(map(str, sizes))}-mix{MIX_USERS}x{MIX_MESSAGES}.sqlite3"
+    if not kept.exists():
+        partial = kept.with_suffix(".partial")
+        partial.unlink(missing_ok=True)
+        asyncio.run(_fill_mailmux(partial, sizes))  # closed: checkpointed into one file
+        partial.rename(kept)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(kept, db)
 
 
 async def _fill_mailmux(db: Path, sizes: list[int]) -> None:
@@ -257,9 +279,10 @@ mail {{
 
 
 @contextlib.contextmanager
-def mailmux(root: Path, sizes: list[int]) -> Iterator[tuple[NodeProcess, Address]]:
+def mailmux(root: Path, sizes: list[int],
+            cache: Path | None = None) -> Iterator[tuple[NodeProcess, Address]]:
     node = write_config(root, "bench")
-    asyncio.run(_fill_mailmux(node.data_dir / "mailmux.sqlite3", sizes))
+    _fill_mailmux_cached(node.data_dir / "mailmux.sqlite3", sizes, cache)
     node.start(env={"MAILMUX_LOG_LEVEL": "WARNING"})
     gateway = write_gateway_config(root / "gateway.toml", [node.control])
     proc = subprocess.Popen(
@@ -542,8 +565,19 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0, help="per rate figure")
+    parser.add_argument("--only", default="", help="comma-separated label prefixes")
+    parser.add_argument("--fill-cache", type=Path, default=None,
+                        help="keep and reuse the filled mailmux database here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+
+    def chosen(label: str) -> bool:
+        return not wanted or any(label.startswith(w) for w in wanted)
+
+    if not any(chosen(label) for label, _ in MIXED):
+        global MIX_USERS
+        MIX_USERS = 0  # nobody needs the mixed-load users: not filled on either server
     for tool in ("dovecot", "doveadm", "nginx"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install dovecot-imapd nginx libnginx-mod-mail")
@@ -551,7 +585,7 @@ def main() -> None:
         root = Path(tmp)
         root.chmod(0o755)  # Dovecot's auth and mail processes run as the dovecot user
         began = time.perf_counter()
-        with mailmux(root / "mailmux", sizes) as (node, gateway), \
+        with mailmux(root / "mailmux", sizes, args.fill_cache) as (node, gateway), \
                 dovecot(root / "dovecot", sizes) as dove, \
                 nginx(root / "nginx", node.imap) as proxy:
             print(f"filled {sizes} messages on both in {time.perf_counter() - began:.0f}s",
@@ -562,6 +596,8 @@ def main() -> None:
                     Client(address, user_for(size)).run("SELECT INBOX")
                     fetch_flags_ms(address, size)
                 for label, fn, higher in FIGURES:
+                    if not chosen(label):
+                        continue
                     ours, theirs = [], []
                     for _ in range(args.rounds):
                         ours.append(_call(fn, node.imap, size, args.seconds))
@@ -572,6 +608,8 @@ def main() -> None:
                           f"dovecot {rows[-1][3]:10.2f}", flush=True)
                 print(f"  {size:>7} node RSS {rss_mb(node.pid):.0f} MB", flush=True)
             for label, mixed in MIXED:
+                if not chosen(label):
+                    continue
                 ours, theirs = [], []
                 for _ in range(args.rounds):
                     ours.append(mixed(node.imap, args.seconds))
@@ -580,7 +618,8 @@ def main() -> None:
                              statistics.median(theirs), True))
                 print(f"  {MIX_MESSAGES:>7} {label:<28} mailmux {rows[-1][2]:10.2f}  "
                       f"dovecot {rows[-1][3]:10.2f}", flush=True)
-            proxies = _proxies(node.imap, gateway, proxy, sizes[0], args.rounds)
+            proxies = (_proxies(node.imap, gateway, proxy, sizes[0], args.rounds)
+                       if chosen("proxy") else [])
         _print(rows, proxies)
 
 
