@@ -678,7 +678,7 @@ class Session:
         feed = self.store.listen(info.id)
         view = View(info.id, info.name, readonly, info.uidvalidity, state.uids,
                     modseq=info.highestmodseq, condstore="CONDSTORE" in self.enabled,
-                    qresync="QRESYNC" in self.enabled)
+                    qresync="QRESYNC" in self.enabled, shared=state.shared)
         claims = self.server.recent
         key = (info.id, info.uidvalidity)
         view.recent = set(claims.peek(key, view.uids) if readonly else claims.claim(key, view.uids))

@@ -68,6 +68,9 @@ class SelectState:
     uids: array[int]  # ascending; an array, not a list: 8 bytes a message at 100k messages
     first_unseen: int | None  # its UID
     keywords: tuple[str, ...]
+    # `uids` is the store's kept array, shared with other views and the store: copy it before
+    # changing it in place (most views never change it: the copy waits for new mail)
+    shared: bool = False
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,9 @@ class Fence(Protocol):
     async def confirm(self) -> bool: ...
 log = logging.getLogger(__name__)
 READ_DRAIN_TIMEOUT = 10.0  # seconds closing waits for running reads
+# A SELECT answered on the event loop from kept UIDs: up to this many (a view that later
+# changes them copies them, 2 MB, ~0.1 ms); a bigger mailbox's SELECT goes to a worker thread.
+INLINE_SELECT_UIDS = 250_000
 SEEN = "\\Seen"
 RECENT = "\\Recent"
 BOARD_ADDRESS_PREFIX = "board+"
@@ -1002,8 +1005,11 @@ class SqliteStore:
     # views: what a selected session reads, each in a constant number of statements --------
 
     async def select_state(self, user: str, name: str) -> SelectState:
-        """Everything SELECT answers, from summaries, plus the mailbox's UIDs in one query."""
-        def read(conn: sqlite3.Connection) -> SelectState:
+        """Everything SELECT answers, from summaries, plus the mailbox's UIDs in one query.
+        When the UIDs kept from the last SELECT are current (nobody changed the mailbox
+        since), the few statements by key and the copy run on the event loop: the hand-off
+        to a worker thread and back cost more than the rest of a 100k-message SELECT."""
+        def read(conn: sqlite3.Connection, inline: bool = False) -> SelectState | None:
             row = self._mailbox_row(conn, user, name)
             info = self._info(conn, user, row)
             mailbox_id = info.id
@@ -1014,14 +1020,28 @@ class SqliteStore:
                     "AND b.uid = m.uid)", (mailbox_id, user.lower(), mailbox_id)).fetchone()[0]
             else:
                 first = conn.execute(
-                    "SELECT min(uid) FROM messages WHERE mailbox_id = ? AND "
+                    # the partial index holds only unseen messages: its first entry is the
+                    # answer (messages_flags would be walked from the oldest message on)
+                    "SELECT min(uid) FROM messages INDEXED BY messages_unseen "
+                    "WHERE mailbox_id = ? AND "
                     "instr(' ' || flags || ' ', ' \\Seen ') = 0", (mailbox_id,)).fetchone()[0]
             keywords = tuple(r[0] for r in conn.execute(
                 "SELECT keyword FROM mailbox_keywords WHERE mailbox_id = ?", (mailbox_id,)))
+            if inline:
+                kept = self._uid_cache.current(mailbox_id, info.uidvalidity,
+                                               info.highestmodseq, INLINE_SELECT_UIDS)
+                if kept is None:
+                    return None
+                return SelectState(info, kept, first, keywords, shared=True)
             uids = self._uid_cache.uids(conn, mailbox_id, info.uidvalidity, info.highestmodseq)
             return SelectState(info, uids, first, keywords)
 
-        return await self._read(read)
+        kept = self._read_inline(lambda conn: read(conn, inline=True), statements=6)
+        if kept is not None:
+            return kept
+        state = await self._read(read)
+        assert state is not None  # a worker-thread read always answers
+        return state
 
     async def changes_since_modseq(self, user: str, mailbox_id: int, modseq: int) -> ViewChanges:
         """What changed in a mailbox after `modseq`: flag/new rows and expunged UIDs. A few
@@ -1041,7 +1061,8 @@ class SqliteStore:
                     # the LIMIT inside, on the (mailbox_id, modseq) index, before the sort:
                     # a short read stops after limit + 1 rows however many changed
                     f"SELECT * FROM (SELECT m.uid, m.flags, m.modseq, {_board_seen(row[0])} "
-                    "FROM messages m WHERE m.mailbox_id = ? AND m.modseq > ? LIMIT ?) "
+                    "FROM messages m INDEXED BY messages_modseq "
+                    "WHERE m.mailbox_id = ? AND m.modseq > ? LIMIT ?) "
                     "ORDER BY 1", (user.lower(), mailbox_id, modseq, more)))
             if limit >= 0 and len(changed) > limit:
                 return None
@@ -1122,8 +1143,10 @@ class SqliteStore:
             "SELECT m.uid, m.flags, m.modseq, CASE WHEN b.owner = ? THEN (SELECT "
             "group_concat(p.flag, ' ') FROM board_private p WHERE p.user = ? AND "
             "p.mailbox_id = m.mailbox_id AND p.uid = m.uid) END "
-            "FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE m.mailbox_id = ? "
-            f"AND m.uid IN ({','.join('?' * len(uids))}) ORDER BY m.uid",
+            # INDEXED BY: the planner prefers the unique (mailbox_id, uid) index for an IN
+            # list, which then reads the table row too (schema.py, messages_flags)
+            "FROM messages m INDEXED BY messages_flags JOIN mailboxes b ON b.id = m.mailbox_id "
+            f"WHERE m.mailbox_id = ? AND m.uid IN ({','.join('?' * len(uids))}) ORDER BY m.uid",
             (BOARD_OWNER, user.lower(), mailbox_id, *uids))
         return [(uid, _flags_text(_flags_set(flags) | _flags_set(mine)) if mine else flags,
                  modseq) for uid, flags, modseq, mine in rows]
