@@ -176,7 +176,8 @@ class MailStore(Protocol):
         self, user: str, mailbox_id: int, uids: Sequence[int]
     ) -> list[tuple[int, str, int]]: ...
     async def flag_lines(
-        self, mailbox_id: int, uids: Sequence[int], first_seq: int, fields: tuple[str, ...]
+        self, mailbox_id: int, uids: Sequence[int], first_seq: int, fields: tuple[str, ...],
+        recent: frozenset[int] = frozenset(),
     ) -> bytes | None: ...
     async def uids_with_flag(self, user: str, mailbox_id: int, flag: str) -> list[int]: ...
     async def search(

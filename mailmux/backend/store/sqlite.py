@@ -133,6 +133,16 @@ def _rows_of(conn: sqlite3.Connection, select: str, params: tuple[Any, ...], mai
             yield row
 
 
+def _with_recent(uids: str, flags: list[str], recent: frozenset[int]) -> list[str]:
+    """`flags` (one text per UID of the comma-joined `uids`) with \\Recent added, sorted in,
+    for the UIDs in `recent` (a session's first sync after a restart has them all)."""
+    if not recent:
+        return flags
+    marked = {str(u) for u in recent}
+    return [" ".join(sorted([*text.split(), RECENT])) if uid in marked else text
+            for uid, text in zip(uids.split(","), flags, strict=True)]
+
+
 def _board_seen(owner: str) -> str:
     """A column with the asking user's (the first parameter's) own flags on a board post
     (text or NULL; see boardflags.py); the parameter stays in place for ordinary mailboxes so
@@ -1152,12 +1162,14 @@ class SqliteStore:
                  modseq) for uid, flags, modseq, mine in rows]
 
     async def flag_lines(self, mailbox_id: int, uids: Sequence[int], first_seq: int,
-                         fields: tuple[str, ...]) -> bytes | None:
+                         fields: tuple[str, ...],
+                         recent: frozenset[int] = frozenset()) -> bytes | None:
         """FETCH response lines for `uids` (ascending, numbered from `first_seq` on, without
         gaps: a stretch of the view), from one statement over the covering index. The fields
         after "seq" are "uid", "flags", "modseq" in response order. None when the mailbox does
         not hold exactly those UIDs (an expunge or a renumbering not yet in the view) or is a
-        board: the caller then renders row by row.
+        board: the caller then renders row by row. `recent`: the UIDs among `uids` whose
+        FLAGS also carry \\Recent (the session's own, which SQLite knows nothing of).
 
         SQLite hands back each column as one joined string and Python splits and formats
         them (C loops on both sides): building every line in SQL (a window function and
@@ -1180,8 +1192,8 @@ class SqliteStore:
             if count != len(uids) or got != ",".join(map(str, uids)):
                 return None
             # flags are atoms: never a line break, so char(10) separates them safely
-            columns = {"uid": lambda: got.split(","), "flags": lambda: flags.split("\n"),
-                       "modseq": lambda: modseq.split(",")}
+            columns = {"uid": lambda: got.split(","), "flags": lambda: _with_recent(
+                got, flags.split("\n"), recent), "modseq": lambda: modseq.split(",")}
             made = line.__mod__
             return "".join(map(made, zip(range(first_seq, first_seq + count),
                                          *(columns[f]() for f in wanted), strict=True))).encode()

@@ -233,19 +233,21 @@ async def test_one_message_flag_reads_are_one_narrow_index_seek_at_any_size(
 async def test_bulk_flag_lines_are_byte_for_byte_the_row_by_row_ones(tmp_path: Path) -> None:
     """A FETCH of FLAGS/UID/MODSEQ over a long gapless stretch gets its lines from one
     statement (`flag_lines`); a few messages at a time are rendered row by row. Both must
-    send the same bytes, for every order of the items."""
-    async with rig(tmp_path, 300) as r, r.client() as a:
-        await a.command("SELECT INBOX")  # takes \Recent, so b's FETCHes can take the bulk path
-        async with r.client() as b:
-            await b.command("SELECT INBOX")
-            await b.command("STORE 7 +FLAGS.SILENT (\\Flagged $Label1)")
-            await b.command("NOOP")
+    send the same bytes, for every order of the items, in the session that holds \\Recent
+    for every message (the first after a restart) and in one that holds it for none."""
+    async with rig(tmp_path, 300) as r, r.client() as a, r.client() as b:
+        await a.command("SELECT INBOX")  # takes \Recent for all 300
+        await b.command("SELECT INBOX")
+        await b.command("STORE 7 +FLAGS.SILENT (\\Flagged $Label1)")
+        for client in (a, b):
+            await client.command("NOOP")
             for items, uid in (("(FLAGS)", ""), ("(UID FLAGS)", ""), ("(FLAGS MODSEQ)", "UID "),
                                ("(MODSEQ FLAGS UID)", "")):
-                bulk = await b.command(f"{uid}FETCH 1:300 {items}")
+                bulk = await client.command(f"{uid}FETCH 1:300 {items}")
                 rows: list[bytes] = []
                 for start in range(1, 301, 30):  # 30 a time: under the inline bound
-                    rows += await b.command(f"{uid}FETCH {start}:{start + 29} {items}")
+                    rows += await client.command(f"{uid}FETCH {start}:{start + 29} {items}")
                 fetched = [x for x in bulk if b" FETCH (" in x]
                 assert fetched == [x for x in rows if b" FETCH (" in x], items
                 assert len(fetched) == 300
+                assert (b"\\Recent" in fetched[0]) is (client is a)
