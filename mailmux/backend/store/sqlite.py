@@ -1192,7 +1192,8 @@ class SqliteStore:
             if count != len(uids) or got != ",".join(map(str, uids)):
                 return None
             # flags are atoms: never a line break, so char(10) separates them safely
-            columns = {"uid": lambda: got.split(","), "flags": lambda: _with_recent(
+            columns: dict[str, Callable[[], list[str]]] = {
+                "uid": lambda: got.split(","), "flags": lambda: _with_recent(
                 got, flags.split("\n"), recent), "modseq": lambda: modseq.split(",")}
             made = line.__mod__
             return "".join(map(made, zip(range(first_seq, first_seq + count),
