@@ -13,6 +13,16 @@ MIX_USERS more users hold MIX_MESSAGES each, one client per user. Each figure is
 nothing; prints figures and ratios (for times, mailmux ÷ Dovecot > 1 means mailmux is slower).
 
     python bench/compare.py [--sizes 1000,10000,100000] [--rounds 3] [--seconds 2]
+        [--only "SELECT,FETCH 1:* (FLAGS),UID FETCH"] [--fill-cache DIR] [--baseline TREE]
+
+`--only` keeps the figures whose label starts with one of the given prefixes ("mixed" for
+the mixed loads, "proxy" for the gateway/nginx table); without it every figure runs.
+`--fill-cache DIR` keeps the filled mailmux database in DIR and starts later runs with the same
+sizes from a copy of it (filling 100k messages through the store takes many minutes; the
+bench messages are the same every run, so the copy holds the same mail).
+`--baseline TREE` also runs a node from another mailmux checkout (e.g. `git worktree add
+/tmp/base main`) on a copy of the same database, measured in the same rounds: a change's
+before/after ratio from one run, on a machine whose speed drifts between runs.
 """
 
 from __future__ import annotations
@@ -83,6 +93,21 @@ def message(i: int) -> bytes:
 
 
 # --- filling the stores ------------------------------------------------------------------
+
+
+def _fill_mailmux_cached(db: Path, sizes: list[int], cache: Path | None) -> None:
+    if cache is None:
+        asyncio.run(_fill_mailmux(db, sizes))
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    kept = cache / f"mailmux-{'-'.join(map(str, sizes))}-mix{MIX_USERS}x{MIX_MESSAGES}.sqlite3"
+    if not kept.exists():
+        partial = kept.with_suffix(".partial")
+        partial.unlink(missing_ok=True)
+        asyncio.run(_fill_mailmux(partial, sizes))  # closed: checkpointed into one file
+        partial.rename(kept)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(kept, db)
 
 
 async def _fill_mailmux(db: Path, sizes: list[int]) -> None:
@@ -257,9 +282,10 @@ mail {{
 
 
 @contextlib.contextmanager
-def mailmux(root: Path, sizes: list[int]) -> Iterator[tuple[NodeProcess, Address]]:
+def mailmux(root: Path, sizes: list[int],
+            cache: Path | None = None) -> Iterator[tuple[NodeProcess, Address]]:
     node = write_config(root, "bench")
-    asyncio.run(_fill_mailmux(node.data_dir / "mailmux.sqlite3", sizes))
+    _fill_mailmux_cached(node.data_dir / "mailmux.sqlite3", sizes, cache)
     node.start(env={"MAILMUX_LOG_LEVEL": "WARNING"})
     gateway = write_gateway_config(root / "gateway.toml", [node.control])
     proc = subprocess.Popen(
@@ -274,6 +300,24 @@ def mailmux(root: Path, sizes: list[int]) -> Iterator[tuple[NodeProcess, Address
         yield node, split_address(ready["imap"])
     finally:
         _group_kill(proc)  # type: ignore[arg-type]
+        node.kill()
+
+
+@contextlib.contextmanager
+def baseline_node(root: Path, sizes: list[int], cache: Path | None,
+                  tree: Path | None) -> Iterator[NodeProcess | None]:
+    if tree is None:
+        yield None
+        return
+    node = write_config(root, "base")
+    node.with_gateway_key = False  # registering it opens the store with this checkout's code
+    _fill_mailmux_cached(node.data_dir / "mailmux.sqlite3", sizes, cache)
+    # PYTHONSAFEPATH: the working directory (this checkout) must not shadow the baseline's
+    node.start(env={"MAILMUX_LOG_LEVEL": "WARNING", "PYTHONSAFEPATH": "1",
+                    "PYTHONPATH": str(tree.resolve())})
+    try:
+        yield node
+    finally:
         node.kill()
 
 
@@ -542,8 +586,21 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0, help="per rate figure")
+    parser.add_argument("--only", default="", help="comma-separated label prefixes")
+    parser.add_argument("--fill-cache", type=Path, default=None,
+                        help="keep and reuse the filled mailmux database here")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another mailmux checkout to measure side by side")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+
+    def chosen(label: str) -> bool:
+        return not wanted or any(label.startswith(w) for w in wanted)
+
+    if not any(chosen(label) for label, _ in MIXED):
+        global MIX_USERS
+        MIX_USERS = 0  # nobody needs the mixed-load users: not filled on either server
     for tool in ("dovecot", "doveadm", "nginx"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install dovecot-imapd nginx libnginx-mod-mail")
@@ -551,36 +608,40 @@ def main() -> None:
         root = Path(tmp)
         root.chmod(0o755)  # Dovecot's auth and mail processes run as the dovecot user
         began = time.perf_counter()
-        with mailmux(root / "mailmux", sizes) as (node, gateway), \
+        with mailmux(root / "mailmux", sizes, args.fill_cache) as (node, gateway), \
+                baseline_node(root / "baseline", sizes, args.fill_cache,
+                              args.baseline) as base, \
                 dovecot(root / "dovecot", sizes) as dove, \
                 nginx(root / "nginx", node.imap) as proxy:
             print(f"filled {sizes} messages on both in {time.perf_counter() - began:.0f}s",
                   flush=True)
-            rows: list[tuple[str, int, float, float, bool]] = []
+            rows: list[Row] = []
+            others = [base.imap] if base is not None else []
             for size in sizes:
-                for address in (node.imap, dove):  # warm-up: Dovecot builds its index here
+                for address in (node.imap, dove, *others):  # warm-up: Dovecot's index
                     Client(address, user_for(size)).run("SELECT INBOX")
                     fetch_flags_ms(address, size)
                 for label, fn, higher in FIGURES:
-                    ours, theirs = [], []
+                    if not chosen(label):
+                        continue
+                    ours, theirs, before = [], [], []
                     for _ in range(args.rounds):
                         ours.append(_call(fn, node.imap, size, args.seconds))
                         theirs.append(_call(fn, dove, size, args.seconds))
-                    rows.append((label, size, statistics.median(ours),
-                                 statistics.median(theirs), higher))
-                    print(f"  {size:>7} {label:<28} mailmux {rows[-1][2]:10.2f}  "
-                          f"dovecot {rows[-1][3]:10.2f}", flush=True)
+                        before += [_call(fn, a, size, args.seconds) for a in others]
+                    rows.append(_row(label, size, ours, theirs, before, higher))
                 print(f"  {size:>7} node RSS {rss_mb(node.pid):.0f} MB", flush=True)
             for label, mixed in MIXED:
-                ours, theirs = [], []
+                if not chosen(label):
+                    continue
+                ours, theirs, before = [], [], []
                 for _ in range(args.rounds):
                     ours.append(mixed(node.imap, args.seconds))
                     theirs.append(mixed(dove, args.seconds))
-                rows.append((label, MIX_MESSAGES, statistics.median(ours),
-                             statistics.median(theirs), True))
-                print(f"  {MIX_MESSAGES:>7} {label:<28} mailmux {rows[-1][2]:10.2f}  "
-                      f"dovecot {rows[-1][3]:10.2f}", flush=True)
-            proxies = _proxies(node.imap, gateway, proxy, sizes[0], args.rounds)
+                    before += [mixed(a, args.seconds) for a in others]
+                rows.append(_row(label, MIX_MESSAGES, ours, theirs, before, True))
+            proxies = (_proxies(node.imap, gateway, proxy, sizes[0], args.rounds)
+                       if chosen("proxy") else [])
         _print(rows, proxies)
 
 
@@ -604,16 +665,32 @@ def _proxies(direct: Address, gateway: Address, proxy: Address, size: int,
     return out
 
 
-def _print(rows: list[tuple[str, int, float, float, bool]],
-           proxies: list[tuple[str, float, float, float]]) -> None:
+# (label, messages, mailmux, Dovecot, higher is better, baseline mailmux or None)
+Row = tuple[str, int, float, float, bool, float | None]
+
+
+def _row(label: str, size: int, ours: list[float], theirs: list[float], before: list[float],
+         higher: bool) -> Row:
+    row = (label, size, statistics.median(ours), statistics.median(theirs), higher,
+           statistics.median(before) if before else None)
+    print(f"  {size:>7} {label:<28} mailmux {row[2]:10.2f}  dovecot {row[3]:10.2f}"
+          + (f"  baseline {row[5]:10.2f}" if row[5] is not None else ""), flush=True)
+    return row
+
+
+def _print(rows: list[Row], proxies: list[tuple[str, float, float, float]]) -> None:
     print()
-    print("| figure | messages | mailmux | Dovecot | mailmux ÷ Dovecot | verdict |")
-    print("|---|---|---|---|---|---|")
-    for label, size, ours, theirs, higher in rows:
+    based = any(r[5] is not None for r in rows)
+    print("| figure | messages | mailmux | Dovecot | mailmux ÷ Dovecot | verdict |"
+          + (" baseline | baseline ÷ Dovecot |" if based else ""))
+    print("|---|---|---|---|---|---|" + ("---|---|" if based else ""))
+    for label, size, ours, theirs, higher, before in rows:
         ratio = ours / theirs if theirs else float("inf")
         better = ratio > 1 if higher else ratio < 1
+        extra = (f" {before:.2f} | {before / theirs if theirs else float('inf'):.2f} |"
+                 if before is not None else "")
         print(f"| {label} | {size} | {ours:.2f} | {theirs:.2f} | {ratio:.2f} | "
-              f"{'mailmux ahead' if better else 'Dovecot ahead'} |")
+              f"{'mailmux ahead' if better else 'Dovecot ahead'} |{extra}")
     print()
     print("| through a proxy (ms, or MB/s where said) | direct | gateway | nginx | "
           "gateway ÷ direct | nginx ÷ direct |")

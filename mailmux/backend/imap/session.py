@@ -712,7 +712,7 @@ class Session:
         feed = self.store.listen(info.id)
         view = View(info.id, info.name, readonly, info.uidvalidity, state.uids,
                     modseq=info.highestmodseq, condstore="CONDSTORE" in self.enabled,
-                    qresync="QRESYNC" in self.enabled)
+                    qresync="QRESYNC" in self.enabled, shared=state.shared)
         claims = self.server.recent
         key = (info.id, info.uidvalidity)
         view.recent = set(claims.peek(key, view.uids) if readonly else claims.claim(key, view.uids))
@@ -1297,12 +1297,12 @@ class Session:
             pending = []
             chunk = uids[start:start + FETCH_CHUNK]
             first = view.seq_of(chunk[0])
-            # SQLite knows nothing of \Recent: look at the chunk's UIDs, never all of `recent`
-            no_recent = not recent or not any(u in recent for u in chunk)
-            if (changed_since is None and no_recent and len(chunk) > INLINE_ROWS
+            if (changed_since is None and len(chunk) > INLINE_ROWS
                     and view.seq_of(chunk[-1]) - first == len(chunk) - 1):
-                # A gapless stretch of the view (1:* is one): SQLite writes the lines.
-                made = await self.store.flag_lines(view.mailbox_id, chunk, first, fields)
+                # A gapless stretch of the view (1:* is one): one statement, joined columns.
+                # SQLite knows nothing of \Recent: the chunk's UIDs, never all of `recent`
+                mine = frozenset(u for u in chunk if u in recent) if recent else frozenset()
+                made = await self.store.flag_lines(view.mailbox_id, chunk, first, fields, mine)
                 if made is not None:
                     pending = [made]
                     continue

@@ -39,6 +39,7 @@ class View:
     recent: set[int] = field(default_factory=set)  # UIDs whose \Recent this session owns
     saved: list[int] = field(default_factory=list)  # SEARCHRES `$`: UIDs, ascending
     qresync: bool = False  # QRESYNC enabled: expunges are told as VANISHED (RFC 7162 3.2.10)
+    shared: bool = False  # `uids` belongs to the store's UID cache: copied before extending
 
     @property
     def exists(self) -> int:
@@ -107,6 +108,8 @@ class View:
             if seq:
                 out.append(self.flags_response(uid, flags, modseq, with_uid=True, seq=seq))
         if added:
+            if self.shared:
+                self.uids, self.shared = array("q", self.uids), False
             self.uids.extend(added)
             out.append(untagged(len(self.uids), Atom("EXISTS")))
         self.modseq = max(self.modseq, changes.highestmodseq)
@@ -127,6 +130,7 @@ class View:
                 self.own.pop(uid, None)
         if removed:
             self.uids = array("q", (u for u in self.uids if u not in removed))
+            self.shared = False
         if removed and self.qresync:
             return [untagged(Atom("VANISHED"), Atom(format_sequence_set(sorted(removed))))]
         return out

@@ -68,6 +68,9 @@ class SelectState:
     uids: array[int]  # ascending; an array, not a list: 8 bytes a message at 100k messages
     first_unseen: int | None  # its UID
     keywords: tuple[str, ...]
+    # `uids` is the store's kept array, shared with other views and the store: copy it before
+    # changing it in place (most views never change it: the copy waits for new mail)
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,8 @@ class MailStore(Protocol):
         self, user: str, mailbox_id: int, uids: Sequence[int]
     ) -> list[tuple[int, str, int]]: ...
     async def flag_lines(
-        self, mailbox_id: int, uids: Sequence[int], first_seq: int, fields: tuple[str, ...]
+        self, mailbox_id: int, uids: Sequence[int], first_seq: int, fields: tuple[str, ...],
+        recent: frozenset[int] = frozenset(),
     ) -> bytes | None: ...
     async def uids_with_flag(self, user: str, mailbox_id: int, flag: str) -> list[int]: ...
     async def search(

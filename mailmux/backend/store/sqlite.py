@@ -78,6 +78,9 @@ class Fence(Protocol):
     async def confirm(self) -> bool: ...
 log = logging.getLogger(__name__)
 READ_DRAIN_TIMEOUT = 10.0  # seconds closing waits for running reads
+# A SELECT answered on the event loop from kept UIDs: up to this many (a view that later
+# changes them copies them, 2 MB, ~0.1 ms); a bigger mailbox's SELECT goes to a worker thread.
+INLINE_SELECT_UIDS = 250_000
 SEEN = "\\Seen"
 RECENT = "\\Recent"
 BOARD_ADDRESS_PREFIX = "board+"
@@ -107,8 +110,8 @@ def _copy_answer(result: CopyResult) -> dict[str, Any]:
 DEFAULT_LOGIN_CACHE_TTL = 60.0
 _IN_LIMIT = 256  # beyond this many UIDs, one range scan beats a long IN list
 INLINE_PARSE_BYTES = 16 * 1024  # messages up to this size are indexed on the event loop
-_LINE_ITEMS = {"uid": "'UID ' || m.uid", "flags": "'FLAGS (' || m.flags || ')'",
-               "modseq": "'MODSEQ (' || m.modseq || ')'"}
+# One FETCH response item per field of `flag_lines`, filled from its column.
+_LINE_ITEMS = {"uid": "UID %s", "flags": "FLAGS (%s)", "modseq": "MODSEQ (%s)"}
 
 
 def _index_of(body: bytes) -> IndexEntry:
@@ -147,6 +150,16 @@ def _rows_of(conn: sqlite3.Connection, select: str, params: tuple[Any, ...], mai
                             "ORDER BY m.uid", (*params, mailbox_id, uids[0], uids[-1])):
         if wanted is None or row[0] in wanted:
             yield row
+
+
+def _with_recent(uids: str, flags: list[str], recent: frozenset[int]) -> list[str]:
+    """`flags` (one text per UID of the comma-joined `uids`) with \\Recent added, sorted in,
+    for the UIDs in `recent` (a session's first sync after a restart has them all)."""
+    if not recent:
+        return flags
+    marked = {str(u) for u in recent}
+    return [" ".join(sorted([*text.split(), RECENT])) if uid in marked else text
+            for uid, text in zip(uids.split(","), flags, strict=True)]
 
 
 def _board_seen(owner: str) -> str:
@@ -1091,8 +1104,11 @@ class SqliteStore:
     # views: what a selected session reads, each in a constant number of statements --------
 
     async def select_state(self, user: str, name: str) -> SelectState:
-        """Everything SELECT answers, from summaries, plus the mailbox's UIDs in one query."""
-        def read(conn: sqlite3.Connection) -> SelectState:
+        """Everything SELECT answers, from summaries, plus the mailbox's UIDs in one query.
+        When the UIDs kept from the last SELECT are current (nobody changed the mailbox
+        since), the few statements by key and the copy run on the event loop: the hand-off
+        to a worker thread and back cost more than the rest of a 100k-message SELECT."""
+        def read(conn: sqlite3.Connection, inline: bool = False) -> SelectState | None:
             row = self._mailbox_row(conn, user, name)
             info = self._info(conn, user, row)
             mailbox_id = info.id
@@ -1103,14 +1119,28 @@ class SqliteStore:
                     "AND b.uid = m.uid)", (mailbox_id, user.lower(), mailbox_id)).fetchone()[0]
             else:
                 first = conn.execute(
-                    "SELECT min(uid) FROM messages WHERE mailbox_id = ? AND "
+                    # the partial index holds only unseen messages: its first entry is the
+                    # answer (messages_flags would be walked from the oldest message on)
+                    "SELECT min(uid) FROM messages INDEXED BY messages_unseen "
+                    "WHERE mailbox_id = ? AND "
                     "instr(' ' || flags || ' ', ' \\Seen ') = 0", (mailbox_id,)).fetchone()[0]
             keywords = tuple(r[0] for r in conn.execute(
                 "SELECT keyword FROM mailbox_keywords WHERE mailbox_id = ?", (mailbox_id,)))
+            if inline:
+                kept = self._uid_cache.current(mailbox_id, info.uidvalidity,
+                                               info.highestmodseq, INLINE_SELECT_UIDS)
+                if kept is None:
+                    return None
+                return SelectState(info, kept, first, keywords, shared=True)
             uids = self._uid_cache.uids(conn, mailbox_id, info.uidvalidity, info.highestmodseq)
             return SelectState(info, uids, first, keywords)
 
-        return await self._read(read)
+        kept = self._read_inline(lambda conn: read(conn, inline=True), statements=6)
+        if kept is not None:
+            return kept
+        state = await self._read(read)
+        assert state is not None  # a worker-thread read always answers
+        return state
 
     async def changes_since_modseq(self, user: str, mailbox_id: int, modseq: int) -> ViewChanges:
         """What changed in a mailbox after `modseq`: flag/new rows and expunged UIDs. A few
@@ -1130,7 +1160,8 @@ class SqliteStore:
                     # the LIMIT inside, on the (mailbox_id, modseq) index, before the sort:
                     # a short read stops after limit + 1 rows however many changed
                     f"SELECT * FROM (SELECT m.uid, m.flags, m.modseq, {_board_seen(row[0])} "
-                    "FROM messages m WHERE m.mailbox_id = ? AND m.modseq > ? LIMIT ?) "
+                    "FROM messages m INDEXED BY messages_modseq "
+                    "WHERE m.mailbox_id = ? AND m.modseq > ? LIMIT ?) "
                     "ORDER BY 1", (user.lower(), mailbox_id, modseq, more)))
             if limit >= 0 and len(changed) > limit:
                 return None
@@ -1219,35 +1250,51 @@ class SqliteStore:
             "SELECT m.uid, m.flags, m.modseq, CASE WHEN b.owner = ? THEN (SELECT "
             "group_concat(p.flag, ' ') FROM board_private p WHERE p.user = ? AND "
             "p.mailbox_id = m.mailbox_id AND p.uid = m.uid) END "
-            "FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE m.mailbox_id = ? "
-            f"AND m.uid IN ({','.join('?' * len(uids))}) ORDER BY m.uid",
+            # INDEXED BY: the planner prefers the unique (mailbox_id, uid) index for an IN
+            # list, which then reads the table row too (schema.py, messages_flags)
+            "FROM messages m INDEXED BY messages_flags JOIN mailboxes b ON b.id = m.mailbox_id "
+            f"WHERE m.mailbox_id = ? AND m.uid IN ({','.join('?' * len(uids))}) ORDER BY m.uid",
             (BOARD_OWNER, user.lower(), mailbox_id, *uids))
         return [(uid, _flags_text(_flags_set(flags) | _flags_set(mine)) if mine else flags,
                  modseq) for uid, flags, modseq, mine in rows]
 
     async def flag_lines(self, mailbox_id: int, uids: Sequence[int], first_seq: int,
-                         fields: tuple[str, ...]) -> bytes | None:
+                         fields: tuple[str, ...],
+                         recent: frozenset[int] = frozenset()) -> bytes | None:
         """FETCH response lines for `uids` (ascending, numbered from `first_seq` on, without
-        gaps: a stretch of the view), made by SQLite in one statement. The fields after "seq"
-        are "uid", "flags", "modseq" in response order. None when the mailbox does not hold
-        exactly those UIDs (an expunge or a renumbering not yet in the view) or is a board:
-        the caller then renders row by row."""
+        gaps: a stretch of the view), from one statement over the covering index. The fields
+        after "seq" are "uid", "flags", "modseq" in response order. None when the mailbox does
+        not hold exactly those UIDs (an expunge or a renumbering not yet in the view) or is a
+        board: the caller then renders row by row. `recent`: the UIDs among `uids` whose
+        FLAGS also carry \\Recent (the session's own, which SQLite knows nothing of).
+
+        SQLite hands back each column as one joined string and Python splits and formats
+        them (C loops on both sides): building every line in SQL (a window function and
+        string concatenation per row) cost twice as much at 100k messages."""
         if not uids:
             return b""
-        items = " || ' ' || ".join(_LINE_ITEMS[f] for f in fields[1:])
+        wanted = fields[1:]
+        line = "* %d FETCH (" + " ".join(_LINE_ITEMS[f] for f in wanted) + ")\r\n"
+        modseqs = "group_concat(modseq)" if "modseq" in wanted else "NULL"
         sql = (
-            "SELECT group_concat(line, char(13, 10)), group_concat(uid), count(*) FROM ("
-            "SELECT m.uid AS uid, '* ' || (? - 1 + row_number() OVER (ORDER BY m.uid)) || "
-            f"' FETCH (' || {items} || ')' AS line FROM messages m, mailboxes b "
+            f"SELECT group_concat(uid), group_concat(flags, char(10)), {modseqs}, count(*) "
+            "FROM (SELECT m.uid AS uid, m.flags AS flags, m.modseq AS modseq "
+            "FROM messages m INDEXED BY messages_flags, mailboxes b "
             "WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ? AND b.id = m.mailbox_id "
             "AND b.owner <> ? ORDER BY m.uid)")
 
         def read(conn: sqlite3.Connection) -> bytes | None:
-            lines, got, count = conn.execute(
-                sql, (first_seq, mailbox_id, uids[0], uids[-1], BOARD_OWNER)).fetchone()
+            got, flags, modseq, count = conn.execute(
+                sql, (mailbox_id, uids[0], uids[-1], BOARD_OWNER)).fetchone()
             if count != len(uids) or got != ",".join(map(str, uids)):
                 return None
-            return str(lines).encode() + b"\r\n"
+            # flags are atoms: never a line break, so char(10) separates them safely
+            columns: dict[str, Callable[[], list[str]]] = {
+                "uid": lambda: got.split(","), "flags": lambda: _with_recent(
+                got, flags.split("\n"), recent), "modseq": lambda: modseq.split(",")}
+            made = line.__mod__
+            return "".join(map(made, zip(range(first_seq, first_seq + count),
+                                         *(columns[f]() for f in wanted), strict=True))).encode()
 
         return await self._read(read)
 

@@ -123,3 +123,20 @@ async def test_fetch_all_flags_shows_recent_only_to_the_session_that_owns_it(
         assert not any(b"\\Recent" in x for x in theirs)
         assert mine[1] == b"* 2 FETCH (FLAGS (\\Recent \\Seen))"
         assert theirs[1] == b"* 2 FETCH (FLAGS (\\Seen))"
+
+
+async def test_views_sharing_the_kept_uids_each_hear_of_new_mail(tmp_path: Path) -> None:
+    """A SELECT of a mailbox nobody changed since the last one shares the store's kept UID
+    array instead of copying it: the first view to extend it must take its own copy, or the
+    other views (and the next SELECT) would already hold the new UID and never be told."""
+    async with rig(tmp_path, 5) as r, r.client() as a, r.client() as b, r.client() as c:
+        await a.command("SELECT INBOX")  # reads the UIDs and keeps them
+        await b.command("SELECT INBOX")  # these two share the kept array
+        await c.command("SELECT INBOX")
+        await a.command('APPEND INBOX {5+}\r\nhello')
+        assert b"* 6 EXISTS" in untagged(await b.command("NOOP"))
+        assert b"* 6 EXISTS" in untagged(await c.command("NOOP"))
+        assert untagged(await c.command("FETCH 6 (UID)")) == [b"* 6 FETCH (UID 6)"]
+        async with r.client() as d:
+            assert b"* 6 EXISTS" in untagged(await d.command("SELECT INBOX"))
+            assert untagged(await d.command("FETCH 1:* (UID)"))[-1] == b"* 6 FETCH (UID 6)"
