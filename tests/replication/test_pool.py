@@ -58,7 +58,9 @@ def test_normal_delivery_refused_when_alone_and_nothing_lost(
     code, reply = deliver(a, "lonely")
     assert code == 451 and reply.startswith(b"4.3.0"), reply
     assert len(inbox(a)) == 1  # only the status entry: nothing half-accepted
-    # Alone, a is a minority: it can be nobody's home, so even bulk mail (W = 1) waits.
+    # Alone, a is a minority: once the lease it held ran out (until then it is rightly still
+    # the home: nobody else can be) it can be nobody's home, so even bulk mail (W = 1) waits.
+    wait_for(lambda: _minority(a), "a's lease running out")
     assert deliver(a, "bulk mail", "Precedence: bulk\r\n")[0] == 451
 
 
