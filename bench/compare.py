@@ -13,6 +13,7 @@ MIX_USERS more users hold MIX_MESSAGES each, one client per user. Each figure is
 nothing; prints figures and ratios (for times, mailmux ÷ Dovecot > 1 means mailmux is slower).
 
     python bench/compare.py [--sizes 1000,10000,100000] [--rounds 3] [--seconds 2]
+    python bench/compare.py --proxies-only [--sizes 1000]   # the gateway vs nginx table alone
 """
 
 from __future__ import annotations
@@ -542,8 +543,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0, help="per rate figure")
+    parser.add_argument("--proxies-only", action="store_true",
+                        help="only the direct / gateway / nginx table (no Dovecot)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.proxies_only:
+        sys.exit(_proxies_only(sizes[0], args.rounds))
     for tool in ("dovecot", "doveadm", "nginx"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: apt-get install dovecot-imapd nginx libnginx-mod-mail")
@@ -584,6 +589,17 @@ def main() -> None:
         _print(rows, proxies)
 
 
+def _proxies_only(size: int, rounds: int) -> None:
+    if shutil.which("nginx") is None:
+        sys.exit("nginx not found: apt-get install nginx libnginx-mod-mail")
+    with tempfile.TemporaryDirectory(prefix="mailmux-compare-") as tmp:
+        root = Path(tmp)
+        with mailmux(root / "mailmux", [size]) as (node, gateway), \
+                nginx(root / "nginx", node.imap) as proxy:
+            Client(node.imap, user_for(size)).run("SELECT INBOX")  # warm-up
+            _print([], _proxies(node.imap, gateway, proxy, size, rounds))
+
+
 def _proxies(direct: Address, gateway: Address, proxy: Address, size: int,
              rounds: int) -> list[tuple[str, float, float, float]]:
     out = []
@@ -606,9 +622,10 @@ def _proxies(direct: Address, gateway: Address, proxy: Address, size: int,
 
 def _print(rows: list[tuple[str, int, float, float, bool]],
            proxies: list[tuple[str, float, float, float]]) -> None:
-    print()
-    print("| figure | messages | mailmux | Dovecot | mailmux ÷ Dovecot | verdict |")
-    print("|---|---|---|---|---|---|")
+    if rows:
+        print()
+        print("| figure | messages | mailmux | Dovecot | mailmux ÷ Dovecot | verdict |")
+        print("|---|---|---|---|---|---|")
     for label, size, ours, theirs, higher in rows:
         ratio = ours / theirs if theirs else float("inf")
         better = ratio > 1 if higher else ratio < 1
