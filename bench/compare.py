@@ -23,6 +23,7 @@ bench messages are the same every run, so the copy holds the same mail).
 `--baseline TREE` also runs a node from another mailmux checkout (e.g. `git worktree add
 /tmp/base main`) on a copy of the same database, measured in the same rounds: a change's
 before/after ratio from one run, on a machine whose speed drifts between runs.
+    python bench/compare.py --proxies-only [--sizes 1000]   # the gateway vs nginx table alone
 """
 
 from __future__ import annotations
@@ -591,8 +592,12 @@ def main() -> None:
                         help="keep and reuse the filled mailmux database here")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="another mailmux checkout to measure side by side")
+    parser.add_argument("--proxies-only", action="store_true",
+                        help="only the direct / gateway / nginx table (no Dovecot)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.proxies_only:
+        sys.exit(_proxies_only(sizes[0], args.rounds))
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
 
     def chosen(label: str) -> bool:
@@ -645,6 +650,17 @@ def main() -> None:
         _print(rows, proxies)
 
 
+def _proxies_only(size: int, rounds: int) -> None:
+    if shutil.which("nginx") is None:
+        sys.exit("nginx not found: apt-get install nginx libnginx-mod-mail")
+    with tempfile.TemporaryDirectory(prefix="mailmux-compare-") as tmp:
+        root = Path(tmp)
+        with mailmux(root / "mailmux", [size]) as (node, gateway), \
+                nginx(root / "nginx", node.imap) as proxy:
+            Client(node.imap, user_for(size)).run("SELECT INBOX")  # warm-up
+            _print([], _proxies(node.imap, gateway, proxy, size, rounds))
+
+
 def _proxies(direct: Address, gateway: Address, proxy: Address, size: int,
              rounds: int) -> list[tuple[str, float, float, float]]:
     out = []
@@ -679,11 +695,12 @@ def _row(label: str, size: int, ours: list[float], theirs: list[float], before: 
 
 
 def _print(rows: list[Row], proxies: list[tuple[str, float, float, float]]) -> None:
-    print()
     based = any(r[5] is not None for r in rows)
-    print("| figure | messages | mailmux | Dovecot | mailmux ÷ Dovecot | verdict |"
-          + (" baseline | baseline ÷ Dovecot |" if based else ""))
-    print("|---|---|---|---|---|---|" + ("---|---|" if based else ""))
+    if rows:
+        print()
+        print("| figure | messages | mailmux | Dovecot | mailmux ÷ Dovecot | verdict |"
+              + (" baseline | baseline ÷ Dovecot |" if based else ""))
+        print("|---|---|---|---|---|---|" + ("---|---|" if based else ""))
     for label, size, ours, theirs, higher, before in rows:
         ratio = ours / theirs if theirs else float("inf")
         better = ratio > 1 if higher else ratio < 1

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from types import TracebackType
 
 from mailmux import metrics
 from mailmux.gateway.config import GatewayConfig
+from mailmux.gateway.eventloop import loop_name
 from mailmux.gateway.imap_proxy import ImapProxy
 from mailmux.gateway.pool import Pool
 from mailmux.gateway.submission import SubmissionServer
 from mailmux.tls import server_context
 
 log = logging.getLogger(__name__)
-
 
 
 def format_address(address: tuple[str, int]) -> str:
@@ -49,6 +50,7 @@ class Gateway:
         self.ready = {
             "imap": format_address(imap_address),
             "submission": format_address(submission_address),
+            "event_loop": loop_name(asyncio.get_running_loop()),
         }
         if metrics_server is not None:
             self.ready["metrics"] = format_address(metrics_server.address)

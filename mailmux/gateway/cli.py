@@ -17,6 +17,7 @@ import click
 from mailmux.backend.control.client import query
 from mailmux.configfile import ConfigError
 from mailmux.gateway.config import GatewayConfig, load
+from mailmux.gateway.eventloop import event_loop_factory
 from mailmux.gateway.pool import Pool
 from mailmux.logsetup import LOG_FORMATS, setup_logging
 from mailmux.protocol.control.codec import ControlError
@@ -49,7 +50,8 @@ def run(config_path: Path, log_format: str) -> None:
     config = _load(config_path)
     setup_logging("gateway", log_format)
     try:
-        asyncio.run(_serve(config, config_path))
+        with asyncio.Runner(loop_factory=event_loop_factory(config.event_loop)) as runner:
+            runner.run(_serve(config, config_path))
     except OSError as exc:
         _fail(f"error: {exc}")
 

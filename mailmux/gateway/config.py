@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from mailmux.metrics import parse_metrics_listen
 from mailmux.protocol.control.keys import GatewayKey, GatewayKeyError, parse_key
 
 SELECTIONS = ("least-load", "first-responder", "p2c")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 
 _KNOWN = {
     "gateway_key", "gateway_key_file", "listen_imap", "listen_submission", "selection",
@@ -26,7 +28,7 @@ _KNOWN = {
     "tls_key", "discovery_cache_ttl", "dns_server", "domains", "max_line_length",
     "max_message_size", "hang_timeout", "catchup_timeout", "metrics_listen",
     "login_timeout", "max_connections", "max_connections_per_ip", "max_unauthenticated",
-    "failed_login_delay", "sender_policy", "max_recipients",
+    "failed_login_delay", "sender_policy", "max_recipients", "event_loop",
 }
 
 
@@ -58,6 +60,7 @@ class GatewayConfig:
     hang_timeout: float = 1.0  # a node silent this long (heartbeats and data) is hung
     catchup_timeout: float = 2.0  # how long a new node may take to reach the client's view
     metrics_listen: tuple[str, int] | None = None  # Prometheus /metrics endpoint
+    event_loop: str = "asyncio"  # "uvloop", or "auto": uvloop when installed (`fast` extra)
 
 
 def load(path: str | Path) -> GatewayConfig:
@@ -120,6 +123,7 @@ def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> GatewayConfig:
         hang_timeout=parse_duration(raw.get("hang_timeout", 1.0), "hang_timeout"),
         catchup_timeout=parse_duration(raw.get("catchup_timeout", 2.0), "catchup_timeout"),
         metrics_listen=parse_metrics_listen(raw.get("metrics_listen")),
+        event_loop=_event_loop(raw),
     )
     listeners = {k: getattr(config, k) for k in ("listen_imap", "listen_submission")}
     require_tls_off_loopback(listeners, config.tls_cert is not None)
@@ -151,6 +155,15 @@ def _sender_policy(raw: dict[str, Any]) -> str:
     if policy not in ("strict", "add-sender"):
         raise ConfigError(f"sender_policy: expected 'strict' or 'add-sender', got {policy!r}")
     return str(policy)
+
+
+def _event_loop(raw: dict[str, Any]) -> str:
+    loop = raw.get("event_loop", "asyncio")
+    if loop not in EVENT_LOOPS:
+        raise ConfigError(f"event_loop: expected one of {', '.join(EVENT_LOOPS)}, got {loop!r}")
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError("event_loop: 'uvloop' is not installed (pip install mailmux[fast])")
+    return str(loop)
 
 
 def _positive_int(raw: dict[str, Any], key: str, default: int) -> int:

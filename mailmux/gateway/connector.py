@@ -68,6 +68,10 @@ class BackendSession:
         """
         try:
             for start in range(0, len(data), WRITE_CHUNK):
+                if self.writer.transport.is_closing():
+                    # asyncio drops such a write in silence, uvloop raises RuntimeError:
+                    # either way the link is gone
+                    raise ConnectionResetError("the connection is closed")
                 self.writer.write(data[start : start + WRITE_CHUNK])
                 if self.writer.transport.get_write_buffer_size():  # else all went out at once
                     async with asyncio.timeout(stall_timeout):
@@ -120,6 +124,8 @@ async def login(candidate: Candidate, user: str, password: str, timeout: float,
                 greeting = await reader.readline()
                 if not greeting.startswith(b"* OK"):
                     raise BackendLost(f"greeting {greeting[:80]!r}")
+                if writer.transport.is_closing():
+                    raise BackendLost("connection closed before LOGIN")
                 writer.write(login_command(LOGIN_TAG, user, password))
                 await writer.drain()
                 capabilities = _capabilities(greeting)

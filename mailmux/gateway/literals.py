@@ -14,6 +14,8 @@ from mailmux.protocol.imap.framing import LITERAL_ANNOUNCEMENT
 
 
 def non_synchronising(raw: bytes) -> bytes:
+    if b"{" not in raw:
+        return raw  # most commands: no literal at all
     out: list[bytes] = []
     pos = 0
     while True:

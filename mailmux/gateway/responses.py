@@ -24,17 +24,43 @@ class ResponseTooLarge(Exception):
     pass
 
 
-@dataclass(frozen=True)
+_STATUS_WORDS = frozenset({b"OK", b"NO", b"BAD", b"BYE", b"PREAUTH"})
+_VIEW_WORDS = frozenset({b"EXISTS", b"EXPUNGE", b"FETCH"})
+
+
 class Response:
-    raw: bytes
-    streamed: bool = False  # the start of this response already went to the client
+    """One whole response as relayed. What the gateway reads out of it is found from its first
+    words only (`kind`), once: a FETCH body or a long SEARCH is never scanned for response
+    codes, which only a status response may carry (and a message body may well imitate).
+
+    A plain class with slots: one is made per relayed response, and what it learns is cached
+    on it without the lock functools.cached_property takes."""
+
+    __slots__ = ("_fetch", "_kind", "raw", "streamed")
+
+    def __init__(self, raw: bytes, streamed: bool = False) -> None:
+        self.raw = raw
+        self.streamed = streamed  # the start of this response already went to the client
+        self._kind: tuple[bytes, int] | None = None
+        self._fetch: FetchData | bool | None = False  # False: not parsed yet
+
+    def __repr__(self) -> str:
+        return f"Response({self.raw[:80]!r}, streamed={self.streamed})"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Response) and self.raw == other.raw
+                and self.streamed == other.streamed)
+
+    def __hash__(self) -> int:
+        return hash((self.raw, self.streamed))
 
     @property
     def is_continuation(self) -> bool:
         return self.raw.startswith(b"+")
 
     def tagged_as(self, tag: bytes) -> bool:
-        return self.raw.startswith(tag + b" ")
+        raw = self.raw
+        return raw.startswith(tag) and raw[len(tag) : len(tag) + 1] == b" "
 
     @property
     def status(self) -> bytes:
@@ -42,25 +68,73 @@ class Response:
         parts = self.raw.split(b" ", 2)
         return parts[1].upper() if len(parts) > 1 else b""
 
-    def number(self, pattern: re.Pattern[bytes]) -> int | None:
+    @property
+    def kind(self) -> tuple[bytes, int]:
+        """(what this response is, its number): (b"EXISTS"|b"EXPUNGE"|b"FETCH", n) for numbered
+        untagged responses, (b"STATUS", 0) for a status response (tagged or not),
+        (b"VANISHED", 0), or (b"", 0) for anything the view does not follow."""
+        kind = self._kind
+        if kind is None:
+            kind = self._kind = self._classify()
+        return kind
+
+    def _classify(self) -> tuple[bytes, int]:
+        raw = self.raw
+        if raw.startswith(b"+"):
+            return b"", 0
+        words = raw[:64].split(b" ", 3)
+        if len(words) < 2:
+            return b"", 0
+        second = words[1].rstrip(b"\r\n").upper()
+        if second in _STATUS_WORDS:
+            return b"STATUS", 0
+        if words[0] != b"*":
+            return b"", 0
+        if second.isdigit() and len(words) > 2:
+            third = words[2].rstrip(b"\r\n").upper()
+            if third in _VIEW_WORDS:
+                return third, int(second)
+        elif second == b"VANISHED":
+            return b"VANISHED", 0
+        return b"", 0
+
+    def code(self, pattern: re.Pattern[bytes]) -> int | None:
+        """A response code's number (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ) of a status response."""
+        if self.kind[0] != b"STATUS":
+            return None
         match = pattern.search(self.raw)
         return int(match.group(1)) if match else None
 
     @property
     def exists(self) -> int | None:
-        return self.number(_EXISTS)
+        kind, n = self.kind
+        return n if kind == b"EXISTS" and _EXISTS.match(self.raw) else None
 
     @property
     def expunge(self) -> int | None:
-        return self.number(_EXPUNGE)
+        kind, n = self.kind
+        return n if kind == b"EXPUNGE" and _EXPUNGE.match(self.raw) else None
 
     @property
     def uidvalidity(self) -> int | None:
-        return self.number(_UIDVALIDITY)
+        return self.code(_UIDVALIDITY)
 
     @property
     def uidnext(self) -> int | None:
-        return self.number(_UIDNEXT)
+        return self.code(_UIDNEXT)
+
+    @property
+    def highestmodseq(self) -> int | None:
+        return self.code(_HIGHESTMODSEQ)
+
+    @property
+    def fetch(self) -> FetchData | None:
+        """UID, FLAGS and MODSEQ of a FETCH response, parsed once however many look."""
+        fetch = self._fetch
+        if fetch is False:
+            fetch = self._fetch = parse_fetch(self.raw) if self.kind[0] == b"FETCH" else None
+        assert fetch is not True
+        return fetch
 
 
 LITERAL_CHUNK = 256 * 1024
@@ -84,6 +158,25 @@ async def read_response(
     to `spill` (the client) as they come; the Response returned then holds only the rest and
     says `streamed`. Without `spill`, a response over MAX_HELD raises ResponseTooLarge.
     """
+    if first is None:
+        try:
+            first = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            pass  # a line longer than the reader's limit: read in pieces below
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionResetError("backend closed the connection") from exc
+    if first is not None and not first.endswith(b"}\r\n"):
+        # Most responses: one line, no literal. Nothing to hold or join.
+        if progress is not None:
+            progress()
+        return Response(first)
+    return await _read_with_literals(reader, max_literal, progress, spill, first)
+
+
+async def _read_with_literals(
+    reader: asyncio.StreamReader, max_literal: int, progress: Callable[[], None] | None,
+    spill: Spill | None, first: bytes | None,
+) -> Response:
     held = _Held(spill)
     tail = b""  # the end of a line read in pieces, where a literal announcement may start
     while True:
@@ -111,7 +204,11 @@ async def read_response(
         if size > max_literal:
             raise ResponseTooLarge(f"backend literal of {size} octets")
         while size > 0:
-            chunk = await reader.readexactly(min(size, LITERAL_CHUNK))
+            # What has arrived, not a whole chunk: every piece is progress (a slow node that
+            # keeps sending is not a silent one), and nothing waits to fill a buffer.
+            chunk = await reader.read(min(size, LITERAL_CHUNK))
+            if not chunk:
+                raise ConnectionResetError("backend closed the connection")
             size -= len(chunk)
             if progress is not None:
                 progress()
@@ -160,9 +257,27 @@ class FetchData:
     modseq: int | None
 
 
+# The usual FETCH answer after a command (UID, FLAGS, MODSEQ, sizes): one line of items whose
+# values are numbers or flat lists, no strings, literals or sections. Read with two regexes;
+# anything else takes the item-by-item walk.
+_SIMPLE_VALUE = rb"[A-Za-z0-9.]+ (?:\d+|\([^()\"{\[\]\r\n]*\))"
+_SIMPLE_FETCH = re.compile(
+    rb"\* (\d+) FETCH \(((?:%s(?: %s)*)?)\)\r\n" % (_SIMPLE_VALUE, _SIMPLE_VALUE),
+    re.IGNORECASE)
+_SIMPLE_ITEM = re.compile(rb"([A-Za-z0-9.]+) (\d+|\([^()]*\))")
+
+
 def parse_fetch(raw: bytes) -> FetchData | None:
     """UID, FLAGS and MODSEQ of a FETCH response, skipping over literals and strings (a body
     may well contain the text "UID 5"). None when this is no FETCH response or it is garbled."""
+    simple = _SIMPLE_FETCH.fullmatch(raw)
+    if simple is not None:
+        return _simple_fetch(int(simple.group(1)), simple.group(2))
+    return walk_fetch(raw)
+
+
+def walk_fetch(raw: bytes) -> FetchData | None:
+    """parse_fetch for any FETCH response: item by item, over strings, lists and literals."""
     match = _FETCH_START.match(raw)
     if match is None:
         return None
@@ -188,12 +303,20 @@ def parse_fetch(raw: bytes) -> FetchData | None:
                 found[name] = raw[value_start:pos]
     except (ValueError, IndexError):
         return None
+    return _fetch_data(int(match.group(1)), found)
+
+
+def _simple_fetch(seq: int, items: bytes) -> FetchData | None:
+    return _fetch_data(seq, {name.upper(): value for name, value in _SIMPLE_ITEM.findall(items)})
+
+
+def _fetch_data(seq: int, found: dict[bytes, bytes]) -> FetchData | None:
     uid = found.get(b"UID")
     flags = found.get(b"FLAGS")
     modseq = found.get(b"MODSEQ")
     try:
         return FetchData(
-            seq=int(match.group(1)),
+            seq=seq,
             uid=int(uid) if uid is not None else None,
             flags=flags[1:-1] if flags is not None and flags.startswith(b"(") else None,
             modseq=int(modseq.strip(b"()")) if modseq is not None else None,
@@ -260,8 +383,3 @@ def vanished(raw: bytes) -> list[int] | None:
             return None  # an absurd range: the caller falls back to a full resynchronisation
         uids.extend(range(lo, hi + 1))
     return uids
-
-
-def highestmodseq(raw: bytes) -> int | None:
-    match = _HIGHESTMODSEQ.search(raw)
-    return int(match.group(1)) if match else None

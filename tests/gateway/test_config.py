@@ -44,6 +44,7 @@ pool = ["127.0.0.1:14401", "127.0.0.1:14402", "127.0.0.1:14403"]
         ({"pool_secret": "the-pool-secret-0123"}, "pool_secret"),
         ({"gateway_key_file": "/nonexistent/key"}, "gateway_key_file"),
         ({"bogus": 1}, "bogus"),
+        ({"event_loop": "tokio"}, "event_loop"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, change: dict[str, Any], key: str) -> None:

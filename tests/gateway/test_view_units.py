@@ -7,7 +7,7 @@ import asyncio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from mailmux.gateway.responses import Response, parse_fetch, vanished
+from mailmux.gateway.responses import Response, parse_fetch, vanished, walk_fetch
 from mailmux.gateway.session.failover import behind, reconcile
 from mailmux.gateway.session.relay import Relay, _plain_search, _rewritten
 from mailmux.gateway.session.replay import SetCommand, parse_set, with_replay_id
@@ -141,6 +141,40 @@ def test_sequence_sets_round_trip(numbers: list[int]) -> None:
     parsed = parse_set(text)
     assert parsed is not None
     assert [n for n in range(1, 51) if parsed.contains(n, 50)] == sorted(set(numbers))
+
+
+def test_a_body_that_imitates_response_codes_moves_nothing_in_the_view() -> None:
+    """Response codes belong to status responses: text in a fetched body, a mailbox name or a
+    search answer is the user's, and must not move the client's HIGHESTMODSEQ or UIDVALIDITY."""
+    view = view_of([10])
+    view.observe(Response(b"* OK [HIGHESTMODSEQ 9] x\r\n"))
+    body = b"[HIGHESTMODSEQ 99999] [UIDVALIDITY 7] [UIDNEXT 500]\r\n"
+    for raw in (b"* 1 FETCH (UID 10 BODY[] {%d}\r\n%s)\r\n" % (len(body), body),
+                b'* LIST () "/" "[UIDVALIDITY 7]"\r\n',
+                b"* SEARCH\r\n", b"* 3 RECENT [HIGHESTMODSEQ 99999]\r\n"):
+        view.observe(Response(raw))
+    assert (view.highestmodseq, view.uidvalidity, view.uidnext) == (9, 1, None)
+    assert view.uids == [10] and not view.confused
+    view.observe(Response(b"* OK [UIDNEXT 11] next\r\n"))
+    view.observe(Response(b"a1 OK [HIGHESTMODSEQ 12] done\r\n"))
+    assert (view.uidnext, view.highestmodseq) == (11, 12)
+
+
+_ITEM = st.one_of(
+    st.tuples(st.sampled_from([b"UID", b"uid", b"RFC822.SIZE", b"MODSEQ", b"X1"]),
+              st.integers(0, 2**40).map(lambda n: b"%d" % n)),
+    st.tuples(st.sampled_from([b"FLAGS", b"Flags", b"MODSEQ"]),
+              st.lists(st.sampled_from([b"\\Seen", b"$Junk", b"\\Deleted", b"7"]),
+                       max_size=3).map(lambda f: b"(" + b" ".join(f) + b")")),
+)
+
+
+@given(st.integers(1, 10**6), st.lists(_ITEM, max_size=5))
+def test_the_quick_fetch_reading_agrees_with_the_item_walk(seq: int,
+                                                            items: list[tuple[bytes, bytes]]
+                                                            ) -> None:
+    raw = b"* %d FETCH (%s)\r\n" % (seq, b" ".join(n + b" " + v for n, v in items))
+    assert parse_fetch(raw) == walk_fetch(raw)
 
 
 def test_vanished_ranges() -> None:

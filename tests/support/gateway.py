@@ -14,6 +14,9 @@ from pathlib import Path
 from tests.support.nodes import GATEWAY_KEY, split_address
 
 READY_TIMEOUT = 30.0
+# The gateway's event loop in tests: the config's default (asyncio's own loop), or
+# MAILMUX_TEST_EVENT_LOOP=uvloop (or auto) to run the same tests on uvloop.
+EVENT_LOOP = os.environ.get("MAILMUX_TEST_EVENT_LOOP")
 
 
 @dataclass
@@ -84,5 +87,6 @@ def write_gateway_config(
         "discovery_timeout = 0.5\n"
         "request_timeout = 3.0\n"
         f"{extra}\n"
+        + ("" if EVENT_LOOP is None or "event_loop" in extra else f'event_loop = "{EVENT_LOOP}"\n')
     )
     return GatewayProcess(config_path=path)

@@ -14,6 +14,7 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from mailmux import metrics
@@ -113,6 +114,7 @@ class ClientSession:
         self._held: list[bytes] = []  # responses waiting to leave with the next send
         self._held_size = 0
         self.watch: Registration | None = None
+        self.watchdog = Watchdog()
         self.standby: BackendSession | None = None  # logged in on another node, kept ready
         self._standby_task: asyncio.Task[None] | None = None
 
@@ -235,6 +237,9 @@ class ClientSession:
             data = b"".join(self._held)
             self._held, self._held_size = [], 0
         try:
+            if self.writer.transport.is_closing():
+                # asyncio drops such a write in silence, uvloop raises RuntimeError
+                raise ConnectionResetError("the connection is closed")
             self.writer.write(self.deflater.compress(data) if self.deflater else data)
             if self.writer.transport.get_write_buffer_size():
                 await self.writer.drain()  # only a slow client makes us wait
@@ -280,10 +285,13 @@ class ClientSession:
                     # Part of a command (a literal without its CRLF): no answer will carry
                     # our ACK soon, so ACK now. A whole command's answer carries it.
                     quickack(self.writer)
+                deadline = self._login_deadline()
                 try:
-                    async with asyncio.timeout(self._login_deadline()):
-                        data = await (self._read_relaying_events() if events
-                                      else self._recv())
+                    if deadline is None:  # logged in: no deadline, nothing to set up
+                        data = await self._read(events)
+                    else:
+                        async with asyncio.timeout(deadline):
+                            data = await self._read(events)
                 except TimeoutError:
                     with contextlib.suppress(OSError):
                         await self.send(b"* BYE login timeout\r\n")
@@ -301,6 +309,12 @@ class ClientSession:
                 await self.send(b"+ Ready for literal data\r\n")
                 continue
             return event
+
+    def _read(self, events: bool) -> Awaitable[bytes]:
+        if events and self.notify is not None and self.backend is not None \
+                and not self.framer.in_command:
+            return self._read_relaying_events()
+        return self._recv()  # the usual case: no task, no second waiter
 
     async def _read_relaying_events(self) -> bytes:
         read = asyncio.ensure_future(self._recv())
@@ -386,37 +400,22 @@ class ClientSession:
     async def read_backend(self, backend: BackendSession, spill: Spill | None = None) -> Response:
         """One whole response. The deadline measures silence: arriving bytes push it back,
         and it stops while a slow client takes a streamed piece of a large response."""
-        watch = self.watch
         try:
             first = await self._pending_line()
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             raise BackendLost(backend.lost or f"{backend.node_id}: {exc!r}") from exc
+        dog = self.watchdog
+        dog.waiting(backend, self.response_timeout(), self.watch, spill)
         try:
-            async with asyncio.timeout(None) as deadline:
-                silence = _Silence(deadline, self.response_timeout())
-
-                def progress() -> None:
-                    silence.heard()
-                    if watch is not None:
-                        watch.heard()
-
-                async def paused(data: bytes) -> None:
-                    assert spill is not None
-                    silence.pause()
-                    await spill(data)
-                    silence.resume()
-                    progress()
-
-                try:
-                    return await read_response(backend.reader, self.config.max_message_size,
-                                               progress, paused if spill is not None else None,
-                                               first)
-                finally:
-                    silence.stop()
-        except TimeoutError as exc:
-            raise BackendLost(f"{backend.node_id} did not answer in time") from exc
+            return await read_response(backend.reader, self.config.max_message_size,
+                                       dog.heard, dog.spill if spill is not None else None,
+                                       first)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            if dog.expired is backend:
+                raise BackendLost(f"{backend.node_id} did not answer in time") from exc
             raise BackendLost(backend.lost or f"{backend.node_id}: {exc!r}") from exc
+        finally:
+            dog.done()
 
     async def write_backend(self, backend: BackendSession, data: bytes) -> None:
         watch = self.watch
@@ -445,6 +444,7 @@ class ClientSession:
             self.transition(Input.CLIENT_GONE)
             return
         finally:
+            self.watchdog.stop()
             self.drop_standby()
             await self.drop_backend()
 
@@ -468,8 +468,8 @@ class ClientSession:
                 return True
             if tag is not None and name == "COMPRESS":
                 return await self.compress(tag, raw)
-            if tag is not None and name not in prelogin.LOCAL_BEFORE_LOGIN:
-                return await self.relay(tag, raw, name)
+            if tag is not None and (name == "NOOP" or name not in prelogin.LOCAL_BEFORE_LOGIN):
+                return await self.relay(tag, raw, name)  # NOOP: relayed as local() would
         try:
             command = parse_command(raw)
         except ParseError as exc:
@@ -502,54 +502,69 @@ class ClientSession:
         return False
 
 
-class _Silence:
-    """Expires an asyncio.timeout once the backend was silent for `timeout` seconds.
+class Watchdog:
+    """Ends a backend link that was silent for `request_timeout` while a response was awaited.
 
-    Arriving bytes only note the time; one timer, when it fires, looks whether they came
-    since and sets itself again if so (rescheduling a timer for every line cost more than
-    relaying the line)."""
+    Per session, not per response: a read only notes the time and the link it waits on; one
+    timer, when it fires, looks whether bytes came since and sets itself again if so (a timer,
+    or an asyncio.timeout, per response cost more than relaying a small response). Expiry
+    aborts the link, which fails the read under way; `expired` tells the reader why."""
 
-    def __init__(self, deadline: asyncio.Timeout, timeout: float | None) -> None:
-        self.deadline = deadline
-        self.timeout = timeout
+    def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.last = self.loop.time()
-        self.paused = False
+        self.backend: BackendSession | None = None  # the link a read waits on, if any
+        self.expired: BackendSession | None = None
+        self.timeout: float | None = None
+        self.last = 0.0
+        self.paused = False  # a slow client takes a piece: its time is not the backend's
+        self.watch: Registration | None = None
+        self.spill_to: Spill | None = None
         self.timer: asyncio.TimerHandle | None = None
-        if timeout is not None:
+
+    def waiting(self, backend: BackendSession, timeout: float | None,
+                watch: Registration | None, spill: Spill | None) -> None:
+        self.backend, self.timeout, self.watch, self.spill_to = backend, timeout, watch, spill
+        self.last = self.loop.time()
+        if self.timer is None and timeout is not None:
             self.timer = self.loop.call_at(self.last + timeout, self._check)
 
     def heard(self) -> None:
         self.last = self.loop.time()
+        if self.watch is not None:
+            self.watch.heard()  # the node is alive: the heartbeat need not ask
 
-    def pause(self) -> None:
-        """A slow client takes a piece: its time is not the backend's silence."""
+    async def spill(self, data: bytes) -> None:
+        assert self.spill_to is not None
         self.paused = True
+        try:
+            await self.spill_to(data)
+        finally:
+            self.paused = False
+        self.heard()
 
-    def resume(self) -> None:
-        self.paused = False
-        self.last = self.loop.time()
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.timeout is not None:
-            self.timer = self.loop.call_at(self.last + self.timeout, self._check)
+    def done(self) -> None:
+        self.backend = self.spill_to = None
 
     def stop(self) -> None:
+        self.done()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
     def _check(self) -> None:
-        assert self.timeout is not None
-        due = self.last + self.timeout
+        self.timer = None
+        backend, timeout = self.backend, self.timeout
+        if backend is None or timeout is None:
+            return  # no read waits (or IDLE waits for the user): the next read sets it again
         now = self.loop.time()
         if self.paused:
-            self.timer = None  # resume() sets it again
-        elif due <= now:
-            self.timer = None
-            self.deadline.reschedule(now)  # expires at once: TimeoutError in the reader
-        else:
+            self.last = now
+        due = self.last + timeout
+        if due > now:
             self.timer = self.loop.call_at(due, self._check)
+            return
+        self.expired = backend
+        backend.writer.transport.abort()  # the read under way fails: BackendLost
 
 
 def _tag_and_name(raw: bytes) -> tuple[bytes | None, str]:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
 from mailmux.gateway.literals import non_synchronising
-from mailmux.gateway.responses import Response, ResponseTooLarge, Spill, parse_fetch
+from mailmux.gateway.responses import Response, ResponseTooLarge, Spill
 from mailmux.gateway.session.failover import ViewLost, failover, move_home, tell_gone
 from mailmux.gateway.session.replay import (
     NO_EXPUNGE_DURING,
@@ -297,9 +297,8 @@ async def forward(session: ClientSession, current: Relay, response: Response) ->
         numbers = current.name.encode() if (current.name in NUMBERED_ANSWERS
                                             and not current.uid) else None
         response = Response(view.from_node(response.raw, numbers))
-    if current.name == "FETCH" and response.raw.startswith(b"* "):
-        fetch = parse_fetch(response.raw)
-        key = None if fetch is None else (fetch.uid if current.uid else fetch.seq)
+    if current.name == "FETCH" and (fetch := response.fetch) is not None:
+        key = fetch.uid if current.uid else fetch.seq
         if key is not None:
             if key in current.fetched and current.attempt > 0:
                 return False  # relayed before the failover: the client has it
@@ -354,7 +353,7 @@ async def learn_uids(session: ClientSession, view: MailboxView) -> None:
                 return
             if response.raw.startswith(b"* BYE"):
                 raise BackendLost(f"backend said {response.raw[:80]!r}")
-            fetch = parse_fetch(response.raw)
+            fetch = response.fetch
             if fetch is not None and low <= fetch.seq <= high and fetch.uid is not None:
                 if fetch.seq <= view.exists and view.uids[fetch.seq - 1] is None:
                     view.observe(response)  # a UID the client was never shown: kept here

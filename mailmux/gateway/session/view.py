@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from mailmux.gateway.responses import Response, highestmodseq, parse_fetch, vanished
+from mailmux.gateway.responses import Response, vanished
 
 _NUMBERED = re.compile(rb"^\* (\d+) (EXISTS|EXPUNGE|FETCH)\b", re.IGNORECASE)
 _LISTING = re.compile(rb"^\* (SEARCH|SORT|THREAD)\b", re.IGNORECASE)
@@ -106,56 +106,82 @@ class MailboxView:
         return raw
 
     def observe(self, response: Response) -> None:
-        raw = response.raw
-        if (modseq := highestmodseq(raw)) is not None:
-            self._modseq(modseq)
-        if not raw.startswith(b"* "):
-            return
-        if (n := response.exists) is not None:
-            if n < len(self.uids):
-                self.confused = True  # EXISTS may not shrink the mailbox
-                del self.uids[n:]
-                self.known = min(self.known, n)
-            self.uids.extend([None] * (n - len(self.uids)))
+        kind = response.kind[0]
+        if not kind:
+            return  # most responses: nothing the view follows
+        if kind == b"STATUS":
+            self._status(response)
+        elif kind == b"FETCH":
+            self._fetch(response)
+        elif kind == b"VANISHED":
+            self._vanished(response.raw)
+        elif (n := response.exists) is not None:
+            self._exists(n)
         elif (n := response.expunge) is not None:
-            if not 1 <= n <= len(self.uids):
-                self.confused = True
-                return
-            uid = self.uids.pop(n - 1)
-            if n <= self.known:
-                self.known -= 1
-            if uid is not None:
-                self.gone.add(uid)
-                self.flags.pop(uid, None)
-                self.modseqs.pop(uid, None)
-        elif (fetch := parse_fetch(raw)) is not None:
-            if not 1 <= fetch.seq <= len(self.uids):
-                self.confused = True
-                return
-            uid = self.uids[fetch.seq - 1]
-            if fetch.uid is not None:
-                if uid is not None and uid != fetch.uid:
-                    self.confused = True
-                uid = self.uids[fetch.seq - 1] = fetch.uid
-            if uid is not None and fetch.flags is not None:
-                self.flags[uid] = fetch.flags
-            if fetch.modseq is not None:
-                self._modseq(fetch.modseq)
-                if uid is not None:
-                    self.modseqs[uid] = fetch.modseq
-        elif (uids := vanished(raw)) is not None:
-            dropped = set(uids)
-            known = {u for u in self.uids if u in dropped}
-            self.gone |= known  # only what the client knew of matters after failover
-            for uid in known:
-                self.flags.pop(uid, None)
-                self.modseqs.pop(uid, None)
-            self.uids = [u for u in self.uids if u not in dropped]
-            self.known = 0
-        elif (v := response.uidvalidity) is not None:
+            self._expunge(n)
+
+    def _status(self, response: Response) -> None:
+        if b"[" not in response.raw:
+            return  # no response code
+        if (modseq := response.highestmodseq) is not None:
+            self._modseq(modseq)
+        if not response.raw.startswith(b"* "):
+            return
+        if (v := response.uidvalidity) is not None:
             self.uidvalidity = v
         elif (u := response.uidnext) is not None:
             self.uidnext = u
+
+    def _exists(self, n: int) -> None:
+        if n < len(self.uids):
+            self.confused = True  # EXISTS may not shrink the mailbox
+            del self.uids[n:]
+            self.known = min(self.known, n)
+        self.uids.extend([None] * (n - len(self.uids)))
+
+    def _expunge(self, n: int) -> None:
+        if not 1 <= n <= len(self.uids):
+            self.confused = True
+            return
+        uid = self.uids.pop(n - 1)
+        if n <= self.known:
+            self.known -= 1
+        if uid is not None:
+            self.gone.add(uid)
+            self.flags.pop(uid, None)
+            self.modseqs.pop(uid, None)
+
+    def _fetch(self, response: Response) -> None:
+        fetch = response.fetch
+        if fetch is None:
+            return
+        if not 1 <= fetch.seq <= len(self.uids):
+            self.confused = True
+            return
+        uid = self.uids[fetch.seq - 1]
+        if fetch.uid is not None:
+            if uid is not None and uid != fetch.uid:
+                self.confused = True
+            uid = self.uids[fetch.seq - 1] = fetch.uid
+        if uid is not None and fetch.flags is not None:
+            self.flags[uid] = fetch.flags
+        if fetch.modseq is not None:
+            self._modseq(fetch.modseq)
+            if uid is not None:
+                self.modseqs[uid] = fetch.modseq
+
+    def _vanished(self, raw: bytes) -> None:
+        uids = vanished(raw)
+        if uids is None:
+            return
+        dropped = set(uids)
+        known = {u for u in self.uids if u in dropped}
+        self.gone |= known  # only what the client knew of matters after failover
+        for uid in known:
+            self.flags.pop(uid, None)
+            self.modseqs.pop(uid, None)
+        self.uids = [u for u in self.uids if u not in dropped]
+        self.known = 0
 
     def _modseq(self, value: int) -> None:
         if self.highestmodseq is None or value > self.highestmodseq:
