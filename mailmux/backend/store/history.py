@@ -16,12 +16,6 @@ import sqlite3
 PRUNE_BATCH = 1000  # rows per transaction: the writer is never held long
 
 
-def horizon(conn: sqlite3.Connection, mailbox_id: int) -> int:
-    row = conn.execute("SELECT modseq FROM expunged_horizon WHERE mailbox_id = ?",
-                       (mailbox_id,)).fetchone()
-    return int(row[0]) if row else 0
-
-
 def vanished_since_horizon(conn: sqlite3.Connection, mailbox_id: int,
                            uidnext: int) -> tuple[int, ...]:
     """Every UID below UIDNEXT the mailbox does not hold (the history was pruned)."""

@@ -1147,8 +1147,12 @@ class SqliteStore:
         changes (what a session catches up on between two commands) are read on the event
         loop; more go to a worker thread."""
         def read(conn: sqlite3.Connection, limit: int = -1) -> ViewChanges | None:
-            row = conn.execute("SELECT owner, highestmodseq FROM mailboxes WHERE id = ?",
-                               (mailbox_id,)).fetchone()
+            # the pruning horizon of the expunge history (history.py) in the same statement:
+            # a catch-up between two commands stays at one statement per table it reads
+            row = conn.execute(
+                "SELECT owner, highestmodseq, uidnext, (SELECT modseq FROM expunged_horizon h "
+                "WHERE h.mailbox_id = mailboxes.id) FROM mailboxes WHERE id = ?",
+                (mailbox_id,)).fetchone()
             if row is None:
                 raise MailboxNotFound("the mailbox no longer exists")
             if row[1] <= modseq:
@@ -1165,14 +1169,12 @@ class SqliteStore:
                     "ORDER BY 1", (user.lower(), mailbox_id, modseq, more)))
             if limit >= 0 and len(changed) > limit:
                 return None
-            if modseq < history.horizon(conn, mailbox_id):
+            if modseq < (row[3] or 0):
                 # The history of expunges was pruned past this MODSEQ (history.py).
                 if limit >= 0:
                     return None
-                uidnext = conn.execute("SELECT uidnext FROM mailboxes WHERE id = ?",
-                                       (mailbox_id,)).fetchone()[0]
                 return ViewChanges(row[1], changed,
-                                   history.vanished_since_horizon(conn, mailbox_id, uidnext))
+                                   history.vanished_since_horizon(conn, mailbox_id, row[2]))
             gone = tuple(r[0] for r in conn.execute(
                 "SELECT * FROM (SELECT uid FROM expunged INDEXED BY expunged_modseq "
                 "WHERE mailbox_id = ? AND modseq > ? "
