@@ -151,6 +151,7 @@ class ImapServer:
         except (ConnectionError, ssl.SSLError) as exc:
             log.debug("imap %s (%s): connection lost: %r", session.peer, session.user, exc)
         finally:
+            session.disarm()
             self._unauthenticated.discard(session)
             self._gateway_links.discard(session)
             session._unselect()

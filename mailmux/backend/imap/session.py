@@ -171,6 +171,11 @@ class Session:
         self.notifier: Notifier | None = None  # NOTIFY SET in force (RFC 5465)
         self.woken = asyncio.Event()  # set by the store after a commit, while NOTIFY is on
         self.idling = False
+        self._loop = asyncio.get_running_loop()
+        self._watch: asyncio.TimerHandle | None = None  # the read-timeout watchdog
+        self._deadline = 0.0  # of the read in progress (loop time)
+        self._reading: asyncio.Task[object] | None = None  # the task in _read_in_time
+        self._expired: asyncio.Task[object] | None = None  # the reader the watchdog cancelled
 
     # I/O ------------------------------------------------------------------------------------
 
@@ -209,8 +214,7 @@ class Session:
                     # no answer to carry our ACK: ACK it now. A whole command's answer does.
                     quickack(self.writer)
                 try:
-                    async with asyncio.timeout(self._timeout()):
-                        data = await self._read()
+                    data = await self._read_in_time()
                 except TimeoutError:
                     reason = ("login timeout" if self.state is State.NOT_AUTHENTICATED
                               else "autologout, idle for too long")
@@ -227,6 +231,52 @@ class Session:
                 await self.send([continuation("Ready for literal data")])
                 continue
             return event
+
+    async def _read_in_time(self) -> bytes:
+        """`_read` within the session's timeout (login or idle), else TimeoutError. One watchdog
+        timer per session, pushed forward lazily, instead of an `asyncio.timeout` per read:
+        that pushed a TimerHandle into the loop's heap per command and left it there cancelled,
+        a fixed cost bigger than many a command's own work."""
+        loop = self._loop
+        task = asyncio.current_task()
+        assert task is not None
+        deadline = loop.time() + self._timeout()
+        self._deadline = deadline
+        watch = self._watch
+        if watch is None or watch.when() > deadline:  # none yet, or the timeout shrank
+            if watch is not None:
+                watch.cancel()
+            self._watch = loop.call_at(deadline, self._expire)
+        cancelling = task.cancelling()
+        self._reading = task
+        try:
+            return await self._read()
+        except asyncio.CancelledError:
+            if self._expired is task and task.uncancel() <= cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._reading = None
+            self._expired = None
+
+    def _expire(self) -> None:
+        """The watchdog: a read past its deadline is cancelled (as `asyncio.timeout` would);
+        otherwise the watchdog waits for the current deadline."""
+        self._watch = None
+        task = self._reading
+        if task is None:
+            return  # between reads: the next read arms it again
+        if self._loop.time() < self._deadline:
+            self._watch = self._loop.call_at(self._deadline, self._expire)
+            return
+        self._expired = task
+        task.cancel()
+
+    def disarm(self) -> None:
+        """The session is over: drop its watchdog (it would hold the session until it fired)."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
 
     async def _read(self) -> bytes:
         """Client bytes; with NOTIFY on, events that happen meanwhile are sent as they come

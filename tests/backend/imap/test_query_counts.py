@@ -251,3 +251,61 @@ async def test_bulk_flag_lines_are_byte_for_byte_the_row_by_row_ones(tmp_path: P
                 assert fetched == [x for x in rows if b" FETCH (" in x], items
                 assert len(fetched) == 300
                 assert (b"\\Recent" in fetched[0]) is (client is a)
+
+
+async def test_a_small_command_costs_one_parse_one_write_no_timer_and_no_setsockopt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The node's fixed cost per command, counted (never timed): a `UID FETCH n (FLAGS)` or
+    NOOP sent whole is parsed once and answered in one socket write, with no TCP_QUICKACK
+    (its answer carries the ACK; quickack is for a literal's part that gets no answer) and no
+    timer of its own (a per-read `asyncio.timeout` pushed a TimerHandle into the loop's heap
+    and left it there cancelled: the session's idle watchdog is pushed forward instead)."""
+    from mailmux.backend.imap import session as session_module
+
+    parses: list[bytes] = []
+    parse = session_module.parse_command
+
+    def counted_parse(raw: bytes) -> session_module.Command:
+        parses.append(raw)
+        return parse(raw)
+
+    quickacks: list[object] = []
+    monkeypatch.setattr(session_module, "parse_command", counted_parse)
+    monkeypatch.setattr(session_module, "quickack", quickacks.append)
+    async with rig(tmp_path, 300) as r, r.client() as a:
+        port = r.server.address[1]  # type: ignore[attr-defined]
+        writes: list[bytes] = []
+        transport = a.writer.transport
+        server_write = type(transport).write
+
+        def counted_write(self: asyncio.WriteTransport, data: bytes) -> None:
+            if self.get_extra_info("sockname")[1] == port:  # the node's end, not the client's
+                writes.append(bytes(data))
+            server_write(self, data)
+
+        monkeypatch.setattr(type(transport), "write", counted_write)
+        loop = asyncio.get_running_loop()
+        timers: list[float] = []
+        call_at = loop.call_at
+        client_task = asyncio.current_task()  # the client's own timeouts are not the node's
+
+        def counted_call_at(when: float, *args: object, **kwargs: object) -> asyncio.TimerHandle:
+            if asyncio.current_task() is not client_task:
+                timers.append(when)
+            return call_at(when, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(loop, "call_at", counted_call_at)
+        await a.command("SELECT INBOX")
+        for command in ("UID FETCH 77 (FLAGS)", "NOOP", "UID FETCH 78 (FLAGS)", "NOOP"):
+            await a.command(command)  # the watchdog is armed by now; timers come per command
+        parses.clear()
+        writes.clear()
+        timers.clear()
+        commands = ["UID FETCH 77 (FLAGS)", "NOOP", "UID FETCH 123 (FLAGS)", "NOOP"] * 5
+        for command in commands:
+            await a.command(command)  # asserts the tagged OK
+        assert len(parses) == len(commands)
+        assert len(writes) == len(commands), writes[:4]
+        assert quickacks == []
+        assert timers == [], f"{len(timers)} timers for {len(commands)} commands"
