@@ -1,7 +1,8 @@
 """imaptest stress with state checking through TWO gateways in front of a 3-node pool.
 
-One user, six clients: three imaptest clients on each gateway, all appending, fetching,
-storing and expunging at once. imaptest compares what its clients see (`checkpoint=`) and
+One user, six clients: one imaptest whose connections alternate between the two gateways
+(a round-robin TCP front), all appending, fetching, storing and expunging at once. imaptest
+compares what its clients see (`checkpoint=`, so sessions of both gateways are compared) and
 reports a UID that names another message, MODSEQs that differ between sessions, a message
 count that drops, a message whose data changed. Each such line is a broken invariant of
 docs/consistency.md ("one name, one message", "MODSEQ belongs to the change"), and there must
@@ -21,6 +22,7 @@ import pytest
 from tests.imaptest.suite import BINARY, WHY_MISSING
 from tests.imaptest.targets import PASSWORD
 from tests.replication.cluster import Cluster, FaultInjector, cluster
+from tests.support.tcp_proxy import RoundRobinProxy
 
 USER = "stress2@example.test"
 SHORT_SECONDS = 20
@@ -74,30 +76,33 @@ def test_consistency_errors_are_the_state_checkers_lines() -> None:
         "Error: Checkpoint: client 4: Mailbox has only 35 of 36 messages"]
 
 
-def _imaptest(gateway: tuple[str, int], seconds: int) -> subprocess.Popen[str]:
+def _imaptest(front: tuple[str, int], clients: int, seconds: int) -> subprocess.Popen[str]:
     assert BINARY is not None
     mbox = BINARY.parent / "tests" / "default.mbox"
-    host, port = gateway
+    host, port = front
     return subprocess.Popen(
         [str(BINARY), f"host={host}", f"port={port}", f"user={USER}", f"pass={PASSWORD}",
-         f"mbox={mbox}", f"clients={CLIENTS_PER_GATEWAY}", f"secs={seconds}", "checkpoint=5"],
+         f"mbox={mbox}", f"clients={clients}", f"secs={seconds}", "checkpoint=5"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
         env={**os.environ, "LD_LIBRARY_PATH": "/usr/lib/dovecot"}, start_new_session=True)
 
 
 def _stress(pool: Cluster, seconds: int) -> list[str]:
-    runs = [_imaptest(gateway.imap, seconds) for gateway in pool.gateways]
-    outputs = []
+    """ONE imaptest whose connections alternate between the gateways. A checkpoint quiesces
+    only its own program's clients and then compares what each saw after a CHECK: with one
+    imaptest per gateway, the other program's changes landed between the CHECK answers (far
+    apart when one CHECK waited out a failover), and sessions rightly differed by them."""
+    front = RoundRobinProxy([gateway.imap for gateway in pool.gateways])
+    run = _imaptest(("127.0.0.1", front.port), CLIENTS_PER_GATEWAY * len(pool.gateways),
+                    seconds)
     try:
-        for run in runs:
-            out, _ = run.communicate(timeout=seconds + 180)
-            outputs.append(out)
+        out, _ = run.communicate(timeout=seconds + 180)
     finally:
-        for run in runs:
-            if run.poll() is None:
-                os.killpg(run.pid, 9)
-                run.wait(timeout=10)
-    return outputs
+        if run.poll() is None:
+            os.killpg(run.pid, 9)
+            run.wait(timeout=10)
+        front.close()
+    return [out]
 
 
 def _verdict(pool: Cluster, outputs: list[str], actions: list[str]) -> None:
