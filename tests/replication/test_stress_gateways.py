@@ -35,7 +35,7 @@ CONSISTENCY = re.compile(r"changed|differ|Message count dropped|went backwards"
                          r"|UIDNEXT|HIGHESTMODSEQ|UID \d+ != \d+|Mailbox has only",
                          re.IGNORECASE)
 # The short run passes since the home lease (one node commits a user's changes); under faults,
-# seeds 1-13 pass since the read barrier, MODSEQ-exact replication, the gateway's MODSEQ
+# seeds 1-17 pass since the read barrier, MODSEQ-exact replication, the gateway's MODSEQ
 # reconcile (docs/consistency.md, rules 8-10) and its flags learned with their MODSEQ. The
 # rare lines left before were the harness's (one imaptest per gateway: the other program's
 # changes landed between the CHECK answers; seeds 7, 10, 11 "Mailbox has only N of M") and
