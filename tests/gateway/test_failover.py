@@ -272,3 +272,36 @@ def test_first_responder_fails_over_past_its_cached_single_answer(
     answer = client.command("f", "STATUS INBOX (MESSAGES)")
     assert answer == [b"* STATUS \"INBOX\" (MESSAGES 1)\r\n", b"f OK STATUS completed\r\n"], answer
     assert serving(gw, ALICE[0], nodes) is not killed
+
+
+def test_flags_told_after_a_failover_carry_their_modseq(
+    pool: Pool, gateway_factory: Callable[..., GatewayProcess],
+    raw: Callable[[tuple[str, int]], RawImap],
+) -> None:
+    """Found by the faulted two-gateway stress (seed 9, "modseqs differ"): a session's node
+    hung while another session changed a message's flags; after failover the gateway told the
+    new flags but not their MODSEQ (its look at the new node asked for none), so the client
+    kept the MODSEQ from before the change beside the flags after it."""
+    nodes = pool.nodes
+    gw = gateway_with(gateway_factory, list(nodes.values()))
+    client = raw(gw.imap)
+    client.login(*ALICE)
+    client.command("a", b"APPEND INBOX {%d+}\r\n%s" % (len(message("m")), message("m")))
+    client.command("s", "SELECT INBOX (CONDSTORE)")
+    before = b"".join(client.command("f", "FETCH 1 (FLAGS MODSEQ)"))
+    shown = int(re.findall(rb"MODSEQ \((\d+)\)", before)[0])
+    stopped = serving(gw, ALICE[0], nodes)
+    stopped.signal(signal.SIGSTOP)
+    other = next(n for n in nodes.values() if n is not stopped)
+    with imaplib.IMAP4(*other.imap, timeout=60) as direct:
+        direct.login(*ALICE)
+        direct.select("INBOX")
+        assert direct.store("1", "+FLAGS", "(\\Flagged)")[0] == "OK"
+        _, fetched = direct.fetch("1", "(MODSEQ)")
+    changed = int(re.findall(rb"MODSEQ \((\d+)\)", fetched[0])[0])  # type: ignore[arg-type]
+    assert changed > shown
+    answer = client.command("n", "NOOP")
+    assert "hung" in gw.log()
+    told = [r for r in answer if r.startswith(b"* 1 FETCH")]
+    assert told and b"\\Flagged" in told[-1], answer
+    assert b"MODSEQ (%d)" % changed in told[-1], answer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import threading
 
@@ -50,6 +51,10 @@ class TcpProxy:
         self.cut()
         self.listener.close()
 
+    def next_target(self) -> tuple[str, int]:
+        """Where the next accepted connection goes."""
+        return self.target
+
     def _accept(self) -> None:
         while not self._closed:
             try:
@@ -61,7 +66,7 @@ class TcpProxy:
                     client.close()
                     continue
                 try:
-                    upstream = socket.create_connection(self.target, timeout=5)
+                    upstream = socket.create_connection(self.next_target(), timeout=5)
                 except OSError:
                     client.close()
                     continue
@@ -78,3 +83,24 @@ class TcpProxy:
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+        # The other direction's pump sees the shutdown and ends too; whichever ends second
+        # closes the pair (a proxy that carries thousands of short connections keeps no fds).
+        with self._lock:
+            if source in self._sockets:
+                self._sockets = [s for s in self._sockets if s is not source and s is not sink]
+                return
+        source.close()
+        sink.close()
+
+
+class RoundRobinProxy(TcpProxy):
+    """Each new connection goes to the next of several targets in turn: one client program
+    whose connections are spread over several servers (imaptest over two gateways, so its
+    checkpoints compare sessions of both)."""
+
+    def __init__(self, targets: list[tuple[str, int]]) -> None:
+        self._targets = itertools.cycle(targets)
+        super().__init__(targets[0])
+
+    def next_target(self) -> tuple[str, int]:
+        return next(self._targets)

@@ -185,7 +185,10 @@ async def examine(session: ClientSession, view: MailboxView) -> MailboxView:
     for response in await internal(session, view.select):
         node.observe(response)
     if node.exists:
-        for response in await internal(session, b"FETCH 1:* (UID FLAGS)\r\n"):
+        # With CONDSTORE, MODSEQs too: without them the reconcile tells changed flags alone
+        # and the client keeps a MODSEQ from before the change (imaptest: "modseqs differ").
+        items = b"(UID FLAGS MODSEQ)" if view.wants_modseq(session.enabled) else b"(UID FLAGS)"
+        for response in await internal(session, b"FETCH 1:* %s\r\n" % items):
             node.observe(response)
     return node
 

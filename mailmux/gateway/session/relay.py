@@ -344,7 +344,8 @@ async def learn_uids(session: ClientSession, view: MailboxView) -> None:
     tag = session.internal_tag()
     first, last = view.to_node(low) or low, view.to_node(high) or high
     try:
-        await session.write_backend(backend, b"%s FETCH %d:%d (UID FLAGS)\r\n" % (tag, first, last))
+        items = b"(UID FLAGS MODSEQ)" if view.wants_modseq(session.enabled) else b"(UID FLAGS)"
+        await session.write_backend(backend, b"%s FETCH %d:%d %s\r\n" % (tag, first, last, items))
         while True:
             response = await session.read_backend(backend)
             if view.pending and response.raw.startswith(b"* "):

@@ -48,6 +48,9 @@ class MailboxView:
     # that may not carry EXPUNGE (RFC 3501 7.4.1), told at the next point that may. Meanwhile
     # the node numbers messages without them, the client with them: `from_node` / `to_node`.
     pending: set[int] = field(default_factory=set)
+    # The client has been shown a message's MODSEQ: CONDSTORE is in force for it (RFC 7162
+    # 3.1), so the gateway's own looks at a node ask for MODSEQs too (`wants_modseq`).
+    condstore: bool = False
 
     @property
     def exists(self) -> int:
@@ -166,6 +169,7 @@ class MailboxView:
         if uid is not None and fetch.flags is not None:
             self.flags[uid] = fetch.flags
         if fetch.modseq is not None:
+            self.condstore = True
             self._modseq(fetch.modseq)
             if uid is not None:
                 self.modseqs[uid] = fetch.modseq
@@ -182,6 +186,16 @@ class MailboxView:
             self.modseqs.pop(uid, None)
         self.uids = [u for u in self.uids if u not in dropped]
         self.known = 0
+
+    def wants_modseq(self, enabled: list[bytes]) -> bool:
+        """Whether the client has CONDSTORE in force: shown a MODSEQ, selected with
+        (CONDSTORE), or ENABLEd CONDSTORE or QRESYNC. Then a FETCH the gateway makes to learn
+        flags must ask for MODSEQ too: flags told without their MODSEQ leave the client holding
+        the MODSEQ from before the change beside the new flags."""
+        if self.condstore or b"CONDSTORE" in self.select.upper():
+            return True
+        return any(word in (b"CONDSTORE", b"QRESYNC")
+                   for enable in enabled for word in enable.upper().split())
 
     def _modseq(self, value: int) -> None:
         if self.highestmodseq is None or value > self.highestmodseq:
