@@ -371,17 +371,21 @@ def _message_expunge(store: SqliteStore, tx: Tx, record: ChangeRecord) -> None:
         return
     if _p(record, "renumbered"):
         # Only that UID goes: the message itself lives on under its new UID.
-        conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND uid = ? AND guid = ?",
-                     (mailbox[0], _p(record, "uid"), guid))
+        gone = conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND uid = ? AND guid = ? "
+                            "RETURNING uid", (mailbox[0], _p(record, "uid"), guid)).fetchall()
     else:
         conn.execute(
             "INSERT INTO tombstones VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET hlc = "
             "max(hlc, excluded.hlc)", (owner, name, guid, record.hlc))
-        conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND guid = ?",
-                     (mailbox[0], guid))
-    # (The `expunged` trigger stamped it HIGHESTMODSEQ + 1; _modseq is at least that.)
+        gone = conn.execute("DELETE FROM messages WHERE mailbox_id = ? AND guid = ? "
+                            "RETURNING uid", (mailbox[0], guid)).fetchall()
+    modseq = _modseq(store, conn, mailbox[0], record.hlc, record)
     conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) WHERE id = ?",
-                 (_modseq(store, conn, mailbox[0], record.hlc, record), mailbox[0]))
+                 (modseq, mailbox[0]))
+    # The `expunged` trigger stamped each UID HIGHESTMODSEQ + 1, a local value: the history
+    # QRESYNC reads (VANISHED (EARLIER), CHANGEDSINCE) holds the change's MODSEQ, as at the home.
+    conn.executemany("UPDATE expunged SET modseq = ? WHERE mailbox_id = ? AND uid = ?",
+                     [(modseq, mailbox[0], uid) for uid, in gone])
     tx.touched.add(mailbox[0])
 
 

@@ -1471,6 +1471,10 @@ class SqliteStore:
         if removed:
             tx.conn.execute("UPDATE mailboxes SET highestmodseq = max(highestmodseq, ?) "
                             "WHERE id = ?", (modseq, mailbox_id))
+            # the `expunged` trigger's HIGHESTMODSEQ + 1 is local: the history holds the
+            # change's MODSEQ, which the replicas apply verbatim (apply._message_expunge)
+            tx.conn.executemany("UPDATE expunged SET modseq = ? WHERE mailbox_id = ? AND uid = ?",
+                                [(modseq, mailbox_id, uid) for uid in removed])
             tx.touched.add(mailbox_id)
             self._collect_bodies(tx, hashes)
         return removed

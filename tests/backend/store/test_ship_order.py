@@ -112,3 +112,32 @@ async def test_a_batch_never_splits_one_changes_records(stores: list[SqliteStore
     first = next(i for i, r in enumerate(records) if r.kind == "message.flags")
     batch = await home.changes_after({}, limit=first + 1)  # the limit falls inside the STORE
     assert [r.kind for r in batch[first:]] == ["message.flags"] * 4
+
+
+async def expunge_history(store: SqliteStore) -> list[tuple[int, int]]:
+    """(UID, MODSEQ) of the expunge history QRESYNC answers VANISHED (EARLIER) from."""
+    info = await store.get_mailbox(ALICE, "INBOX")
+    return await store._read(lambda c: [(int(u), int(m)) for u, m in c.execute(
+        "SELECT uid, modseq FROM expunged WHERE mailbox_id = ? ORDER BY uid", (info.id,))])
+
+
+@pytest.mark.timeout(60)
+async def test_an_expunge_of_several_messages_has_the_homes_modseqs_in_every_history(
+    stores: list[SqliteStore],
+) -> None:
+    """The expunge history on a replica held local MODSEQs (HIGHESTMODSEQ + 1 at each delete):
+    the second and third messages of one EXPUNGE got values the home never gave, so a client
+    asking a replica for VANISHED since a MODSEQ was told of other changes than at the home."""
+    home, replica, other = stores
+    for _ in range(4):
+        await home.append(ALICE, "INBOX", BODY)
+    info = await home.get_mailbox(ALICE, "INBOX")
+    await home.store_flags(ALICE, info.id, [1, 2, 3], "add", ["\\Deleted"])
+    await home.expunge(ALICE, info.id, [1, 2, 3])
+    await sync(home, replica)
+    await sync(replica, other)
+    history = await expunge_history(home)
+    assert [uid for uid, _ in history] == [1, 2, 3]
+    assert await expunge_history(replica) == history
+    assert await expunge_history(other) == history
+    assert await modseqs(replica) == await modseqs(home)
