@@ -89,12 +89,17 @@ def test_a_hung_node_continued_after_the_replay_leaves_one_copy_everywhere(
     """SIGSTOP mid-APPEND (the node has made the message and waits for its copies), failover
     and replay elsewhere, SIGCONT: the two runs of one replay id meet on every node and one
     copy is left, the one whose APPENDUID the client was given."""
-    pool = make_pool(proxied=True, copy_timeout="60s")
+    # S's links are paused before the APPEND, so S cannot renew its home lease: the APPEND
+    # must reach S while the lease S took for a change just before still runs. The default
+    # (1.4 s) was too short for that on a loaded machine: S waited for a lease it could not
+    # get and made nothing.
+    pool = make_pool(proxied=True, copy_timeout="60s", replication_extra='lease = "3s"\n')
     nodes = pool.nodes
     gw = gateway_with(gateway_factory, list(nodes.values()))
     client = RawImap(gw.imap)
     try:
         client.login(*ALICE)
+        assert client.command("c", "CREATE Scratch")[-1].startswith(b"c OK")  # S is home now
         s = serving(gw, ALICE[0], nodes)
         quiet = [p for (i, j), p in pool.proxies.items() if s.node_id in (i, j)]
         for proxy in quiet:  # S's links stay up but carry nothing: its copies cannot be made
