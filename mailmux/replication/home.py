@@ -315,7 +315,7 @@ class HomeLeases:
     async def _positions_of(self, node: str) -> dict[str, int] | None:
         if node == self.node:
             return await self.positions()
-        reply = await self._call(node, {"t": "lease.positions"}, "lease")
+        reply = await self.call(node, {"t": "lease.positions"}, "lease")
         if reply is None:
             return None
         try:
@@ -359,7 +359,7 @@ class HomeLeases:
                        request: LeaseRequest) -> tuple[LeaseAnswer, dict[str, int]] | None:
         if dest == self.node:
             return await self._accept(request), await self.positions()
-        reply = await self._call(dest, {"t": "lease.request", **_request_json(request)}, "lease")
+        reply = await self.call(dest, {"t": "lease.request", **_request_json(request)}, "lease")
         if reply is None:
             return None
         try:
@@ -373,19 +373,19 @@ class HomeLeases:
             if dest == self.node:
                 self.acceptor.on_release(release, time.monotonic())
             else:
-                await self._call(dest, {"t": "lease.release", "user": release.user,
+                await self.call(dest, {"t": "lease.release", "user": release.user,
                                         "holder": release.holder, "epoch": release.epoch},
                                  "lease")
 
     async def _ask_to_yield(self, dest: str, user: str) -> None:
         # A link of its own: a hand-over may wait for changes in flight, renewals must not.
-        await self._call(dest, {"t": "lease.yield", "user": user}, "yield",
+        await self.call(dest, {"t": "lease.yield", "user": user}, "yield",
                          timeout=self._yield_wait())
 
     def _yield_wait(self) -> float:
         return self.replicator.rconfig.copy_timeout + self.rpc_timeout
 
-    async def _call(self, dest: str, message: dict[str, Any], purpose: str,
+    async def call(self, dest: str, message: dict[str, Any], purpose: str,
                     timeout: float | None = None) -> dict[str, Any] | None:
         peer = self.replicator.peers.get(dest)
         if peer is None:

@@ -31,10 +31,9 @@ from typing import TYPE_CHECKING, Any
 from mailmux.backend.errors import BackendError
 from mailmux.backend.store.interface import AppendResult
 from mailmux.backend.store.replay import REPLAY, Replayed
-from mailmux.protocol.peer.session import PeerAuthError
 
 if TYPE_CHECKING:
-    from mailmux.replication.peers import Channel, Replicator
+    from mailmux.replication.peers import Replicator
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +45,6 @@ class HomeRouter:
     def __init__(self, replicator: Replicator) -> None:
         self.replicator = replicator
         self.node = replicator.config.node_id
-        self._links: dict[str, Channel] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
         self.forwarded = 0  # shares stored by another home (status and tests)
 
     def _home_of(self, recipient: str) -> str:
@@ -102,34 +99,15 @@ class HomeRouter:
             REPLAY.reset(token)
 
     async def _call(self, dest: str, message: dict[str, Any]) -> dict[str, Any] | None:
-        from mailmux.replication.peers import LinkClosed  # peers imports this module
-
-        peer = self.replicator.peers.get(dest)
-        if peer is None:
+        # the lease's peer calls, on a link of their own: a delivery waits for W copies there
+        homes = self.replicator.homes
+        if homes is None:
             return None
-        timeout = 2 * self.replicator.rconfig.copy_timeout + 5.0
-        lock = self._locks.setdefault(dest, asyncio.Lock())
-        try:
-            async with asyncio.timeout(timeout), lock:
-                channel = self._links.get(dest)
-                if channel is None:
-                    channel = self._links[dest] = await self.replicator._dial(peer)
-                await channel.send(message)
-                reply = await channel.receive()
-        except (OSError, TimeoutError, ValueError, PeerAuthError, LinkClosed) as exc:
-            await self._drop(dest)
-            log.info("routing: delivery link to %s: %s", dest, exc or type(exc).__name__)
-            return None
-        return reply if reply.get("t") == "deliver" else None
-
-    async def _drop(self, dest: str) -> None:
-        channel = self._links.pop(dest, None)
-        if channel is not None:
-            await channel.close()
+        return await homes.call(dest, message, "deliver",
+                                timeout=2 * self.replicator.rconfig.copy_timeout + 5.0)
 
     async def close(self) -> None:
-        for dest in list(self._links):
-            await self._drop(dest)
+        """Nothing to close: the links are the home leases' (HomeLeases.close)."""
 
     async def answer(self, message: dict[str, Any]) -> dict[str, Any]:
         """A peer's share of a delivery for users homed here: store it as any delivery."""
