@@ -82,7 +82,7 @@ def _imaptest(front: tuple[str, int], clients: int, seconds: int) -> subprocess.
         env={**os.environ, "LD_LIBRARY_PATH": "/usr/lib/dovecot"}, start_new_session=True)
 
 
-def _stress(pool: Cluster, seconds: int) -> list[str]:
+def _stress(pool: Cluster, seconds: int, keep: Path) -> list[str]:
     """ONE imaptest whose connections alternate between the gateways. A checkpoint quiesces
     only its own program's clients and then compares what each saw after a CHECK: with one
     imaptest per gateway, the other program's changes landed between the CHECK answers (far
@@ -97,6 +97,8 @@ def _stress(pool: Cluster, seconds: int) -> list[str]:
             os.killpg(run.pid, 9)
             run.wait(timeout=10)
         front.close()
+    # kept beside the nodes' and gateways' logs, for a post-mortem of a failed run
+    (keep / "imaptest.out").write_text(out)
     return [out]
 
 
@@ -117,7 +119,7 @@ def test_stress_through_two_gateways_has_no_consistency_errors(tmp_path: Path) -
     if BINARY is None:
         pytest.skip(WHY_MISSING)
     with cluster(tmp_path, [USER]) as pool:
-        _verdict(pool, _stress(pool, SHORT_SECONDS), [])
+        _verdict(pool, _stress(pool, SHORT_SECONDS, tmp_path), [])
 
 
 @pytest.mark.slow
@@ -128,6 +130,6 @@ def test_stress_through_two_gateways_with_faults(tmp_path: Path) -> None:
     seed = int(os.environ.get("MAILMUX_FAULT_SEED", "7"))
     with cluster(tmp_path, [USER]) as pool:
         with FaultInjector(pool, seed) as faults:
-            outputs = _stress(pool, LONG_SECONDS)
+            outputs = _stress(pool, LONG_SECONDS, tmp_path)
         assert faults.errors == [], faults.errors
         _verdict(pool, outputs, [f"seed {seed}", *faults.actions])

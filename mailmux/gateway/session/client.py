@@ -25,6 +25,7 @@ from mailmux.gateway.responses import Response, ResponseTooLarge, Spill, read_re
 from mailmux.gateway.session import prelogin
 from mailmux.gateway.session import relay as relaying
 from mailmux.gateway.session.heartbeat import Registration
+from mailmux.gateway.session.pipeline import names_messages_by_number
 from mailmux.gateway.session.states import Input, SessionState, step
 from mailmux.gateway.session.view import MailboxView
 from mailmux.inflated import read_inflated
@@ -257,6 +258,17 @@ class ClientSession:
             return await read_inflated(self.reader, inflater, READ_SIZE)
         except CompressError as exc:
             raise ClientGone(str(exc)) from None
+
+    def pipelined_by_number(self) -> bool:
+        """Whether the client has sent, behind the command in flight, a command that names
+        messages by number (`pipeline.py`): then no EXPUNGE may reach it yet."""
+        if any(names_messages_by_number(c.raw) for c in self.queued):
+            return True
+        # What the stream has read from the socket but nobody has taken yet.
+        unread = bytes(getattr(self.reader, "_buffer", b""))
+        if unread and self.inflater is not None:
+            return True  # compressed: cannot look inside, so assume the worst
+        return names_messages_by_number(self.framer.peek_buffered() + unread)
 
     async def compress(self, tag: bytes, raw: bytes) -> bool:
         """COMPRESS DEFLATE (RFC 4978) between the client and the gateway; the gateway still

@@ -201,7 +201,9 @@ def behind(view: MailboxView, node: MailboxView, expected: set[int]) -> Lag | No
         return Lag(f"it still holds {len(stale)} message(s) the client saw expunged", True)
     known = [u for u in view.uids if u is not None]
     newest = max(known, default=0)
-    unknown = len(view.uids) - len(known)
+    # New mail the client was told of by EXISTS alone. (An unknown message between known
+    # ones is older than the UID after it, which the node holds: arrived, maybe expunged.)
+    unknown = view.tail_unknown()
     if unknown and sum(1 for u in present if u > newest) < unknown:
         return Lag("it lacks new messages the client was told of", True)
     missing = [u for u in known if u not in present and u not in expected]
@@ -263,18 +265,26 @@ async def reconcile(session: ClientSession, view: MailboxView, node: MailboxView
     elif gone:
         await tell_gone(session, view, [u for u in view.uids if u is not None
                                         and u not in present])
-    if gone:
+    unknown_gone = view.fill_from([u for u in node.uids if u is not None])
+    if unknown_gone:
+        if _qresync(session):
+            raise ViewLost("messages the client knows only by number are gone on the new "
+                           "node, and VANISHED needs their UIDs")
+        if current.allows_expunge:
+            await tell_gone(session, view, unknown_gone)
+        else:
+            view.pending |= set(unknown_gone)
+    if gone or unknown_gone:
         current.view_changed = True
     live = [i for i, u in enumerate(view.uids) if u not in view.pending]
     if len(node.uids) < len(live):
         raise ViewLost("the new node holds fewer messages than the client's view")
     for k, i in enumerate(live):
         uid = view.uids[i]
-        if uid is None:
-            view.uids[i] = node.uids[k]
-        elif uid != node.uids[k]:
+        if uid != node.uids[k]:
             raise ViewLost(f"message {i + 1} is UID {node.uids[k]} on the new node, "
-                           f"not {uid}")
+                           f"not {uid} (client {view.uids[max(0, i - 4):i + 3]}, node "
+                           f"{node.uids[max(0, k - 4):k + 3]}, pending {sorted(view.pending)})")
     if len(node.uids) > len(live):
         extra = len(node.uids) - len(live)
         await _tell(session, view, b"* %d EXISTS\r\n" % (len(view.uids) + extra))

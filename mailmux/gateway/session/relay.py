@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -32,9 +31,11 @@ from mailmux.gateway.session.replay import (
     NO_EXPUNGE_DURING,
     REPLAYABLE,
     SetCommand,
+    parse_set,
     resolve,
     with_replay_id,
 )
+from mailmux.gateway.session.searchsets import NotTranslatable, by_uid
 from mailmux.gateway.session.view import MailboxView, flag_key
 from mailmux.protocol.imap.framing import CommandBytes, FramingError
 
@@ -46,9 +47,8 @@ log = logging.getLogger(__name__)
 MAX_FAILOVERS = 3
 SET_COMMANDS = frozenset({"FETCH", "COPY", "MOVE", "STORE"})
 NUMBERED_ANSWERS = frozenset({"SEARCH", "SORT", "THREAD"})  # answers list message numbers
+OWN_EXPUNGES = frozenset({"EXPUNGE", "MOVE"})  # their EXPUNGE responses are their answer
 # Criteria keys whose argument is a number that is no message number.
-_NUMBER_ARGS = frozenset({b"LARGER", b"SMALLER", b"OLDER", b"YOUNGER", b"MODSEQ", b"UID"})
-_SET_TOKEN = re.compile(rb"^[0-9*][0-9*:,]*$")
 
 
 @dataclass
@@ -154,9 +154,8 @@ def wire(session: ClientSession, current: Relay) -> bytes | None:
     pending = session.view is not None and bool(session.view.pending) and current.view is None
     if pending:
         current.view_changed = True  # the node's numbers are not the client's: go by UID
-        if current.name in NUMBERED_ANSWERS and not current.uid and not _plain_search(raw):
-            raise ViewLost(f"{current.name} by message number while the client still counts "
-                           "messages expunged meanwhile")
+        if current.name in NUMBERED_ANSWERS and not current.uid:
+            raw = _criteria_by_uid(current, session.view)
     if ((current.attempt > 0 or current.moved or pending) and current.snapshot is not None
             and current.name in SET_COMMANDS):
         command = SetCommand(raw)
@@ -172,14 +171,26 @@ def wire(session: ClientSession, current: Relay) -> bytes | None:
     return raw
 
 
-def _plain_search(raw: bytes) -> bool:
-    """A SEARCH/SORT/THREAD that names no message numbers and asks for no ESEARCH answer:
-    the node's answer then only needs its numbers translated."""
-    words = re.sub(rb'"(?:[^"\\]|\\.)*"', b'""', raw.split(b"\r\n", 1)[0]).split()
-    if any(w.upper() == b"RETURN" for w in words):
-        return False
-    return not any(_SET_TOKEN.match(w) and words[i - 1].upper() not in _NUMBER_ARGS
-                   for i, w in enumerate(words) if i > 1)
+def _criteria_by_uid(current: Relay, view: MailboxView | None) -> bytes:
+    """A SEARCH/SORT/THREAD by message number with its sets in UIDs (`searchsets.py`), for a
+    node that numbers messages without the ones still pending for the client."""
+    assert view is not None
+    uids = view.uids
+
+    def uids_of(text: bytes) -> list[int]:
+        numbers = parse_set(text)
+        if numbers is None:
+            raise ViewLost(f"{current.name}: a message set the gateway cannot read")
+        named = [uids[s - 1] for s in resolve(numbers, range(1, len(uids) + 1), len(uids))]
+        if None in named:
+            raise ViewLost(f"{current.name} names messages whose UIDs the gateway lacks")
+        return [u for u in named if u is not None and u not in view.pending]
+
+    try:
+        return by_uid(current.raw, current.name, uids_of)
+    except NotTranslatable as exc:
+        raise ViewLost(f"{current.name} by message number while the client still counts "
+                       f"messages expunged meanwhile: {exc}") from None
 
 
 def _rewritten(current: Relay, command: SetCommand,
@@ -297,6 +308,9 @@ async def forward(session: ClientSession, current: Relay, response: Response) ->
         numbers = current.name.encode() if (current.name in NUMBERED_ANSWERS
                                             and not current.uid) else None
         response = Response(view.from_node(response.raw, numbers))
+    if view is not None and current.view is None and _held_back(session, current, view,
+                                                                 response):
+        return False
     if current.name == "FETCH" and (fetch := response.fetch) is not None:
         key = fetch.uid if current.uid else fetch.seq
         if key is not None:
@@ -308,6 +322,9 @@ async def forward(session: ClientSession, current: Relay, response: Response) ->
         current.final = response
         if view is not None and response.status == b"OK":
             view.observe(response)
+        if view is not None and (response.status == b"OK" or view is session.view):
+            # Also after NO or BAD: new mail told during a failed command is still there,
+            # and a message known only by number is a guess at the next failover.
             await learn_uids(session, view)
         await _tell_pending(session, current)
     elif view is not None:
@@ -320,11 +337,26 @@ async def forward(session: ClientSession, current: Relay, response: Response) ->
     return current.final is not None
 
 
+def _held_back(session: ClientSession, current: Relay, view: MailboxView,
+               response: Response) -> bool:
+    """Another session's expunge, while the client has pipelined a command by number behind
+    this one (RFC 3501 5.5, `pipeline.py`): counted as pending, told later, not now."""
+    n = response.expunge
+    if n is None or current.name in OWN_EXPUNGES or not session.pipelined_by_number():
+        return False
+    if not 1 <= n <= len(view.uids) or (uid := view.uids[n - 1]) is None:
+        return False  # without its UID the gateway could not tell it later: told now
+    view.pending.add(uid)
+    return True
+
+
 async def _tell_pending(session: ClientSession, current: Relay) -> None:
     """Messages gone meanwhile that the client still counts are told as soon as a command that
-    may carry EXPUNGE is under way (RFC 3501 7.4.1)."""
+    may carry EXPUNGE is under way (RFC 3501 7.4.1), and no command by number is pipelined
+    behind it (5.5)."""
     view = session.view
-    if view is not None and view.pending and current.view is None and current.allows_expunge:
+    if (view is not None and view.pending and current.view is None and current.allows_expunge
+            and not session.pipelined_by_number()):
         await tell_gone(session, view, [u for u in view.uids
                                         if u is not None and u in view.pending])
 

@@ -13,6 +13,7 @@ the client the way a server would have told it.
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
 
@@ -66,6 +67,54 @@ class MailboxView:
             return []
         self.known = first
         return [i + 1 for i in range(first, len(uids)) if uids[i] is None]
+
+    def tail_unknown(self) -> int:
+        """How many of the last messages the client knows only by number (new mail)."""
+        count = 0
+        for uid in reversed(self.uids):
+            if uid is not None:
+                break
+            count += 1
+        return count
+
+    def fill_from(self, node_uids: list[int]) -> list[int]:
+        """Give the messages the client knows only by number their UIDs from a node's
+        ascending list; the UIDs of those gone there come back as placeholders to tell gone.
+
+        A run of unknown messages lies between two known UIDs, and so do their UIDs (a new
+        message's UID is above every UID before it). Where the node holds fewer in that gap,
+        some were expunged there: which ones the gateway cannot know, but neither can the
+        client, which never saw their UIDs; the last of the run stand for them, under
+        placeholder UIDs below zero that no node gives out, to be told gone."""
+        placeholders: list[int] = []
+        lowest = min((u for u in self.uids if u is not None and u < 0), default=0)
+        run: list[int] = []
+        low = 0
+
+        def close(high: int | None) -> None:
+            nonlocal lowest
+            first = bisect.bisect_right(node_uids, low)
+            last = len(node_uids) if high is None else bisect.bisect_left(node_uids, high)
+            found = node_uids[first:min(last, first + len(run))]
+            for position, uid in zip(run, found, strict=False):
+                self.uids[position] = uid
+            for position in run[len(found):]:
+                lowest -= 1
+                self.uids[position] = lowest
+                placeholders.append(lowest)
+
+        for i, uid in enumerate(self.uids):
+            if uid is None:
+                run.append(i)
+            elif uid > 0:  # a real UID (placeholders of earlier failovers bound nothing)
+                if run:
+                    close(uid)
+                    run = []
+                low = max(low, uid)
+        if run:
+            close(None)
+        self.known = 0
+        return placeholders
 
     def seq_of(self, uid: int) -> int | None:
         try:

@@ -81,6 +81,11 @@ class CommandFramer:
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
 
+    def peek_buffered(self) -> bytes:
+        """Bytes received but not yet returned as a command (a command framed in part, then
+        whatever follows it), left where they are."""
+        return b"".join(self._parts) + bytes(self._buffer)
+
     def take_buffered(self) -> bytes:
         """Bytes received but not yet framed, removed (a stream switching to compression
         after a command hands them to its decompressor)."""
