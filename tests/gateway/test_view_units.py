@@ -88,12 +88,16 @@ def test_a_replica_behind_the_shown_modseq_and_missing_known_messages_is_hard_la
 class _Session:
     """What `reconcile` needs of a client session: its ENABLEs and a way to the client."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipelined: bool = False) -> None:
         self.enabled: list[bytes] = []
         self.sent: list[bytes] = []
+        self.pipelined = pipelined
 
     async def send(self, raw: bytes) -> None:
         self.sent.append(raw)
+
+    def pipelined_by_number(self) -> bool:
+        return self.pipelined
 
 
 def test_failover_tells_a_message_whose_modseq_moved_even_with_the_same_flags() -> None:
@@ -295,3 +299,19 @@ def test_failover_tells_unknown_messages_gone_on_the_node_and_keeps_the_rest_exa
     assert session.sent == []
     assert client.uids == [10, -1, 30, 40, 50] and client.pending == {-1}
     assert client.to_node(3) == 2
+    # nor during a NOOP with a FETCH by number pipelined behind it (RFC 3501 5.5)
+    client = view_of([10, None, 30, 40, None])
+    session = _Session(pipelined=True)
+    asyncio.run(reconcile(session, client, node,  # type: ignore[arg-type]
+                          Relay(tag=b"n", raw=b"n NOOP\r\n", name="NOOP")))
+    assert session.sent == [] and client.pending == {-1}
+
+
+def test_a_command_by_number_naming_unknown_uids_goes_in_the_nodes_numbers() -> None:
+    """Seen under faults once expunges were held back for pipelined commands: a FETCH by
+    number that named a message known only by number ended the session."""
+    view = view_of([10, 20, 30, None])
+    view.pending = {20}
+    relay = Relay(tag=b"f", raw=b"f FETCH 3:4 (FLAGS)\r\n", name="FETCH",
+                  snapshot=list(view.uids), view_changed=True)
+    assert _rewritten(relay, SetCommand(relay.raw), view) == b"f FETCH 2:3 (FLAGS)\r\n"

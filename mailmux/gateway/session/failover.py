@@ -258,7 +258,9 @@ async def reconcile(session: ClientSession, view: MailboxView, node: MailboxView
     """Tell the client what differs between its view and the new node, as IMAP allows."""
     present = {u for u in node.uids if u is not None}
     gone = [i + 1 for i, u in enumerate(view.uids) if u is not None and u not in present]
-    if gone and not current.allows_expunge:
+    # RFC 3501 7.4.1 and 5.5: not during a command by number, nor before one pipelined
+    may_tell = current.allows_expunge and not session.pipelined_by_number()
+    if gone and not may_tell:
         # No EXPUNGE may be sent now (RFC 3501 7.4.1): the client keeps counting them until
         # the next point where one may (relay.py tells them); numbers are translated meanwhile.
         view.pending |= {u for u in view.uids if u is not None and u not in present}
@@ -270,7 +272,7 @@ async def reconcile(session: ClientSession, view: MailboxView, node: MailboxView
         if _qresync(session):
             raise ViewLost("messages the client knows only by number are gone on the new "
                            "node, and VANISHED needs their UIDs")
-        if current.allows_expunge:
+        if may_tell:
             await tell_gone(session, view, unknown_gone)
         else:
             view.pending |= set(unknown_gone)

@@ -213,6 +213,13 @@ def _rewritten(current: Relay, command: SetCommand,
         return command.with_set(left) if left else None
     if current.view_changed and not command.uid:
         targets = command.targets(snapshot)
+        if targets is None and current.attempt == 0 and not current.moved and view is not None \
+                and view.uids[:len(snapshot)] == snapshot:
+            # Some UIDs are unknown, but nothing was told since the command left the client:
+            # only expunges held back stand between its numbers and the node's.
+            seqs = resolve(command.numbers, range(1, len(snapshot) + 1), len(snapshot))
+            node = [n for s in seqs if (n := view.to_node(s)) is not None]
+            return command.with_set(node, uid=False) if node else None
         if not targets:
             raise ViewLost("a command by sequence number cannot be translated after expunges")
         targets = [u for u in targets if u not in gone]  # gone on the node: nothing to do
