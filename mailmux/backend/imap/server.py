@@ -56,6 +56,8 @@ class ImapServer:
         self.recent = RecentClaims()
 
     async def start(self) -> list[Address]:
+        self.recent.start_from(await self.store.uid_tops())
+        self.store.arrival_hooks.append(self.recent.arrived)
         self._server = await asyncio.start_server(self._serve, *self.config.listen_imap,
                                                   limit=self.config.max_line_length + 1024)
         bound: Address = self._server.sockets[0].getsockname()[:2]

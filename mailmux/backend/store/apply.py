@@ -277,13 +277,15 @@ def _insert(conn: sqlite3.Connection, tx: Tx, mailbox_id: int, uid: int, guid: s
             body_hash: str, internaldate: str, size: int, flags: list[str],
             modseq: int) -> None:
     """Add a message with its origin's UID and MODSEQ (the add record's HLC), verbatim."""
-    conn.execute(
+    (uidvalidity,) = conn.execute(
         "UPDATE mailboxes SET uidnext = max(uidnext, ?), highestmodseq = max(highestmodseq, ?) "
-        "WHERE id = ?", (uid + 1, modseq, mailbox_id))
+        "WHERE id = ? RETURNING uidvalidity", (uid + 1, modseq, mailbox_id)).fetchone()
     conn.execute("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                  (mailbox_id, uid, guid, body_hash, internaldate, size,
                   " ".join(sorted(flags)), modseq))
     tx.touched.add(mailbox_id)
+    key = (mailbox_id, uidvalidity)
+    tx.arrived[key] = max(uid, tx.arrived.get(key, 0))
 
 
 def _resolve_uid_conflict(store: SqliteStore, tx: Tx, mailbox: tuple[Any, ...], uid: int,

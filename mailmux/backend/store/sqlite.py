@@ -66,7 +66,7 @@ from mailmux.backend.store.passwords import hash_password, verify_password
 from mailmux.backend.store.schema import SUBTREE, prepare
 from mailmux.backend.store.search_sql import compile_key
 from mailmux.backend.store.uid_cache import UidCache
-from mailmux.backend.store.writer import Touched, Tx, Writer
+from mailmux.backend.store.writer import Arrived, Touched, Tx, Writer
 from mailmux.protocol.imap.commands import SearchKey
 
 T = TypeVar("T")
@@ -202,6 +202,9 @@ class SqliteStore:
         # Replication installs these: called after every commit, and before acknowledging an
         # append/delivery (raising Unavailable when the required copies cannot be made).
         self.commit_hooks: list[Callable[[], None]] = []
+        # Called with the messages a commit took in from peers (`writer.Arrived`): the IMAP
+        # server's \Recent claims, so a replica that becomes home does not hand them out again.
+        self.arrival_hooks: list[Callable[[Arrived], None]] = []
         self.copies_hook: Callable[[bytes | None, int], Awaitable[None]] | None = None
         # Refuses (raises Unavailable) before a change when its copies cannot be made anyway,
         # so that a change which cannot be undone is not made at all.
@@ -486,9 +489,12 @@ class SqliteStore:
         statesync.before(conn, kind, payload, stamp, self.origin)
         statesync.after(conn, kind, payload, stamp, self.origin)
 
-    def _notify(self, touched: Touched) -> None:
+    def _notify(self, touched: Touched, arrived: Arrived) -> None:
         for hook in self.commit_hooks:
             hook()
+        if arrived:
+            for arrival in self.arrival_hooks:
+                arrival(arrived)
         for mailbox_id, sources in touched.items():
             for q in self._listeners.get(mailbox_id, ()):
                 # A session is not woken by a commit that holds only its own change: it has
@@ -1102,6 +1108,12 @@ class SqliteStore:
         return await self._read(read)
 
     # views: what a selected session reads, each in a constant number of statements --------
+
+    async def uid_tops(self) -> dict[tuple[int, int], int]:
+        """(mailbox id, UIDVALIDITY) → the highest UID given out, for every mailbox."""
+        rows = await self._read(lambda c: c.execute(
+            "SELECT id, uidvalidity, uidnext - 1 FROM mailboxes").fetchall())
+        return {(int(i), int(v)): int(top) for i, v, top in rows}
 
     async def select_state(self, user: str, name: str) -> SelectState:
         """Everything SELECT answers, from summaries, plus the mailbox's UIDs in one query.

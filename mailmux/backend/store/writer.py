@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # mailbox id -> the sources of the jobs of one commit that touched it (None: not a session's)
 Touched = dict[int, set[object]]
+Arrived = dict[tuple[int, int], int]
 MAX_BATCH = 256
 LINGER_MAX = 0.002  # seconds: the most a batch waits for the writes of the last one's clients
 
@@ -48,6 +49,8 @@ class Tx:
     indexes: dict[str, Any] = field(default_factory=dict)  # their SEARCH index entries, by hash
     added: list[Any] = field(default_factory=list)  # messages a copy made (undone if refused)
     adds: list[list[Any]] = field(default_factory=list)  # [hlc, payload] of message.add logged
+    # (mailbox id, UIDVALIDITY) → highest UID of messages that came from peers (`Arrived`)
+    arrived: Arrived = field(default_factory=dict)
 
 
 @dataclass
@@ -62,7 +65,7 @@ _STOP = object()
 
 class Writer:
     def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop,
-                 notify: Callable[[Touched], None]) -> None:
+                 notify: Callable[[Touched, Arrived], None]) -> None:
         self._conn = conn
         self._loop = loop
         self._notify = notify
@@ -127,6 +130,7 @@ class Writer:
     def _commit(self, batch: list[_Job]) -> None:
         results: list[tuple[_Job, Any, BaseException | None]] = []
         touched: Touched = {}
+        arrived: Arrived = {}
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -143,6 +147,8 @@ class Writer:
                 conn.execute("RELEASE job")
                 for mailbox_id in tx.touched:
                     touched.setdefault(mailbox_id, set()).add(job.source)
+                for key, uid in tx.arrived.items():
+                    arrived[key] = max(uid, arrived.get(key, 0))
                 results.append((job, value, None))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -150,13 +156,13 @@ class Writer:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             results = [(job, None, exc) for job in batch]
-            touched = {}
+            touched, arrived = {}, {}
         self.commits += 1
         self.jobs += len(batch)
-        self._loop.call_soon_threadsafe(self._deliver, results, touched)
+        self._loop.call_soon_threadsafe(self._deliver, results, touched, arrived)
 
     def _deliver(self, results: list[tuple[_Job, Any, BaseException | None]],
-                 touched: Touched) -> None:
+                 touched: Touched, arrived: Arrived) -> None:
         for job, value, error in results:
             if job.future.done():
                 continue  # the awaiting coroutine was cancelled; the write still happened
@@ -164,4 +170,4 @@ class Writer:
                 job.future.set_exception(error)
             else:
                 job.future.set_result(value)
-        self._notify(touched)
+        self._notify(touched, arrived)
