@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from mailmux.gateway.responses import Response, parse_fetch, vanished, walk_fetch
 from mailmux.gateway.session.failover import behind, reconcile
-from mailmux.gateway.session.relay import Relay, _rewritten
+from mailmux.gateway.session.relay import Relay, _held_back, _rewritten
 from mailmux.gateway.session.replay import SetCommand, parse_set, with_replay_id
 from mailmux.gateway.session.view import MailboxView
 
@@ -315,3 +315,24 @@ def test_a_command_by_number_naming_unknown_uids_goes_in_the_nodes_numbers() -> 
     relay = Relay(tag=b"f", raw=b"f FETCH 3:4 (FLAGS)\r\n", name="FETCH",
                   snapshot=list(view.uids), view_changed=True)
     assert _rewritten(relay, SetCommand(relay.raw), view) == b"f FETCH 2:3 (FLAGS)\r\n"
+
+
+def test_expunges_the_client_may_not_hear_now_are_held_back() -> None:
+    """Seen under faults: a FETCH by number replayed in UIDs after a failover let the node
+    send EXPUNGE, which reached a client still waiting for that FETCH ("Referenced message
+    expunged")."""
+    view = view_of([10, 20, 30])
+    fetch = Relay(tag=b"f", raw=b"f FETCH 1:3 (FLAGS)\r\n", name="FETCH")
+    quiet, pipelined = _Session(), _Session(pipelined=True)
+    assert _held_back(quiet, fetch, view, Response(b"* 2 EXPUNGE\r\n"))  # type: ignore[arg-type]
+    assert view.pending == {20}
+    noop = Relay(tag=b"n", raw=b"n NOOP\r\n", name="NOOP")
+    assert not _held_back(quiet, noop, view, Response(b"* 1 EXPUNGE\r\n"))  # type: ignore[arg-type]
+    assert _held_back(pipelined, noop, view, Response(b"* 1 EXPUNGE\r\n"))  # type: ignore[arg-type]
+    own = Relay(tag=b"e", raw=b"e EXPUNGE\r\n", name="EXPUNGE")
+    assert not _held_back(pipelined, own, view, Response(b"* 3 EXPUNGE\r\n"))  # type: ignore[arg-type]
+    assert _held_back(quiet, fetch, view, Response(b"* VANISHED 30\r\n"))  # type: ignore[arg-type]
+    assert not _held_back(quiet, fetch, view,  # type: ignore[arg-type]
+                          Response(b"* VANISHED (EARLIER) 30\r\n"))
+    assert view.pending == {10, 20, 30}
+

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
 from mailmux.gateway.literals import non_synchronising
-from mailmux.gateway.responses import Response, ResponseTooLarge, Spill
+from mailmux.gateway.responses import Response, ResponseTooLarge, Spill, vanished
 from mailmux.gateway.session.failover import ViewLost, failover, move_home, tell_gone
 from mailmux.gateway.session.replay import (
     NO_EXPUNGE_DURING,
@@ -346,12 +346,23 @@ async def forward(session: ClientSession, current: Relay, response: Response) ->
 
 def _held_back(session: ClientSession, current: Relay, view: MailboxView,
                response: Response) -> bool:
-    """Another session's expunge, while the client has pipelined a command by number behind
-    this one (RFC 3501 5.5, `pipeline.py`): counted as pending, told later, not now."""
-    n = response.expunge
-    if n is None or current.name in OWN_EXPUNGES or not session.pipelined_by_number():
+    """Another session's expunge during a command by number that the gateway sent in UIDs
+    (after a failover), or while the client has pipelined a command by number behind this
+    one (RFC 3501 7.4.1, 5.5; `pipeline.py`): counted as pending and told later, not now."""
+    kind = response.kind[0]
+    if kind not in (b"EXPUNGE", b"VANISHED") or current.name in OWN_EXPUNGES:
         return False
-    if not 1 <= n <= len(view.uids) or (uid := view.uids[n - 1]) is None:
+    if current.allows_expunge and not session.pipelined_by_number():
+        return False
+    if kind == b"VANISHED":
+        if b"(EARLIER)" in response.raw[:24].upper():
+            return False  # an answer the client asked for, not news
+        gone = set(vanished(response.raw) or ())
+        held = {u for u in view.uids if u is not None and u in gone}
+        view.pending |= held
+        return bool(held)  # naming none the client counts, it may pass
+    n = response.expunge
+    if n is None or not 1 <= n <= len(view.uids) or (uid := view.uids[n - 1]) is None:
         return False  # without its UID the gateway could not tell it later: told now
     view.pending.add(uid)
     return True
