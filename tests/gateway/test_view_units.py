@@ -60,10 +60,13 @@ def test_missing_messages_the_command_itself_removes_are_not_waited_for() -> Non
     assert behind(client, moved_away, {2}) is None
 
 
-def test_new_messages_the_client_was_told_of_must_be_there() -> None:
+def test_new_messages_the_client_was_told_of_are_waited_for_then_told_gone() -> None:
+    """Seen under faults: new mail told by the old home before its acknowledgements, then
+    taken back, never reached the new node, and the session ended ("has not caught up ...
+    lacks new messages") instead of the client hearing it was expunged."""
     client = view_of([1, 2, None])
     lag = behind(client, view_of([1, 2]), set())
-    assert lag is not None and lag.hard
+    assert lag is not None and not lag.hard
     assert behind(client, view_of([1, 2, 7]), set()) is None
 
 
