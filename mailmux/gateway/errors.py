@@ -31,3 +31,14 @@ class BackendLost(GatewayError):
     """The backend connection failed or timed out; the caller may fail over."""
 
     imap_code = "UNAVAILABLE"
+
+
+class Refused(GatewayError):
+    """The node refused a change without making it (NO [UNAVAILABLE]): it may be made again,
+    on the user's home once one holds the lease."""
+
+    imap_code = "UNAVAILABLE"
+
+    def __init__(self, node: str, reason: str) -> None:
+        super().__init__(f"{node}: {reason}")
+        self.node, self.reason = node, reason

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
+from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend, Refused
 from mailmux.gateway.literals import non_synchronising
 from mailmux.gateway.responses import Response, ResponseTooLarge, Spill, vanished
 from mailmux.gateway.session.failover import ViewLost, failover, move_home, tell_gone
@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_FAILOVERS = 3
+# A change refused for want of the home role or a majority is made again after a pause that
+# doubles each time (0.3, 0.6, 1.2 s: past a lease of 1.4 s, by when a new home holds it).
+MAX_REFUSALS = 3
+REFUSAL_PAUSE = 0.3
 SET_COMMANDS = frozenset({"FETCH", "COPY", "MOVE", "STORE"})
 NUMBERED_ANSWERS = frozenset({"SEARCH", "SORT", "THREAD"})  # answers list message numbers
 OWN_EXPUNGES = frozenset({"EXPUNGE", "MOVE"})  # their EXPUNGE responses are their answer
@@ -71,6 +75,7 @@ class Relay:
     fetched: set[int] = field(default_factory=set)  # FETCH: seqs (UID FETCH: UIDs) relayed
     may_remove: set[int] = field(default_factory=set)  # UIDs this command itself may expunge
     view_changed: bool = False  # failover told the client of expunges: seqs moved
+    refusals: int = 0  # times the change was refused with NO [UNAVAILABLE] and made again
     partial: bool = False  # part of a large response reached the client: no replay possible
 
     @property
@@ -88,6 +93,7 @@ async def relay(session: ClientSession, tag: bytes, raw: bytes, name: str) -> bo
             return await session.bye(str(lost))
     started: float | None = None
     failed_node = ""
+    failovers = 0
     for attempt in itertools.count():
         current.attempt = attempt
         try:
@@ -97,6 +103,17 @@ async def relay(session: ClientSession, tag: bytes, raw: bytes, name: str) -> bo
                 break
             await exchange(session, current)
             break
+        except Refused as refusal:
+            # Refused changes leave no trace (docs/consistency.md): made again on the home,
+            # once one holds the lease, they are made once.
+            log.info("imap %s (%s): %s refused on %s (%s); trying again", session.peer,
+                     session.user, current.name, refusal.node, refusal.reason)
+            await asyncio.sleep(REFUSAL_PAUSE * 2 ** current.refusals)  # a lease can move
+            current.refusals += 1
+            try:
+                current.moved = await move_home(session, current) or current.moved
+            except (NoBackend, ViewLost, AuthenticationFailed) as lost:
+                return await session.bye(str(lost))
         except ViewLost as lost:
             # A command the gateway cannot put in the node's numbering (rare: see wire).
             return await session.bye(str(lost))
@@ -107,8 +124,9 @@ async def relay(session: ClientSession, tag: bytes, raw: bytes, name: str) -> bo
         except BackendLost as exc:
             if current.partial:
                 return await session.bye(f"backend failed in the middle of a response: {exc}")
-            if attempt >= MAX_FAILOVERS:
-                return await session.bye(f"backend failed {attempt + 1} times: {exc}")
+            if failovers >= MAX_FAILOVERS:
+                return await session.bye(f"backend failed {failovers + 1} times: {exc}")
+            failovers += 1
             if started is None:
                 started = time.monotonic()
                 failed_node = session.backend.node_id if session.backend else ""
@@ -325,6 +343,11 @@ async def forward(session: ClientSession, current: Relay, response: Response) ->
                 return False  # relayed before the failover: the client has it
             current.fetched.add(key)
     if response.tagged_as(current.tag):
+        if (current.replay_id is not None and current.refusals < MAX_REFUSALS
+                and response.status == b"NO" and b"[UNAVAILABLE]" in response.raw[:80]):
+            backend = session.backend
+            raise Refused(backend.node_id if backend else "?",
+                          response.raw.split(b"]", 1)[-1].strip().decode("utf-8", "replace"))
         session.idling = False
         current.final = response
         if view is not None and response.status == b"OK":
