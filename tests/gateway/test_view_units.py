@@ -339,3 +339,16 @@ def test_expunges_the_client_may_not_hear_now_are_held_back() -> None:
                           Response(b"* VANISHED (EARLIER) 30\r\n"))
     assert view.pending == {10, 20, 30}
 
+
+
+def test_a_replayed_command_by_number_names_messages_learned_at_the_failover() -> None:
+    """Seen under faults (seed 6): a STORE by number naming a message known only by number,
+    replayed after a failover, ended the session ("cannot be translated after expunges")."""
+    client = view_of([10, None, 30, 40])
+    store = Relay(tag=b"s", raw=b"s STORE 2:3 +FLAGS (\\Seen)\r\n", name="STORE",
+                  snapshot=list(client.uids), attempt=1)
+    asyncio.run(reconcile(_Session(), client, view_of([10, 20, 30]),  # type: ignore[arg-type]
+                          store))
+    assert store.snapshot == [10, 20, 30, 40] and client.pending == {40}
+    assert _rewritten(store, SetCommand(store.raw), client) == (
+        b"s UID STORE 20,30 +FLAGS (\\Seen)\r\n")

@@ -260,26 +260,27 @@ async def reconcile(session: ClientSession, view: MailboxView, node: MailboxView
                     current: Relay) -> None:
     """Tell the client what differs between its view and the new node, as IMAP allows."""
     present = {u for u in node.uids if u is not None}
-    gone = [i + 1 for i, u in enumerate(view.uids) if u is not None and u not in present]
+    unknown_gone = view.fill_from(sorted(present))
+    if unknown_gone and _qresync(session):
+        raise ViewLost("messages the client knows only by number are gone on the new node, "
+                       "and VANISHED needs their UIDs")
+    snapshot = current.snapshot
+    if snapshot is not None and None in snapshot and all(
+            s is None or s == v for s, v in zip(snapshot, view.uids, strict=False)):
+        # The command names messages the client knew only by number: now they have UIDs
+        # (or placeholders), and a replay in UIDs can name them.
+        current.snapshot = [v if s is None else s
+                            for s, v in zip(snapshot, view.uids, strict=False)]
+    gone = [u for u in view.uids if u is not None and u > 0 and u not in present]
+    gone += unknown_gone
     # RFC 3501 7.4.1 and 5.5: not during a command by number, nor before one pipelined
-    may_tell = current.allows_expunge and not session.pipelined_by_number()
-    if gone and not may_tell:
-        # No EXPUNGE may be sent now (RFC 3501 7.4.1): the client keeps counting them until
-        # the next point where one may (relay.py tells them); numbers are translated meanwhile.
-        view.pending |= {u for u in view.uids if u is not None and u not in present}
+    if gone and current.allows_expunge and not session.pipelined_by_number():
+        await tell_gone(session, view, gone)
     elif gone:
-        await tell_gone(session, view, [u for u in view.uids if u is not None
-                                        and u not in present])
-    unknown_gone = view.fill_from([u for u in node.uids if u is not None])
-    if unknown_gone:
-        if _qresync(session):
-            raise ViewLost("messages the client knows only by number are gone on the new "
-                           "node, and VANISHED needs their UIDs")
-        if may_tell:
-            await tell_gone(session, view, unknown_gone)
-        else:
-            view.pending |= set(unknown_gone)
-    if gone or unknown_gone:
+        # No EXPUNGE may be sent now: the client keeps counting them until the next point
+        # where one may (relay.py tells them); numbers are translated meanwhile.
+        view.pending |= set(gone)
+    if gone:
         current.view_changed = True
     live = [i for i, u in enumerate(view.uids) if u not in view.pending]
     if len(node.uids) < len(live):

@@ -240,7 +240,8 @@ def _rewritten(current: Relay, command: SetCommand,
             return command.with_set(node, uid=False) if node else None
         if not targets:
             raise ViewLost("a command by sequence number cannot be translated after expunges")
-        targets = [u for u in targets if u not in gone]  # gone on the node: nothing to do
+        # gone on the node, or a placeholder for one: nothing to do
+        targets = [u for u in targets if u > 0 and u not in gone]
         return command.with_set(targets, uid=True) if targets else None
     return current.raw
 
