@@ -54,8 +54,8 @@ def consistency_errors(output: str) -> list[str]:
         line = line[min((i for i in (line.find("Error: "), line.find("Panic: ")) if i >= 0),
                         default=0):]
         if line.startswith("Panic:") and "client_update_plan" in line:
-            # imaptest's own assertion, met as its clients log out at the end of a faulted
-            # run while a checkpoint is still under way; what follows is its backtrace
+            # imaptest's own assertion (docs/consistency.md: after 40-50 s of most faulted
+            # runs, no complaint before it); what follows is its backtrace
             break
         if line.startswith("Error:") and CONSISTENCY.search(line):
             errors.append(line)
