@@ -56,16 +56,25 @@ def _responses(client: RawImap, *tags: str) -> list[bytes]:
     return out
 
 
-def test_an_expunge_waits_for_a_pipelined_fetch_by_number(
-    node: NodeProcess, gateway_factory: Callable[..., GatewayProcess],
-    raw: Callable[[tuple[str, int]], RawImap],
-) -> None:
+def _selected(node: NodeProcess, gateway_factory: Callable[..., GatewayProcess],
+              raw: Callable[[tuple[str, int]], RawImap], expunged: int) -> tuple[RawImap,
+                                                                                list[int]]:
+    """A client with INBOX (five messages) selected through a gateway, then the message at
+    index `expunged` expunged by another session; the client has not been told yet."""
     uids = _mailbox_of_five(node)
     gw = gateway_factory([node])
     client = raw(gw.imap)
     client.login(*ALICE)
     assert b"* 5 EXISTS\r\n" in client.command("s", "SELECT INBOX")
-    _expunge_elsewhere(gw, uids[1])
+    _expunge_elsewhere(gw, uids[expunged])
+    return client, uids
+
+
+def test_an_expunge_waits_for_a_pipelined_fetch_by_number(
+    node: NodeProcess, gateway_factory: Callable[..., GatewayProcess],
+    raw: Callable[[tuple[str, int]], RawImap],
+) -> None:
+    client, uids = _selected(node, gateway_factory, raw, expunged=1)
     # One segment: the FETCH of message 3 is already waiting when NOOP is relayed.
     client.send(b"n NOOP\r\nf FETCH 3 (UID)\r\n")
     during = _responses(client, "n", "f")
@@ -82,12 +91,7 @@ def test_a_pipelined_search_by_number_means_the_clients_numbers(
     node: NodeProcess, gateway_factory: Callable[..., GatewayProcess],
     raw: Callable[[tuple[str, int]], RawImap],
 ) -> None:
-    uids = _mailbox_of_five(node)
-    gw = gateway_factory([node])
-    client = raw(gw.imap)
-    client.login(*ALICE)
-    client.command("s", "SELECT INBOX")
-    _expunge_elsewhere(gw, uids[0])
+    client, _ = _selected(node, gateway_factory, raw, expunged=0)
     client.send(b"n NOOP\r\nq SEARCH (3:4) NOT DELETED\r\nr SEARCH 5\r\n")
     during = _responses(client, "n", "q", "r")
     assert not any(b"EXPUNGE" in r for r in during), during
