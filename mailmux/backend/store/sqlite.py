@@ -489,7 +489,7 @@ class SqliteStore:
         statesync.before(conn, kind, payload, stamp, self.origin)
         statesync.after(conn, kind, payload, stamp, self.origin)
 
-    def _notify(self, touched: Touched, arrived: Arrived) -> None:
+    def _notify(self, touched: Touched, arrived: Arrived | None = None) -> None:
         for hook in self.commit_hooks:
             hook()
         if arrived:
