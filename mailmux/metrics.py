@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -184,6 +185,23 @@ IMAP_COMMANDS = frozenset({
 
 SESSIONS = gauge("mailmux_sessions", "client sessions open now", ["protocol"])
 SESSIONS_OPENED = counter("mailmux_sessions_opened", "client sessions opened", ["protocol"])
+class _CommandFlush(Collector):
+    """Publishes the command times noted since the last scrape (`observe_command`): one
+    histogram observation costs about as much as relaying a small command, so the relay only
+    notes its time in a deque and a scrape, or every FLUSH_EVERY notes, passes them on.
+    Registered before the histogram itself, so a scrape sees every command noted before it."""
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        flush_commands()
+        return ()
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return ()
+
+
+_NOTED: deque[tuple[str, float]] = deque()  # append and popleft are thread-safe
+FLUSH_EVERY = 256
+REGISTRY.register(_CommandFlush())
 COMMANDS = histogram(
     "mailmux_imap_command_seconds", "IMAP commands by name: count and latency in seconds",
     ["command"],
@@ -210,12 +228,24 @@ _COMMAND_CHILDREN: dict[str, Any] = {}  # label -> its histogram child (labels()
 
 
 def observe_command(name: str, seconds: float) -> None:
-    child = _COMMAND_CHILDREN.get(name)
-    if child is None:
-        child = COMMANDS.labels(command_label(name))
-        if len(_COMMAND_CHILDREN) < 4 * len(IMAP_COMMANDS):  # client-chosen names: capped
-            _COMMAND_CHILDREN[name] = child
-    child.observe(seconds)
+    _NOTED.append((name, seconds))
+    if len(_NOTED) >= FLUSH_EVERY:
+        flush_commands()
+
+
+def flush_commands() -> None:
+    """Pass the noted command times on to the histogram (any thread: the scrape's too)."""
+    while True:
+        try:
+            name, seconds = _NOTED.popleft()
+        except IndexError:
+            return
+        child = _COMMAND_CHILDREN.get(name)
+        if child is None:
+            child = COMMANDS.labels(command_label(name))
+            if len(_COMMAND_CHILDREN) < 4 * len(IMAP_COMMANDS):  # client-chosen names: capped
+                _COMMAND_CHILDREN[name] = child
+        child.observe(seconds)
 
 
 def login(protocol: str, ok: bool) -> None:

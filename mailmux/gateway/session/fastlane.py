@@ -1,0 +1,333 @@
+"""The fast lane: the steady state's small commands relayed from protocol callbacks.
+
+Waking the session's coroutine, its stream reads and its per-command bookkeeping cost several
+times what the socket work of a small command does. So while the command loop waits for the
+client with nothing unusual going on (`ClientSession.steady`: logged in, no COMPRESS, nothing
+queued, no IDLE or NOTIFY, a view without pending expunges, no unread node bytes), the lane
+stands in front of both connections' stream protocols (`ClientTap`, `NodeTap`): one whole
+command line of a harmless kind (`lanerules.fast_command`) is written to the node straight from
+the client's `data_received`; the node's whole response lines get the same bookkeeping as
+`relay.forward` (the view, the FETCH set a replay filters by, the tagged answer) and leave for
+the client in one write with the tagged answer. No task wakes, no stream is read.
+
+Anything else is the command loop's, at exactly the point where it shows up (`hand_over`): a
+literal, a continuation, BYE, a tagged answer that needs `learn_uids` first, an overlong line, a
+slow client, a lost or silent link (the watchdog covers lane commands as it covers the loop's).
+The bytes not yet consumed go to the node's stream reader, the command's line (and whatever the
+client sent after it) to the client's, and the command's `Relay` — marked as already on the
+wire, holding what was relayed — to the session: the loop frames the line again, adopts that
+Relay instead of sending the command, and goes on as if it had sent it itself, failover and
+replay included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, cast
+
+from mailmux import metrics
+from mailmux.gateway.responses import Response
+from mailmux.gateway.session.lanerules import fast_command, needs_the_loop
+from mailmux.gateway.session.relay import Relay, prepare
+
+if TYPE_CHECKING:
+    from mailmux.gateway.connector import BackendSession
+    from mailmux.gateway.session.client import ClientSession
+
+HOLD_MAX = 32 * 1024  # responses kept to leave together with the tagged answer
+LINE_MAX = 64 * 1024  # a longer response line is left to the loop, which reads it in pieces
+PIPELINE_MAX = 64 * 1024  # client bytes held while a command is in flight; then reading pauses
+
+
+def buffered(reader: asyncio.StreamReader) -> int:
+    """Bytes a stream reader holds unread (asyncio's StreamReader, on either event loop)."""
+    buffer = getattr(reader, "_buffer", None)
+    return 1 if buffer is None else len(buffer)
+
+
+class FastLane:
+    def __init__(self, session: ClientSession, transport: asyncio.Transport,
+                 inner: asyncio.Protocol) -> None:
+        self.session = session
+        self.max_line = session.config.max_line_length
+        self.client_transport = transport
+        self.client_inner = inner
+        self.backend: BackendSession | None = None
+        self.node_transport: asyncio.Transport | None = None
+        self.node_inner: asyncio.Protocol | None = None
+        self.open = False  # the loop waits for the client and the session is steady
+        self.line = b""  # the command in flight (b"": none)
+        self.tag = b""
+        self.name = ""
+        self.uid = False
+        self.relay: Relay | None = None  # made up front only when it needs the send-time view
+        self.started = 0.0
+        self.partial = b""  # the node's bytes of a line not yet whole
+        self.pipelined = b""  # client bytes that came while a command was in flight
+        self.paused = False
+        self.out: list[bytes] = []
+        self.out_size = 0
+        self.fetched: set[int] = set()
+        self.forwarded = 0
+        self.commands = 0  # relayed whole by the lane
+        self.handoffs = 0  # taken by the lane, finished by the loop
+
+    def follow(self, backend: BackendSession) -> None:
+        """Stand in front of this node link (the session serves from it from now on)."""
+        self.backend = backend
+        transport = cast(asyncio.Transport, backend.writer.transport)
+        inner = transport.get_protocol()
+        if isinstance(inner, NodeTap):
+            inner = inner.inner
+        assert isinstance(inner, asyncio.Protocol)
+        self.node_transport, self.node_inner = transport, inner
+        transport.set_protocol(NodeTap(self, backend, inner))
+
+    # the client's side ------------------------------------------------------------------
+
+    def take(self, data: bytes) -> None:
+        """Client bytes while the loop waits: a fast command, or the loop's to handle."""
+        found = fast_command(data, self.max_line)
+        if found is None or not self._ready():
+            self.to_loop(data)
+            return
+        session = self.session
+        backend = self.backend
+        node = self.node_transport
+        assert backend is not None and node is not None
+        self.tag, self.name = found
+        self.line = data
+        self.uid = data.split(None, 2)[1].upper() == b"UID"
+        self.relay = None
+        if self.name == "FETCH" and not self.uid and session.view is not None:
+            # a replay by sequence number needs the numbers as they were when it was sent
+            self.relay = prepare(session, self.tag, data, self.name)
+        self.forwarded = 0
+        self.started = time.monotonic()
+        session.watchdog.waiting(backend, session.response_timeout(), session.watch, None)
+        node.write(data)
+
+    def _ready(self) -> bool:
+        backend, node = self.backend, self.node_transport
+        session = self.session
+        return (backend is not None and node is not None and backend is session.backend
+                and session.adopted is None and not node.is_closing()
+                and not node.get_write_buffer_size()
+                and not self.client_transport.get_write_buffer_size()
+                and not buffered(backend.reader) and not backend.reader.at_eof())
+
+    def pipeline(self, data: bytes) -> None:
+        """Client bytes while a command is in flight: kept for after its answer."""
+        self.pipelined += data
+        if len(self.pipelined) > PIPELINE_MAX and not self.paused:
+            self.paused = True
+            self.client_transport.pause_reading()
+
+    def to_loop(self, data: bytes) -> None:
+        self.open = False
+        self.client_inner.data_received(data)
+
+    # the node's side --------------------------------------------------------------------
+
+    def from_node(self, data: bytes) -> None:
+        session = self.session
+        session.watchdog.heard()
+        if self.partial:
+            data, self.partial = self.partial + data, b""
+        view = session.view
+        tag = self.tag
+        after = len(tag)
+        pos = 0
+        while True:
+            end = data.find(b"\n", pos) + 1
+            if not end:
+                break
+            line = data[pos:end]
+            if needs_the_loop(line):
+                self.hand_over(data[pos:])
+                return
+            response = Response(line)
+            if line.startswith(tag) and line[after:after + 1] == b" ":
+                if view is not None and response.status == b"OK":
+                    if view.unknown() and not view.confused:
+                        self.hand_over(data[pos:])  # learn_uids first: the loop's to do
+                        return
+                    view.observe(response)
+                self.out.append(line)
+                self.finish(data[end:])
+                return
+            if self.name == "FETCH" and (fetch := response.fetch) is not None:
+                key = fetch.uid if self.uid else fetch.seq
+                if key is not None:
+                    self.fetched.add(key)
+            if view is not None:
+                view.observe(response)
+            self.forwarded += 1
+            self.out.append(line)
+            self.out_size += len(line)
+            pos = end
+            if self.out_size > HOLD_MAX and not self.flush():
+                self.hand_over(data[pos:])  # a slow client: the loop waits for it
+                return
+        if len(data) - pos > LINE_MAX:
+            self.hand_over(data[pos:])
+            return
+        self.partial = data[pos:]
+
+    def flush(self) -> bool:
+        """Send what is kept, in one write; False when the client is not keeping up."""
+        out = self.out
+        if not out:
+            return True
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self.out_size = 0
+        transport = self.client_transport
+        if transport.is_closing():
+            return False  # the client is gone: the loop finds out when it reads
+        transport.write(data)
+        return not transport.get_write_buffer_size()
+
+    def finish(self, rest: bytes) -> None:
+        """The tagged answer came: out it goes with the rest, and the lane is free again."""
+        self.flush()
+        session = self.session
+        session.watchdog.done()
+        metrics.observe_command(self.name, time.monotonic() - self.started)
+        self.commands += 1
+        self.line = b""
+        self.relay = None
+        self.fetched.clear()
+        if rest:
+            self._to_node_reader(rest)  # said after the answer: read by the loop's next read
+        self._release_client()
+
+    def _release_client(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.client_transport.resume_reading()
+        if self.pipelined:
+            data, self.pipelined = self.pipelined, b""
+            if self.open:
+                self.take(data)
+            else:
+                self.client_inner.data_received(data)
+
+    def hand_over(self, rest: bytes) -> None:
+        """The command in flight is the loop's from here on: `rest` is what it has to read."""
+        session = self.session
+        relay = self.relay or prepare(session, self.tag, self.line, self.name)
+        relay.fetched, self.fetched = self.fetched, set()
+        relay.forwarded = self.forwarded
+        relay.on_wire = True
+        self.flush()  # whole responses, already observed: they go now
+        session.watchdog.done()
+        session.adopted = relay
+        line, pipelined = self.line, self.pipelined
+        self.line = self.pipelined = self.partial = b""
+        self.relay = None
+        self.open = False
+        self.handoffs += 1
+        if self.paused:
+            self.paused = False
+            self.client_transport.resume_reading()
+        if rest:
+            self._to_node_reader(rest)
+        self.client_inner.data_received(line + pipelined)
+
+    def hand_over_partial(self) -> None:
+        rest, self.partial = self.partial, b""
+        self.hand_over(rest)
+
+    def _to_node_reader(self, data: bytes) -> None:
+        inner = self.node_inner
+        assert inner is not None
+        inner.data_received(data)
+
+    def drop(self) -> None:
+        """The session is over: whatever is in flight is nobody's any more."""
+        self.open = False
+        self.line = self.pipelined = self.partial = b""
+        self.relay = None
+        self.out.clear()
+
+
+class ClientTap(asyncio.Protocol):
+    """In front of the client stream's protocol: the lane sees the client's bytes first."""
+
+    def __init__(self, lane: FastLane, inner: asyncio.Protocol) -> None:
+        self.lane, self.inner = lane, inner
+
+    def data_received(self, data: bytes) -> None:
+        lane = self.lane
+        if lane.line:
+            lane.pipeline(data)
+        elif lane.open:
+            lane.take(data)
+        else:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        # The answer in flight still goes out (as it would from the loop), then the loop
+        # reads the end of the connection.
+        if self.lane.line:
+            self.lane.hand_over_partial()
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.lane.line:
+            self.lane.hand_over_partial()
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class NodeTap(asyncio.Protocol):
+    """In front of a node link's stream protocol: the lane reads answers to its commands."""
+
+    def __init__(self, lane: FastLane, backend: BackendSession, inner: asyncio.Protocol) -> None:
+        self.lane, self.backend, self.inner = lane, backend, inner
+
+    def _mine(self) -> bool:
+        return bool(self.lane.line) and self.lane.backend is self.backend
+
+    def data_received(self, data: bytes) -> None:
+        if self._mine():
+            self.lane.from_node(data)
+        else:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._mine():
+            self.lane.hand_over_partial()  # the loop reads the end and fails over
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._mine():
+            self.lane.hand_over_partial()
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+def install(session: ClientSession) -> FastLane | None:
+    """A lane in front of the client's connection; None over TLS (left to the loop)."""
+    # uvloop's transports are no asyncio.Transport subclasses, but the same interface
+    transport = cast(asyncio.Transport, session.writer.transport)
+    if session.tls or transport.get_extra_info("sslcontext") is not None:
+        return None
+    inner = transport.get_protocol()
+    if not isinstance(inner, asyncio.Protocol):
+        return None
+    lane = FastLane(session, transport, inner)
+    transport.set_protocol(ClientTap(lane, inner))
+    return lane
