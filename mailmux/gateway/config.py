@@ -162,7 +162,8 @@ def _event_loop(raw: dict[str, Any]) -> str:
     if loop not in EVENT_LOOPS:
         raise ConfigError(f"event_loop: expected one of {', '.join(EVENT_LOOPS)}, got {loop!r}")
     if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        raise ConfigError("event_loop: 'uvloop' is not installed (it is one of mailmux's dependencies)")
+        raise ConfigError("event_loop: 'uvloop' is not installed "
+                          "(it is one of mailmux's dependencies)")
     return str(loop)
 
 

@@ -23,21 +23,34 @@ replay included.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, cast
 
 from mailmux import metrics
 from mailmux.gateway.responses import Response
-from mailmux.gateway.session.lanerules import fast_command, needs_the_loop
+from mailmux.gateway.session.lanerules import Classifier, needs_the_loop, plain_fetch
 from mailmux.gateway.session.relay import Relay, prepare
 
 if TYPE_CHECKING:
     from mailmux.gateway.connector import BackendSession
     from mailmux.gateway.session.client import ClientSession
+    from mailmux.gateway.session.view import MailboxView
 
 HOLD_MAX = 32 * 1024  # responses kept to leave together with the tagged answer
 LINE_MAX = 64 * 1024  # a longer response line is left to the loop, which reads it in pieces
 PIPELINE_MAX = 64 * 1024  # client bytes held while a command is in flight; then reading pauses
+
+log = logging.getLogger(__name__)
+
+# Per process, plain ints (a counter's lock per command would cost more than the relay's own
+# work), read by Prometheus at scrape time.
+FIGURES = {"relayed": 0, "handed over": 0}
+metrics.register_source(
+    "mailmux_gateway_fast_lane_commands", "Commands the gateway's fast lane relayed whole "
+    "(relayed) or began and handed to the session's command loop (handed over)", ["outcome"],
+    "fastlane", lambda: {(outcome,): float(n) for outcome, n in FIGURES.items()},
+    kind="counter")
 
 
 def buffered(reader: asyncio.StreamReader) -> int:
@@ -50,7 +63,7 @@ class FastLane:
     def __init__(self, session: ClientSession, transport: asyncio.Transport,
                  inner: asyncio.Protocol) -> None:
         self.session = session
-        self.max_line = session.config.max_line_length
+        self.classify = Classifier(session.config.max_line_length)
         self.client_transport = transport
         self.client_inner = inner
         self.backend: BackendSession | None = None
@@ -61,6 +74,7 @@ class FastLane:
         self.tag = b""
         self.name = ""
         self.uid = False
+        self.after = 0  # len(tag): where a tagged answer's space is
         self.relay: Relay | None = None  # made up front only when it needs the send-time view
         self.started = 0.0
         self.partial = b""  # the node's bytes of a line not yet whole
@@ -70,8 +84,6 @@ class FastLane:
         self.out_size = 0
         self.fetched: set[int] = set()
         self.forwarded = 0
-        self.commands = 0  # relayed whole by the lane
-        self.handoffs = 0  # taken by the lane, finished by the loop
 
     def follow(self, backend: BackendSession) -> None:
         """Stand in front of this node link (the session serves from it from now on)."""
@@ -88,7 +100,7 @@ class FastLane:
 
     def take(self, data: bytes) -> None:
         """Client bytes while the loop waits: a fast command, or the loop's to handle."""
-        found = fast_command(data, self.max_line)
+        found = self.classify(data)
         if found is None or not self._ready():
             self.to_loop(data)
             return
@@ -96,9 +108,9 @@ class FastLane:
         backend = self.backend
         node = self.node_transport
         assert backend is not None and node is not None
-        self.tag, self.name = found
+        self.tag, self.name, self.uid = found
+        self.after = len(self.tag)
         self.line = data
-        self.uid = data.split(None, 2)[1].upper() == b"UID"
         self.relay = None
         if self.name == "FETCH" and not self.uid and session.view is not None:
             # a replay by sequence number needs the numbers as they were when it was sent
@@ -136,8 +148,7 @@ class FastLane:
         if self.partial:
             data, self.partial = self.partial + data, b""
         view = session.view
-        tag = self.tag
-        after = len(tag)
+        tag, after = self.tag, self.after
         pos = 0
         while True:
             end = data.find(b"\n", pos) + 1
@@ -145,35 +156,60 @@ class FastLane:
                 break
             line = data[pos:end]
             if needs_the_loop(line):
-                self.hand_over(data[pos:])
+                self.hand_over(data[pos:], "a literal, continuation or BYE")
                 return
-            response = Response(line)
             if line.startswith(tag) and line[after:after + 1] == b" ":
-                if view is not None and response.status == b"OK":
-                    if view.unknown() and not view.confused:
-                        self.hand_over(data[pos:])  # learn_uids first: the loop's to do
+                if view is not None and line[after + 1:after + 4].upper() == b"OK ":
+                    if len(view.uids) != view.known and view.unknown() and not view.confused:
+                        self.hand_over(data[pos:], "new messages' UIDs to learn")
                         return
-                    view.observe(response)
+                    if b"[" in line:  # a response code the view may follow (HIGHESTMODSEQ)
+                        view.observe(Response(line))
                 self.out.append(line)
                 self.finish(data[end:])
                 return
-            if self.name == "FETCH" and (fetch := response.fetch) is not None:
-                key = fetch.uid if self.uid else fetch.seq
-                if key is not None:
-                    self.fetched.add(key)
-            if view is not None:
-                view.observe(response)
+            if not self._plain(line, view):
+                response = Response(line)
+                if self.name == "FETCH" and (fetch := response.fetch) is not None:
+                    key = fetch.uid if self.uid else fetch.seq
+                    if key is not None:
+                        self.fetched.add(key)
+                if view is not None:
+                    view.observe(response)
             self.forwarded += 1
             self.out.append(line)
             self.out_size += len(line)
             pos = end
             if self.out_size > HOLD_MAX and not self.flush():
-                self.hand_over(data[pos:])  # a slow client: the loop waits for it
+                self.hand_over(data[pos:], "a slow client")  # the loop waits for it
                 return
         if len(data) - pos > LINE_MAX:
-            self.hand_over(data[pos:])
+            self.hand_over(data[pos:], "a long line")
             return
         self.partial = data[pos:]
+
+    def _plain(self, line: bytes, view: MailboxView | None) -> bool:
+        """A FETCH of UID and flags the view already holds: nothing to learn from it but its
+        key for the replay filter (the general path parses it and observes nothing new)."""
+        if view is None or line[:2] != b"* ":
+            return False
+        found = plain_fetch(line)
+        if found is None:
+            return False
+        seq, uid, flags = found
+        if not 0 < seq <= len(view.uids):
+            return False
+        known = view.uids[seq - 1]
+        if known is None or (uid is not None and uid != known) or view.flags.get(known) != flags:
+            return False
+        if self.name == "FETCH":
+            if self.uid:
+                if uid is None:
+                    return False
+                self.fetched.add(uid)
+            else:
+                self.fetched.add(seq)
+        return True
 
     def flush(self) -> bool:
         """Send what is kept, in one write; False when the client is not keeping up."""
@@ -195,7 +231,7 @@ class FastLane:
         session = self.session
         session.watchdog.done()
         metrics.observe_command(self.name, time.monotonic() - self.started)
-        self.commands += 1
+        FIGURES["relayed"] += 1
         self.line = b""
         self.relay = None
         self.fetched.clear()
@@ -214,9 +250,11 @@ class FastLane:
             else:
                 self.client_inner.data_received(data)
 
-    def hand_over(self, rest: bytes) -> None:
+    def hand_over(self, rest: bytes, why: str) -> None:
         """The command in flight is the loop's from here on: `rest` is what it has to read."""
         session = self.session
+        log.debug("imap %s (%s): the fast lane hands %r to the command loop: %s",
+                  session.peer, session.user, self.tag, why)
         relay = self.relay or prepare(session, self.tag, self.line, self.name)
         relay.fetched, self.fetched = self.fetched, set()
         relay.forwarded = self.forwarded
@@ -228,7 +266,7 @@ class FastLane:
         self.line = self.pipelined = self.partial = b""
         self.relay = None
         self.open = False
-        self.handoffs += 1
+        FIGURES["handed over"] += 1
         if self.paused:
             self.paused = False
             self.client_transport.resume_reading()
@@ -236,9 +274,9 @@ class FastLane:
             self._to_node_reader(rest)
         self.client_inner.data_received(line + pipelined)
 
-    def hand_over_partial(self) -> None:
+    def hand_over_partial(self, why: str) -> None:
         rest, self.partial = self.partial, b""
-        self.hand_over(rest)
+        self.hand_over(rest, why)
 
     def _to_node_reader(self, data: bytes) -> None:
         inner = self.node_inner
@@ -272,12 +310,12 @@ class ClientTap(asyncio.Protocol):
         # The answer in flight still goes out (as it would from the loop), then the loop
         # reads the end of the connection.
         if self.lane.line:
-            self.lane.hand_over_partial()
+            self.lane.hand_over_partial("the client closed its side")
         return self.inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.lane.line:
-            self.lane.hand_over_partial()
+            self.lane.hand_over_partial("the client's connection is lost")
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -304,12 +342,12 @@ class NodeTap(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if self._mine():
-            self.lane.hand_over_partial()  # the loop reads the end and fails over
+            self.lane.hand_over_partial("the node closed the link")  # the loop fails over
         return self.inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._mine():
-            self.lane.hand_over_partial()
+            self.lane.hand_over_partial(f"the node link is lost ({exc!r})")
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:

@@ -7,6 +7,8 @@ and then handed to the loop must be recognised there as the very same command.
 
 from __future__ import annotations
 
+import re
+
 # Commands that change nothing (not replayable: a failover simply sends them again, and the
 # FETCH filter drops what the client already has) and that `remember` does not look at. The
 # gateway's own commands (CAPABILITY, ID, COMPRESS, LOGOUT...) are not among them.
@@ -45,13 +47,59 @@ def _asks_for_bodies(line: bytes) -> bool:
     return b"[" in upper or b"BINARY" in upper or b"RFC822" in upper.replace(b"RFC822.SIZE", b"")
 
 
-def whole_lines(buffer: bytes, start: int) -> int:
-    """The end (exclusive) of the last whole line in buffer[start:], or `start` if none."""
-    end = buffer.rfind(b"\n", start)
-    return start if end < 0 else end + 1
+class Classifier:
+    """`fast_command` with its verdicts remembered per command text after the tag: a client
+    asks the same few things over and over under ever new tags, so a verdict costs a split
+    and a dictionary look-up. Only plain alphanumeric tags take the shortcut (others would
+    need the whitespace rules of `tag_and_name`)."""
+
+    SIZE = 256
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self.known: dict[bytes, tuple[str, bool] | None] = {}
+
+    def __call__(self, line: bytes) -> tuple[bytes, str, bool] | None:
+        """(tag, name, UID form) of a command the lane may relay; None otherwise."""
+        space = line.find(b" ")
+        tag, rest = line[:space], line[space:]
+        if space <= 0 or not tag.isalnum() or len(line) > self.max_line:
+            found = fast_command(line, self.max_line)
+            return None if found is None else (*found, _uid_form(line))
+        try:
+            verdict = self.known[rest]
+        except KeyError:
+            found = fast_command(line, self.max_line)
+            verdict = None if found is None else (found[1], _uid_form(line))
+            if len(self.known) >= self.SIZE:
+                self.known.clear()  # bounded: a client inventing commands gains nothing
+            self.known[rest] = verdict
+        return None if verdict is None else (tag, *verdict)
+
+
+def _uid_form(line: bytes) -> bool:
+    words = line.split(None, 2)
+    return len(words) > 1 and words[1].upper() == b"UID"
 
 
 def needs_the_loop(line: bytes) -> bool:
     """A response line the lane leaves to the command loop: one announcing a literal, a
     continuation request, or BYE."""
     return line.endswith(b"}\r\n") or line[:1] == b"+" or line[:5].upper() == b"* BYE"
+
+
+# The usual answer to a small FETCH, and the usual unsolicited flag change: UID and FLAGS, no
+# MODSEQ, no strings. Anything else takes the general parse (`responses.parse_fetch`).
+_PLAIN_FETCH = re.compile(
+    rb"\* (\d+) FETCH \((?:UID (\d+) FLAGS \(([^()\r\n]*)\)|FLAGS \(([^()\r\n]*)\)(?: UID (\d+))?)"
+    rb"\)\r\n")
+
+
+def plain_fetch(line: bytes) -> tuple[int, int | None, bytes] | None:
+    """(seq, UID or None, flags) of a plain `* n FETCH (UID u FLAGS (...))` line."""
+    match = _PLAIN_FETCH.fullmatch(line)
+    if match is None:
+        return None
+    seq, uid, flags, flags2, uid2 = match.groups()
+    found = uid or uid2
+    return int(seq), int(found) if found else None, flags if flags is not None else flags2
