@@ -64,11 +64,13 @@ class FastLane:
                  inner: asyncio.Protocol) -> None:
         self.session = session
         self.classify = Classifier(session.config.max_line_length)
+        self.timeout = session.config.request_timeout  # no IDLE in the lane: always this
         self.client_transport = transport
         self.client_inner = inner
         self.backend: BackendSession | None = None
         self.node_transport: asyncio.Transport | None = None
         self.node_inner: asyncio.Protocol | None = None
+        self.node_open = False  # no end of stream from the node link followed
         self.open = False  # the loop waits for the client and the session is steady
         self.line = b""  # the command in flight (b"": none)
         self.tag = b""
@@ -94,6 +96,7 @@ class FastLane:
             inner = inner.inner
         assert isinstance(inner, asyncio.Protocol)
         self.node_transport, self.node_inner = transport, inner
+        self.node_open = True
         transport.set_protocol(NodeTap(self, backend, inner))
 
     # the client's side ------------------------------------------------------------------
@@ -101,33 +104,25 @@ class FastLane:
     def take(self, data: bytes) -> None:
         """Client bytes while the loop waits: a fast command, or the loop's to handle."""
         found = self.classify(data)
-        if found is None or not self._ready():
+        session, backend, node = self.session, self.backend, self.node_transport
+        # The node link must be usable and fully read (unsolicited bytes waiting in its reader
+        # are the loop's to pass on first), the client keeping up with what it is sent.
+        if (found is None or node is None or backend is None or backend is not session.backend
+                or not self.node_open or node.is_closing() or session.adopted is not None
+                or self.client_transport.get_write_buffer_size() or buffered(backend.reader)):
             self.to_loop(data)
             return
-        session = self.session
-        backend = self.backend
-        node = self.node_transport
-        assert backend is not None and node is not None
-        self.tag, self.name, self.uid = found
-        self.after = len(self.tag)
+        self.tag, self.name, self.uid = tag, name, uid = found
+        self.after = len(tag)
         self.line = data
         self.relay = None
-        if self.name == "FETCH" and not self.uid and session.view is not None:
+        if name == "FETCH" and not uid and session.view is not None:
             # a replay by sequence number needs the numbers as they were when it was sent
-            self.relay = prepare(session, self.tag, data, self.name)
+            self.relay = prepare(session, tag, data, name)
         self.forwarded = 0
         self.started = time.monotonic()
-        session.watchdog.waiting(backend, session.response_timeout(), session.watch, None)
+        session.watchdog.waiting(backend, self.timeout, session.watch, None)
         node.write(data)
-
-    def _ready(self) -> bool:
-        backend, node = self.backend, self.node_transport
-        session = self.session
-        return (backend is not None and node is not None and backend is session.backend
-                and session.adopted is None and not node.is_closing()
-                and not node.get_write_buffer_size()
-                and not self.client_transport.get_write_buffer_size()
-                and not buffered(backend.reader) and not backend.reader.at_eof())
 
     def pipeline(self, data: bytes) -> None:
         """Client bytes while a command is in flight: kept for after its answer."""
@@ -155,10 +150,10 @@ class FastLane:
             if not end:
                 break
             line = data[pos:end]
-            if needs_the_loop(line):
-                self.hand_over(data[pos:], "a literal, continuation or BYE")
-                return
             if line.startswith(tag) and line[after:after + 1] == b" ":
+                if line.endswith(b"}\r\n"):
+                    self.hand_over(data[pos:], "a literal")
+                    return
                 if view is not None and line[after + 1:after + 4].upper() == b"OK ":
                     if len(view.uids) != view.known and view.unknown() and not view.confused:
                         self.hand_over(data[pos:], "new messages' UIDs to learn")
@@ -167,6 +162,9 @@ class FastLane:
                         view.observe(Response(line))
                 self.out.append(line)
                 self.finish(data[end:])
+                return
+            if needs_the_loop(line):
+                self.hand_over(data[pos:], "a literal, continuation or BYE")
                 return
             if not self._plain(line, view):
                 response = Response(line)
@@ -341,11 +339,15 @@ class NodeTap(asyncio.Protocol):
             self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if self.lane.backend is self.backend:
+            self.lane.node_open = False
         if self._mine():
             self.lane.hand_over_partial("the node closed the link")  # the loop fails over
         return self.inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lane.backend is self.backend:
+            self.lane.node_open = False
         if self._mine():
             self.lane.hand_over_partial(f"the node link is lost ({exc!r})")
         self.inner.connection_lost(exc)
