@@ -18,6 +18,7 @@ import pytest
 from mailmux.gateway.session.lanerules import (
     Classifier,
     fast_command,
+    literal_size,
     needs_the_loop,
     plain_fetch,
     tag_and_name,
@@ -134,9 +135,8 @@ def test_a_fast_lane_session_follows_another_sessions_changes_exactly(
     (b"a1 NOOP\r\n", (b"a1", "NOOP")),
     (b"a2 UID FETCH 1:* (FLAGS)\r\n", (b"a2", "FETCH")),
     (b"a3 fetch 1 (UID FLAGS RFC822.SIZE)\r\n", (b"a3", "FETCH")),
-    (b"a4 FETCH 1 (BODY.PEEK[HEADER])\r\n", None),  # bodies: literals
-    (b"a5 FETCH 1 RFC822\r\n", None),
-    (b"a6 FETCH 1 (BINARY.PEEK[1])\r\n", None),
+    (b"a4 FETCH 1 (BODY.PEEK[HEADER])\r\n", (b"a4", "FETCH")),  # literals: held whole
+    (b"a5 UID FETCH 1 RFC822\r\n", (b"a5", "FETCH")),
     (b"a7 STORE 1 +FLAGS (\\Seen)\r\n", None),  # replayable: the loop's (replay ids)
     (b"a8 SELECT INBOX\r\n", None),  # the view is made there
     (b"a9 IDLE\r\n", None),
@@ -162,8 +162,8 @@ def test_the_classifier_remembers_verdicts_but_not_tags() -> None:
     assert classify(b"A1 UID FETCH 7 (FLAGS)\r\n") == (b"A1", "FETCH", True)
     assert classify(b"A2 UID FETCH 7 (FLAGS)\r\n") == (b"A2", "FETCH", True)
     assert classify(b"A3 FETCH 7 (FLAGS)\r\n") == (b"A3", "FETCH", False)
-    assert classify(b"A4 FETCH 7 (BODY[])\r\n") is None
-    assert classify(b"A5 FETCH 7 (BODY[])\r\n") is None
+    assert classify(b"A4 STORE 7 FLAGS ()\r\n") is None
+    assert classify(b"A5 STORE 7 FLAGS ()\r\n") is None
     assert classify(b"a.b UID FETCH 7 (FLAGS)\r\n") == (b"a.b", "FETCH", True)
     assert classify(b"a" * 9000 + b" NOOP\r\n") is None  # over the line limit
     for i in range(2 * Classifier.SIZE):
@@ -172,7 +172,9 @@ def test_the_classifier_remembers_verdicts_but_not_tags() -> None:
 
 
 def test_response_lines_the_lane_leaves_to_the_loop() -> None:
-    assert needs_the_loop(b"* 1 FETCH (BODY[] {5}\r\n")
+    assert literal_size(b"* 1 FETCH (BODY[] {5}\r\n") == 5
+    assert literal_size(b"* 1 FETCH (BINARY[] ~{12+}\r\n") == 12
+    assert literal_size(b"* OK {no literal}\r\n") is None
     assert needs_the_loop(b"+ idling\r\n")
     assert needs_the_loop(b"* BYE shutting down\r\n")
     assert not needs_the_loop(b"* 1 FETCH (UID 4 FLAGS (\\Seen))\r\n")

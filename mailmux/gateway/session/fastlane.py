@@ -28,8 +28,13 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from mailmux import metrics
-from mailmux.gateway.responses import Response
-from mailmux.gateway.session.lanerules import Classifier, needs_the_loop, plain_fetch
+from mailmux.gateway.responses import STREAM_AFTER, Response
+from mailmux.gateway.session.lanerules import (
+    Classifier,
+    literal_size,
+    needs_the_loop,
+    plain_fetch,
+)
 from mailmux.gateway.session.relay import Relay, prepare
 
 if TYPE_CHECKING:
@@ -37,7 +42,7 @@ if TYPE_CHECKING:
     from mailmux.gateway.session.client import ClientSession
     from mailmux.gateway.session.view import MailboxView
 
-HOLD_MAX = 32 * 1024  # responses kept to leave together with the tagged answer
+HOLD_MAX = 32 * 1024  # responses kept to leave together with the tagged answer (one write)
 LINE_MAX = 64 * 1024  # a longer response line is left to the loop, which reads it in pieces
 PIPELINE_MAX = 64 * 1024  # client bytes held while a command is in flight; then reading pauses
 
@@ -84,6 +89,11 @@ class FastLane:
         self.paused = False
         self.out: list[bytes] = []
         self.out_size = 0
+        self.parts: list[bytes] = []  # the response with literals being read
+        self.held = 0  # its size, literals announced included
+        self.literal = 0  # octets of a literal still to come
+        self.max_literal = session.config.max_message_size
+        self.node_paused = False  # the client is slow: reading the node waits
         self.fetched: set[int] = set()
         self.forwarded = 0
 
@@ -146,17 +156,45 @@ class FastLane:
         tag, after = self.tag, self.after
         pos = 0
         while True:
+            if self.literal:  # octets of a literal: taken as they are
+                piece = min(self.literal, len(data) - pos)
+                if not piece:
+                    return
+                self.parts.append(data[pos:pos + piece])
+                self.literal -= piece
+                pos += piece
+                continue
             end = data.find(b"\n", pos) + 1
             if not end:
                 break
             line = data[pos:end]
-            if line.startswith(tag) and line[after:after + 1] == b" ":
-                if line.endswith(b"}\r\n"):
-                    self.hand_over(data[pos:], "a literal")
+            if line.endswith(b"}\r\n") and (size := literal_size(line)) is not None:
+                if not self.parts and (needs_the_loop(line) or line.startswith(tag)):
+                    self.hand_over(data[pos:], "a continuation, BYE or tagged literal")
                     return
+                # A response with literals (a FETCH of a body) is held whole before it goes
+                # (failover never leaves half of one with the client); one too large to hold
+                # is the loop's, which passes it on in pieces.
+                self.held += len(line) + size
+                if size > self.max_literal or self.held > STREAM_AFTER:
+                    self.hand_over(data[pos:], "a large response")
+                    return
+                self.parts.append(line)
+                self.literal = size
+                pos = end
+                continue
+            pos_before, pos = pos, end
+            if self.parts:  # the last line of a response with literals
+                self.parts.append(line)
+                raw = b"".join(self.parts)
+                self.parts.clear()
+                self.held = 0
+                self._untagged(Response(raw), raw, view)
+                continue
+            if line.startswith(tag) and line[after:after + 1] == b" ":
                 if view is not None and line[after + 1:after + 4].upper() == b"OK ":
                     if len(view.uids) != view.known and view.unknown() and not view.confused:
-                        self.hand_over(data[pos:], "new messages' UIDs to learn")
+                        self.hand_over(data[pos_before:], "new messages' UIDs to learn")
                         return
                     if b"[" in line:  # a response code the view may follow (HIGHESTMODSEQ)
                         view.observe(Response(line))
@@ -164,27 +202,34 @@ class FastLane:
                 self.finish(data[end:])
                 return
             if needs_the_loop(line):
-                self.hand_over(data[pos:], "a literal, continuation or BYE")
+                self.hand_over(data[pos_before:], "a continuation or BYE")
                 return
-            if not self._plain(line, view):
-                response = Response(line)
-                if self.name == "FETCH" and (fetch := response.fetch) is not None:
-                    key = fetch.uid if self.uid else fetch.seq
-                    if key is not None:
-                        self.fetched.add(key)
-                if view is not None:
-                    view.observe(response)
-            self.forwarded += 1
-            self.out.append(line)
-            self.out_size += len(line)
-            pos = end
-            if self.out_size > HOLD_MAX and not self.flush():
-                self.hand_over(data[pos:], "a slow client")  # the loop waits for it
-                return
+            if self._plain(line, view):
+                self.forwarded += 1
+                self.out.append(line)
+                self.out_size += len(line)
+                if self.out_size > HOLD_MAX:
+                    self.flush()
+            else:
+                self._untagged(Response(line), line, view)
         if len(data) - pos > LINE_MAX:
             self.hand_over(data[pos:], "a long line")
             return
         self.partial = data[pos:]
+
+    def _untagged(self, response: Response, raw: bytes, view: MailboxView | None) -> None:
+        """What `relay.forward` does with an untagged response, then kept to go out."""
+        if self.name == "FETCH" and (fetch := response.fetch) is not None:
+            key = fetch.uid if self.uid else fetch.seq
+            if key is not None:
+                self.fetched.add(key)
+        if view is not None:
+            view.observe(response)
+        self.forwarded += 1
+        self.out.append(raw)
+        self.out_size += len(raw)
+        if self.out_size > HOLD_MAX:
+            self.flush()
 
     def _plain(self, line: bytes, view: MailboxView | None) -> bool:
         """A FETCH of UID and flags the view already holds: nothing to learn from it but its
@@ -209,19 +254,41 @@ class FastLane:
                 self.fetched.add(seq)
         return True
 
-    def flush(self) -> bool:
-        """Send what is kept, in one write; False when the client is not keeping up."""
+    def flush(self) -> None:
+        """Send what is kept, in one write. A client that does not keep up makes its transport
+        pause us (`client_full`), which stops reading the node until it drains."""
         out = self.out
         if not out:
-            return True
+            return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         self.out_size = 0
         transport = self.client_transport
-        if transport.is_closing():
-            return False  # the client is gone: the loop finds out when it reads
-        transport.write(data)
-        return not transport.get_write_buffer_size()
+        if not transport.is_closing():  # else the client is gone: the loop finds out
+            transport.write(data)
+
+    def client_full(self) -> None:
+        """The client's transport holds more than its high-water mark: read no more from the
+        node until it drains. The node is not silent meanwhile, the client is slow: the
+        watchdog does not count this time."""
+        node = self.node_transport
+        if self.line and not self.node_paused and node is not None and not node.is_closing():
+            self.node_paused = True
+            self.session.watchdog.paused = True
+            node.pause_reading()
+
+    def client_drained(self) -> None:
+        if self.node_paused:
+            self._resume_node()
+
+    def _resume_node(self) -> None:
+        self.node_paused = False
+        dog = self.session.watchdog
+        dog.paused = False
+        dog.heard()
+        node = self.node_transport
+        if node is not None and not node.is_closing():
+            node.resume_reading()
 
     def finish(self, rest: bytes) -> None:
         """The tagged answer came: out it goes with the rest, and the lane is free again."""
@@ -233,6 +300,8 @@ class FastLane:
         self.line = b""
         self.relay = None
         self.fetched.clear()
+        if self.node_paused:
+            self._resume_node()
         if rest:
             self._to_node_reader(rest)  # said after the answer: read by the loop's next read
         self._release_client()
@@ -253,6 +322,12 @@ class FastLane:
         session = self.session
         log.debug("imap %s (%s): the fast lane hands %r to the command loop: %s",
                   session.peer, session.user, self.tag, why)
+        if self.parts:  # a response with literals begun: the loop reads it again, whole
+            rest = b"".join(self.parts) + rest
+            self.parts.clear()
+        self.literal = self.held = 0
+        if self.node_paused:
+            self._resume_node()
         relay = self.relay or prepare(session, self.tag, self.line, self.name)
         relay.fetched, self.fetched = self.fetched, set()
         relay.forwarded = self.forwarded
@@ -274,7 +349,7 @@ class FastLane:
 
     def hand_over_partial(self, why: str) -> None:
         rest, self.partial = self.partial, b""
-        self.hand_over(rest, why)
+        self.hand_over(rest, why)  # after any held start of a response (`hand_over`)
 
     def _to_node_reader(self, data: bytes) -> None:
         inner = self.node_inner
@@ -287,6 +362,8 @@ class FastLane:
         self.line = self.pipelined = self.partial = b""
         self.relay = None
         self.out.clear()
+        self.parts.clear()
+        self.literal = self.held = 0
 
 
 class ClientTap(asyncio.Protocol):
@@ -318,9 +395,11 @@ class ClientTap(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()
+        self.lane.client_full()
 
     def resume_writing(self) -> None:
         self.inner.resume_writing()
+        self.lane.client_drained()
 
 
 class NodeTap(asyncio.Protocol):

@@ -29,22 +29,14 @@ def tag_and_name(raw: bytes) -> tuple[bytes | None, str]:
 
 def fast_command(line: bytes, max_line: int) -> tuple[bytes, str] | None:
     """(tag, name) when `line` is one whole command the lane may relay as it is: a single
-    CRLF-terminated line without literals, of a kind in FAST_NAMES, that asks for no message
-    bodies (their literals would hand the command to the loop at once anyway)."""
+    CRLF-terminated line without literals, of a kind in FAST_NAMES."""
     if (len(line) > max_line or not line.endswith(b"\r\n") or b"{" in line
             or line.find(b"\n") != len(line) - 1):
         return None
     tag, name = tag_and_name(line)
     if tag is None or name not in FAST_NAMES or tag[:1] in (b"*", b"+"):
         return None
-    if name == "FETCH" and _asks_for_bodies(line):
-        return None
     return tag, name
-
-
-def _asks_for_bodies(line: bytes) -> bool:
-    upper = line.upper()
-    return b"[" in upper or b"BINARY" in upper or b"RFC822" in upper.replace(b"RFC822.SIZE", b"")
 
 
 class Classifier:
@@ -83,9 +75,17 @@ def _uid_form(line: bytes) -> bool:
 
 
 def needs_the_loop(line: bytes) -> bool:
-    """A response line the lane leaves to the command loop: one announcing a literal, a
-    continuation request, or BYE."""
-    return line.endswith(b"}\r\n") or line[:1] == b"+" or line[:5].upper() == b"* BYE"
+    """A response line the lane leaves to the command loop: a continuation request or BYE."""
+    return line[:1] == b"+" or line[:5].upper() == b"* BYE"
+
+
+_LITERAL_AT_END = re.compile(rb"~?\{(\d+)\+?\}\r\n$")  # as `responses.read_response` reads them
+
+
+def literal_size(line: bytes) -> int | None:
+    """The size of the literal a response line announces at its end, if it announces one."""
+    match = _LITERAL_AT_END.search(line[-40:])
+    return int(match.group(1)) if match else None
 
 
 # The usual answer to a small FETCH, and the usual unsolicited flag change: UID and FLAGS, no
