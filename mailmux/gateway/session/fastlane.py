@@ -89,7 +89,7 @@ class FastLane:
         self.paused = False
         self.out: list[bytes] = []
         self.out_size = 0
-        self.parts: list[bytes] = []  # the response with literals being read
+        self.parts: list[bytes | memoryview] = []  # the response with literals being read
         self.held = 0  # its size, literals announced included
         self.literal = 0  # octets of a literal still to come
         self.max_literal = session.config.max_message_size
@@ -160,7 +160,8 @@ class FastLane:
                 piece = min(self.literal, len(data) - pos)
                 if not piece:
                     return
-                self.parts.append(data[pos:pos + piece])
+                # a view: the one copy of a body is the join of its response
+                self.parts.append(memoryview(data)[pos:pos + piece])
                 self.literal -= piece
                 pos += piece
                 continue
