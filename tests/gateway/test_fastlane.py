@@ -8,13 +8,21 @@ a command to the loop, so a test knows the lane, not the loop, took it. The sans
 
 from __future__ import annotations
 
+import asyncio
 import imaplib
 import re
 import signal
+import socket
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mailmux.gateway.app import Gateway
+from mailmux.gateway.config import load
+from mailmux.gateway.session import fastlane
+from mailmux.gateway.session.client import ClientSession
 from mailmux.gateway.session.lanerules import (
     Classifier,
     fast_command,
@@ -28,7 +36,8 @@ from tests.gateway.rawimap import RawImap
 from tests.gateway.replicated import Pool, inbox, replicated, wait_for  # noqa: F401
 from tests.gateway.test_failover import gateway_with, message, serving
 from tests.gateway.test_view import _append
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, write_gateway_config
+from tests.support.nodes import NodeProcess, split_address
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -187,3 +196,67 @@ def test_plain_fetch_lines() -> None:
     assert plain_fetch(b"* 3 FETCH (FLAGS (\\Deleted))\r\n") == (3, None, b"\\Deleted")
     assert plain_fetch(b"* 3 FETCH (UID 9 FLAGS (\\Seen) MODSEQ (12))\r\n") is None
     assert plain_fetch(b"* 3 FETCH (UID 9 RFC822.SIZE 40)\r\n") is None
+
+
+# bodies through the lane, a slow client ---------------------------------------------------
+
+
+async def test_a_slow_client_pauses_the_lane_and_gets_every_body_whole(
+    node: NodeProcess, tmp_path: Path,
+) -> None:
+    body = b"From: bob@example.test\r\nSubject: big\r\n\r\n" + b"z" * 76 + b"\r\n"
+    body = body * 1300  # about 100 KiB: held whole, below STREAM_AFTER
+    with imaplib.IMAP4(*node.imap) as direct:
+        direct.login(*ALICE)
+        for _ in range(20):
+            assert direct.append("INBOX", None, None, body)[0] == "OK"
+    sessions: list[ClientSession] = []
+    init = ClientSession.__init__
+
+    def remembered(self: ClientSession, *args: Any) -> None:
+        init(self, *args)
+        sessions.append(self)
+
+    config_path = tmp_path / "gateway.toml"
+    write_gateway_config(config_path, [node.control], extra="hang_timeout = 60.0")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ClientSession, "__init__", remembered)
+        async with Gateway(load(config_path)) as gateway:
+            sock = socket.create_connection(split_address(gateway.ready["imap"]))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow reader
+            reader, writer = await asyncio.open_connection(sock=sock)
+            try:
+                async with asyncio.timeout(120):
+                    await reader.readline()
+                    writer.write(b'l LOGIN "%s" "%s"\r\ns SELECT INBOX\r\n'
+                                 % (ALICE[0].encode(), ALICE[1].encode()))
+                    while not (await reader.readline()).startswith(b"s OK"):
+                        pass
+                    (session,) = sessions
+                    lane = session.lane
+                    assert lane is not None
+                    # Small kernel buffers on both sides: the gateway's transport must hold
+                    # what the client has not read yet, and ask the lane to wait.
+                    session.writer.get_extra_info("socket").setsockopt(
+                        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                    before = dict(fastlane.FIGURES)
+                    writer.write(b"f FETCH 1:* (BODY.PEEK[])\r\n")
+                    while not lane.node_paused:  # the client reads nothing meanwhile
+                        await asyncio.sleep(0.01)  # polling, bounded by the timeout
+                    got = []
+                    while True:
+                        line = await reader.readline()
+                        if line.startswith(b"f "):
+                            assert line == b"f OK FETCH completed\r\n", line
+                            break
+                        literal = re.search(rb"\{(\d+)\}\r\n$", line)
+                        assert literal, line
+                        got.append((line, await reader.readexactly(int(literal.group(1))),
+                                    await reader.readline()))
+            finally:
+                writer.close()
+    assert [head for head, _, _ in got] == [
+        b"* %d FETCH (BODY[] {%d}\r\n" % (i, len(body)) for i in range(1, 21)]
+    assert all(data == body and tail == b")\r\n" for _, data, tail in got)
+    assert fastlane.FIGURES["relayed"] == before["relayed"] + 1
+    assert fastlane.FIGURES["handed over"] == before["handed over"]
