@@ -6,13 +6,16 @@ client with nothing unusual going on (`ClientSession.steady`: logged in, no COMP
 queued, no IDLE or NOTIFY, a view without pending expunges, no unread node bytes), the lane
 stands in front of both connections' stream protocols (`ClientTap`, `NodeTap`): one whole
 command line of a harmless kind (`lanerules.fast_command`) is written to the node straight from
-the client's `data_received`; the node's whole response lines get the same bookkeeping as
-`relay.forward` (the view, the FETCH set a replay filters by, the tagged answer) and leave for
-the client in one write with the tagged answer. No task wakes, no stream is read.
+the client's `data_received`; the node's whole responses (one with literals, a FETCH of a
+body, is held whole first, as the loop holds it) get the same bookkeeping as `relay.forward`
+(the view, the FETCH set a replay filters by, the tagged answer) and leave for the client
+together, up to HOLD_MAX, in one write with the tagged answer. No task wakes, no stream is read.
+A client that does not keep up pauses reading from the node until its transport drains.
 
 Anything else is the command loop's, at exactly the point where it shows up (`hand_over`): a
-literal, a continuation, BYE, a tagged answer that needs `learn_uids` first, an overlong line, a
-slow client, a lost or silent link (the watchdog covers lane commands as it covers the loop's).
+continuation, BYE, a tagged answer that needs `learn_uids` first, a response over STREAM_AFTER
+or an overlong line (the loop passes those on in pieces), a lost or silent link (the watchdog
+covers lane commands as it covers the loop's).
 The bytes not yet consumed go to the node's stream reader, the command's line (and whatever the
 client sent after it) to the client's, and the command's `Relay` — marked as already on the
 wire, holding what was relayed — to the session: the loop frames the line again, adopts that
