@@ -79,6 +79,7 @@ class FastLane:
         self.node_transport: asyncio.Transport | None = None
         self.node_inner: asyncio.Protocol | None = None
         self.node_open = False  # no end of stream from the node link followed
+        self.node_buffer: bytearray | bytes = b"?"  # the node stream reader's unread bytes
         self.open = False  # the loop waits for the client and the session is steady
         self.line = b""  # the command in flight (b"": none)
         self.tag = b""
@@ -110,6 +111,10 @@ class FastLane:
         assert isinstance(inner, asyncio.Protocol)
         self.node_transport, self.node_inner = transport, inner
         self.node_open = True
+        # The reader's buffer, looked at before every command (bytes the node said between
+        # commands are the loop's to pass on first); asyncio's StreamReader keeps one
+        # bytearray for its life. Unknown (another reader): never empty, the lane stays shut.
+        self.node_buffer = getattr(backend.reader, "_buffer", b"?")
         transport.set_protocol(NodeTap(self, backend, inner))
 
     # the client's side ------------------------------------------------------------------
@@ -122,7 +127,7 @@ class FastLane:
         # are the loop's to pass on first), the client keeping up with what it is sent.
         if (found is None or node is None or backend is None or backend is not session.backend
                 or not self.node_open or node.is_closing() or session.adopted is not None
-                or self.client_transport.get_write_buffer_size() or buffered(backend.reader)):
+                or self.client_transport.get_write_buffer_size() or self.node_buffer):
             self.to_loop(data)
             return
         self.tag, self.name, self.uid = tag, name, uid = found
@@ -308,7 +313,8 @@ class FastLane:
             self._resume_node()
         if rest:
             self._to_node_reader(rest)  # said after the answer: read by the loop's next read
-        self._release_client()
+        if self.paused or self.pipelined:
+            self._release_client()
 
     def _release_client(self) -> None:
         if self.paused:
