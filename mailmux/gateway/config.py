@@ -60,7 +60,7 @@ class GatewayConfig:
     hang_timeout: float = 1.0  # a node silent this long (heartbeats and data) is hung
     catchup_timeout: float = 2.0  # how long a new node may take to reach the client's view
     metrics_listen: tuple[str, int] | None = None  # Prometheus /metrics endpoint
-    event_loop: str = "asyncio"  # "uvloop", or "auto": uvloop when installed (`fast` extra)
+    event_loop: str = "auto"  # uvloop when installed (a dependency), else asyncio's own loop
 
 
 def load(path: str | Path) -> GatewayConfig:
@@ -158,11 +158,12 @@ def _sender_policy(raw: dict[str, Any]) -> str:
 
 
 def _event_loop(raw: dict[str, Any]) -> str:
-    loop = raw.get("event_loop", "asyncio")
+    loop = raw.get("event_loop", "auto")
     if loop not in EVENT_LOOPS:
         raise ConfigError(f"event_loop: expected one of {', '.join(EVENT_LOOPS)}, got {loop!r}")
     if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        raise ConfigError("event_loop: 'uvloop' is not installed (pip install mailmux[fast])")
+        raise ConfigError("event_loop: 'uvloop' is not installed "
+                          "(it is one of mailmux's dependencies)")
     return str(loop)
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from tests.support.nodes import GATEWAY_KEY, split_address
 
 READY_TIMEOUT = 30.0
-# The gateway's event loop in tests: the config's default (asyncio's own loop), or
-# MAILMUX_TEST_EVENT_LOOP=uvloop (or auto) to run the same tests on uvloop.
+# The gateway's event loop in tests: the config's default ("auto": uvloop), or
+# MAILMUX_TEST_EVENT_LOOP=asyncio (or uvloop) to run the same tests on that loop.
 EVENT_LOOP = os.environ.get("MAILMUX_TEST_EVENT_LOOP")
 
 

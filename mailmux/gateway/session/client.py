@@ -22,9 +22,10 @@ from mailmux.gateway.config import GatewayConfig
 from mailmux.gateway.connector import BackendSession, connect
 from mailmux.gateway.errors import AuthenticationFailed, BackendLost, NoBackend
 from mailmux.gateway.responses import Response, ResponseTooLarge, Spill, read_response
-from mailmux.gateway.session import prelogin
+from mailmux.gateway.session import fastlane, prelogin
 from mailmux.gateway.session import relay as relaying
 from mailmux.gateway.session.heartbeat import Registration
+from mailmux.gateway.session.lanerules import tag_and_name
 from mailmux.gateway.session.pipeline import names_messages_by_number
 from mailmux.gateway.session.states import Input, SessionState, step
 from mailmux.gateway.session.view import MailboxView
@@ -118,6 +119,8 @@ class ClientSession:
         self.watchdog = Watchdog()
         self.standby: BackendSession | None = None  # logged in on another node, kept ready
         self._standby_task: asyncio.Task[None] | None = None
+        self.lane: fastlane.FastLane | None = None  # relays the steady state's small commands
+        self.adopted: relaying.Relay | None = None  # the lane's command, handed to the loop
 
     def transition(self, event: Input) -> None:
         self.state = step(self.state, event)
@@ -128,6 +131,7 @@ class ClientSession:
         self.framer.max_literal = self.config.max_message_size
         self.framer.max_command = None
         self.proxy.guard.authenticated()
+        self.lane = fastlane.install(self)
         self.use(backend)
         self.transition(Input.LOGGED_IN)
 
@@ -135,6 +139,8 @@ class ClientSession:
         """Serve from this backend from now on, with its node watched for hangs."""
         self.drop_pending()
         self.backend = backend
+        if self.lane is not None:
+            self.lane.follow(backend)
         if self.watch is not None:
             self.watch.cancel()
         self.watch = self.proxy.pool.heartbeat.register(
@@ -300,7 +306,7 @@ class ClientSession:
                 deadline = self._login_deadline()
                 try:
                     if deadline is None:  # logged in: no deadline, nothing to set up
-                        data = await self._read(events)
+                        data = await self._read_steady(events)
                     else:
                         async with asyncio.timeout(deadline):
                             data = await self._read(events)
@@ -321,6 +327,36 @@ class ClientSession:
                 await self.send(b"+ Ready for literal data\r\n")
                 continue
             return event
+
+    async def _read_steady(self, events: bool) -> bytes:
+        lane = self.lane
+        if lane is None or not self.steady():
+            return await self._read(events)
+        lane.open = True  # commands may now pass by the lane until it hands bytes to us
+        try:
+            return await self._read(events)
+        finally:
+            lane.open = False
+            if lane.line:
+                lane.drop()  # cancelled: the session is being torn down
+
+    def steady(self) -> bool:
+        """Nothing going on that the fast lane does not know how to keep."""
+        view = self.view
+        return (self.backend is not None and self.inflater is None and self.deflater is None
+                and not self.queued and self.notify is None and not self.idling
+                and self.pending is None and self.adopted is None
+                and not self.framer.in_command and not fastlane.buffered(self.reader)
+                and (view is None or not (view.pending or view.confused)))
+
+    def adopt(self, tag: bytes) -> relaying.Relay | None:
+        """The Relay of the command the fast lane sent and handed over, if this is it."""
+        adopted, self.adopted = self.adopted, None
+        if adopted is not None and adopted.tag != tag:
+            log.error("imap %s (%s): the fast lane handed over %r, the loop read %r",
+                      self.peer, self.user, adopted.tag, tag)
+            return None
+        return adopted
 
     def _read(self, events: bool) -> Awaitable[bytes]:
         if events and self.notify is not None and self.backend is not None \
@@ -456,6 +492,8 @@ class ClientSession:
             self.transition(Input.CLIENT_GONE)
             return
         finally:
+            if self.lane is not None:
+                self.lane.drop()
             self.watchdog.stop()
             self.drop_standby()
             await self.drop_backend()
@@ -472,7 +510,7 @@ class ClientSession:
         """Handle one client command; False when the session is over."""
         if self.backend is not None:
             # Relayed commands need only their tag and name; the backend parses the rest.
-            tag, name = _tag_and_name(raw)
+            tag, name = tag_and_name(raw)
             if tag is not None and name == "XREPLAY":
                 # Replay ids are the gateway's own: a client's would let it claim the effect of
                 # another of its commands.
@@ -577,14 +615,3 @@ class Watchdog:
             return
         self.expired = backend
         backend.writer.transport.abort()  # the read under way fails: BackendLost
-
-
-def _tag_and_name(raw: bytes) -> tuple[bytes | None, str]:
-    """(tag, upper-case command name; "FETCH" for "UID FETCH") from a command's first line."""
-    first = raw[: raw.find(b"\n") + 1 or len(raw)].split(None, 3)
-    if len(first) < 2:
-        return None, ""
-    name = first[1].upper()
-    if name == b"UID" and len(first) > 2:
-        name = first[2].upper()
-    return first[0], name.decode("ascii", "replace")

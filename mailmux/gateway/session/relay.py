@@ -77,6 +77,7 @@ class Relay:
     view_changed: bool = False  # failover told the client of expunges: seqs moved
     refusals: int = 0  # times the change was refused with NO [UNAVAILABLE] and made again
     partial: bool = False  # part of a large response reached the client: no replay possible
+    on_wire: bool = False  # the fast lane sent this attempt: only its answer is left to read
 
     @property
     def allows_expunge(self) -> bool:
@@ -85,7 +86,9 @@ class Relay:
 
 async def relay(session: ClientSession, tag: bytes, raw: bytes, name: str) -> bool:
     """Relay one command, failing over as needed; False when the session is over."""
-    current = prepare(session, tag, raw, name)
+    current = session.adopt(tag)  # one the fast lane sent and handed over, or None
+    if current is None:
+        current = prepare(session, tag, raw, name)
     if current.replay_id is not None:  # a change: made on the user's home, if it is elsewhere
         try:
             current.moved = await move_home(session, current)
@@ -249,14 +252,17 @@ def _rewritten(current: Relay, command: SetCommand,
 async def exchange(session: ClientSession, current: Relay) -> None:
     backend = session.backend
     assert backend is not None
-    data = wire(session, current)
-    if data is None:
-        # Everything the command asked for was relayed before the node was lost.
-        await forward(session, current, Response(
-            current.tag + b" OK %s completed\r\n" % current.name.encode()))
-        return
     spill = _spill(session, current)
-    await session.write_backend(backend, data)
+    if current.on_wire:
+        current.on_wire = False  # a replay after failover is sent here again
+    else:
+        data = wire(session, current)
+        if data is None:
+            # Everything the command asked for was relayed before the node was lost.
+            await forward(session, current, Response(
+                current.tag + b" OK %s completed\r\n" % current.name.encode()))
+            return
+        await session.write_backend(backend, data)
     # Fast path: nothing to read from the client until the backend asks for a continuation.
     while not current.continued:
         if await forward(session, current, await session.read_backend(backend, spill)):
