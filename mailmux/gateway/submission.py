@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
-from typing import AnyStr
+from typing import AnyStr, cast
 
 import aiosmtplib
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
@@ -413,8 +413,10 @@ class SubmissionSMTP(SMTP):
 
     def _hang_up(self, reply: bytes) -> None:
         transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            transport.write(reply)
+        if transport is not None and not transport.is_closing():
+            # uvloop's transports are no asyncio.WriteTransport subclasses (same interface):
+            # an isinstance check here left an over-cap client waiting on the default loop
+            cast(asyncio.WriteTransport, transport).write(reply)
             transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:

@@ -21,7 +21,7 @@ import collections
 import contextlib
 import ssl
 from collections.abc import Iterator
-from typing import Any, AnyStr, Protocol
+from typing import Any, AnyStr, Protocol, cast
 
 from aiosmtpd.smtp import SMTP, syntax
 
@@ -101,8 +101,8 @@ class IntakeSMTP(SMTP):
         """Tell the client we are going (best effort) and close the connection."""
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(SHUTTING_DOWN.encode() + b"\r\n")
+            # a cast, not an isinstance check: uvloop's transports are no asyncio subclasses
+            cast(asyncio.WriteTransport, transport).write(SHUTTING_DOWN.encode() + b"\r\n")
             transport.close()
 
     @contextlib.contextmanager
