@@ -49,16 +49,25 @@ def pool(replicated: Callable[..., Pool]) -> Pool:  # noqa: F811
     return replicated("abc")
 
 
+def _selected(pool: Pool, gateway_factory: Callable[..., GatewayProcess],
+              raw: Callable[[tuple[str, int]], RawImap], count: int
+              ) -> tuple[GatewayProcess, RawImap, list[int | None]]:
+    """A gateway over the pool, a client that appended `count` messages and selected INBOX."""
+    gw = gateway_with(gateway_factory, list(pool.nodes.values()), extra="catchup_timeout = 30")
+    client = raw(gw.imap)
+    client.login(*ALICE)
+    uids: list[int | None] = [_append(client, "a", message(f"m{i}"))
+                              for i in range(1, count + 1)]
+    assert b"* %d EXISTS\r\n" % count in client.command("s", "SELECT INBOX")
+    return gw, client, uids
+
+
 def test_a_fast_lane_command_on_a_stopped_node_is_answered_once_by_another(
     pool: Pool, gateway_factory: Callable[..., GatewayProcess],
     raw: Callable[[tuple[str, int]], RawImap],
 ) -> None:
     nodes = pool.nodes
-    gw = gateway_with(gateway_factory, list(nodes.values()), extra="catchup_timeout = 30")
-    client = raw(gw.imap)
-    client.login(*ALICE)
-    uids = [_append(client, "a", message(f"m{i}")) for i in range(1, 4)]
-    assert b"* 3 EXISTS\r\n" in client.command("s", "SELECT INBOX")
+    gw, client, uids = _selected(pool, gateway_factory, raw, 3)
     warm = client.command("w", "UID FETCH 1:* (FLAGS)")
     assert warm[-1] == b"w OK FETCH completed\r\n", warm
     stopped = serving(gw, ALICE[0], nodes)
@@ -85,11 +94,7 @@ def test_a_fast_lane_session_follows_another_sessions_changes_exactly(
     raw: Callable[[tuple[str, int]], RawImap],
 ) -> None:
     nodes = pool.nodes
-    gw = gateway_with(gateway_factory, list(nodes.values()), extra="catchup_timeout = 30")
-    client = raw(gw.imap)
-    client.login(*ALICE)
-    uids: list[int | None] = [_append(client, "a", message(f"m{i}")) for i in range(1, 6)]
-    assert b"* 5 EXISTS\r\n" in client.command("s", "SELECT INBOX")
+    gw, client, uids = _selected(pool, gateway_factory, raw, 5)
     assert client.command("w", "UID FETCH 1:* (FLAGS)")[-1].startswith(b"w OK")
     home = serving(gw, ALICE[0], nodes)
     with imaplib.IMAP4(*home.imap, timeout=60) as other:
